@@ -1,0 +1,3 @@
+"""Layers: one family per module."""
+
+from .base import Layer  # noqa: F401

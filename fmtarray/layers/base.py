@@ -1,0 +1,106 @@
+"""The layer protocol shared by every layer (built-in or user-defined).
+
+A layer is any object with ``predict(x)`` on FormattedArrays.  Subclassing
+:class:`Layer` adds the rest of the protocol used by :class:`fmtarray.Network`
+and the solvers:
+
+* ``learnable_names``: attribute names of the learnable parameters (raw arrays
+  or FormattedArrays, ``None`` until initialised);
+* ``learn_rate_factor(name)`` / ``l2_factor(name)``: per-parameter factors,
+  read from attributes ``<stem>_learn_rate_factor`` / ``<stem>_l2_factor``
+  where ``<stem>`` is the parameter name without a trailing ``s``
+  (``weights`` → ``weight_learn_rate_factor``), 1.0 when absent;
+* ``initialize(x, seed=None)``: fill empty learnables from an example input;
+* ``forward(x)``: training behaviour, returns ``(y, state)`` where ``state``
+  is a dict of updated non-learnable state (batch-norm statistics), applied by
+  the network with ``update_state``;
+* ``using(params)``: a context manager that temporarily replaces the
+  learnables with (traced) values, so that gradients flow through a plain
+  ``predict`` with no backward code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..array import FormattedArray
+
+
+class Layer:
+    """Base class for layers; see the module docstring for the protocol."""
+
+    learnable_names: tuple[str, ...] = ()
+    state_names: tuple[str, ...] = ()
+    name: str = ""
+    num_inputs = 1
+    input_names = ("in",)
+    num_outputs = 1
+    output_names = ("out",)
+
+    # protocol ---------------------------------------------------------------
+    def initialize(self, x, *, seed=None):  # noqa: B027  (optional hook)
+        """Initialise empty learnables from the example input ``x``."""
+
+    def predict(self, x):
+        raise TypeError(f"{type(self).__name__} must define predict(x)")
+
+    def forward(self, x):
+        """Training-time behaviour: ``(y, state_updates)``."""
+        return self.predict(x), {}
+
+    def update_state(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    # learnables ---------------------------------------------------------------
+    def learnables(self) -> dict:
+        """``{name: FormattedArray}`` of the initialised learnable parameters."""
+        out = {}
+        for n in self.learnable_names:
+            v = getattr(self, n, None)
+            if v is None:
+                continue
+            out[n] = v if isinstance(v, FormattedArray) else FormattedArray(v)
+        return out
+
+    def set_learnables(self, values: dict) -> None:
+        """Store new values (FormattedArrays or raw arrays) for the learnables."""
+        for n, v in values.items():
+            if n not in self.learnable_names:
+                raise ValueError(
+                    f"layer {self.name!r} has no learnable {n!r}; it has {self.learnable_names}"
+                )
+            setattr(self, n, v.data if isinstance(v, FormattedArray) and not v.format else v)
+
+    @staticmethod
+    def _stem(pname: str) -> str:
+        return pname[:-1] if pname.endswith("s") else pname
+
+    def learn_rate_factor(self, pname: str) -> float:
+        return float(getattr(self, f"{self._stem(pname)}_learn_rate_factor", 1.0))
+
+    def l2_factor(self, pname: str) -> float:
+        return float(getattr(self, f"{self._stem(pname)}_l2_factor", 1.0))
+
+    @contextlib.contextmanager
+    def using(self, params: dict):
+        """Temporarily replace learnables by ``params`` (e.g. traced arrays)."""
+        saved = {n: getattr(self, n, None) for n in params}
+        try:
+            for n, v in params.items():
+                object.__setattr__(self, n, v)
+            yield self
+        finally:
+            for n, v in saved.items():
+                object.__setattr__(self, n, v)
+
+    def description(self) -> str:
+        """One-line description used by layer-array displays."""
+        return type(self).__name__
+
+    def type_name(self) -> str:
+        """Short type name for layer-array displays (MATLAB's first column)."""
+        return type(self).__name__
+
+    def __call__(self, x):
+        return self.predict(x)

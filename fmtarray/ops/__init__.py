@@ -1,0 +1,8 @@
+"""Format-aware functions."""
+
+from .elementwise import (  # noqa: F401
+    abs, add, astype, clip, cos, divide, equal, exp, greater, greater_equal, less,
+    less_equal, log, maximum, minimum, multiply, negative, not_equal, pow, relu, sigmoid,
+    sin, sqrt, square, subtract, tanh, to_device, where,
+)
+from .reductions import max, mean, min, std, sum, var  # noqa: F401

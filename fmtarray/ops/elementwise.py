@@ -1,0 +1,429 @@
+"""Elementwise operations with label broadcasting (SPEC §2), and their VJPs."""
+
+from __future__ import annotations
+
+import builtins
+import numbers
+
+from .. import _backend, _format, _tape
+from ..array import FormattedArray
+
+__all__ = [
+    "add", "subtract", "multiply", "divide", "pow", "negative",
+    "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
+    "abs", "exp", "log", "sqrt", "square", "tanh", "sigmoid", "relu", "sin", "cos",
+    "maximum", "minimum", "where", "clip", "astype", "to_device", "getitem",
+]
+
+
+# operand handling --------------------------------------------------------------
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, numbers.Number)
+
+
+def _parts(v):
+    """(raw data or scalar, format, FormattedArray-or-None)."""
+    if isinstance(v, FormattedArray):
+        return v._data, v._fmt, v
+    if _is_scalar(v):
+        return v, None, None
+    if _backend.is_array(v):
+        if v.ndim == 0:
+            return v, None, None
+        return v, "", None
+    raise TypeError(
+        f"operand must be a FormattedArray, an array of an array-API library or a Python "
+        f"scalar, got {type(v).__module__}.{type(v).__name__}"
+    )
+
+
+def _sum_to(xp, g, shape):
+    """Sum ``g`` down to ``shape`` (NumPy broadcasting in reverse)."""
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    gs = tuple(g.shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and gs[lead + i] != 1
+    )
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return xp.reshape(g, shape)
+
+
+def _align(a, fa, b, fb):
+    """Bring two operands to a common positional layout.
+
+    Returns ``(xp, a_aligned, b_aligned, out_fmt)``.  Scalars are returned as they are.
+    """
+    arrays = [v for v in (a, b) if not _is_scalar(v)]
+    xp = _backend.namespace(*arrays)
+    if len(arrays) == 2:
+        _backend.check_same_device(*arrays)
+    if fa is None and fb is None:  # scalars / 0-d arrays only
+        return xp, a, b, ""
+    if fa is None:
+        return xp, a, b, fb
+    if fb is None:
+        return xp, a, b, fa
+    if fa and fb:
+        if fa == fb and tuple(a.shape) == tuple(b.shape):
+            return xp, a, b, fa
+        out_fmt, _, pa, pb = _format.broadcast(fa, tuple(a.shape), fb, tuple(b.shape))
+        if pa != tuple(a.shape):
+            a = xp.reshape(a, pa)
+        if pb != tuple(b.shape):
+            b = xp.reshape(b, pb)
+        return xp, a, b, out_fmt
+    # one (or both) unformatted: positional NumPy broadcasting; keep the format
+    if fa and not fb and b.ndim > a.ndim or fb and not fa and a.ndim > b.ndim:
+        f, s_f, s_u = (fa, a.shape, b.shape) if fa else (fb, b.shape, a.shape)
+        raise ValueError(
+            f"an unformatted operand of shape {tuple(s_u)} cannot broadcast against format "
+            f"{f!r} (shape {tuple(s_f)}): it has more dims; give it a format or reshape it"
+        )
+    try:
+        _broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    except ValueError:
+        raise ValueError(
+            f"cannot broadcast shapes {tuple(a.shape)} (format {fa!r}) and {tuple(b.shape)} "
+            f"(format {fb!r}) positionally; sizes must be equal or 1"
+        ) from None
+    return xp, a, b, fa or fb
+
+
+def _broadcast_shapes(sa, sb):
+    n = builtins.max(len(sa), len(sb))
+    sa = (1,) * (n - len(sa)) + sa
+    sb = (1,) * (n - len(sb)) + sb
+    out = []
+    for x, y in zip(sa, sb):
+        if x != y and x != 1 and y != 1:
+            raise ValueError
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def _scalar_as_array(xp, s, like):
+    if isinstance(s, bool) or not isinstance(s, numbers.Number):
+        return s
+    dt = like.dtype
+    if isinstance(s, float) and not xp.isdtype(dt, ("real floating", "complex floating")):
+        raise TypeError(
+            f"cannot combine the float scalar {s!r} with an array of dtype {dt} without a "
+            "silent cast; convert the array with astype() first"
+        )
+    return xp.asarray(s, dtype=dt, device=_backend.device(like))
+
+
+def _binary(name, fn, vjp=None, *, scalar_ok=True):
+    """Make a label-broadcasting binary op. ``vjp(xp, g, a, b, out) -> (ga, gb)``
+    in the aligned layout (before summing back over broadcast dims)."""
+
+    def op(a, b):
+        da, fa, A = _parts(a)
+        db, fb, B = _parts(b)
+        xp, a_al, b_al, out_fmt = _align(da, fa, db, fb)
+        if not scalar_ok:
+            if _is_scalar(a_al):
+                a_al = _scalar_as_array(xp, a_al, b_al)
+            if _is_scalar(b_al):
+                b_al = _scalar_as_array(xp, b_al, a_al)
+        y = fn(xp, a_al, b_al)
+        out = FormattedArray._wrap(y, out_fmt)
+        if vjp is not None and _tape.traced(A, B):
+
+            def back(g, needs):
+                ga, gb = vjp(xp, g, a_al, b_al, y, needs)
+                ra = _sum_to(xp, ga, da.shape) if needs[0] else None
+                rb = _sum_to(xp, gb, db.shape) if needs[1] else None
+                return ra, rb
+
+            _tape.record(out, (A, B), back, name)
+        return out
+
+    op.__name__ = name
+    op.__qualname__ = name
+    op.__doc__ = (
+        f"Elementwise ``{name}`` of two operands with label broadcasting (SPEC §2).\n\n"
+        "Operands are FormattedArrays (matched by label), unformatted arrays (matched by "
+        "position against the formatted operand) or Python scalars."
+    )
+    return op
+
+
+add = _binary("add", lambda xp, a, b: a + b, lambda xp, g, a, b, y, n: (g, g))
+subtract = _binary("subtract", lambda xp, a, b: a - b, lambda xp, g, a, b, y, n: (g, -g if n[1] else None))
+multiply = _binary(
+    "multiply",
+    lambda xp, a, b: a * b,
+    lambda xp, g, a, b, y, n: (g * b if n[0] else None, g * a if n[1] else None),
+)
+divide = _binary(
+    "divide",
+    lambda xp, a, b: a / b,
+    lambda xp, g, a, b, y, n: (g / b if n[0] else None, -g * y / b if n[1] else None),
+)
+
+
+def _pow_vjp(xp, g, a, b, y, n):
+    ga = g * b * a ** (b - 1) if n[0] else None
+    gb = g * y * xp.log(a) if n[1] else None
+    return ga, gb
+
+
+pow = _binary("pow", lambda xp, a, b: a ** b, _pow_vjp)
+less = _binary("less", lambda xp, a, b: a < b)
+less_equal = _binary("less_equal", lambda xp, a, b: a <= b)
+greater = _binary("greater", lambda xp, a, b: a > b)
+greater_equal = _binary("greater_equal", lambda xp, a, b: a >= b)
+equal = _binary("equal", lambda xp, a, b: a == b)
+not_equal = _binary("not_equal", lambda xp, a, b: a != b)
+
+
+def _where_mask(xp, m, dt):
+    return xp.astype(m, dt)
+
+
+maximum = _binary(
+    "maximum",
+    lambda xp, a, b: xp.maximum(a, b),
+    lambda xp, g, a, b, y, n: (
+        g * _where_mask(xp, a >= b, g.dtype) if n[0] else None,
+        g * _where_mask(xp, a < b, g.dtype) if n[1] else None,
+    ),
+    scalar_ok=False,
+)
+minimum = _binary(
+    "minimum",
+    lambda xp, a, b: xp.minimum(a, b),
+    lambda xp, g, a, b, y, n: (
+        g * _where_mask(xp, a <= b, g.dtype) if n[0] else None,
+        g * _where_mask(xp, a > b, g.dtype) if n[1] else None,
+    ),
+    scalar_ok=False,
+)
+
+
+# unary -----------------------------------------------------------------------
+
+def _unary(name, fn, vjp, *, float_only=True):
+    def op(x):
+        if not isinstance(x, FormattedArray):
+            x = FormattedArray(x) if not _is_scalar(x) else x
+            if _is_scalar(x):
+                raise TypeError(f"{name} expects an array, got the scalar {x!r}")
+        xd = x._data
+        xp = _backend.namespace(xd)
+        if float_only and not xp.isdtype(xd.dtype, ("real floating", "complex floating")):
+            raise TypeError(
+                f"{name} needs a floating-point array, got dtype {xd.dtype}; "
+                "convert with astype() first (fmtarray never casts silently)"
+            )
+        y = fn(xp, xd)
+        out = FormattedArray._wrap(y, x._fmt)
+        if x._node is not None:
+            _tape.record(out, (x,), lambda g, needs: (vjp(xp, g, xd, y),), name)
+        return out
+
+    op.__name__ = name
+    op.__qualname__ = name
+    op.__doc__ = f"Elementwise ``{name}``; keeps the format."
+    return op
+
+
+def _sigmoid(xp, x):
+    return 1 / (1 + xp.exp(-x))
+
+
+negative = _unary("negative", lambda xp, x: -x, lambda xp, g, x, y: -g, float_only=False)
+abs = _unary("abs", lambda xp, x: xp.abs(x), lambda xp, g, x, y: g * xp.sign(x), float_only=False)
+exp = _unary("exp", lambda xp, x: xp.exp(x), lambda xp, g, x, y: g * y)
+log = _unary("log", lambda xp, x: xp.log(x), lambda xp, g, x, y: g / x)
+sqrt = _unary("sqrt", lambda xp, x: xp.sqrt(x), lambda xp, g, x, y: g / (2 * y))
+square = _unary("square", lambda xp, x: x * x, lambda xp, g, x, y: 2 * g * x, float_only=False)
+tanh = _unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, g, x, y: g * (1 - y * y))
+sigmoid = _unary("sigmoid", _sigmoid, lambda xp, g, x, y: g * y * (1 - y))
+sin = _unary("sin", lambda xp, x: xp.sin(x), lambda xp, g, x, y: g * xp.cos(x))
+cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x))
+relu = _unary(
+    "relu",
+    lambda xp, x: xp.where(x > 0, x, xp.zeros_like(x)),
+    lambda xp, g, x, y: xp.where(x > 0, g, xp.zeros_like(g)),
+)
+
+
+# where / clip ------------------------------------------------------------------
+
+def where(cond, a, b):
+    """``a`` where ``cond`` is true, else ``b``; all three broadcast by label."""
+    dc, fc, _ = _parts(cond)
+    if _is_scalar(dc):
+        raise TypeError(f"where: cond must be a boolean array, got the scalar {cond!r}")
+    # align a with b first, then cond with that layout
+    da, fa, A = _parts(a)
+    db, fb, B = _parts(b)
+    xp, a1, b1, fab = _align(da, fa, db, fb)
+    if _is_scalar(a1):
+        a1 = _scalar_as_array(xp, a1, b1) if not _is_scalar(b1) else xp.asarray(a1)
+    if _is_scalar(b1):
+        b1 = _scalar_as_array(xp, b1, a1)
+    # align cond with the (a, b) layout
+    xp2, c2, a2, fout = _align(dc, fc, a1, fab if fab is not None else "")
+    _, c3, b2, _ = _align(dc, fc, b1, fab if fab is not None else "")
+    if not xp2.isdtype(c2.dtype, "bool"):
+        raise TypeError(f"where: cond must have a boolean dtype, got {c2.dtype}")
+    y = xp.where(c2, a2, b2)
+    out = FormattedArray._wrap(y, fout)
+    if _tape.traced(A, B):
+        zero = xp.zeros_like(y)
+
+        def back(g, needs):
+            ga = _sum_to(xp, xp.where(c2, g, zero), da.shape) if needs[0] else None
+            gb = _sum_to(xp, xp.where(c3, zero, g), db.shape) if needs[1] else None
+            return ga, gb
+
+        _tape.record(out, (A, B), back, "where")
+    return out
+
+
+def clip(x, min=None, max=None):
+    """Clip ``x`` to ``[min, max]`` (scalars or arrays broadcast by label)."""
+    out = x if isinstance(x, FormattedArray) else FormattedArray(x)
+    if min is not None:
+        out = maximum(out, min)
+    if max is not None:
+        out = minimum(out, max)
+    return out
+
+
+# dtype / device / relabel --------------------------------------------------------
+
+def astype(x, dtype):
+    """Cast to ``dtype`` explicitly (the only way fmtarray changes a dtype)."""
+    xp = _backend.namespace(x._data)
+    src = x._data.dtype
+    y = xp.astype(x._data, dtype)
+    out = FormattedArray._wrap(y, x._fmt)
+    if x._node is not None:
+        _tape.record(out, (x,), lambda g, needs: (xp.astype(g, src),), "astype")
+    return out
+
+
+def to_device(x, device):
+    """Move to ``device`` explicitly (the only way fmtarray moves data)."""
+    src = x.device
+    y = _backend.to_device(x._data, device)
+    out = FormattedArray._wrap(y, x._fmt)
+    if x._node is not None:
+        _tape.record(out, (x,), lambda g, needs: (_backend.to_device(g, src),), "to_device")
+    return out
+
+
+def _relabel(x, fmt):
+    """Give the (canonical) data of ``x`` the new format ``fmt``; differentiable."""
+    from ..array import _apply_format
+
+    src_shape = tuple(x._data.shape)
+    y, f = _apply_format(x._data, fmt)
+    out = FormattedArray._wrap(y, f)
+    if x._node is not None:
+        xp = _backend.namespace(y)
+        _, perm = _format.canonicalize(fmt) if fmt else ("", ())
+        inv = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+
+        def back(g, needs):
+            if inv and inv != tuple(range(len(inv))):
+                g = xp.permute_dims(g, inv)
+            return (xp.reshape(g, src_shape),)
+
+        _tape.record(out, (x,), back, "relabel")
+    return out
+
+
+def _relabel_strip(x, fmt):
+    """Unformatted copy of ``x``, permuted to ``fmt`` (a permutation of its format)."""
+    if fmt is None:
+        out = FormattedArray._wrap(x._data, "")
+        if x._node is not None:
+            _tape.record(out, (x,), lambda g, needs: (g,), "stripdims")
+        return out
+    _format.validate(fmt)
+    if sorted(fmt) != sorted(x._fmt):
+        raise ValueError(
+            f"stripdims: fmt {fmt!r} must be a permutation of the array's format {x._fmt!r}"
+        )
+    canon, perm = _format.canonicalize(fmt)  # canonical[i] = fmt[perm[i]]
+    # data is canonical; we want order fmt: fmt position j holds canonical axis inv[j]
+    inv = tuple(sorted(range(len(perm)), key=lambda i: perm[i]))
+    xp = _backend.namespace(x._data)
+    y = xp.permute_dims(x._data, inv) if inv != tuple(range(len(inv))) else x._data
+    out = FormattedArray._wrap(y, "")
+    if x._node is not None:
+        _tape.record(
+            out, (x,), lambda g, needs: (xp.permute_dims(g, perm) if inv != tuple(range(len(inv))) else g,),
+            "stripdims",
+        )
+    return out
+
+
+# indexing --------------------------------------------------------------------------
+
+def getitem(x, key):
+    """Basic indexing with ints and step-1 slices on the canonical dims.
+
+    An integer index drops that dim and its label; a slice keeps it.
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    if builtins.any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > x.ndim:
+        raise IndexError(f"too many indices ({len(key)}) for an array of format {x._fmt!r} and shape {x.shape}")
+    key = key + (slice(None),) * (x.ndim - len(key))
+    fmt, starts, stops, keep = [], [], [], []
+    for ax, (k, n) in enumerate(zip(key, x.shape)):
+        if isinstance(k, bool) or not isinstance(k, (int, slice)):
+            raise TypeError(
+                f"index {k!r} on dim {ax}: only integers and slices with step 1 are supported"
+            )
+        if isinstance(k, int):
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of range for dim {ax} of size {n}")
+            k = k % n
+            starts.append(k)
+            stops.append(k + 1)
+        else:
+            s, e, st = k.indices(n)
+            if st != 1:
+                raise TypeError(f"index {k!r} on dim {ax}: only slices with step 1 are supported")
+            starts.append(s)
+            stops.append(builtins.max(s, e))
+            keep.append(ax)
+            if x._fmt:
+                fmt.append(x._fmt[ax])
+    xp = _backend.namespace(x._data)
+    y = x._data[tuple(key)]
+    out = FormattedArray._wrap(y, "".join(fmt))
+    if x._node is not None:
+        src = x.shape
+
+        def back(g, needs):
+            g = xp.reshape(g, tuple(stop - s for s, stop in zip(starts, stops)))
+            for ax, n in enumerate(src):
+                before, after = starts[ax], n - stops[ax]
+                parts = []
+                if before:
+                    parts.append(xp.zeros(g.shape[:ax] + (before,) + g.shape[ax + 1:], dtype=g.dtype, device=_backend.device(g)))
+                parts.append(g)
+                if after:
+                    parts.append(xp.zeros(g.shape[:ax] + (after,) + g.shape[ax + 1:], dtype=g.dtype, device=_backend.device(g)))
+                if len(parts) > 1:
+                    g = xp.concat(parts, axis=ax)
+            return (g,)
+
+        _tape.record(out, (x,), back, "getitem")
+    return out

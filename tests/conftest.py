@@ -1,0 +1,99 @@
+"""Shared test fixtures: the ``xp`` fixture runs a test over every available backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from fmtarray import _backend
+
+
+class Backend:
+    """A backend under test: makes arrays from NumPy data and reads them back."""
+
+    def __init__(self, name, ns, device=None, readonly=False):
+        self.name = name
+        self.ns = ns  # the array-API namespace (compat-wrapped where needed)
+        self.device = device
+        self.readonly = readonly
+
+    def asarray(self, a, dtype=None):
+        a = np.asarray(a)
+        if dtype is not None:
+            a = a.astype(dtype)
+        if self.name.startswith("numpy"):
+            a = np.array(a)
+            if self.readonly:
+                a.flags.writeable = False
+            return a
+        if self.name.startswith("array_api_strict"):
+            return self.ns.asarray(a, device=self.device)
+        if self.name == "torch":
+            import torch
+
+            return torch.from_numpy(np.array(a))
+        if self.name == "dask":
+            import dask.array as da
+
+            return da.from_array(a, chunks=tuple(max(1, (n + 1) // 2) for n in a.shape) or ())
+        if self.name == "cupy":
+            import cupy
+
+            return cupy.asarray(a)
+        raise AssertionError(self.name)
+
+    def to_numpy(self, a):
+        from fmtarray import FormattedArray
+
+        if isinstance(a, FormattedArray):
+            a = a.data
+        return np.asarray(_backend.to_numpy(a))
+
+    def __repr__(self):
+        return self.name
+
+
+def _backends():
+    out = [pytest.param("numpy", id="numpy"), pytest.param("numpy-readonly", id="numpy-readonly")]
+    out += [pytest.param("array_api_strict", id="strict"), pytest.param("array_api_strict-device1", id="strict-device1")]
+    if importlib.util.find_spec("dask") is not None:
+        out.append(pytest.param("dask", id="dask"))
+    if importlib.util.find_spec("torch") is not None and not os.environ.get("FMTARRAY_NO_TORCH"):
+        out.append(pytest.param("torch", id="torch"))
+    if importlib.util.find_spec("cupy") is not None:
+        out.append(pytest.param("cupy", id="cupy"))
+    return out
+
+
+def make_backend(name) -> Backend:
+    if name.startswith("numpy"):
+        import array_api_compat.numpy as ns
+
+        return Backend(name, ns, readonly=name.endswith("readonly"))
+    if name.startswith("array_api_strict"):
+        import array_api_strict as ns
+
+        dev = ns.Device("device1") if name.endswith("device1") else None
+        return Backend(name, ns, device=dev)
+    if name == "dask":
+        import array_api_compat.dask.array as ns
+
+        return Backend(name, ns)
+    if name == "torch":
+        import array_api_compat.torch as ns
+
+        return Backend(name, ns)
+    if name == "cupy":
+        import array_api_compat.cupy as ns
+
+        return Backend(name, ns)
+    raise AssertionError(name)
+
+
+@pytest.fixture(params=_backends())
+def xp(request) -> Backend:
+    """A :class:`Backend` for each available array library (and device)."""
+    return make_backend(request.param)
