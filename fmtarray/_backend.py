@@ -61,6 +61,10 @@ def namespace(*xs):
 
     Mixing array libraries is a ``TypeError`` naming both.
     """
+    if len(xs) == 1 or (len(xs) == 2 and type(xs[0]) is type(xs[1])):
+        cached = _NS_CACHE.get(type(xs[0]))
+        if cached is not None:
+            return cached
     ns = None
     first = None
     for x in xs:
@@ -94,8 +98,16 @@ def device(x):
     return _compat.device(x)
 
 
+_SINGLE_DEVICE_TYPES = (_np.ndarray, _np.generic)
+
+
 def check_same_device(*xs) -> None:
     """Raise ``ValueError`` when the raw arrays ``xs`` live on different devices."""
+    for x in xs:  # NumPy has a single device: nothing to check
+        if not isinstance(x, _SINGLE_DEVICE_TYPES) and x is not None and not isinstance(x, numbers.Number):
+            break
+    else:
+        return
     d0 = None
     for x in xs:
         if x is None or isinstance(x, numbers.Number):

@@ -58,10 +58,11 @@ def _align(a, fa, b, fb):
 
     Returns ``(xp, a_aligned, b_aligned, out_fmt)``.  Scalars are returned as they are.
     """
-    arrays = [v for v in (a, b) if not _is_scalar(v)]
-    xp = _backend.namespace(*arrays)
-    if len(arrays) == 2:
-        _backend.check_same_device(*arrays)
+    if fa is not None and fb is not None:
+        xp = _backend.namespace(a, b)
+        _backend.check_same_device(a, b)
+    else:
+        xp = _backend.namespace(*(v for v in (a, b) if not _is_scalar(v)))
     if fa is None and fb is None:  # scalars / 0-d arrays only
         return xp, a, b, ""
     if fa is None:
