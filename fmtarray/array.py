@@ -6,7 +6,6 @@ The class is thin: construction, accessors and Python operators.  The math is in
 
 from __future__ import annotations
 
-import numbers
 
 from . import _backend, _format
 
