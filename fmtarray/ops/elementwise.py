@@ -38,11 +38,13 @@ def _parts(v):
     )
 
 
-def _sum_to(xp, g, shape):
-    """Sum ``g`` down to ``shape`` (NumPy broadcasting in reverse)."""
+def _sum_to(xp, g, shape, final_shape=None):
+    """Sum ``g`` down to ``shape`` (NumPy broadcasting in reverse), then reshape
+    to ``final_shape`` (the operand's own shape, when it was aligned by label)."""
     shape = tuple(shape)
+    final_shape = shape if final_shape is None else tuple(final_shape)
     if tuple(g.shape) == shape:
-        return g
+        return g if shape == final_shape else xp.reshape(g, final_shape)
     lead = g.ndim - len(shape)
     gs = tuple(g.shape)
     axes = tuple(range(lead)) + tuple(
@@ -50,7 +52,7 @@ def _sum_to(xp, g, shape):
     )
     if axes:
         g = xp.sum(g, axis=axes, keepdims=True)
-    return xp.reshape(g, shape)
+    return xp.reshape(g, final_shape)
 
 
 def _align(a, fa, b, fb):
@@ -138,8 +140,8 @@ def _binary(name, fn, vjp=None, *, scalar_ok=True):
 
             def back(g, needs):
                 ga, gb = vjp(xp, g, a_al, b_al, y, needs)
-                ra = _sum_to(xp, ga, da.shape) if needs[0] else None
-                rb = _sum_to(xp, gb, db.shape) if needs[1] else None
+                ra = _sum_to(xp, ga, a_al.shape, da.shape) if needs[0] else None
+                rb = _sum_to(xp, gb, b_al.shape, db.shape) if needs[1] else None
                 return ra, rb
 
             _tape.record(out, (A, B), back, name)
@@ -282,8 +284,8 @@ def where(cond, a, b):
         zero = xp.zeros_like(y)
 
         def back(g, needs):
-            ga = _sum_to(xp, xp.where(c2, g, zero), da.shape) if needs[0] else None
-            gb = _sum_to(xp, xp.where(c3, zero, g), db.shape) if needs[1] else None
+            ga = _sum_to(xp, xp.where(c2, g, zero), a2.shape, da.shape) if needs[0] else None
+            gb = _sum_to(xp, xp.where(c3, zero, g), b2.shape, db.shape) if needs[1] else None
             return ga, gb
 
         _tape.record(out, (A, B), back, "where")
