@@ -9,6 +9,14 @@ from .ops import (
     pow, relu, sigmoid, sin, sqrt, square, std, subtract, sum, tanh, to_device, var,
     where,
 )
+from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, one_hot, softmax
+from .ops import conv
+from .network import Network
+from . import layers
+from . import matlab  # MATLAB-named constructors and aliases
+from .train import (  # `fmtarray.train` is the function; the module is fmtarray.train too
+    TrainingHistory, TrainingOptions, adam, plot_training, rmsprop, sgdm, train,
+)
 
 __version__ = "0.1.0"
 
@@ -19,4 +27,8 @@ __all__ = [
     "greater_equal", "less", "less_equal", "log", "max", "maximum", "mean", "min",
     "minimum", "multiply", "negative", "not_equal", "pow", "relu", "sigmoid", "sin",
     "sqrt", "square", "std", "subtract", "sum", "tanh", "to_device", "var", "where",
+    "conv",
+    "avg_pool", "batch_norm", "cross_entropy", "fully_connect", "max_pool", "one_hot", "softmax",
+    "Network", "layers", "matlab",
+    "train", "TrainingOptions", "TrainingHistory", "sgdm", "adam", "rmsprop", "plot_training",
 ]

@@ -29,7 +29,7 @@ import functools
 
 from .. import _backend
 
-__all__ = ["PAD_MODES", "pad", "pad_vjp", "pad_indices", "check_pad_value"]
+__all__ = ["PAD_MODES", "pad", "pad_vjp", "pad_indices", "check_pad_value", "fill_border_numpy"]
 
 #: legal string values of ``value``
 PAD_MODES = ("symmetric-include-edge", "symmetric-exclude-edge", "replicate")
@@ -196,35 +196,35 @@ def _pad_numpy(x, pad_before, pad_after, axes, value, out=None):
     for ax, pb in zip(axes, pad_before):
         centre[ax] = slice(pb, pb + x.shape[ax])
     out[tuple(centre)] = x
-    if not isinstance(value, str):
-        # constant: fill only the border slabs
-        region = list(centre)
-        for ax, pb, pa in zip(axes, pad_before, pad_after):
-            region[ax] = slice(None)
-            if pb:
-                s = list(region)
-                s[ax] = slice(0, pb)
-                out[tuple(s)] = value
-            if pa:
-                s = list(region)
-                s[ax] = slice(shape[ax] - pa, shape[ax])
-                out[tuple(s)] = value
-        return out
-    # mirror / replicate: axis by axis, each reading from the already-filled centre
+    fill_border_numpy(out, pad_before, pad_after, axes, value)
+    return out
+
+
+def fill_border_numpy(out, pad_before, pad_after, axes, value):
+    """Write the border of the NumPy array ``out`` whose centre already holds the data."""
+    import numpy as np
+
+    shape = out.shape
+    centre = [slice(None)] * out.ndim
+    for ax, pb, pa in zip(axes, pad_before, pad_after):
+        centre[ax] = slice(pb, shape[ax] - pa)
     region = list(centre)
     for ax, pb, pa in zip(axes, pad_before, pad_after):
-        n = x.shape[ax]
-        idx = np.asarray(pad_indices(n, pb, pa, value), dtype=np.intp)
-        src = out[tuple(region)]
+        n = shape[ax] - pb - pa
+        if isinstance(value, str):
+            # mirror / replicate: each axis reads from the already-filled part
+            idx = np.asarray(pad_indices(n, pb, pa, value), dtype=np.intp)
+            src = out[tuple(region)]
         region[ax] = slice(None)
         if pb:
             s = list(region)
             s[ax] = slice(0, pb)
-            out[tuple(s)] = np.take(src, idx[:pb], axis=ax)
+            out[tuple(s)] = value if not isinstance(value, str) else np.take(src, idx[:pb], axis=ax)
         if pa:
             s = list(region)
             s[ax] = slice(shape[ax] - pa, shape[ax])
-            out[tuple(s)] = np.take(src, idx[pb + n:], axis=ax)
+            out[tuple(s)] = (value if not isinstance(value, str)
+                             else np.take(src, idx[pb + n:], axis=ax))
     return out
 
 

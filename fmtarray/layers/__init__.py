@@ -1,3 +1,11 @@
 """Layers: one family per module."""
 
 from .base import Layer  # noqa: F401
+from .convolution import Convolution2DLayer, convolution2d_layer  # noqa: F401
+from .activation import ReLULayer, SoftmaxLayer, relu_layer, softmax_layer  # noqa: F401
+from .fully_connected import FullyConnectedLayer, fully_connected_layer  # noqa: F401
+from .input import ImageInputLayer, image_input_layer  # noqa: F401
+from .normalization import BatchNormalizationLayer, batch_normalization_layer  # noqa: F401
+from .pooling import (  # noqa: F401
+    AveragePooling2DLayer, MaxPooling2DLayer, average_pooling2d_layer, max_pooling2d_layer,
+)

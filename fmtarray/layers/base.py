@@ -76,11 +76,19 @@ class Layer:
     def _stem(pname: str) -> str:
         return pname[:-1] if pname.endswith("s") else pname
 
+    def _factor(self, pname: str, kind: str) -> float:
+        # exact name first ("bias" -> bias_l2_factor), then the singular ("weights" -> weight_...)
+        for stem in (pname, self._stem(pname)):
+            v = getattr(self, f"{stem}_{kind}", None)
+            if v is not None:
+                return float(v)
+        return 1.0
+
     def learn_rate_factor(self, pname: str) -> float:
-        return float(getattr(self, f"{self._stem(pname)}_learn_rate_factor", 1.0))
+        return self._factor(pname, "learn_rate_factor")
 
     def l2_factor(self, pname: str) -> float:
-        return float(getattr(self, f"{self._stem(pname)}_l2_factor", 1.0))
+        return self._factor(pname, "l2_factor")
 
     @contextlib.contextmanager
     def using(self, params: dict):

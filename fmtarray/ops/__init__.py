@@ -6,3 +6,6 @@ from .elementwise import (  # noqa: F401
     sin, sqrt, square, subtract, tanh, to_device, where,
 )
 from .reductions import max, mean, min, std, sum, var  # noqa: F401
+from .nn import batch_norm, cross_entropy, fully_connect, one_hot, softmax  # noqa: F401
+from .pool import avg_pool, max_pool  # noqa: F401
+from .conv import conv  # noqa: F401

@@ -1,0 +1,165 @@
+"""Max and average pooling over the ``S`` dims of formatted input (MATLAB
+``maxpool``/``avgpool``), and their VJPs.
+
+Dispatch (as for convolution): the pooled dims are chosen by label, every other
+dim except ``C`` is flattened into one batch axis, one positional kernel
+(:mod:`fmtarray._kernels.pool`) runs on ``(batch, *pooled, C)``, and the dims
+are restored. The output has the input's format.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .. import _backend, _tape
+from .._kernels import pool as _k
+from ..array import FormattedArray
+from .nn import _as_input, _identity, _inverse, _to_caller
+
+__all__ = ["max_pool", "avg_pool", "pool_padding"]
+
+
+def _pooled_axes(fmt, dims, fn):
+    if dims not in ("S", "ST"):
+        raise ValueError(f"{fn}: dims must be 'S' (the S dims) or 'ST' (S dims and T), got {dims!r}")
+    axes = [i for i, ch in enumerate(fmt) if ch == "S"]
+    if dims == "ST":
+        t = fmt.find("T")
+        if t < 0:
+            raise ValueError(f"{fn}: dims='ST' but the input format {fmt!r} has no 'T' dim")
+        axes.append(t)
+    if not axes:
+        raise ValueError(
+            f"{fn}: input of format {fmt!r} has no 'S' dim to pool over; pooling needs "
+            "spatial dims, e.g. 'SSCB'"
+        )
+    if len(axes) > 3:
+        raise ValueError(f"{fn}: can pool over 1 to 3 dims, format {fmt!r} has {len(axes)}")
+    return tuple(axes)
+
+
+def pool_padding(padding, sizes, pool_size, stride, fn="pooling"):
+    """``(before, after)`` tuples from a padding spec.
+
+    ``padding`` is a non-negative int (every edge), ``"same"``, a sequence of
+    one int per pooled dim (both edges of that dim), or a pair
+    ``(before_seq, after_seq)`` (MATLAB's ``2×d`` matrix, row 1 = top/left).
+    ``sizes`` are the input sizes of the pooled dims (used by ``"same"``).
+    """
+    d = len(sizes)
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(
+                f"{fn}: padding={padding!r}; use 'same', a non-negative integer, one integer per "
+                "pooled dim, or (before, after) sequences"
+            )
+        pairs = [_k.same_padding(n, k, s) for n, k, s in zip(sizes, pool_size, stride)]
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
+        return (int(padding),) * d, (int(padding),) * d
+    try:
+        p = list(padding)
+    except TypeError:
+        raise TypeError(f"{fn}: padding={padding!r} is not a valid padding") from None
+    if len(p) == 2 and all(not isinstance(a, numbers.Integral) for a in p):
+        before, after = (tuple(a) for a in p)
+        if len(before) != d or len(after) != d:
+            raise ValueError(f"{fn}: padding={padding!r} needs {d} values before and {d} after")
+        return before, after
+    if len(p) == d:
+        return tuple(p), tuple(p)
+    raise ValueError(
+        f"{fn}: padding={padding!r} must be an int, 'same', {d} ints, or ({d} before, {d} after)"
+    )
+
+
+def _expand(v, d, fn, name):
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return (int(v),) * d
+    v = tuple(v)
+    if len(v) == 1:
+        v = v * d
+    if len(v) != d:
+        raise ValueError(f"{fn}: {name}={v} must be one int or {d} ints (one per pooled dim)")
+    return v
+
+
+def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn):
+    x, df = _as_input(x, data_format, fn)
+    fmt = x._fmt
+    xd = x._data
+    xp = _backend.namespace(xd)
+    shape = tuple(xd.shape)
+    pooled = _pooled_axes(fmt, dims, fn)
+    d = len(pooled)
+    pool_size = _expand(pool_size, d, fn, "pool_size")
+    stride = _expand(stride, d, fn, "stride")
+    sizes = tuple(shape[i] for i in pooled)
+    pb, pa = pool_padding(padding, sizes, pool_size, stride, fn)
+    c = fmt.find("C")
+    rest = tuple(i for i in range(len(fmt)) if i not in pooled and i != c)
+    perm = rest + pooled + ((c,) if c >= 0 else ())
+    rsz = tuple(shape[i] for i in rest)
+    nc = shape[c] if c >= 0 else 1
+    xt = xd if _identity(perm) else xp.permute_dims(xd, perm)
+    xk = xp.reshape(xt, (math.prod(rsz), *sizes, nc))
+    kw = dict(stride=stride, pad_before=pb, pad_after=pa, count_pad=count_pad)
+    try:
+        yk = _k.pool_forward(xp, xk, mode, pool_size, **kw)
+    except ValueError as e:
+        raise ValueError(f"{fn} on input of format {fmt!r} and shape {shape}: {e}") from None
+    out_sp = tuple(yk.shape[1:-1])
+    yt_shape = rsz + out_sp + ((nc,) if c >= 0 else ())
+    yt = xp.reshape(yk, yt_shape)
+    y = yt if _identity(perm) else xp.permute_dims(yt, _inverse(perm))
+    out = FormattedArray._wrap(y, fmt)
+    if x._node is not None:
+        yk_shape = tuple(yk.shape)
+
+        def back(g, needs):
+            gt = g if _identity(perm) else xp.permute_dims(g, perm)
+            gk = xp.reshape(gt, yk_shape)
+            gxk = _k.pool_backward(xp, gk, xk, yk, mode, pool_size, **kw)
+            gx = xp.reshape(gxk, tuple(xt.shape))
+            return (gx if _identity(perm) else xp.permute_dims(gx, _inverse(perm)),)
+
+        _tape.record(out, (x,), back, fn)
+    return _to_caller(out, df)
+
+
+def max_pool(x, pool_size, *, stride=1, padding=0, dims="S", data_format=None):
+    """Max pooling (MATLAB ``maxpool``) over the ``S`` dims (``dims="ST"``: and ``T``).
+
+    Parameters
+    ----------
+    x
+        Formatted input, e.g. ``SSCB`` (or unformatted with ``data_format``).
+    pool_size
+        Int or one int per pooled dim.
+    stride
+        Int or one int per pooled dim (MATLAB's default is 1).
+    padding
+        Non-negative int, one int per pooled dim, ``(before, after)`` sequences,
+        or ``"same"`` (output ``ceil(n / stride)``, the odd pixel after).
+        Padding never wins a max; it must be smaller than the pool size.
+
+    What does not fit at the bottom/right is ignored. The gradient of each
+    window goes to its first maximum. Returns the input's format.
+    """
+    return _pool(x, "max", pool_size, stride, padding, True, dims, data_format, "max_pool")
+
+
+def avg_pool(x, pool_size, *, stride=1, padding=0, padding_value=0, dims="S", data_format=None):
+    """Average pooling (MATLAB ``avgpool``); arguments as :func:`max_pool`.
+
+    ``padding_value=0`` (default) averages padding as zeros (every window is
+    divided by the pool size); ``"mean"`` excludes padding from the average.
+    """
+    if padding_value == "mean":
+        count_pad = False
+    elif not isinstance(padding_value, str) and padding_value == 0:
+        count_pad = True
+    else:
+        raise ValueError(f"avg_pool: padding_value must be 0 or 'mean', got {padding_value!r}")
+    return _pool(x, "average", pool_size, stride, padding, count_pad, dims, data_format, "avg_pool")
