@@ -830,6 +830,8 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
     if not _is_initialized(net):
         net.initialize(_batch(x, None, 0, 1), seed=0 if options.seed is None else options.seed)
 
+    _check_same_library(net, x)
+
     k_cache = []
 
     def num_classes():
@@ -1006,6 +1008,23 @@ def _is_initialized(net) -> bool:
     if flag is not None:
         return bool(flag)
     return bool(_flatten(net.learnables()))
+
+
+def _check_same_library(net, x):
+    """The learnables must live where the data lives (no silent conversion or transfer)."""
+    xlib, xdev = _backend.library_name(x.data), x.device
+    for path, w in _flatten(net.learnables(), "learnables"):
+        if not isinstance(w, FormattedArray):
+            continue
+        wlib, wdev = _backend.library_name(w.data), w.device
+        if wlib != xlib or str(wdev) != str(xdev):
+            raise TypeError(
+                f"the network's learnable {path[10:]} is a {wlib} array on device {wdev!s} but "
+                f"the inputs are {xlib} arrays on device {xdev!s}; fmtarray does not move data "
+                "silently: initialise the network from the training data (net.initialize(x), or "
+                "let train() do it on an uninitialised network) or convert the inputs"
+            )
+        return
 
 
 def _state_snapshot(net):

@@ -502,3 +502,44 @@ def test_matlab_names():
     layers = list(_mlp().layers)
     net, info = trainNetwork(_sscb(x), y, layers, o)
     assert isinstance(net, fa.Network) and len(info.training_loss) == 9
+
+
+def test_digits_demo_runs(capsys):
+    """The README demo, shortened: the conv layer array trains on NumPy and gives the same
+    predictions on array_api_strict."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "train_digits.py"
+    spec = importlib.util.spec_from_file_location("train_digits", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    acc = demo.main(["--epochs", "2", "--other", "array_api_strict"])
+    out = capsys.readouterr().out
+    assert acc > 90
+    assert "test predictions agree on 450/450 images" in out
+
+
+def test_network_and_data_in_different_libraries_is_a_clear_error():
+    import array_api_strict as xps
+
+    x, y = _blobs(12)
+    net = _mlp().initialize()  # NumPy float32 weights
+    with pytest.raises(TypeError, match=r"learnable \['fc_1'\]\['weights'\] is a numpy array.*"
+                                        r"inputs are array_api_strict"):
+        fa.train(net, _sscb(x, xps), y, TrainingOptions(max_epochs=1, **_QUIET))
+
+
+def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
+    import importlib
+
+    tr = importlib.import_module("fmtarray.train")  # the module (fmtarray.train is the function)
+    real = tr.importlib.util.find_spec
+    monkeypatch.setattr(tr.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tqdm" else real(name, *a))
+    x, y = _blobs(30)
+    fa.train(_mlp(), _sscb(x), y, TrainingOptions(max_epochs=2, mini_batch_size=10, verbose=False,
+                                                  progress=True))
+    err = capsys.readouterr().err
+    assert "[##############################] 6/6" in err and "epoch 2/2 loss" in err
