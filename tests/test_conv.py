@@ -93,13 +93,21 @@ def test_kernel_forward_numpy_and_portable(cfg):
     ref = ref_of(cfg, x, w, b)
     dt = cfg["dtype"]
     tol = TOL[dt]
-    for ns, conv_in in ((cnp, lambda a: a.astype(dt)), (cnp, lambda a: _strided(a.astype(dt))),
-                        (array_api_strict, lambda a: array_api_strict.asarray(a.astype(dt)))):
-        y = conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg))
-        y = np.asarray(y)
-        assert y.dtype == dt
-        assert y.shape == ref.shape
-        assert rel_err(y, ref) <= tol
+    variants = ((cnp, lambda a: a.astype(dt), None), (cnp, lambda a: _strided(a.astype(dt)), 0),
+                (cnp, lambda a: _strided(a.astype(dt)), 10**6),
+                (array_api_strict, lambda a: array_api_strict.asarray(a.astype(dt)), None))
+    saved = numpy_conv.BI_MAX_RUN
+    try:
+        for ns, conv_in, bi in variants:
+            # bi: channels-last (0) or batch-innermost (10**6) NumPy path for strided input
+            numpy_conv.BI_MAX_RUN = saved if bi is None else bi
+            y = conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg))
+            y = np.asarray(y)
+            assert y.dtype == dt
+            assert y.shape == ref.shape
+            assert rel_err(y, ref) <= tol
+    finally:
+        numpy_conv.BI_MAX_RUN = saved
 
 
 def _fd_directional(cfg, x, w, b, gy):
@@ -151,9 +159,10 @@ def test_kernel_needs_subset():
     assert gx is None and gb is None and gw.shape == w.shape
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("value", [0.0, "symmetric-exclude-edge"])
 @pytest.mark.parametrize("groups,cg", [(1, 3), (2, 2), (4, 1)])
-def test_tiled_and_chunked_paths(monkeypatch, value, groups, cg):
+def test_tiled_and_chunked_paths(monkeypatch, value, groups, cg, wide):
     """Tiny workspace and tiles: row tiles inside a sample and many batch chunks give
     the same numbers (forward and backward, NumPy and portable)."""
     import array_api_compat.numpy as cnp
@@ -167,6 +176,9 @@ def test_tiled_and_chunked_paths(monkeypatch, value, groups, cg):
     full = [np.asarray(a) for a in conv_backward(cnp, gy, x, w, **kw_of(cfg))]
     monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 2000)
     monkeypatch.setattr(numpy_conv, "TILE_BYTES", 300)
+    monkeypatch.setattr(numpy_conv, "BI_MAX_RUN", 10**6)  # batch-innermost path for the views
+    if wide:  # big-weights mode: chunk-sized columns, one multi-threaded GEMM per chunk
+        monkeypatch.setattr(numpy_conv, "WIDE_WEIGHT_BYTES", 1)
     for ns, conv_in in ((cnp, lambda a: a), (cnp, _strided), (array_api_strict, array_api_strict.asarray)):
         y = np.asarray(conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg)))
         assert rel_err(y, ref) < 1e-12

@@ -66,7 +66,8 @@ def _workers():
                     if blas:
                         n = max(1, min(n, max(blas)))
                 except Exception:  # pragma: no cover - threadpoolctl missing
-                    ctl = None
+                    # BLAS cannot be held at one thread: no worker threads on top of it
+                    ctl, n = None, 1
                 env = os.environ.get("FMTARRAY_NUM_THREADS")
                 if env:
                     n = max(1, int(env))
@@ -84,6 +85,35 @@ def _single_threaded_blas():
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def _full_blas():
+    """Inside :func:`_single_threaded_blas`: give BLAS all its threads back."""
+    _, n, ctl = _workers()
+    if n > 1 and ctl is not None:
+        with ctl.limit(limits=n, user_api="blas"):
+            yield
+    else:
+        yield
+
+
+#: weight matrices at least this large (bytes) switch to "wide" mode: big column
+#: chunks and one multi-threaded GEMM per chunk, so the weights are streamed once
+#: per chunk rather than once per small tile
+WIDE_WEIGHT_BYTES = 2 * 2**20
+
+
+def _wide(geo, itemsize):
+    return geo.K * geo.C * geo.Fg * itemsize >= WIDE_WEIGHT_BYTES
+
+
+def _wide_chunk(geo, itemsize):
+    """Samples per chunk in wide mode: columns (and the pad buffer) within the workspace."""
+    from .conv import WORKSPACE_BYTES
+
+    per = max(geo.P * geo.K * geo.C, math.prod(geo.padded) * geo.C) * itemsize
+    return max(1, min(geo.N, WORKSPACE_BYTES // max(per, 1)))
 
 
 def _parallel(fn, items):
@@ -267,10 +297,13 @@ def forward(x, w, b, geo):
     x = np.asarray(x)
     w = np.asarray(w)
     dtype = _dtype(x, w)
+    bias = None if b is None else np.asarray(b, dtype=dtype).reshape(geo.F)
+    if geo.N > 0 and _batch_innermost(x, geo):
+        with _single_threaded_blas():
+            return _forward_bi(x, w, geo, dtype, bias)
     out = np.empty((geo.N, *geo.out, geo.F), dtype=dtype)
     if geo.N == 0:
         return out
-    bias = None if b is None else np.asarray(b, dtype=dtype).reshape(geo.F)
     with _single_threaded_blas():
         if geo.Cg == 1 and geo.G > 1:
             _depthwise_forward(x, w, geo, out, dtype)
@@ -293,6 +326,9 @@ def _forward_gemm(x, w, geo, out, dtype):
     wm = _weight_matrix(w, geo, dtype)
     it = dtype.itemsize
     copy = _needs_copy(x, geo) or x.dtype != dtype
+    if _wide(geo, it) and geo.out[0] > 0:
+        _forward_wide(x, wm, geo, out, dtype, copy)
+        return
     if copy:
         nb = _chunk_size(geo, math.prod(geo.padded) * geo.C * it)
         chunker = _Chunked(x, geo, min(nb, geo.N), dtype, geo.pb, geo.pa, geo.value)
@@ -320,6 +356,127 @@ def _forward_gemm(x, w, geo, out, dtype):
             _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, o.reshape(m, geo.G, geo.Fg))
 
         _parallel(work, _tiles(geo, n1 - n0, it))
+
+
+# ---------------------------------------------------------------------------------------
+# batch-innermost path (the canonical S…S C B layout, few channels)
+
+#: use the batch-innermost path when the channels-last gather would copy runs of
+#: fewer values than this (``kw·C``): measured faster for 1 channel, slower for 3
+BI_MAX_RUN = 8
+
+
+def _batch_innermost(x, geo):
+    """Batch-innermost input (canonical ``S…S C B`` data) with very few channels."""
+    return (geo.N > 1 and x.strides[0] == x.itemsize and geo.G == 1
+            and geo.C * geo.k[-1] <= BI_MAX_RUN)
+
+
+def _bi_tiles(geo, itemsize):
+    """Tiles over the first output dim (then the second) so that a column tile
+    ``(K·C, rows·…·N)`` is near :data:`TILE_BYTES`."""
+    per_row = (geo.P // geo.out[0]) * geo.N * geo.K * geo.C * itemsize
+    rows = max(1, TILE_BYTES // max(per_row, 1))
+    _, nw, _ = _workers()
+    rows = min(rows, max(1, -(-geo.out[0] // nw)))
+    return [(r0, min(r0 + rows, geo.out[0])) for r0 in range(0, geo.out[0], rows)]
+
+
+def _forward_bi(x, w, geo, dtype, bias):
+    """``out (F, *out, N) = Wᵀ (F, K·C) · cols (K·C, *out·N)``, tiled over output rows.
+
+    Reads the batch-innermost input directly: a window row is a run of ``N`` (for
+    ``C = 1`` and stride 1, ``w·N``) contiguous values, so no transposition is needed,
+    and the result, returned as a ``(N, *out, F)`` view, is batch-innermost as well.
+    """
+    d = geo.d
+    xb = np.moveaxis(x, 0, -1)  # (*sp, C, N), (near) contiguous
+    wt = np.ascontiguousarray(np.asarray(w, dtype=dtype).reshape(geo.K * geo.C, geo.F).T)
+    out = np.empty((geo.F, *geo.out, geo.N), dtype=dtype)
+    out2 = out.reshape(geo.F, -1)
+    row_len = (geo.P // geo.out[0]) * geo.N
+    const = not isinstance(geo.value, str)
+    src_rows = None if const else _pad_rows_index(geo)
+    inner_axes = tuple(range(1, d))
+    _, nw, _ = _workers()
+    st = [None] * nw
+    tiles = _bi_tiles(geo, dtype.itemsize)
+    rmax = max(r1 - r0 for r0, r1 in tiles)
+    nrows_max = (rmax - 1) * geo.stride[0] + (geo.k[0] - 1) * geo.dilation[0] + 1
+
+    def work(wid, tile):
+        r0, r1 = tile
+        if st[wid] is None:
+            blk = np.empty((nrows_max, *geo.padded[1:], geo.C, geo.N), dtype=dtype)
+            if const:
+                blk.fill(geo.value)
+            st[wid] = (blk, np.empty(rmax * row_len * geo.K * geo.C, dtype=dtype))
+        blk_full, cbuf = st[wid]
+        lo = r0 * geo.stride[0]
+        hi = (r1 - 1) * geo.stride[0] + (geo.k[0] - 1) * geo.dilation[0] + 1
+        blk = blk_full[: hi - lo]
+        centre = (slice(None),) + tuple(slice(b, b + n) for b, n in zip(geo.pb[1:], geo.sp[1:]))
+        for i, r in enumerate(range(lo, hi)):
+            src = r - geo.pb[0] if const else src_rows[r]
+            if 0 <= src < geo.sp[0]:
+                blk[(i,) + centre[1:]] = xb[src]
+            elif const:
+                blk[i].fill(geo.value)
+        if not const and d > 1:
+            fill_border_numpy(blk, geo.pb[1:], geo.pa[1:], inner_axes, geo.value)
+        m = (r1 - r0) * row_len
+        cols = cbuf[: m * geo.K * geo.C].reshape(geo.K, geo.C, r1 - r0, *geo.out[1:], geo.N)
+        for kk, off in enumerate(geo.offsets()):
+            v = blk[geo.window(off, (r0, r1))]  # (rows, *out[1:], C, N)
+            np.copyto(cols[kk], np.moveaxis(v, -2, 0))
+        dst = out2[:, r0 * row_len: r1 * row_len]
+        np.matmul(wt, cols.reshape(geo.K * geo.C, m), out=dst)
+        if bias is not None:
+            dst += bias[:, None]
+
+    _parallel(work, tiles)
+    return np.transpose(out, (d + 1,) + tuple(range(1, d + 1)) + (0,))
+
+
+def _pad_rows_index(geo):
+    from .pad import pad_indices
+
+    return pad_indices(geo.sp[0], geo.pb[0], geo.pa[0], geo.value)
+
+
+def _gather_chunk(xpad, geo, cols, n):
+    """Parallel gather of a whole chunk (``n`` samples) into ``cols`` ``(n, *out, K·C)``."""
+    _, nw, _ = _workers()
+    if n >= nw:
+        step = -(-n // nw)
+        tiles = [(s0, min(s0 + step, n), None) for s0 in range(0, n, step)]
+    else:
+        step = -(-geo.out[0] // nw)
+        tiles = [(s, s + 1, (r0, min(r0 + step, geo.out[0])))
+                 for s in range(n) for r0 in range(0, geo.out[0], step)]
+
+    def work(wid, tile):
+        s0, s1, rows = tile
+        c = cols[s0:s1] if rows is None else cols[s0:s1, rows[0]:rows[1]]
+        _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, c)
+
+    _parallel(work, tiles)
+
+
+def _forward_wide(x, wm, geo, out, dtype, copy):
+    it = dtype.itemsize
+    nb = _wide_chunk(geo, it)
+    chunker = _Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy else None
+    cbuf = np.empty(nb * geo.P * geo.K * geo.C, dtype=dtype)
+    for n0 in range(0, geo.N, nb):
+        n1 = min(n0 + nb, geo.N)
+        n = n1 - n0
+        xpad = chunker.block(n0, n1) if copy else x[n0:n1]
+        cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
+        _gather_chunk(xpad, geo, cols, n)
+        m = n * geo.P
+        with _full_blas():
+            _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, out[n0:n1].reshape(m, geo.G, geo.Fg))
 
 
 def _depthwise_tiles(geo, n):
@@ -398,8 +555,35 @@ def backward(gy, x, w, geo, needs):
     return gx, gw, gb
 
 
+def _weight_grad_wide(gy, x, geo, dtype):
+    it = dtype.itemsize
+    nb = _wide_chunk(geo, it)
+    copy_x = _needs_copy(x, geo) or x.dtype != dtype
+    chunker = _Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy_x else None
+    cbuf = np.empty(nb * geo.P * geo.K * geo.C, dtype=dtype)
+    gybuf = np.empty((nb, *geo.out, geo.F), dtype=dtype)
+    acc = np.zeros((geo.G, geo.K * geo.Cg, geo.Fg), dtype=dtype)
+    for n0 in range(0, geo.N, nb):
+        n1 = min(n0 + nb, geo.N)
+        n = n1 - n0
+        xpad = chunker.block(n0, n1) if copy_x else x[n0:n1]
+        cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
+        _gather_chunk(xpad, geo, cols, n)
+        g = gybuf[:n]
+        _parallel_copy(g, gy[n0:n1])
+        m = n * geo.P
+        c3 = cols.reshape(m, geo.G, geo.K * geo.Cg).transpose(1, 2, 0)
+        g3 = g.reshape(m, geo.G, geo.Fg).transpose(1, 0, 2)
+        with _full_blas():
+            acc += np.matmul(c3, g3)
+    gw = acc.reshape(geo.G, *geo.k, geo.Cg, geo.Fg)
+    return np.ascontiguousarray(np.moveaxis(gw, 0, -1))
+
+
 def _weight_grad(gy, x, geo, dtype):
     it = dtype.itemsize
+    if _wide(geo, it):
+        return _weight_grad_wide(gy, x, geo, dtype)
     per_sample = (math.prod(geo.padded) * geo.C + geo.P * geo.F) * it
     nb = min(_chunk_size(geo, per_sample), geo.N)
     copy_x = _needs_copy(x, geo) or x.dtype != dtype
