@@ -20,26 +20,28 @@ Options: ``--quick`` (fewer repeats), ``--no-backward``, ``--no-memory``,
 
 from __future__ import annotations
 
-import argparse
-import gc
-import math
-import os
-import platform
-import statistics
-import sys
-import time
-import tracemalloc
-
-import numpy as np
-
-import fmtarray as fa
-from fmtarray import FormattedArray, _tape
-
+# torch first: imported after NumPy's BLAS has started its threads, torch's own thread
+# pool runs several times slower on this machine, which would flatter us
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover - torch is optional
     torch = None
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import fmtarray as fa  # noqa: E402
+from fmtarray import FormattedArray, _tape  # noqa: E402
 
 
 # name, format, canonical input shape, filter (kh, kw), C, F, groups, kwargs, weights_format

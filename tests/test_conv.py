@@ -5,6 +5,7 @@ groups, S+T, errors, bounded workspace, and gradients (finite differences, torch
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -589,3 +590,283 @@ def test_mixed_libraries_and_devices():
                                                 device=array_api_strict.Device("device1")), "SSCB")
     with pytest.raises(ValueError, match="different devices"):
         fa.conv(x, array_api_strict.asarray(np.zeros((3, 3, 4, 2))))
+
+
+# ---------------------------------------------------------------------------------------
+# arbitrary memory layouts on the NumPy fast path (strides are never assumed)
+
+
+def ref_conv_vjp(x, w, gy, stride, dilation, before, after, value):
+    """Exact VJP of :func:`ref_conv` by direct loops (float64): scatter into the padded
+    input, then the adjoint of the padding as the transpose of the padding matrix."""
+    from conv_reference import ref_pad
+
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    gy = np.asarray(gy, dtype=np.float64)
+    d = x.ndim - 2
+    k = w.shape[:d]
+    cg, fg, g = w.shape[d:]
+    xp = ref_pad(x, before, after, tuple(range(1, d + 1)), value)
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    out = gy.shape[1:-1]
+    for pos in itertools.product(*(range(o) for o in out)):
+        for grp in range(g):
+            gyv = gy[(slice(None),) + pos + (slice(grp * fg, (grp + 1) * fg),)]  # (n, fg)
+            for off in itertools.product(*(range(kk) for kk in k)):
+                idx = tuple(p * s + o * dl for p, s, o, dl in zip(pos, stride, off, dilation))
+                sl = (slice(None),) + idx + (slice(grp * cg, (grp + 1) * cg),)
+                wm = w[off + (slice(None), slice(None), grp)]  # (cg, fg)
+                gxp[sl] += gyv @ wm.T
+                gw[off + (slice(None), slice(None), grp)] += xp[sl].T @ gyv
+    gx = gxp
+    for ax in range(d):
+        n = x.shape[ax + 1]
+        lin = value if isinstance(value, str) else 0.0  # the linear part of the padding
+        pm = ref_pad(np.eye(n), (before[ax],), (after[ax],), (0,), lin)  # (n+b+a, n)
+        gx = np.moveaxis(np.tensordot(pm.T, np.moveaxis(gx, ax + 1, 0), axes=1), 0, ax + 1)
+    return gx, gw
+
+
+def _relayout(a, data, name):
+    """The values of ``a`` in an arbitrary memory layout: stored in a random dim order,
+    some dims every other element of a NaN-filled buffer (a read of a gap shows up),
+    some reversed in memory (negative strides), size-1 dims with odd strides,
+    maybe read-only."""
+    nd = a.ndim
+    perm = data.draw(st.permutations(range(nd)), label=f"{name} memory order")
+    if data.draw(st.booleans(), label=f"{name} contiguous"):
+        # C-contiguous as NumPy sees it: only the size-1 dims move in memory (their
+        # strides then are not the C-order ones, e.g. a singleton C stored outermost)
+        big = iter(sorted(p for p in perm if a.shape[p] > 1))
+        perm = [p if a.shape[p] == 1 else next(big) for p in perm]
+        step = flip = [False] * nd
+    else:
+        step = data.draw(st.lists(st.booleans(), min_size=nd, max_size=nd),
+                         label=f"{name} step 2")
+        flip = data.draw(st.lists(st.booleans(), min_size=nd, max_size=nd),
+                         label=f"{name} reversed")
+    buf = np.full([a.shape[p] * (2 if step[p] else 1) for p in perm], np.nan, dtype=a.dtype)
+    view = buf.transpose(np.argsort(perm))[tuple(slice(None, None, 2 if s else 1) for s in step)]
+    fl = tuple(slice(None, None, -1 if f else 1) for f in flip)
+    view[...] = a[fl]
+    r = view[fl]
+    if data.draw(st.booleans(), label=f"{name} odd size-1 strides"):
+        # a size-1 dim is never stepped: any stride is a valid view of the same memory
+        odd = tuple(s if n > 1 else (8192 + 3 * a.itemsize) * (-1) ** i
+                    for i, (s, n) in enumerate(zip(r.strides, r.shape)))
+        r = np.lib.stride_tricks.as_strided(r, r.shape, odd, writeable=False)
+    if data.draw(st.booleans(), label=f"{name} read-only"):
+        r = r.view()
+        r.flags.writeable = False
+    np.testing.assert_array_equal(r, a)
+    return r
+
+
+@st.composite
+def layout_config(draw):
+    """Small configurations that reach every NumPy path, biased to size-1 dims and to
+    no padding (the input then goes to the gathers without a copy)."""
+    d = draw(st.sampled_from([1, 2, 2, 3]))
+    k = tuple(draw(st.sampled_from([1, 2, 3, 3] if d < 3 else [1, 2, 2])) for _ in range(d))
+    dil = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(d))
+    stride = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(d))
+    nopad = draw(st.booleans())
+    pb = tuple(0 if nopad else draw(st.sampled_from([0, 1, 2])) for _ in range(d))
+    pa = tuple(0 if nopad else draw(st.sampled_from([0, 0, 1])) for _ in range(d))
+    value = draw(st.sampled_from(VALUES))
+    sp = []
+    for kk, dl, b, a in zip(k, dil, pb, pa):
+        lo = max(1, (kk - 1) * dl + 1 - b - a)
+        sp.append(draw(st.sampled_from([lo, lo, lo + 1, lo + 4])))
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cg = draw(st.sampled_from([1, 1, 2, 3]))
+    fg = draw(st.sampled_from([1, 1, 2, 3]))
+    n = draw(st.sampled_from([1, 1, 2, 5]))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return dict(d=d, k=k, dil=dil, stride=stride, pb=pb, pa=pa, value=value, sp=tuple(sp),
+                groups=groups, cg=cg, fg=fg, n=n, dtype=dtype)
+
+
+# path switches of the NumPy kernel: default; batch-innermost forced; tiny tiles and
+# workspace (row tiles, many chunks); wide mode (chunk GEMMs)
+LAYOUT_MODES = {
+    "default": {},
+    "batch-innermost": {"BI_MAX_RUN": 10**6},
+    "last-innermost": {"LI_MIN_RUN": 1},
+    "tiny-tiles": {"TILE_BYTES": 200, "WORKSPACE_BYTES": 1500},
+    "wide": {"WIDE_WEIGHT_BYTES": 1, "WORKSPACE_BYTES": 1500},
+}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cfg=layout_config(), mode=st.sampled_from(list(LAYOUT_MODES)), data=st.data())
+def test_numpy_path_any_memory_layout(cfg, mode, data):
+    """Forward and backward of the NumPy kernels on inputs, weights and cotangents in
+    any memory layout (permuted storage, step-2 slices, negative strides, size-1 dims
+    with odd strides, read-only) equal the direct-loop reference."""
+    import array_api_compat.numpy as cnp
+
+    x, w, b = make(cfg, seed=3)
+    dt = cfg["dtype"]
+    ref = ref_of(cfg, x, w, b)
+    gy = np.random.default_rng(4).standard_normal(ref.shape)
+    args = (cfg["stride"], cfg["dil"], cfg["pb"], cfg["pa"], cfg["value"])
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, *args)
+    xl = _relayout(x.astype(dt), data, "x")
+    wl = _relayout(w.astype(dt), data, "w")
+    gyl = _relayout(gy.astype(dt), data, "gy")
+    bl = b.astype(dt)
+    tol = TOL[dt] if dt == np.float64 else 1e-5
+    saved = {}
+    try:
+        for name, v in LAYOUT_MODES[mode].items():
+            mod = kconv if name == "WORKSPACE_BYTES" else numpy_conv
+            saved[(mod, name)] = getattr(mod, name)
+            setattr(mod, name, v)
+        y = conv_forward(cnp, xl, wl, bl, **kw_of(cfg))
+        assert y.dtype == dt and y.shape == ref.shape
+        assert rel_err(y, ref) <= tol
+        gx, gw, gb = conv_backward(cnp, gyl, xl, wl, **kw_of(cfg))
+    finally:
+        for (mod, name), v in saved.items():
+            setattr(mod, name, v)
+    assert gx.dtype == dt and gw.dtype == dt
+    assert rel_err(gx, gx_ref) <= 4 * tol
+    assert rel_err(gw, gw_ref) <= 4 * tol
+    np.testing.assert_allclose(gb, gy.reshape(-1, gb.size).sum(0), rtol=4 * tol, atol=4 * tol)
+    # the inputs were only read
+    np.testing.assert_array_equal(xl, x.astype(dt))
+    np.testing.assert_array_equal(wl, w.astype(dt))
+
+
+@pytest.mark.parametrize("n", [1, 2, 32, 300])
+@pytest.mark.parametrize("stored", ["BSSC", "SSCB", "CBSS", "BCSS"])
+def test_op_any_stored_layout(n, stored):
+    """``fa.conv`` (forward and gradients) on a FormattedArray built from data stored
+    in any dim order, C = 1 included: the digits-demo case (``BSSC`` images with a
+    singleton C, batch outermost in memory) gave NaN / crashed."""
+    rng = np.random.default_rng(0)
+    canon = rng.standard_normal((8, 8, 1, n)).astype(np.float32)  # SSCB
+    order = [("SSCB".index(ch) if ch != "S" else None) for ch in stored]
+    s_pos = iter([0, 1])
+    perm = [o if o is not None else next(s_pos) for o in order]
+    data = np.ascontiguousarray(np.transpose(canon, perm))
+    x = FormattedArray(data, stored) - 0.5
+    w = rng.standard_normal((5, 5, 1, 20)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    y = fa.conv(x, w, b)
+    xk = np.moveaxis(canon - 0.5, -1, 0)  # (N, 8, 8, 1)
+    ref = ref_conv(xk, w[..., None], b)  # (N, 4, 4, 20)
+    assert y.format == "SSCB"
+    assert rel_err(np.moveaxis(y.data, -1, 0), ref) <= 1e-5
+
+    r = np.cos(np.arange(np.prod(y.shape))).reshape(y.shape).astype(np.float32)
+
+    def loss(xx, ww):
+        return fa.sum(fa.conv(xx, ww, b) * FormattedArray._wrap(r, "SSCB"))
+
+    gx, gw = fa.grad(loss, argnums=(0, 1))(x, FormattedArray(w))
+    gx_ref, gw_ref = ref_conv_vjp(xk, w[..., None], np.moveaxis(r, -1, 0), (1, 1), (1, 1),
+                                  (0, 0), (0, 0), 0.0)
+    assert rel_err(np.moveaxis(np.asarray(gx.data), -1, 0), gx_ref) <= 1e-5
+    assert rel_err(gw.data, gw_ref[..., 0]) <= 1e-5
+
+
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("stride,dil,pb,pa", [(1, 1, (1, 1), (1, 1)), (1, 2, (2, 0), (1, 2)),
+                                              (2, 1, (1, 0), (0, 1)), ((1, 2), (2, 1), (0, 3), (2, 0)),
+                                              (1, 1, (0, 0), (0, 0))])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_depthwise_batch_innermost(value, stride, dil, pb, pa, d):
+    """Channel-wise fast path on the canonical batch-innermost layout (fused windows,
+    unmaterialised zero padding, border patches) against the reference, with VJP."""
+    import array_api_compat.numpy as cnp
+
+    def per_dim(v):
+        v = v if isinstance(v, tuple) else (v,) * 2
+        return (v * 2)[:d]
+
+    stride, dil, pb, pa = per_dim(stride), per_dim(dil), per_dim(pb), per_dim(pa)
+    sp = (7, 6, 5)[:d]
+    k = (3, 2, 3)[:d]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, *sp, 3))
+    w = rng.standard_normal((*k, 1, 1, 3))
+    b = rng.standard_normal(3)
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value, groups=3)
+    ref = ref_conv(x, w, b, stride, dil, pb, pa, value)
+    y = conv_forward(cnp, _strided(x), w, b, **kw)
+    assert rel_err(y, ref) <= 1e-12
+    gy = rng.standard_normal(ref.shape)
+    gx, gw, gb = conv_backward(cnp, _strided(gy), _strided(x), w, **kw)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
+    assert rel_err(gx, gx_ref) <= 1e-12
+    assert rel_err(gw, gw_ref) <= 1e-12
+
+
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("stride,dil,pb,pa", [(1, 1, (0, 0), (0, 0)), (1, 2, (2, 0), (1, 2)),
+                                              (2, 1, (1, 0), (0, 1)), ((1, 3), (2, 1), (0, 3), (2, 0))])
+@pytest.mark.parametrize("d,c", [(1, 1), (2, 1), (2, 2), (3, 1)])
+def test_few_channels_batch_innermost_vjp(value, stride, dil, pb, pa, d, c):
+    """Input gradient for few input channels on the batch-innermost layout (per-tap
+    scatter of ``Wᵀ·gy`` into per-worker padded inputs) against the reference VJP."""
+    import array_api_compat.numpy as cnp
+
+    def per_dim(v):
+        v = v if isinstance(v, tuple) else (v,) * 2
+        return (v * 2)[:d]
+
+    stride, dil, pb, pa = per_dim(stride), per_dim(dil), per_dim(pb), per_dim(pa)
+    sp = (7, 6, 5)[:d]
+    k = (3, 2, 3)[:d]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, *sp, c))
+    w = rng.standard_normal((*k, c, 4, 1))
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    ref = ref_conv(x, w, None, stride, dil, pb, pa, value)
+    gy = rng.standard_normal(ref.shape)
+    assert numpy_conv._input_grad_bi_ok(_strided(gy), _strided(x), kconv._Geometry(
+        x.shape, w.shape, stride, dil, pb, pa, value, 1), np.dtype(np.float64))
+    gx, gw, _ = conv_backward(cnp, _strided(gy), _strided(x), w, **kw)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
+    assert rel_err(gx, gx_ref) <= 1e-12
+    assert rel_err(gw, gw_ref) <= 1e-12
+
+
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("stride,dil", [(1, 1), ((2, 1), (1, 2)), ((1, 3, 1), (2, 1, 3))])
+def test_last_dim_innermost(monkeypatch, value, d, stride, dil):
+    """Inputs whose last convolved dim is innermost in memory (canonical ``SCBT``
+    convolved over S and T): flat-shift columns on a padded copy, against the reference."""
+    import array_api_compat.numpy as cnp
+
+    monkeypatch.setattr(numpy_conv, "LI_MIN_RUN", 1)
+    stride = (stride * 3)[:d] if isinstance(stride, tuple) else (stride,) * d
+    dil = (dil * 3)[:d] if isinstance(dil, tuple) else (dil,) * d
+    stride = stride[:-1] + (1,)
+    sp = (7, 6, 9)[:d]
+    k = (3, 2, 3)[:d]
+    pb, pa = (1, 0, 2)[:d], (2, 1, 0)[:d]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, *sp, 2))
+    w = rng.standard_normal((*k, 2, 3, 1))
+    b = rng.standard_normal(3)
+    # memory (*outer, C, N, W): the last convolved dim innermost
+    order = tuple(range(1, d)) + (d + 1, 0, d)
+    xl = np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
+    assert numpy_conv._last_innermost(xl, kconv._Geometry(
+        x.shape, w.shape, stride, dil, pb, pa, value, 1), np.dtype(np.float64))
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    y = conv_forward(cnp, xl, w, b, **kw)
+    assert rel_err(y, ref_conv(x, w, b, stride, dil, pb, pa, value)) <= 1e-12
+    gy = rng.standard_normal(y.shape)
+    gyl = np.ascontiguousarray(gy.transpose(order)).transpose(np.argsort(order))
+    gx, gw, _ = conv_backward(cnp, gyl, xl, w, **kw)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
+    assert rel_err(gx, gx_ref) <= 1e-12
+    assert rel_err(gw, gw_ref) <= 1e-12

@@ -45,7 +45,7 @@ __all__ = ["forward", "backward", "TILE_BYTES"]
 #: target size of one column tile (gathered, then consumed by the GEMM while in cache)
 TILE_BYTES = 2 * 2**20
 #: elements per block of a transposing copy
-_COPY_BLOCK = 1 << 15
+_COPY_BLOCK = 1 << 17
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -117,7 +117,11 @@ def _wide_chunk(geo, itemsize):
 
 
 def _parallel(fn, items):
-    """Run ``fn(worker, item)`` over ``items``; worker ``i`` takes items ``i, i+n, …``."""
+    """Run ``fn(worker, item)`` over ``items``; worker ``i`` takes items ``i, i+n, …``
+    (a fixed assignment: sums per worker are reproducible). Worker 0 is the calling
+    thread, which starts at once: a pool thread that has been idle takes a while to
+    wake up (hundreds of µs on a virtual machine), and each conv runs a few of these
+    parallel phases."""
     pool, n, _ = _workers()
     items = list(items)
     if n == 1 or len(items) <= 1:
@@ -130,8 +134,12 @@ def _parallel(fn, items):
         for it in items[w::n]:
             fn(w, it)
 
-    for f in [pool.submit(run, w) for w in range(n)]:
-        f.result()
+    futures = [pool.submit(run, w) for w in range(1, n)]
+    try:
+        run(0)
+    finally:
+        for f in futures:
+            f.result()
 
 
 def _dtype(*arrs):
@@ -148,12 +156,20 @@ def _c_order(a) -> bool:
     return all(s1 >= s2 for s1, s2 in zip(st, st[1:]))
 
 
+def _outer_axis(src):
+    """The dim of size > 1 with the largest source stride: blocks cut along it are
+    compact in the source (cutting along a dim that is contiguous in memory would
+    make every block read a sliver of every cache line)."""
+    big = [i for i, n in enumerate(src.shape) if n > 1]
+    return max(big, key=lambda i: abs(src.strides[i])) if big else None
+
+
 def _copy_blocked(dst, src):
     """``dst[...] = src`` in blocks, so a transposing copy works in cache."""
     if src.size <= _COPY_BLOCK or _c_order(src):
         np.copyto(dst, src)
         return
-    ax = next(i for i, n in enumerate(src.shape) if n > 1)
+    ax = _outer_axis(src)
     step = max(1, (_COPY_BLOCK * src.shape[ax]) // src.size)
     for i in range(0, src.shape[ax], step):
         sl = (slice(None),) * ax + (slice(i, i + step),)
@@ -161,14 +177,16 @@ def _copy_blocked(dst, src):
 
 
 def _parallel_copy(dst, src):
-    """Copy split over the workers along the first dim of size > 1 (caller holds BLAS)."""
+    """Copy split over the workers along the source's outermost dim (caller holds BLAS)."""
     _, n, _ = _workers()
-    big = [i for i, s in enumerate(src.shape) if s > 1]
-    if n == 1 or not big or src.size < 4 * _COPY_BLOCK:
+    ax = _outer_axis(src)
+    if n == 1 or ax is None or src.size < 4 * _COPY_BLOCK:
         _copy_blocked(dst, src)
         return
-    ax = big[0] if src.shape[big[0]] >= n or len(big) == 1 else big[1]
     step = -(-src.shape[ax] // n)
+    if src.shape[ax] < n:
+        _copy_blocked(dst, src)
+        return
     parts = [(slice(None),) * ax + (slice(i, i + step),) for i in range(0, src.shape[ax], step)]
     _parallel(lambda w, sl: _copy_blocked(dst[sl], src[sl]), parts)
 
@@ -242,14 +260,35 @@ def _merged(geo):
     return geo.G == 1 and geo.dilation[-1] == 1 and geo.k[-1] > 1
 
 
+def _run_stride(xpad, geo):
+    """Byte stride of the ``kw·C`` run of the last convolved dim and its channels, or
+    ``None`` when they are not one evenly strided run in ``xpad``'s memory.
+
+    Checked on the actual strides of the block, never assumed: a size-1 channel dim
+    may carry any stride (NumPy's contiguity flags ignore it), so for ``C == 1`` the
+    run's step is the last spatial stride, and for ``C > 1`` the spatial step must be
+    exactly ``C`` channel steps.
+    """
+    sw, sc = xpad.strides[-2], xpad.strides[-1]
+    if geo.C == 1:
+        return sw
+    if sw == geo.C * sc:
+        return sc
+    return None
+
+
 def _gather(xpad, geo, rows, cols):
     """Fill ``cols`` ``(n, *out_tile, K·C)`` (group-major inside: ``G, K, Cg``) from a
-    padded channels-last block whose last two dims are contiguous."""
+    padded channels-last block (any strides)."""
     n = xpad.shape[0]
     osz = cols.shape[1:-1]
-    if _merged(geo):
+    step = _run_stride(xpad, geo) if _merged(geo) else None
+    if step is not None:
         kw = geo.k[-1]
         run = kw * geo.C
+        # the windows of the last dim must lie inside the block (out-of-bounds reads
+        # through as_strided would be silent garbage or a crash)
+        assert (osz[-1] - 1) * geo.stride[-1] + kw <= xpad.shape[-2], (osz, xpad.shape)
         c3 = cols.reshape(n, *osz, geo.K // kw, run)
         for ko, off in enumerate(itertools.product(*(range(k) for k in geo.k[:-1]))):
             sl = tuple(slice(o * dl, o * dl + (cnt - 1) * s + 1, s)
@@ -257,7 +296,7 @@ def _gather(xpad, geo, rows, cols):
             v = xpad[(slice(None),) + sl]  # (n, *outer, Wp, C)
             src = as_strided(
                 v, shape=v.shape[:-2] + (osz[-1], run),
-                strides=v.strides[:-2] + (v.strides[-2] * geo.stride[-1], v.strides[-1]),
+                strides=v.strides[:-2] + (v.strides[-2] * geo.stride[-1], step),
                 writeable=False,
             )
             np.copyto(c3[..., ko, :], src)
@@ -289,21 +328,39 @@ def _needs_copy(x, geo):
     return any(geo.pb) or any(geo.pa) or not x.flags.c_contiguous
 
 
+def _plain(a):
+    """``a`` itself, or — when it is C-contiguous — a view with the canonical strides.
+
+    NumPy calls an array C-contiguous whatever the strides of its size-1 dims (e.g. a
+    channels-last view of batch-outermost data with ``C == 1`` carries the batch
+    stride on its ``C`` dim); code that reads strides must not see those.
+    """
+    a = np.asarray(a)
+    if a.flags.c_contiguous and a.size:
+        return a.reshape(-1).reshape(a.shape)
+    return a
+
+
 # ---------------------------------------------------------------------------------------
 # forward
 
 
 def forward(x, w, b, geo):
-    x = np.asarray(x)
+    x = _plain(x)
     w = np.asarray(w)
     dtype = _dtype(x, w)
     bias = None if b is None else np.asarray(b, dtype=dtype).reshape(geo.F)
     if geo.N > 0 and _batch_innermost(x, geo):
         with _single_threaded_blas():
             return _forward_bi(x, w, geo, dtype, bias)
+    if geo.N > 0 and _last_innermost(x, geo, dtype):
+        with _single_threaded_blas():
+            return _forward_li(x, w, geo, dtype, bias)
     out = np.empty((geo.N, *geo.out, geo.F), dtype=dtype)
     if geo.N == 0:
         return out
+    if geo.Cg == 1 and geo.G > 1 and geo.Fg == 1 and _depthwise_bi_ok(x, geo, dtype):
+        return _depthwise_forward_bi(x, w, geo, dtype, bias)
     with _single_threaded_blas():
         if geo.Cg == 1 and geo.G > 1:
             _depthwise_forward(x, w, geo, out, dtype)
@@ -323,6 +380,7 @@ def _parallel_add(out, bias):
 
 
 def _forward_gemm(x, w, geo, out, dtype):
+    x = _plain(x)
     wm = _weight_matrix(w, geo, dtype)
     it = dtype.itemsize
     copy = _needs_copy(x, geo) or x.dtype != dtype
@@ -404,16 +462,23 @@ def _forward_bi(x, w, geo, dtype, bias):
     rmax = max(r1 - r0 for r0, r1 in tiles)
     nrows_max = (rmax - 1) * geo.stride[0] + (geo.k[0] - 1) * geo.dilation[0] + 1
 
+    nopad = not any(geo.pb) and not any(geo.pa) and x.dtype == dtype
+
     def work(wid, tile):
         r0, r1 = tile
         if st[wid] is None:
-            blk = np.empty((nrows_max, *geo.padded[1:], geo.C, geo.N), dtype=dtype)
-            if const:
-                blk.fill(geo.value)
+            blk = None
+            if not nopad:
+                blk = np.empty((nrows_max, *geo.padded[1:], geo.C, geo.N), dtype=dtype)
+                if const:
+                    blk.fill(geo.value)
             st[wid] = (blk, np.empty(rmax * row_len * geo.K * geo.C, dtype=dtype))
         blk_full, cbuf = st[wid]
         lo = r0 * geo.stride[0]
         hi = (r1 - 1) * geo.stride[0] + (geo.k[0] - 1) * geo.dilation[0] + 1
+        if nopad:  # windows straight from the input, no staging copy
+            gather(xb[lo:hi], r0, r1, cbuf)
+            return
         blk = blk_full[: hi - lo]
         centre = (slice(None),) + tuple(slice(b, b + n) for b, n in zip(geo.pb[1:], geo.sp[1:]))
         for i, r in enumerate(range(lo, hi)):
@@ -424,6 +489,9 @@ def _forward_bi(x, w, geo, dtype, bias):
                 blk[i].fill(geo.value)
         if not const and d > 1:
             fill_border_numpy(blk, geo.pb[1:], geo.pa[1:], inner_axes, geo.value)
+        gather(blk, r0, r1, cbuf)
+
+    def gather(blk, r0, r1, cbuf):
         m = (r1 - r0) * row_len
         cols = cbuf[: m * geo.K * geo.C].reshape(geo.K, geo.C, r1 - r0, *geo.out[1:], geo.N)
         for kk, off in enumerate(geo.offsets()):
@@ -436,6 +504,151 @@ def _forward_bi(x, w, geo, dtype, bias):
 
     _parallel(work, tiles)
     return np.transpose(out, (d + 1,) + tuple(range(1, d + 1)) + (0,))
+
+
+# ---------------------------------------------------------------------------------------
+# last-dim-innermost path (e.g. the canonical S C B T layout convolved over S and T)
+
+
+#: minimum flat row length ``N·Wp`` for the last-dim-innermost path
+LI_MIN_RUN = 256
+
+
+def _last_innermost(x, geo, dtype):
+    """The last convolved dim is the innermost in memory (checked on the strides),
+    stride 1 along it, one group, few channels, and the padded input fits the
+    workspace: rows ``(N, W)`` are then long contiguous runs and the windows of the
+    last dim are flat shifts of them."""
+    from .conv import WORKSPACE_BYTES
+
+    return (x.strides[-2] == x.itemsize and x.shape[-2] > 1 and x.dtype == dtype
+            and geo.G == 1 and geo.stride[-1] == 1 and geo.C <= 64
+            and geo.N * geo.padded[-1] >= LI_MIN_RUN
+            and math.prod(geo.padded) * geo.C * geo.N * dtype.itemsize <= WORKSPACE_BYTES)
+
+
+class _LastInnermost:
+    """Flat-shift columns for inputs whose last convolved dim is innermost in memory.
+
+    Column row ``(k, c)`` for outer output position ``o`` is a flat shift of the
+    ``(N, W)`` run of channel ``c``: ``x[o·s + k_outer·dl, c].ravel()[k_w·dl - pb:][:N·W]``,
+    one strided copy per kernel offset, no transposition; the values a shift carries
+    across a sample boundary (or out of the input) are reset to the padding value.
+    With constant padding and ``Wo <= W`` the input is read in place; otherwise it is
+    first padded into a copy laid out ``(*outer, C, N, Wp)``. Columns are computed for
+    all ``N·W`` flat positions; output ``j`` of sample ``n`` is position ``n·W + j``.
+    """
+
+    def __init__(self, x, geo, dtype):
+        d, N, C = geo.d, geo.N, geo.C
+        self.geo = geo
+        xv = x.transpose(tuple(range(1, d)) + (d + 1, 0, d))  # (*outer, C, N, W)
+        const = not isinstance(geo.value, str)
+        direct = (const and geo.out[-1] <= geo.sp[-1]
+                  and (N == 1 or xv.strides[-2] == geo.sp[-1] * x.itemsize))
+        if direct:
+            src, self.pb, self.sp, self.value = xv, geo.pb, geo.sp, geo.value
+        else:
+            src = np.empty((*geo.padded[:-1], C, N, geo.padded[-1]), dtype=dtype)
+            centre = (tuple(slice(b, b + n) for b, n in zip(geo.pb[:-1], geo.sp[:-1]))
+                      + (slice(None), slice(None), slice(geo.pb[-1], geo.pb[-1] + geo.sp[-1])))
+            _parallel_copy(src[centre], xv)
+            if any(geo.pb) or any(geo.pa):
+                fill_border_numpy(src, geo.pb, geo.pa, tuple(range(d - 1)) + (d + 1,),
+                                  geo.value)
+            self.pb, self.sp, self.value = (0,) * d, geo.padded, 0.0
+        self.wrow = self.sp[-1]
+        self.L = N * self.wrow
+        self.flat = src.reshape(*self.sp[:-1], C, self.L)  # a view (strides checked)
+        self.outer_out = list(itertools.product(*(range(o) for o in geo.out[:-1])))
+        self.outer_offs = list(itertools.product(*(range(k) for k in geo.k[:-1])))
+
+    def fill(self, cols, o):
+        geo, C, kw, dl = self.geo, self.geo.C, self.geo.k[-1], self.geo.dilation[-1]
+        L, wrow, pb, value = self.L, self.wrow, self.pb, self.value
+        t = 0
+        for off in self.outer_offs:
+            idx = tuple(oi * s + k * dd - b for oi, s, k, dd, b in
+                        zip(o, geo.stride, off, geo.dilation, pb))
+            if any(i < 0 or i >= n for i, n in zip(idx, self.sp[:-1])):
+                cols[t * C:(t + kw) * C].fill(value)
+                t += kw
+                continue
+            row = self.flat[idx]  # (C, N·W)
+            for j in range(kw):
+                delta = j * dl - pb[-1]
+                cb = cols[t * C:(t + 1) * C]
+                q0, q1 = max(0, -delta), min(L, L - delta)
+                if q0 < q1:
+                    np.copyto(cb[:, q0:q1], row[:, q0 + delta:q1 + delta])
+                if delta:
+                    bad = (slice(max(wrow - delta, 0), wrow) if delta > 0
+                           else slice(0, min(-delta, wrow)))
+                    cb.reshape(C, geo.N, wrow)[:, :, bad] = value
+                t += 1
+
+
+def _forward_li(x, w, geo, dtype, bias):
+    """``out[o] (F, N·W) = Wᵀ (F, K·C) · cols (K·C, N·W)`` per outer output position
+    ``o`` (columns of :class:`_LastInnermost`); the GEMM writes the output rows in
+    place when ``Wo == W`` (e.g. ``"same"``). The result, ``(*outer, F, N, Wo)``, is
+    returned as a ``(N, *out, F)`` view."""
+    d, N, F = geo.d, geo.N, geo.F
+    li = _LastInnermost(x, geo, dtype)
+    wo, L = geo.out[-1], li.L
+    wt = np.ascontiguousarray(_weight_matrix(w, geo, dtype)[0].T)  # (F, K·C)
+    out = np.empty((*geo.out[:-1], F, N, wo), dtype=dtype)
+    KC = geo.K * geo.C
+    _, nw, _ = _workers()
+    st = [None] * nw
+    in_place = wo == li.wrow
+
+    def work(wid, o):
+        if st[wid] is None:
+            st[wid] = (np.empty((KC, L), dtype=dtype),
+                       None if in_place else np.empty((F, L), dtype=dtype))
+        cols, res = st[wid]
+        li.fill(cols, o)
+        dst = out[o]  # (F, N, Wo)
+        if in_place:
+            np.matmul(wt, cols, out=dst.reshape(F, L))
+        else:
+            np.matmul(wt, cols, out=res)
+            np.copyto(dst, res.reshape(F, N, li.wrow)[:, :, :wo])
+        if bias is not None:
+            dst += bias[:, None, None]
+
+    _parallel(work, li.outer_out)
+    return out.transpose((d,) + tuple(range(d - 1)) + (d + 1, d - 1))  # (N, *out, F)
+
+
+def _weight_grad_li(gy, x, geo, dtype):
+    """Weight gradient on the columns of :class:`_LastInnermost`:
+    ``Σ_o cols_o (K·C, N·W) · gy_oᵀ (N·W, F)``, ``gy_o`` the ``(F, N, Wo)`` cotangent
+    rows (zero-extended to ``W`` when ``Wo < W``), per-worker accumulators."""
+    d, N, F = geo.d, geo.N, geo.F
+    li = _LastInnermost(x, geo, dtype)
+    wo, L = geo.out[-1], li.L
+    gyv = gy.transpose(tuple(range(1, d)) + (d + 1, 0, d))  # (*outer, F, N, Wo)
+    KC = geo.K * geo.C
+    _, nw, _ = _workers()
+    st = [None] * nw
+
+    def work(wid, o):
+        if st[wid] is None:
+            gb = np.zeros((F, N, li.wrow), dtype=dtype)
+            st[wid] = (np.empty((KC, L), dtype=dtype), gb, np.zeros((KC, F), dtype=dtype),
+                       np.empty((KC, F), dtype=dtype))
+        cols, gb, acc, tmp = st[wid]
+        li.fill(cols, o)
+        np.copyto(gb[:, :, :wo], gyv[o])
+        np.matmul(cols, gb.reshape(F, L).T, out=tmp)
+        acc += tmp
+
+    _parallel(work, li.outer_out)
+    acc = sum(s[2] for s in st if s is not None)
+    gw = acc.reshape(*geo.k, geo.C, F)
+    return np.ascontiguousarray(gw[..., None])  # (*k, C, F, 1)
 
 
 def _pad_rows_index(geo):
@@ -477,6 +690,113 @@ def _forward_wide(x, wm, geo, out, dtype, copy):
         m = n * geo.P
         with _full_blas():
             _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, out[n0:n1].reshape(m, geo.G, geo.Fg))
+
+
+def _depthwise_bi_ok(x, geo, dtype):
+    """Channel-wise conv straight on batch-innermost data: ``(C, N)`` one contiguous
+    block per position (checked on the strides), same dtype, and when the padding is
+    not zeros, a padded copy within the workspace."""
+    from .conv import WORKSPACE_BYTES
+
+    it = x.itemsize
+    if x.dtype != dtype or geo.N < 2 or x.strides[0] != it or x.strides[-1] != geo.N * it:
+        return False
+    if geo.value == 0 and not isinstance(geo.value, str):
+        return True
+    return math.prod(geo.padded) * geo.C * geo.N * it <= WORKSPACE_BYTES
+
+
+def _valid(o, s, k, dl, pb, n):
+    """Output range ``[lo, hi)`` whose tap ``k`` reads inside ``[0, n)``, and its first
+    input index."""
+    off = k * dl - pb  # output j reads input j·s + off
+    lo = max(0, -(off // s))  # ceil(-off / s)
+    hi = min(o, (n - 1 - off) // s + 1)
+    return lo, max(lo, hi), lo * s + off
+
+
+def _depthwise_forward_bi(x, w, geo, dtype, bias):
+    """Channel-wise convolution on the canonical batch-innermost layout, no transposes:
+    ``out[o, (c, n)] = Σ_k w[k, c] · x[o·s + k·dl - pb, (c, n)]`` over contiguous
+    ``C·N`` runs. The interior (every tap inside the input) is one fused
+    multiply-accumulate per row block (``einsum`` over the windows of
+    ``sliding_window_view``); zero padding is never materialised: on the border strips
+    each tap only touches the outputs whose input is inside. Row blocks go to the
+    workers."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    d, N, C = geo.d, geo.N, geo.C
+    cn = C * N
+    xb = np.moveaxis(x, 0, -1).reshape(*geo.sp, cn)  # a view (strides checked)
+    wk = _depthwise_weights(w, geo, dtype)[:, :, 0]  # (K, C)
+    wexp = np.ascontiguousarray(np.repeat(wk, N, axis=1))  # (K, C·N)
+    src, pb, sp = _depthwise_src(xb, geo, dtype)
+    out = np.empty((*geo.out, cn), dtype=dtype)
+    offs = list(geo.offsets())
+    ranges = [[_valid(o, s, k, dl, b, n) for o, s, k, dl, b, n in
+               zip(geo.out, geo.stride, off, geo.dilation, pb, sp)] for off in offs]
+    # interior box: every tap reads inside the input
+    box = [(max(r[m][0] for r in ranges), min(r[m][1] for r in ranges)) for m in range(d)]
+    if any(lo >= hi for lo, hi in box):
+        box = None
+    # border slabs (output regions outside the box), as per-dim (lo, hi)
+    slabs = []
+    if box is None:
+        slabs.append([(0, o) for o in geo.out])
+    else:
+        for m in range(d):
+            head = [box[i] for i in range(m)]
+            tail = [(0, o) for o in geo.out[m + 1:]]
+            for lo, hi in ((0, box[m][0]), (box[m][1], geo.out[m])):
+                if lo < hi:
+                    slabs.append(head + [(lo, hi)] + tail)
+    letters = "abcdefghij"[:d]
+    taps = "pqrstuvwxy"[:d]
+    sub = f"{letters}z{taps},{taps}z->{letters}z"
+    wwin = wexp.reshape(*geo.k, cn)
+    _, nw, _ = _workers()
+    tasks = []
+    if box is not None:
+        n0 = box[0][1] - box[0][0]
+        # few large row blocks (per-call overhead of the windows and einsum), about
+        # two per worker
+        rb = max(1, -(-n0 // (2 * nw)))
+        tasks += [("in", (r0, min(r0 + rb, box[0][1]))) for r0 in range(box[0][0], box[0][1], rb)]
+    tasks += [("border", sl) for sl in slabs]
+    eff = tuple((k - 1) * dl + 1 for k, dl in zip(geo.k, geo.dilation))
+    bexp = None if bias is None else np.repeat(bias, N)
+
+    def fused(region, dst):
+        """``dst`` = the outputs of ``region`` (per-dim ``(lo, hi)``): one einsum over
+        the windows of the input it reads, zero-padded in a small patch when it
+        reaches outside."""
+        lo_in = [lo * s - b for (lo, _), s, b in zip(region, geo.stride, pb)]
+        ext = [(hi - lo - 1) * s + e for (lo, hi), s, e in zip(region, geo.stride, eff)]
+        if all(a >= 0 and a + e <= n for a, e, n in zip(lo_in, ext, sp)):
+            patch = src[tuple(slice(a, a + e) for a, e in zip(lo_in, ext))]
+        else:
+            patch = np.zeros((*ext, cn), dtype=dtype)
+            inside_src, inside_dst = [], []
+            for a, e, n in zip(lo_in, ext, sp):
+                a0, a1 = max(a, 0), min(a + e, n)
+                inside_src.append(slice(a0, max(a0, a1)))
+                inside_dst.append(slice(a0 - a, max(a0, a1) - a))
+            patch[tuple(inside_dst)] = src[tuple(inside_src)]
+        win = sliding_window_view(patch, eff, axis=tuple(range(d)))
+        win = win[tuple(slice(None, None, s) for s in geo.stride) + (slice(None),)
+                  + tuple(slice(None, None, dl) for dl in geo.dilation)]
+        np.einsum(sub, win, wwin, out=dst)
+        if bexp is not None:
+            np.add(dst, bexp, out=dst)
+
+    def work(wid, task):
+        kind, arg = task
+        region = ([(arg[0], arg[1])] + list(box[1:])) if kind == "in" else arg
+        fused(region, out[tuple(slice(lo, hi) for lo, hi in region)])
+
+    _parallel(work, tasks)
+    y = out.reshape(*geo.out, C, N)
+    return np.moveaxis(y, -1, 0)
 
 
 def _depthwise_tiles(geo, n):
@@ -528,8 +848,8 @@ def _depthwise_forward(x, w, geo, out, dtype):
 
 
 def backward(gy, x, w, geo, needs):
-    gy = np.asarray(gy)
-    x = np.asarray(x)
+    gy = _plain(gy)
+    x = _plain(x)
     w = np.asarray(w)
     dtype = _dtype(gy, x, w)
     d = geo.d
@@ -541,14 +861,23 @@ def backward(gy, x, w, geo, needs):
     if geo.N == 0:
         return (np.zeros(x.shape, dtype) if needs[0] else None,
                 np.zeros(w.shape, dtype) if needs[1] else None, gb)
+    if (geo.Cg == 1 and geo.G > 1 and geo.Fg == 1 and _depthwise_bi_ok(x, geo, dtype)
+            and gy.dtype == dtype and gy.strides[0] == gy.itemsize
+            and gy.strides[-1] == geo.N * gy.itemsize):
+        return (*_depthwise_backward_bi(gy, x, w, geo, needs, dtype), gb)
     with _single_threaded_blas():
         if geo.Cg == 1 and geo.G > 1:
             gx, gw = _depthwise_backward(gy, x, w, geo, needs, dtype)
             return gx, gw, gb
         if needs[1]:
-            gw = _weight_grad(gy, x, geo, dtype)
+            if _last_innermost(x, geo, dtype) and gy.dtype == dtype:
+                gw = _weight_grad_li(gy, x, geo, dtype)
+            else:
+                gw = _weight_grad(gy, x, geo, dtype)
         if needs[0]:
-            if all(s == 1 for s in geo.stride):
+            if _input_grad_bi_ok(gy, x, geo, dtype):
+                gx = _input_grad_bi(gy, w, geo, dtype)
+            elif all(s == 1 for s in geo.stride):
                 gx = _input_grad_stride1(gy, w, geo, dtype)
             else:
                 gx = _input_grad_col2im(gy, w, geo, dtype)
@@ -582,6 +911,7 @@ def _weight_grad_wide(gy, x, geo, dtype):
 
 def _weight_grad(gy, x, geo, dtype):
     it = dtype.itemsize
+    x = _plain(x)
     if _wide(geo, it):
         return _weight_grad_wide(gy, x, geo, dtype)
     per_sample = (math.prod(geo.padded) * geo.C + geo.P * geo.F) * it
@@ -648,6 +978,8 @@ def _input_grad_stride1(gy, w, geo, dtype):
         before = tuple(max(b, 0) for b in before)
         after = tuple(max(a, 0) for a in after)
         g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, before, after, 0.0, geo.G)
+        if _last_innermost(g, g2, dtype):
+            return _forward_li(g, wt, g2, dtype, None)
         gx = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
         _forward_gemm(g, wt, g2, gx, dtype)
         return gx
@@ -655,6 +987,60 @@ def _input_grad_stride1(gy, w, geo, dtype):
     gxpad = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
     _forward_gemm(gy, wt, g2, gxpad, dtype)
     return _unpad(gxpad, geo)
+
+
+def _input_grad_bi_ok(gy, x, geo, dtype):
+    """Batch-innermost input and cotangent, few input channels (as the forward's
+    batch-innermost path), one padded input per worker within the workspace."""
+    from .conv import WORKSPACE_BYTES
+
+    _, nw, _ = _workers()
+    return (_batch_innermost(x, geo) and gy.strides[0] == gy.itemsize and geo.C < geo.F
+            and nw * math.prod(geo.padded) * geo.C * geo.N * dtype.itemsize <= WORKSPACE_BYTES)
+
+
+def _input_grad_bi(gy, w, geo, dtype):
+    """Input gradient on the batch-innermost layout for few input channels:
+    ``D[p, (k, c), n] = Σ_f W[(k, c), f] · gy[p, f, n]`` (a GEMM per output row block,
+    batched over positions), scatter-added per tap into a per-worker padded input
+    ``(*padded, C, N)``; then the workers' sums and the padding's adjoint. Moves
+    ``P·K·C`` values where the transposed convolution would gather ``P·K·F``."""
+    N, C, K = geo.N, geo.C, geo.K
+    gyb = np.moveaxis(gy, 0, -1)  # (*out, F, N)
+    inner = math.prod(geo.out[1:])
+    per_row = inner * K * C * N * dtype.itemsize
+    _, nw, _ = _workers()
+    rb = max(1, min(TILE_BYTES // max(per_row, 1), -(-geo.out[0] // nw)))
+    tiles = [(r0, min(r0 + rb, geo.out[0])) for r0 in range(0, geo.out[0], rb)]
+    st = [None] * nw
+    offs = list(geo.offsets())
+    wT = _weight_matrix(w, geo, dtype)[0]  # (K·C, F)
+
+    def work(wid, tile):
+        r0, r1 = tile
+        if st[wid] is None:
+            st[wid] = (np.zeros((*geo.padded, C, N), dtype=dtype),
+                       np.empty(rb * inner * K * C * N, dtype=dtype))
+        gpad, dbuf = st[wid]
+        rows = r1 - r0
+        g = gyb[r0:r1].reshape(rows * inner, geo.F, N)
+        dmat = dbuf[: rows * inner * K * C * N].reshape(rows * inner, K * C, N)
+        np.matmul(wT, g, out=dmat)
+        dmat = dmat.reshape(rows, *geo.out[1:], K, C, N)
+        for kk, off in enumerate(offs):
+            win = geo.window(off, (r0, r1))
+            r_lo = r0 * geo.stride[0] + off[0] * geo.dilation[0]
+            sl = (slice(r_lo, r_lo + (rows - 1) * geo.stride[0] + 1, geo.stride[0]),) + win[1:]
+            dst = gpad[sl]
+            np.add(dst, dmat[..., kk, :, :], out=dst)
+
+    _parallel(work, tiles)
+    parts = [p[0] for p in st if p is not None]
+    gpad = parts[0]
+    for p in parts[1:]:
+        gpad += p
+    gpad = np.moveaxis(gpad, -1, 0)  # (N, *padded, C)
+    return _unpad(gpad, geo)
 
 
 def _unpad(gpad, geo):
@@ -698,6 +1084,89 @@ def _input_grad_col2im(gy, w, geo, dtype):
 
     _parallel(work, range(geo.N))
     return gx
+
+
+def _depthwise_backward_bi(gy, x, w, geo, needs, dtype):
+    """Channel-wise VJP on batch-innermost data (see :func:`_depthwise_forward_bi`).
+
+    Input gradient: for stride 1, the channel-wise convolution of ``gy`` with the
+    flipped kernel (the forward kernel again); otherwise the transposing path.
+    Weight gradient: per tap, ``Σ x_window · gy`` over the valid outputs (fused
+    ``einsum`` per row block, in cache), then summed over the batch.
+    """
+    from .conv import _Geometry
+
+    d, N, C = geo.d, geo.N, geo.C
+    cn = C * N
+    gx = gw = None
+    if needs[0]:
+        if all(s == 1 for s in geo.stride):
+            wt = _transposed_weights(w, geo, dtype)
+            reach = tuple((k - 1) * dl for k, dl in zip(geo.k, geo.dilation))
+            if not isinstance(geo.value, str):
+                before = tuple(r - p for r, p in zip(reach, geo.pb))
+                after = tuple(r - p for r, p in zip(reach, geo.pa))
+                crop = (slice(None),) + tuple(
+                    slice(max(-b, 0), n - max(-a, 0)) for b, a, n in zip(before, after, geo.out))
+                g = gy[crop]
+                g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, tuple(max(b, 0) for b in before),
+                               tuple(max(a, 0) for a in after), 0.0, geo.G)
+                gx = _depthwise_forward_bi(g, wt, g2, dtype, None)
+            else:
+                g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
+                gx = _unpad(_depthwise_forward_bi(gy, wt, g2, dtype, None), geo)
+        else:
+            with _single_threaded_blas():
+                gx, _ = _depthwise_backward(gy, x, w, geo, (True, False), dtype)
+    if needs[1]:
+        xb = np.moveaxis(x, 0, -1).reshape(*geo.sp, cn)
+        gyb = np.moveaxis(gy, 0, -1).reshape(*geo.out, cn)
+        src, pb, sp = _depthwise_src(xb, geo, dtype)
+        offs = list(geo.offsets())
+        ranges = [[_valid(o, s, k, dl, b, n) for o, s, k, dl, b, n in
+                   zip(geo.out, geo.stride, off, geo.dilation, pb, sp)] for off in offs]
+        letters = "abcdefghij"[:d]
+        sub = f"{letters}z,{letters}z->z"
+        _, nw, _ = _workers()
+        inner = math.prod(geo.out[1:]) * cn * dtype.itemsize
+        rb = max(1, min((512 * 1024) // max(inner, 1), -(-geo.out[0] // nw)))
+        tiles = [(r0, min(r0 + rb, geo.out[0])) for r0 in range(0, geo.out[0], rb)]
+        part = np.zeros((nw, geo.K, cn), dtype=dtype)
+        tmp = np.empty((nw, cn), dtype=dtype)
+
+        def work(wid, tile):
+            r0, r1 = tile
+            for kk, rng in enumerate(ranges):
+                dsl, ssl = [], []
+                for m, ((lo, hi, i0), s) in enumerate(zip(rng, geo.stride)):
+                    if m == 0:
+                        lo, hi, i0 = max(lo, r0), min(hi, r1), i0 + max(r0 - lo, 0) * s
+                    if lo >= hi:
+                        break
+                    dsl.append(slice(lo, hi))
+                    ssl.append(slice(i0, i0 + (hi - lo - 1) * s + 1, s))
+                else:
+                    np.einsum(sub, src[tuple(ssl)], gyb[tuple(dsl)], out=tmp[wid])
+                    part[wid, kk] += tmp[wid]
+
+        _parallel(work, tiles)
+        gk = part.sum(axis=0).reshape(geo.K, C, N).sum(axis=-1)  # (K, C)
+        gw = np.ascontiguousarray(gk.reshape(*geo.k, 1, 1, C)).astype(dtype, copy=False)
+    return gx, gw
+
+
+def _depthwise_src(xb, geo, dtype):
+    """The input ``(*sp, C·N)`` to read windows from, with the padding origin and
+    extent: the input itself for zero padding (never materialised), else a padded copy."""
+    d = geo.d
+    if geo.value == 0 and not isinstance(geo.value, str):
+        return xb, geo.pb, geo.sp
+    src = np.empty((*geo.padded, xb.shape[-1]), dtype=dtype)
+    centre = tuple(slice(b, b + n) for b, n in zip(geo.pb, geo.sp))
+    with _single_threaded_blas():
+        _parallel_copy(src[centre], xb)
+    fill_border_numpy(src, geo.pb, geo.pa, tuple(range(d)), geo.value)
+    return src, (0,) * d, geo.padded
 
 
 def _depthwise_backward(gy, x, w, geo, needs, dtype):
