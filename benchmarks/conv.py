@@ -15,7 +15,8 @@ Backward = input gradient + weight gradient: our recorded VJP (what
 ``fmtarray.grad`` runs) against ``torch.autograd.grad`` on the same graph.
 
 Options: ``--quick`` (fewer repeats), ``--no-backward``, ``--no-memory``,
-``--cases 0,3`` (indices).
+``--cases 0,3`` (indices), ``--block 5`` (5 consecutive calls per turn of the
+interleaving: steady-state timings, see :func:`median_interleaved`).
 """
 
 from __future__ import annotations
@@ -63,16 +64,28 @@ CASES = [
 ]
 
 
-def median_interleaved(fns, repeats, min_time=0.0):
-    """Median time of each function, running them round-robin ``repeats`` times."""
+#: calls per turn in :func:`median_interleaved` (``--block``)
+BLOCK = 1
+
+
+def median_interleaved(fns, repeats):
+    """Median time of each function, running them round-robin ``repeats`` times.
+
+    With ``BLOCK = b > 1`` each turn is ``b`` consecutive calls (ours ×b, torch ×b,
+    ...; ``repeats`` turns each): steady-state timings of each library on its own,
+    still interleaved against drift of the machine. With ``b = 1`` (default) the
+    call right after the other library's carries its after-effects (torch's OpenMP
+    threads keep spinning for a while after each call and take a core from the
+    next, non-spinning, caller on a 2-core machine)."""
     times = [[] for _ in fns]
     for f in fns:
         f()  # warm-up
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t0)
+            for _ in range(BLOCK):
+                t0 = time.perf_counter()
+                f()
+                times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
 
 
@@ -221,7 +234,11 @@ def main(argv=None):
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--cases", default="")
+    ap.add_argument("--block", type=int, default=1,
+                    help="consecutive calls per turn of the interleaving (default 1)")
     args = ap.parse_args(argv)
+    global BLOCK
+    BLOCK = max(1, args.block)
     repeats = 5 if args.quick else 11
     nthreads = None
     try:
@@ -238,9 +255,14 @@ def main(argv=None):
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"WARNING: {var}={os.environ[var]} is set; run with env -u {var}")
-    print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}")
+    print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
+          f"interleaving: {BLOCK} call(s) per turn")
     rate = gemm_rate(repeats)
     print(f"float32 GEMM rate (2048^3 matmul): {rate:.1f} GFLOP/s")
+    # OpenBLAS's own threads (used by that multi-threaded matmul, never by fmtarray's
+    # conv, which holds BLAS at one thread) spin for a while after a call and would
+    # slow torch's first measurements: let them go to sleep
+    time.sleep(1.0)
     sel = [int(i) for i in args.cases.split(",") if i] or range(len(CASES))
     rows = []
     hdr = (f"{'case':36s} {'ours ms':>8s} {'GFLOP/s':>8s} {'%GEMM':>6s} {'torch ms':>9s} "

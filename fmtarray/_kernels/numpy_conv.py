@@ -17,13 +17,21 @@ GEMM per tile — arranged for the CPU caches and cores:
 * **Gather.** When the last convolved dim is not dilated, its ``kw`` taps over all
   channels are one contiguous run of ``kw·C`` values: one strided copy per
   (outer) kernel offset instead of ``kw`` narrow ones.
-* **Depthwise** (``C/groups == 1``): no GEMM, a multiply-accumulate over the ``K``
-  offsets on cache-sized tiles, in parallel.
+* **Depthwise** (``C/groups == 1``): no GEMM; on batch-innermost data a fused
+  multiply-accumulate (``einsum`` over ``sliding_window_view`` windows) per block of
+  rows, zero padding never materialised; otherwise a multiply-accumulate over the
+  ``K`` offsets on cache-sized channels-last tiles.
+* **Layout-specific paths**, each taken only after checking the strides it relies on
+  (a size-1 dim may carry any stride; ``as_strided`` is never built from assumed
+  strides): batch-innermost (the canonical ``S…S C B`` layout, few channels: no
+  transposition, ``Wᵀ · cols``), last-dim-innermost (e.g. canonical ``SCBT`` convolved
+  over S and T: columns are flat shifts of contiguous ``(B, T)`` runs).
 * **Backward.** Weight gradient: ``colsᵀ · gy`` per tile into per-worker
   accumulators. Input gradient: for stride 1 a forward convolution of ``gy`` with
-  the flipped, transposed weights (same machinery, gathers only); for larger
-  strides ``gy · Wᵀ`` per tile scatter-added into a per-worker padded sample
-  buffer (col2im). Then the adjoint of the padding.
+  the flipped, transposed weights (same machinery, gathers only); for fewer input
+  than output channels on batch-innermost data ``Wᵀ · gy`` scattered per tap into
+  per-worker padded inputs; else ``gy · Wᵀ`` per tile scatter-added into a
+  per-worker padded sample buffer (col2im). Then the adjoint of the padding.
 """
 
 from __future__ import annotations
@@ -87,21 +95,19 @@ def _single_threaded_blas():
         yield
 
 
-@contextlib.contextmanager
-def _full_blas():
-    """Inside :func:`_single_threaded_blas`: give BLAS all its threads back."""
-    _, n, ctl = _workers()
-    if n > 1 and ctl is not None:
-        with ctl.limit(limits=n, user_api="blas"):
-            yield
-    else:
-        yield
-
-
 #: weight matrices at least this large (bytes) switch to "wide" mode: big column
-#: chunks and one multi-threaded GEMM per chunk, so the weights are streamed once
+#: chunks and one GEMM per chunk (split over the workers by rows), so the weights are streamed once
 #: per chunk rather than once per small tile
 WIDE_WEIGHT_BYTES = 2 * 2**20
+
+
+def _row_blocks(m):
+    """One block of GEMM rows per worker. The big GEMMs of wide mode are split over
+    our workers (BLAS held at one thread) rather than handed to BLAS's own threads,
+    which spin for a long while after each call and slow whatever runs next."""
+    _, nw, _ = _workers()
+    step = -(-m // nw)
+    return [(r0, min(r0 + step, m)) for r0 in range(0, m, step)]
 
 
 def _wide(geo, itemsize):
@@ -602,6 +608,7 @@ def _forward_li(x, w, geo, dtype, bias):
     _, nw, _ = _workers()
     st = [None] * nw
     in_place = wo == li.wrow
+    out_flat = out.reshape(*geo.out[:-1], F, N * wo)  # a view: out is C-contiguous
 
     def work(wid, o):
         if st[wid] is None:
@@ -611,7 +618,7 @@ def _forward_li(x, w, geo, dtype, bias):
         li.fill(cols, o)
         dst = out[o]  # (F, N, Wo)
         if in_place:
-            np.matmul(wt, cols, out=dst.reshape(F, L))
+            np.matmul(wt, cols, out=out_flat[o])
         else:
             np.matmul(wt, cols, out=res)
             np.copyto(dst, res.reshape(F, N, li.wrow)[:, :, :wo])
@@ -688,8 +695,9 @@ def _forward_wide(x, wm, geo, out, dtype, copy):
         cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
         _gather_chunk(xpad, geo, cols, n)
         m = n * geo.P
-        with _full_blas():
-            _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, out[n0:n1].reshape(m, geo.G, geo.Fg))
+        a = cols.reshape(m, geo.G, geo.K * geo.Cg)
+        o = out[n0:n1].reshape(m, geo.G, geo.Fg)
+        _parallel(lambda w, r, a=a, o=o: _gemm(a[r[0]:r[1]], wm, o[r[0]:r[1]]), _row_blocks(m))
 
 
 def _depthwise_bi_ok(x, geo, dtype):
@@ -903,8 +911,16 @@ def _weight_grad_wide(gy, x, geo, dtype):
         m = n * geo.P
         c3 = cols.reshape(m, geo.G, geo.K * geo.Cg).transpose(1, 2, 0)
         g3 = g.reshape(m, geo.G, geo.Fg).transpose(1, 0, 2)
-        with _full_blas():
-            acc += np.matmul(c3, g3)
+        blocks = _row_blocks(m)
+        parts = [None] * len(blocks)
+
+        def part(w, i, c3=c3, g3=g3, blocks=blocks, parts=parts):
+            r0, r1 = blocks[i]
+            parts[i] = np.matmul(c3[:, :, r0:r1], g3[:, r0:r1, :])
+
+        _parallel(part, range(len(blocks)))
+        for p in parts:
+            acc += p
     gw = acc.reshape(geo.G, *geo.k, geo.Cg, geo.Fg)
     return np.ascontiguousarray(np.moveaxis(gw, 0, -1))
 
@@ -990,12 +1006,13 @@ def _input_grad_stride1(gy, w, geo, dtype):
 
 
 def _input_grad_bi_ok(gy, x, geo, dtype):
-    """Batch-innermost input and cotangent, few input channels (as the forward's
-    batch-innermost path), one padded input per worker within the workspace."""
+    """Batch-innermost input and cotangent, fewer input than output channels, one
+    padded input per worker within the workspace."""
     from .conv import WORKSPACE_BYTES
 
     _, nw, _ = _workers()
-    return (_batch_innermost(x, geo) and gy.strides[0] == gy.itemsize and geo.C < geo.F
+    return (geo.N > 1 and geo.G == 1 and x.strides[0] == x.itemsize
+            and gy.strides[0] == gy.itemsize and geo.C < geo.F
             and nw * math.prod(geo.padded) * geo.C * geo.N * dtype.itemsize <= WORKSPACE_BYTES)
 
 
@@ -1082,7 +1099,24 @@ def _input_grad_col2im(gy, w, geo, dtype):
                 dst += cols[..., kk, :]
         gx[n:n + 1] = _unpad(gpad, geo)
 
-    _parallel(work, range(geo.N))
+    if gy.flags.c_contiguous:
+        _parallel(work, range(geo.N))
+        return gx
+    # any other layout (e.g. batch-innermost, where one sample is a sliver of every
+    # cache line of gy): transpose chunks of samples to channels-last first, in blocks
+    from .conv import WORKSPACE_BYTES
+
+    nb = max(1, min(geo.N, WORKSPACE_BYTES // max(geo.P * geo.F * it, 1)))
+    gbig = np.empty((nb, *geo.out, geo.F), dtype=dtype)
+    src = gy
+    # ``work`` reads ``gy`` and ``gx`` from this scope when it runs: rebound per chunk
+    for n0 in range(0, geo.N, nb):
+        n1 = min(n0 + nb, geo.N)
+        gy = gbig[: n1 - n0]
+        _parallel_copy(gy, src[n0:n1])
+        gx_all, gx = gx, gx[n0:n1]
+        _parallel(work, range(n1 - n0))
+        gx = gx_all
     return gx
 
 
