@@ -212,6 +212,18 @@ minimum = _binary(
 
 # unary -----------------------------------------------------------------------
 
+_FLOAT_CACHE: dict = {}
+
+
+def _is_float(xp, dtype) -> bool:
+    """``xp.isdtype(dtype, floating)``, cached per dtype (it is on every unary call)."""
+    key = (id(xp), dtype)
+    hit = _FLOAT_CACHE.get(key)
+    if hit is None:
+        hit = _FLOAT_CACHE[key] = bool(xp.isdtype(dtype, ("real floating", "complex floating")))
+    return hit
+
+
 def _unary(name, fn, vjp, *, float_only=True):
     def op(x):
         if not isinstance(x, FormattedArray):
@@ -220,7 +232,7 @@ def _unary(name, fn, vjp, *, float_only=True):
                 raise TypeError(f"{name} expects an array, got the scalar {x!r}")
         xd = x._data
         xp = _backend.namespace(xd)
-        if float_only and not xp.isdtype(xd.dtype, ("real floating", "complex floating")):
+        if float_only and not _is_float(xp, xd.dtype):
             raise TypeError(
                 f"{name} needs a floating-point array, got dtype {xd.dtype}; "
                 "convert with astype() first (fmtarray never casts silently)"
