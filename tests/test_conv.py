@@ -697,6 +697,9 @@ LAYOUT_MODES = {
     "last-innermost": {"LI_MIN_RUN": 1},
     "tiny-tiles": {"TILE_BYTES": 200, "WORKSPACE_BYTES": 1500},
     "wide": {"WIDE_WEIGHT_BYTES": 1, "WORKSPACE_BYTES": 1500},
+    # every scratch buffer from the per-thread cache: stale contents of earlier calls
+    # (other shapes and dtypes), evictions at the 2 x workspace cap
+    "scratch-reuse": {"SCRATCH_KEEP_BYTES": 0, "WORKSPACE_BYTES": 3000},
 }
 
 
@@ -733,6 +736,8 @@ def test_numpy_path_any_memory_layout(cfg, mode, data):
     finally:
         for (mod, name), v in saved.items():
             setattr(mod, name, v)
+        if mode == "scratch-reuse":
+            numpy_conv.release_scratch()
     assert gx.dtype == dt and gw.dtype == dt
     assert rel_err(gx, gx_ref) <= 4 * tol
     assert rel_err(gw, gw_ref) <= 4 * tol
@@ -870,3 +875,77 @@ def test_last_dim_innermost(monkeypatch, value, d, stride, dil):
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
     assert rel_err(gx, gx_ref) <= 1e-12
     assert rel_err(gw, gw_ref) <= 1e-12
+
+
+def test_scratch_buffers_reused_with_stale_contents(monkeypatch):
+    """Scratch buffers kept between calls (per thread and role) may hold anything: fill
+    them with NaN between calls of different geometries, every path still matches the
+    reference; the cache stays within 2 x the workspace."""
+    import array_api_compat.numpy as cnp
+
+    monkeypatch.setattr(numpy_conv, "SCRATCH_KEEP_BYTES", 0)
+    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 6000)
+    cfgs = [
+        dict(d=2, k=(3, 3), dil=(1, 1), stride=(1, 1), pb=(1, 1), pa=(1, 1), value=0.0,
+             sp=(7, 6), groups=1, cg=3, fg=4, n=5, dtype=np.float32),
+        dict(d=2, k=(2, 3), dil=(2, 1), stride=(1, 2), pb=(0, 2), pa=(1, 0), value="replicate",
+             sp=(6, 9), groups=1, cg=2, fg=3, n=3, dtype=np.float64),
+        dict(d=1, k=(3,), dil=(1,), stride=(1,), pb=(2,), pa=(0,), value=1.5,
+             sp=(11,), groups=1, cg=4, fg=2, n=6, dtype=np.float32),
+    ]
+    try:
+        for wide in (None, 1):
+            if wide:
+                monkeypatch.setattr(numpy_conv, "WIDE_WEIGHT_BYTES", wide)
+            for cfg in cfgs + cfgs[::-1]:
+                x, w, b = make(cfg, seed=5)
+                ref = ref_of(cfg, x, w, b)
+                gy = np.random.default_rng(6).standard_normal(ref.shape)
+                gx_ref, gw_ref = ref_conv_vjp(x, w, gy, cfg["stride"], cfg["dil"], cfg["pb"],
+                                              cfg["pa"], cfg["value"])
+                dt = cfg["dtype"]
+                tol = 1e-5 if dt == np.float32 else TOL[dt]
+                for buf in numpy_conv._tls.bufs.values() if hasattr(numpy_conv._tls, "bufs") else ():
+                    buf.fill(0xFF)  # NaN in float32 and float64
+                y = conv_forward(cnp, x.astype(dt), w.astype(dt), b.astype(dt), **kw_of(cfg))
+                assert rel_err(y, ref) <= tol
+                gx, gw, _ = conv_backward(cnp, gy.astype(dt), x.astype(dt), w.astype(dt),
+                                          **kw_of(cfg))
+                assert rel_err(gx, gx_ref) <= 4 * tol and rel_err(gw, gw_ref) <= 4 * tol
+                cached = sum(v.nbytes for v in numpy_conv._tls.bufs.values())
+                assert 0 < cached <= 2 * 6000
+    finally:
+        numpy_conv.release_scratch()
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, "replicate", "symmetric-exclude-edge"])
+@pytest.mark.parametrize("k,pb,pa,dil_w", [((3, 3), (1, 1), (1, 1), 1), ((4, 2), (2, 0), (0, 1), 2),
+                                           ((2, 3), (0, 2), (3, 0), 1), ((5, 1), (4, 0), (4, 0), 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_last_dim_innermost_row_ring(monkeypatch, value, k, pb, pa, dil_w, dtype):
+    """2-D last-dim-innermost convolution with stride 1 over rows: the ring of row
+    blocks (one new input row per output row, the weights' row taps permuted to the
+    ring's phase), several row blocks per worker, padding rows outside the input."""
+    import array_api_compat.numpy as cnp
+
+    monkeypatch.setattr(numpy_conv, "LI_MIN_RUN", 1)
+    rng = np.random.default_rng(11)
+    sp = (13, 8)
+    x = rng.standard_normal((3, *sp, 4))
+    w = rng.standard_normal((*k, 4, 5, 1))
+    b = rng.standard_normal(5)
+    stride, dil = (1, 1), (1, dil_w)
+    order = (1, 3, 0, 2)  # memory (S, C, N, T): T innermost
+    xl = np.ascontiguousarray(x.transpose(order).astype(dtype)).transpose(np.argsort(order))
+    geo = kconv._Geometry(x.shape, w.shape, stride, dil, pb, pa, value, 1)
+    assert numpy_conv._last_innermost(xl, geo, np.dtype(dtype))
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    y = conv_forward(cnp, xl, w.astype(dtype), b.astype(dtype), **kw)
+    tol = TOL[dtype]
+    assert rel_err(y, ref_conv(x, w, b, stride, dil, pb, pa, value)) <= tol
+    gy = rng.standard_normal(y.shape)
+    gyl = np.ascontiguousarray(gy.transpose(order).astype(dtype)).transpose(np.argsort(order))
+    gx, gw, _ = conv_backward(cnp, gyl, xl, w.astype(dtype), **kw)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
+    assert rel_err(gx, gx_ref) <= 4 * tol
+    assert rel_err(gw, gw_ref) <= 4 * tol

@@ -25,13 +25,23 @@ GEMM per tile — arranged for the CPU caches and cores:
   (a size-1 dim may carry any stride; ``as_strided`` is never built from assumed
   strides): batch-innermost (the canonical ``S…S C B`` layout, few channels: no
   transposition, ``Wᵀ · cols``), last-dim-innermost (e.g. canonical ``SCBT`` convolved
-  over S and T: columns are flat shifts of contiguous ``(B, T)`` runs).
+  over S and T: columns are flat shifts of contiguous ``(B, T)`` runs; in 2-D with
+  stride 1 over rows, the column buffer is a ring of ``kh`` row blocks — one new input
+  row per output row — and the weights' row taps are permuted to the ring's phase).
 * **Backward.** Weight gradient: ``colsᵀ · gy`` per tile into per-worker
   accumulators. Input gradient: for stride 1 a forward convolution of ``gy`` with
   the flipped, transposed weights (same machinery, gathers only); for fewer input
   than output channels on batch-innermost data ``Wᵀ · gy`` scattered per tap into
   per-worker padded inputs; else ``gy · Wᵀ`` per tile scatter-added into a
-  per-worker padded sample buffer (col2im). Then the adjoint of the padding.
+  per-worker padded sample buffer (col2im). Then the adjoint of the padding. The
+  flipped, transposed weights are copied as ``(Fg, K·Cg)`` (long runs) and handed to
+  BLAS as a transposed operand; the big-weights weight gradient is split over the
+  workers by rows of the result (no per-worker copies of it to sum).
+* **Bias** is added to each output tile right after its GEMM, while it is in cache.
+* **Scratch** buffers of 8 MiB and more (chunk copies, chunk columns, transposed
+  cotangents) are kept per thread and role for the next call — at most
+  ``2 · WORKSPACE_BYTES`` — since faulting in fresh pages costs about 0.1 ms per MiB;
+  :func:`release_scratch` drops them.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .pad import fill_border_numpy, pad_vjp
 
-__all__ = ["forward", "backward", "TILE_BYTES"]
+__all__ = ["forward", "backward", "TILE_BYTES", "release_scratch"]
 
 #: target size of one column tile (gathered, then consumed by the GEMM while in cache)
 TILE_BYTES = 2 * 2**20
@@ -148,6 +158,47 @@ def _parallel(fn, items):
             f.result()
 
 
+#: scratch buffers at least this large are kept (per thread and role) for the next call:
+#: faulting in fresh pages costs about 0.1 ms per MiB, a few % of a large convolution
+SCRATCH_KEEP_BYTES = 8 * 2**20
+
+_tls = threading.local()
+
+
+def _scratch(role, shape, dtype):
+    """Uninitialised scratch array for one role (``"chunk"``, ``"cols"``, ``"gy"``, ``"li"``).
+
+    Large ones come from a per-thread cache, reused by the next call with the same
+    role (a role is never in use twice at once within a thread; other threads have
+    their own cache). The cache holds at most ``2 · WORKSPACE_BYTES``: a buffer that
+    would exceed it evicts the others (still valid where in use). Never used for
+    anything returned to the caller. :func:`release_scratch` empties it.
+    """
+    from .conv import WORKSPACE_BYTES
+
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < SCRATCH_KEEP_BYTES:
+        return np.empty(shape, dtype=dtype)
+    cache = getattr(_tls, "bufs", None)
+    if cache is None:
+        cache = _tls.bufs = {}
+    buf = cache.pop(role, None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = None  # free the smaller one first
+        if nbytes + sum(b.nbytes for b in cache.values()) > 2 * WORKSPACE_BYTES:
+            cache.clear()
+        buf = np.empty(nbytes, dtype=np.uint8)
+    if nbytes + sum(b.nbytes for b in cache.values()) <= 2 * WORKSPACE_BYTES:
+        cache[role] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch():
+    """Drop the calling thread's cached scratch buffers."""
+    getattr(_tls, "bufs", {}).clear()
+
+
 def _dtype(*arrs):
     return np.result_type(*[a.dtype for a in arrs if a is not None])
 
@@ -207,7 +258,7 @@ class _Chunked:
         sp = x.shape[1:-1]
         self.sp = sp
         self.shape = tuple(n + b + a for n, b, a in zip(sp, pb, pa))
-        self.buf = np.empty((nb, *self.shape, x.shape[-1]), dtype=dtype)
+        self.buf = _scratch("chunk", (nb, *self.shape, x.shape[-1]), dtype)
         self.constant = not isinstance(value, str)
         if self.constant and (any(pb) or any(pa)):
             fill_border_numpy(self.buf, (0,) + tuple(pb), (0,) + tuple(pa),
@@ -315,8 +366,20 @@ def _gather(xpad, geo, rows, cols):
 
 
 def _weight_matrix(w, geo, dtype):
-    """``(G, K·Cg, Fg)`` from MATLAB layout ``(*k, Cg, Fg, G)``."""
-    wm = np.moveaxis(np.asarray(w), geo.d + 2, 0).reshape(geo.G, geo.K * geo.Cg, geo.Fg)
+    """``(G, K·Cg, Fg)`` from MATLAB layout ``(*k, Cg, Fg, G)``.
+
+    When ``Cg`` is the contiguous dim of ``w`` (the flipped, transposed weights of the
+    input gradient, a view), the copy is made as ``(G, Fg, K·Cg)`` — long contiguous
+    runs instead of an element-wise transpose, several ms for 512×512 taps — and the
+    transposed view is returned: BLAS reads it as a transposed operand."""
+    w = np.asarray(w)
+    wm = np.moveaxis(w, geo.d + 2, 0)  # (G, *k, Cg, Fg)
+    it = w.itemsize
+    if (w.dtype == dtype and geo.Cg > 1 and geo.Fg > 1 and wm.strides[-2] == it
+            and wm.strides[-1] != it):
+        t = np.ascontiguousarray(np.moveaxis(wm, -1, 1))  # (G, Fg, *k, Cg)
+        return t.reshape(geo.G, geo.Fg, geo.K * geo.Cg).transpose(0, 2, 1)
+    wm = wm.reshape(geo.G, geo.K * geo.Cg, geo.Fg)
     return np.ascontiguousarray(wm, dtype=dtype)
 
 
@@ -370,10 +433,10 @@ def forward(x, w, b, geo):
     with _single_threaded_blas():
         if geo.Cg == 1 and geo.G > 1:
             _depthwise_forward(x, w, geo, out, dtype)
+            if bias is not None:
+                _parallel_add(out, bias)
         else:
-            _forward_gemm(x, w, geo, out, dtype)
-        if bias is not None:
-            _parallel_add(out, bias)
+            _forward_gemm(x, w, geo, out, dtype, bias)
     return out
 
 
@@ -385,13 +448,15 @@ def _parallel_add(out, bias):
               range(0, o2.shape[0], step))
 
 
-def _forward_gemm(x, w, geo, out, dtype):
+def _forward_gemm(x, w, geo, out, dtype, bias=None):
+    """``out = conv(x, w) (+ bias)``; the bias is added to each tile right after its
+    GEMM, while the tile is in cache (no separate pass over the output)."""
     x = _plain(x)
     wm = _weight_matrix(w, geo, dtype)
     it = dtype.itemsize
     copy = _needs_copy(x, geo) or x.dtype != dtype
     if _wide(geo, it) and geo.out[0] > 0:
-        _forward_wide(x, wm, geo, out, dtype, copy)
+        _forward_wide(x, wm, geo, out, dtype, copy, bias)
         return
     if copy:
         nb = _chunk_size(geo, math.prod(geo.padded) * geo.C * it)
@@ -417,9 +482,14 @@ def _forward_gemm(x, w, geo, out, dtype):
             cols = bufs[wid][: m * geo.K * geo.C].reshape(n, *osz, geo.K * geo.C)
             _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, cols)
             o = out[n0 + s0:n0 + s1] if rows is None else out[n0 + s0, rows[0]:rows[1]]
-            _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, o.reshape(m, geo.G, geo.Fg))
+            o2 = o.reshape(m, geo.G, geo.Fg)
+            _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, o2)
+            if bias is not None:
+                o2 = o2.reshape(m, geo.F)
+                np.add(o2, bias, out=o2)
 
         _parallel(work, _tiles(geo, n1 - n0, it))
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,7 +625,7 @@ class _LastInnermost:
         if direct:
             src, self.pb, self.sp, self.value = xv, geo.pb, geo.sp, geo.value
         else:
-            src = np.empty((*geo.padded[:-1], C, N, geo.padded[-1]), dtype=dtype)
+            src = _scratch("li", (*geo.padded[:-1], C, N, geo.padded[-1]), dtype)
             centre = (tuple(slice(b, b + n) for b, n in zip(geo.pb[:-1], geo.sp[:-1]))
                       + (slice(None), slice(None), slice(geo.pb[-1], geo.pb[-1] + geo.sp[-1])))
             _parallel_copy(src[centre], xv)
@@ -570,28 +640,31 @@ class _LastInnermost:
         self.outer_offs = list(itertools.product(*(range(k) for k in geo.k[:-1])))
 
     def fill(self, cols, o):
+        geo, C, kw = self.geo, self.geo.C, self.geo.k[-1]
+        for t, off in enumerate(self.outer_offs):
+            idx = tuple(oi * s + k * dd - b for oi, s, k, dd, b in
+                        zip(o, geo.stride, off, geo.dilation, self.pb))
+            self.fill_row(cols[t * kw * C:(t + 1) * kw * C], idx)
+
+    def fill_row(self, cb_all, idx):
+        """The ``kw·C`` column rows ``(kw, C, N·W)`` read from input row ``idx`` (outer
+        coordinates of the source, possibly outside it: padding value)."""
         geo, C, kw, dl = self.geo, self.geo.C, self.geo.k[-1], self.geo.dilation[-1]
         L, wrow, pb, value = self.L, self.wrow, self.pb, self.value
-        t = 0
-        for off in self.outer_offs:
-            idx = tuple(oi * s + k * dd - b for oi, s, k, dd, b in
-                        zip(o, geo.stride, off, geo.dilation, pb))
-            if any(i < 0 or i >= n for i, n in zip(idx, self.sp[:-1])):
-                cols[t * C:(t + kw) * C].fill(value)
-                t += kw
-                continue
-            row = self.flat[idx]  # (C, N·W)
-            for j in range(kw):
-                delta = j * dl - pb[-1]
-                cb = cols[t * C:(t + 1) * C]
-                q0, q1 = max(0, -delta), min(L, L - delta)
-                if q0 < q1:
-                    np.copyto(cb[:, q0:q1], row[:, q0 + delta:q1 + delta])
-                if delta:
-                    bad = (slice(max(wrow - delta, 0), wrow) if delta > 0
-                           else slice(0, min(-delta, wrow)))
-                    cb.reshape(C, geo.N, wrow)[:, :, bad] = value
-                t += 1
+        if any(i < 0 or i >= n for i, n in zip(idx, self.sp[:-1])):
+            cb_all.fill(value)
+            return
+        row = self.flat[idx]  # (C, N·W)
+        for j in range(kw):
+            delta = j * dl - pb[-1]
+            cb = cb_all[j * C:(j + 1) * C]
+            q0, q1 = max(0, -delta), min(L, L - delta)
+            if q0 < q1:
+                np.copyto(cb[:, q0:q1], row[:, q0 + delta:q1 + delta])
+            if delta:
+                bad = (slice(max(wrow - delta, 0), wrow) if delta > 0
+                       else slice(0, min(-delta, wrow)))
+                cb.reshape(C, geo.N, wrow)[:, :, bad] = value
 
 
 def _forward_li(x, w, geo, dtype, bias):
@@ -610,22 +683,56 @@ def _forward_li(x, w, geo, dtype, bias):
     in_place = wo == li.wrow
     out_flat = out.reshape(*geo.out[:-1], F, N * wo)  # a view: out is C-contiguous
 
-    def work(wid, o):
-        if st[wid] is None:
-            st[wid] = (np.empty((KC, L), dtype=dtype),
-                       None if in_place else np.empty((F, L), dtype=dtype))
-        cols, res = st[wid]
-        li.fill(cols, o)
+    def gemm(wid, o, wmat, cols):
+        res = st[wid][1]
         dst = out[o]  # (F, N, Wo)
         if in_place:
-            np.matmul(wt, cols, out=out_flat[o])
+            np.matmul(wmat, cols, out=out_flat[o])
         else:
-            np.matmul(wt, cols, out=res)
+            np.matmul(wmat, cols, out=res)
             np.copyto(dst, res.reshape(F, N, li.wrow)[:, :, :wo])
         if bias is not None:
             dst += bias[:, None, None]
 
-    _parallel(work, li.outer_out)
+    def work(wid, o):
+        if st[wid] is None:
+            st[wid] = (np.empty((KC, L), dtype=dtype),
+                       None if in_place else np.empty((F, L), dtype=dtype))
+        cols = st[wid][0]
+        li.fill(cols, o)
+        gemm(wid, o, wt, cols)
+
+    kh = geo.k[0]
+    if d == 2 and geo.stride[0] == 1 and geo.dilation[0] == 1 and kh > 1 and geo.out[0] > 1:
+        # consecutive outer outputs share kh - 1 input rows: the column buffer is a
+        # ring of kh row blocks (row q in slot q mod kh), one new row per output, and
+        # the weights' row-tap blocks are permuted to match the ring's phase
+        rb = kw_c = KC // kh
+        phases = []
+        for ph in range(kh):  # slot j holds tap (j - ph) mod kh
+            cols_of = [(j - ph) % kh for j in range(kh)]
+            phases.append(np.ascontiguousarray(np.concatenate(
+                [wt[:, i * kw_c:(i + 1) * kw_c] for i in cols_of], axis=1)))
+        pb0 = li.pb[0]
+        step = -(-geo.out[0] // (2 * nw))
+        blocks = [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
+
+        def work_ring(wid, blk):
+            a, b = blk
+            if st[wid] is None:
+                st[wid] = (np.empty((KC, L), dtype=dtype),
+                           None if in_place else np.empty((F, L), dtype=dtype))
+            cols = st[wid][0]
+            for o in range(a, b):
+                new = range(o - pb0, o - pb0 + kh) if o == a else (o - pb0 + kh - 1,)
+                for q in new:
+                    j = q % kh
+                    li.fill_row(cols[j * rb:(j + 1) * rb], (q,))
+                gemm(wid, (o,), phases[(o - pb0) % kh], cols)
+
+        _parallel(work_ring, blocks)
+    else:
+        _parallel(work, li.outer_out)
     return out.transpose((d,) + tuple(range(d - 1)) + (d + 1, d - 1))  # (N, *out, F)
 
 
@@ -652,8 +759,42 @@ def _weight_grad_li(gy, x, geo, dtype):
         np.matmul(cols, gb.reshape(F, L).T, out=tmp)
         acc += tmp
 
-    _parallel(work, li.outer_out)
-    acc = sum(s[2] for s in st if s is not None)
+    kh = geo.k[0]
+    if d == 2 and geo.stride[0] == 1 and geo.dilation[0] == 1 and kh > 1 and geo.out[0] > 1:
+        # the ring of row blocks of _forward_li: slot j of the columns holds row tap
+        # (j - phase) mod kh; one accumulator per phase, unpermuted at the end
+        rb = KC // kh
+        pb0 = li.pb[0]
+        step = -(-geo.out[0] // (2 * nw))
+        blocks = [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
+
+        def work_ring(wid, blk):
+            a, b = blk
+            if st[wid] is None:
+                st[wid] = (np.empty((KC, L), dtype=dtype), np.zeros((F, N, li.wrow), dtype=dtype),
+                           np.zeros((kh, KC, F), dtype=dtype), np.empty((KC, F), dtype=dtype))
+            cols, gb, accs, tmp = st[wid]
+            for o in range(a, b):
+                new = range(o - pb0, o - pb0 + kh) if o == a else (o - pb0 + kh - 1,)
+                for q in new:
+                    j = q % kh
+                    li.fill_row(cols[j * rb:(j + 1) * rb], (q,))
+                np.copyto(gb[:, :, :wo], gyv[o])
+                np.matmul(cols, gb.reshape(F, L).T, out=tmp)
+                accs[(o - pb0) % kh] += tmp
+
+        _parallel(work_ring, blocks)
+        acc = np.zeros((KC, F), dtype=dtype)
+        for s_ in st:
+            if s_ is None:
+                continue
+            for ph in range(kh):
+                for j in range(kh):
+                    i = (j - ph) % kh
+                    acc[i * rb:(i + 1) * rb] += s_[2][ph, j * rb:(j + 1) * rb]
+    else:
+        _parallel(work, li.outer_out)
+        acc = sum(s[2] for s in st if s is not None)
     gw = acc.reshape(*geo.k, geo.C, F)
     return np.ascontiguousarray(gw[..., None])  # (*k, C, F, 1)
 
@@ -683,11 +824,11 @@ def _gather_chunk(xpad, geo, cols, n):
     _parallel(work, tiles)
 
 
-def _forward_wide(x, wm, geo, out, dtype, copy):
+def _forward_wide(x, wm, geo, out, dtype, copy, bias=None):
     it = dtype.itemsize
     nb = _wide_chunk(geo, it)
     chunker = _Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy else None
-    cbuf = np.empty(nb * geo.P * geo.K * geo.C, dtype=dtype)
+    cbuf = _scratch("cols", (nb * geo.P * geo.K * geo.C,), dtype)
     for n0 in range(0, geo.N, nb):
         n1 = min(n0 + nb, geo.N)
         n = n1 - n0
@@ -697,7 +838,14 @@ def _forward_wide(x, wm, geo, out, dtype, copy):
         m = n * geo.P
         a = cols.reshape(m, geo.G, geo.K * geo.Cg)
         o = out[n0:n1].reshape(m, geo.G, geo.Fg)
-        _parallel(lambda w, r, a=a, o=o: _gemm(a[r[0]:r[1]], wm, o[r[0]:r[1]]), _row_blocks(m))
+
+        def part(w, r, a=a, o=o):
+            _gemm(a[r[0]:r[1]], wm, o[r[0]:r[1]])
+            if bias is not None:
+                ob = o[r[0]:r[1]].reshape(-1, geo.F)
+                np.add(ob, bias, out=ob)
+
+        _parallel(part, _row_blocks(m))
 
 
 def _depthwise_bi_ok(x, geo, dtype):
@@ -897,9 +1045,9 @@ def _weight_grad_wide(gy, x, geo, dtype):
     nb = _wide_chunk(geo, it)
     copy_x = _needs_copy(x, geo) or x.dtype != dtype
     chunker = _Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy_x else None
-    cbuf = np.empty(nb * geo.P * geo.K * geo.C, dtype=dtype)
-    gybuf = np.empty((nb, *geo.out, geo.F), dtype=dtype)
-    acc = np.zeros((geo.G, geo.K * geo.Cg, geo.Fg), dtype=dtype)
+    cbuf = _scratch("cols", (nb * geo.P * geo.K * geo.C,), dtype)
+    gybuf = _scratch("gy", (nb, *geo.out, geo.F), dtype)
+    acc = np.empty((geo.G, geo.K * geo.Cg, geo.Fg), dtype=dtype)
     for n0 in range(0, geo.N, nb):
         n1 = min(n0 + nb, geo.N)
         n = n1 - n0
@@ -911,16 +1059,16 @@ def _weight_grad_wide(gy, x, geo, dtype):
         m = n * geo.P
         c3 = cols.reshape(m, geo.G, geo.K * geo.Cg).transpose(1, 2, 0)
         g3 = g.reshape(m, geo.G, geo.Fg).transpose(1, 0, 2)
-        blocks = _row_blocks(m)
-        parts = [None] * len(blocks)
+        # split over the rows of the result (K·Cg): each worker owns its rows of the
+        # accumulator, no per-worker partial sums of the whole weight gradient
+        def part(w, r, c3=c3, g3=g3, first=n0 == 0):
+            r0, r1 = r
+            if first:
+                np.matmul(c3[:, r0:r1], g3, out=acc[:, r0:r1])
+            else:
+                acc[:, r0:r1] += np.matmul(c3[:, r0:r1], g3)
 
-        def part(w, i, c3=c3, g3=g3, blocks=blocks, parts=parts):
-            r0, r1 = blocks[i]
-            parts[i] = np.matmul(c3[:, :, r0:r1], g3[:, r0:r1, :])
-
-        _parallel(part, range(len(blocks)))
-        for p in parts:
-            acc += p
+        _parallel(part, _row_blocks(geo.K * geo.Cg))
     gw = acc.reshape(geo.G, *geo.k, geo.Cg, geo.Fg)
     return np.ascontiguousarray(np.moveaxis(gw, 0, -1))
 
@@ -934,7 +1082,7 @@ def _weight_grad(gy, x, geo, dtype):
     nb = min(_chunk_size(geo, per_sample), geo.N)
     copy_x = _needs_copy(x, geo) or x.dtype != dtype
     chunker = _Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy_x else None
-    gybuf = np.empty((nb, *geo.out, geo.F), dtype=dtype)
+    gybuf = _scratch("gy", (nb, *geo.out, geo.F), dtype)
     tile_elems = max((s1 - s0) * _tile_rows(geo, r) for s0, s1, r in _tiles(geo, nb, it))
     cols_len = tile_elems * (geo.P // geo.out[0]) * geo.K * geo.C
     _, nw, _ = _workers()
@@ -973,7 +1121,8 @@ def _weight_grad(gy, x, geo, dtype):
 def _transposed_weights(w, geo, dtype):
     d = geo.d
     wf = np.flip(np.asarray(w, dtype=dtype), axis=tuple(range(d)))
-    return np.ascontiguousarray(wf.transpose(tuple(range(d)) + (d + 1, d, d + 2)))
+    # a view: consumers copy it in the order that suits them (see _weight_matrix)
+    return wf.transpose(tuple(range(d)) + (d + 1, d, d + 2))
 
 
 def _input_grad_stride1(gy, w, geo, dtype):
@@ -1107,7 +1256,7 @@ def _input_grad_col2im(gy, w, geo, dtype):
     from .conv import WORKSPACE_BYTES
 
     nb = max(1, min(geo.N, WORKSPACE_BYTES // max(geo.P * geo.F * it, 1)))
-    gbig = np.empty((nb, *geo.out, geo.F), dtype=dtype)
+    gbig = _scratch("gy", (nb, *geo.out, geo.F), dtype)
     src = gy
     # ``work`` reads ``gy`` and ``gx`` from this scope when it runs: rebound per chunk
     for n0 in range(0, geo.N, nb):
