@@ -179,7 +179,7 @@ class Solver:
         return {}
 
     def _step(self, xp, w, g, lr, st, t):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise TypeError(f"solver {type(self).__name__} must define _step(xp, w, g, lr, state, t)")
 
     # the update ---------------------------------------------------------------
     def update(self, params, grads, learn_rate_factors=None, l2_factors=None, *, learn_rate=None):

@@ -29,6 +29,7 @@ import numbers
 
 from .. import _backend
 from .pad import pad
+from .conv import _dilate
 
 __all__ = ["PoolGeometry", "pool_output_size", "same_padding", "pool_forward", "pool_backward"]
 
@@ -237,21 +238,6 @@ def _place_tiled(xp, contribs, geo, gy):
     if any(extra):
         st = pad(xp, st, (0,) * d, extra, tuple(range(1, d + 1)), 0.0)
     return st
-
-
-def _dilate(xp, g, axis, s):
-    """Insert ``s - 1`` zeros between the elements of ``g`` along ``axis``."""
-    if s == 1:
-        return g
-    n = g.shape[axis]
-    z = xp.zeros_like(g)
-    st = xp.stack([g] + [z] * (s - 1), axis=axis + 1)
-    shape = list(g.shape)
-    shape[axis] = n * s
-    st = xp.reshape(st, tuple(shape))
-    sl = [slice(None)] * g.ndim
-    sl[axis] = slice(0, (n - 1) * s + 1)
-    return st[tuple(sl)]
 
 
 def _place_portable(xp, contribs, geo, gy):
