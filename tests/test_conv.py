@@ -949,3 +949,75 @@ def test_last_dim_innermost_row_ring(monkeypatch, value, k, pb, pa, dil_w, dtype
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
     assert rel_err(gx, gx_ref) <= 4 * tol
     assert rel_err(gw, gw_ref) <= 4 * tol
+
+
+@pytest.mark.parametrize("value", [0.0, -1.5, "replicate"])
+@pytest.mark.parametrize("k,dil,pb,pa", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (2, 0), (1, 2)),
+                                         ((1, 3), (1, 3), (0, 3), (2, 0)), ((2, 2), (1, 1), (0, 0), (0, 0))])
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("tile", [7, 2048])
+def test_flat_shift_backward_batch_innermost(monkeypatch, value, k, dil, pb, pa, needs, tile):
+    """Stride-1 2-d backward on batch-innermost data by flat shifts of channel-major
+    padded copies (``_flat_bi_backward``) against the reference VJP; small tiles cut
+    the flat positions anywhere."""
+    import array_api_compat.numpy as cnp
+
+    monkeypatch.setattr(numpy_conv, "FLAT_CHANNELS", (1, 32))
+    monkeypatch.setattr(numpy_conv, "FLAT_MIN_N", 2)
+    monkeypatch.setattr(numpy_conv, "FLAT_MIN_ROW", 1)
+    monkeypatch.setattr(numpy_conv, "FLAT_TILE", tile)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 7, 6, 3))
+    w = rng.standard_normal((*k, 3, 4, 1))
+    kw = dict(stride=1, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    ref = ref_conv(x, w, None, 1, dil, pb, pa, value)
+    gy = rng.standard_normal(ref.shape)
+    geo = kconv._Geometry(x.shape, w.shape, 1, dil, pb, pa, value, 1)
+    xs, gs = _strided(x), _strided(gy)
+    assert numpy_conv._flat_bi_ok(gs, xs, geo, np.dtype(np.float64)) == (not isinstance(value, str))
+    gx, gw, _ = conv_backward(cnp, gs, xs, w, needs=needs + (False,), **kw)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), dil, pb, pa, value)
+    if needs[0]:
+        assert rel_err(gx, gx_ref) <= 1e-12
+    else:
+        assert gx is None
+    if needs[1]:
+        assert rel_err(gw, gw_ref) <= 1e-12
+    else:
+        assert gw is None
+    # float32 and the default thresholds (16 channels, batch 16, 'same' 3x3)
+    monkeypatch.undo()
+    x = rng.standard_normal((16, 9, 40, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 12, 1)).astype(np.float32)
+    gy = rng.standard_normal((16, 9, 40, 12)).astype(np.float32)
+    geo = kconv._Geometry(x.shape, w.shape, 1, 1, 1, 1, 0.0, 1)
+    xs, gs = _strided(x), _strided(gy)
+    assert numpy_conv._flat_bi_ok(gs, xs, geo, np.dtype(np.float32))
+    gx, gw, _ = conv_backward(cnp, gs, xs, w, pad_before=1, pad_after=1)
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)
+    assert rel_err(gx, gx_ref) <= 1e-5
+    assert rel_err(gw, gw_ref) <= 1e-5
+
+
+def test_flat_shift_backward_non_finite_input(monkeypatch):
+    """The flat shifts never multiply a value across a row gap: an infinite input
+    reaches only the weight-gradient taps that read it."""
+    import array_api_compat.numpy as cnp
+
+    monkeypatch.setattr(numpy_conv, "FLAT_CHANNELS", (1, 32))
+    monkeypatch.setattr(numpy_conv, "FLAT_MIN_N", 2)
+    monkeypatch.setattr(numpy_conv, "FLAT_MIN_ROW", 1)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6, 7, 2))
+    x[1, 2, 0, 0] = np.inf
+    x[2, 3, 6, 1] = -np.inf
+    w = rng.standard_normal((3, 3, 2, 3, 1))
+    gy = rng.standard_normal((4, 4, 5, 3))
+    geo = kconv._Geometry(x.shape, w.shape, 1, 1, 0, 0, 0.0, 1)
+    assert numpy_conv._flat_bi_ok(_strided(gy), _strided(x), geo, np.dtype(np.float64))
+    _, gw, _ = conv_backward(cnp, _strided(gy), _strided(x), w, needs=(False, True, False))
+    _, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (0, 0), (0, 0), 0.0)
+    np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(gw_ref))
+    assert not np.isfinite(gw_ref).all()
+    fin = np.isfinite(gw_ref)
+    assert rel_err(gw[fin], gw_ref[fin]) <= 1e-12

@@ -165,7 +165,7 @@ SCRATCH_KEEP_BYTES = 8 * 2**20
 _tls = threading.local()
 
 
-def _scratch(role, shape, dtype):
+def _scratch(role, shape, dtype, keep=False):
     """Uninitialised scratch array for one role (``"chunk"``, ``"cols"``, ``"gy"``, ``"li"``).
 
     Large ones come from a per-thread cache, reused by the next call with the same
@@ -178,7 +178,7 @@ def _scratch(role, shape, dtype):
 
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < SCRATCH_KEEP_BYTES:
+    if nbytes < SCRATCH_KEEP_BYTES and not keep:
         return np.empty(shape, dtype=dtype)
     cache = getattr(_tls, "bufs", None)
     if cache is None:
@@ -1025,6 +1025,9 @@ def backward(gy, x, w, geo, needs):
         if geo.Cg == 1 and geo.G > 1:
             gx, gw = _depthwise_backward(gy, x, w, geo, needs, dtype)
             return gx, gw, gb
+        if _flat_bi_ok(gy, x, geo, dtype):
+            gx, gw = _flat_bi_backward(gy, x, w, geo, needs, dtype)
+            return gx, gw, gb
         if needs[1]:
             if _last_innermost(x, geo, dtype) and gy.dtype == dtype:
                 gw = _weight_grad_li(gy, x, geo, dtype)
@@ -1393,4 +1396,145 @@ def _depthwise_backward(gy, x, w, geo, needs, dtype):
         gk = partial.sum(axis=0)  # (K, G, Fg)
         gw = gk.reshape(*geo.k, geo.G, geo.Fg)
         gw = np.ascontiguousarray(np.moveaxis(gw, -2, -1)[..., None, :, :])  # (*k, 1, Fg, G)
+    return gx, gw
+
+
+# ---------------------------------------------------------------------------------------
+# batch-innermost backward by flat shifts (the canonical S S C B… layout, a few channels)
+
+#: flat-shift backward for 2-d batch-innermost data when ``C`` and ``F`` lie in this range
+#: and the batch is at least ``FLAT_MIN_N`` (runs of ``N`` values in the copies)
+FLAT_CHANNELS = (8, 32)
+FLAT_MIN_N = 16
+#: and each output row is at least this many values (``Wo·N``, the GEMMs' long dim)
+FLAT_MIN_ROW = 512
+#: columns (flat positions) per tile of the flat-shift backward
+FLAT_TILE = 2048
+
+
+def _flat_bi_ok(gy, x, geo, dtype):
+    from .conv import WORKSPACE_BYTES
+
+    lo, hi = FLAT_CHANNELS
+    if not (geo.d == 2 and geo.G == 1 and geo.N >= FLAT_MIN_N and lo <= geo.C <= hi
+            and lo <= geo.F <= hi and all(s == 1 for s in geo.stride)
+            and not isinstance(geo.value, str) and np.isfinite(geo.value)
+            and x.strides[0] == x.itemsize and gy.strides[0] == gy.itemsize
+            and geo.out[1] * geo.N >= FLAT_MIN_ROW):
+        return False
+    r = [(k - 1) * dl for k, dl in zip(geo.k, geo.dilation)]
+    wq = geo.out[1] + r[1]
+    size = (geo.C * geo.padded[0] + geo.F * (geo.out[0] + 2 * r[0])) * (wq + 1) * geo.N
+    return size * dtype.itemsize <= WORKSPACE_BYTES
+
+
+def _flat_bi_backward(gy, x, w, geo, needs, dtype):
+    """Input and weight gradients of a stride-1 2-d convolution on batch-innermost data
+    without channels-last columns: ``x`` and ``gy`` are copied once (runs of ``N``) into
+    channel-major padded buffers ``(C, Hp, Wq, N)`` / ``(F, Ho + 2r, Wq, N)`` of a common
+    row width ``Wq``, flattened per channel, where every tap is a flat shift. The weight
+    gradient is ``Σ_tiles x_shift (C, L) · gyᵀ (L, F)`` per tap (BLAS on views, no
+    copy; positions past the output width meet zeros of the padded ``gy``); the input
+    gradient is ``colsᵀ (L, K·F) · W (K·F, C)`` per tile, the columns being ``K`` flat
+    shifts of the padded ``gy`` (long contiguous runs), written channels-last."""
+    N, C, F, K = geo.N, geo.C, geo.F, geo.K
+    (kh, kw), (d0, d1) = geo.k, geo.dilation
+    r0, r1 = (kh - 1) * d0, (kw - 1) * d1
+    Ho, Wo = geo.out
+    Hp, Wp = geo.padded
+    # one gap of r1 zero columns per row is both the right padding of a row and the
+    # left padding of the next (flat shifts wrap around): Wq = Wo + r1 = Wp
+    Hq, Wq = Ho + 2 * r0, Wo + r1
+    slack = (r1 + 1) * N
+
+    def rowlen(n):
+        # channel rows of the flat buffers: a stride of 64 bytes more than a multiple of
+        # 4 KiB (rows a multiple of 4 KiB apart would share cache sets: BLAS reads
+        # across the rows)
+        q = 4096 // dtype.itemsize
+        return -(-n // q) * q + 64 // dtype.itemsize
+    # gy padded by r (rows) and r1 (one gap per row): the flipped-kernel view of the
+    # input gradient; shifted by (r0, r1) it is gy itself for the weight gradient
+    gq = _scratch("flat_gy", (F, rowlen(Hq * Wq * N + slack)), dtype, keep=True)
+    gq[:, Hq * Wq * N:] = 0
+    gv = gq[:, : Hq * Wq * N].reshape(F, Hq, Wq, N)
+    gyt = np.moveaxis(gy, 0, -1).transpose(2, 0, 1, 3)  # (F, Ho, Wo, N)
+    xt = np.moveaxis(x, 0, -1).transpose(2, 0, 1, 3) if needs[1] else None  # (C, H, W, N)
+    if needs[1]:
+        xq = _scratch("flat_x", (C, rowlen(Hp * Wq * N + slack)), dtype, keep=True)
+        xq[:, Hp * Wq * N:] = 0
+        xv = xq[:, : Hp * Wq * N].reshape(C, Hp, Wq, N)
+    pb0, pb1 = geo.pb
+    H, W = geo.sp
+
+    def prep(wid, part):
+        if part == 0:
+            gv[:, :r0] = 0
+            gv[:, Hq - r0:] = 0
+            gv[:, r0:Hq - r0, :r1] = 0
+            np.copyto(gv[:, r0:r0 + Ho, r1:r1 + Wo], gyt)
+        else:
+            v = geo.value
+            xv[:, :pb0] = v
+            xv[:, pb0 + H:] = v
+            xv[:, pb0:pb0 + H, :pb1] = v
+            xv[:, pb0:pb0 + H, pb1 + W:Wp] = v
+            np.copyto(xv[:, pb0:pb0 + H, pb1:pb1 + W], xt)
+
+    _parallel(prep, [0, 1] if needs[1] else [0])
+    _, nw, _ = _workers()
+    gx = gw = None
+    if needs[1]:
+        g0 = (r0 * Wq + r1) * N
+        accs = [None] * nw
+        # the valid positions of each output row (the row gaps would multiply zeros,
+        # or NaN from a non-finite input read across the gap)
+        tiles = [(h * Wq * N + l0, h * Wq * N + min(l0 + FLAT_TILE, Wo * N))
+                 for h in range(Ho) for l0 in range(0, Wo * N, FLAT_TILE)]
+        it = dtype.itemsize
+        tap_strides = (d0 * Wq * N * it, d1 * N * it, xq.strides[0], it)
+
+        def wgrad(wid, tile):
+            # all taps in one stacked matmul (one BLAS call per tap, no Python between)
+            l0, l1 = tile
+            if accs[wid] is None:
+                accs[wid] = np.zeros((kh, kw, C, F), dtype=dtype)
+            xs = as_strided(xq[:, l0:], shape=(kh, kw, C, l1 - l0), strides=tap_strides,
+                            writeable=False)
+            accs[wid] += np.matmul(xs, gq[:, g0 + l0:g0 + l1].T)
+
+        _parallel(wgrad, tiles)
+        acc = None
+        for a in accs:
+            if a is not None:
+                acc = a if acc is None else acc + a
+        gw = acc.reshape(kh, kw, C, F, 1)
+    if needs[0]:
+        # only the positions of the unpadded input, row by row, into a compact
+        # (H, W·N, C) result
+        base = (pb0 * Wq + pb1) * N
+        # tap (a, b) of the columns reads gy at flat shift (a·d0·Wq + b·d1)·N: the weight
+        # at the flipped tap (kh-1-a, kw-1-b)
+        wm = np.ascontiguousarray(np.asarray(w, dtype=dtype)[::-1, ::-1, :, :, 0]
+                                  .transpose(0, 1, 3, 2)).reshape(K * F, C)
+        gxe = np.empty((H, W * N, C), dtype=dtype)
+        bufs = [None] * nw
+        tiles = [(h, l0, min(l0 + FLAT_TILE, W * N))
+                 for h in range(H) for l0 in range(0, W * N, FLAT_TILE)]
+        it = dtype.itemsize
+        tap_strides = (d0 * Wq * N * it, d1 * N * it, gq.strides[0], it)
+
+        def igrad(wid, tile):
+            h, l0, l1 = tile
+            if bufs[wid] is None:
+                bufs[wid] = np.empty(K * F * FLAT_TILE, dtype=dtype)
+            cols = bufs[wid][: K * F * (l1 - l0)].reshape(kh, kw, F, l1 - l0)
+            src = gq[:, base + h * Wq * N + l0:]
+            np.copyto(cols, as_strided(src, shape=cols.shape, strides=tap_strides,
+                                       writeable=False))
+            np.matmul(cols.reshape(K * F, l1 - l0).T, wm, out=gxe[h, l0:l1])
+
+        _parallel(igrad, tiles)
+        gxv = gxe.reshape(H, W, N, C)
+        gx = gxv.transpose(2, 0, 1, 3)  # (N, H, W, C)
     return gx, gw
