@@ -714,8 +714,7 @@ def _forward_li(x, w, geo, dtype, bias):
             phases.append(np.ascontiguousarray(np.concatenate(
                 [wt[:, i * kw_c:(i + 1) * kw_c] for i in cols_of], axis=1)))
         pb0 = li.pb[0]
-        step = -(-geo.out[0] // (2 * nw))
-        blocks = [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
+        blocks = _ring_blocks(geo, nw)
 
         def work_ring(wid, blk):
             a, b = blk
@@ -724,8 +723,7 @@ def _forward_li(x, w, geo, dtype, bias):
                            None if in_place else np.empty((F, L), dtype=dtype))
             cols = st[wid][0]
             for o in range(a, b):
-                new = range(o - pb0, o - pb0 + kh) if o == a else (o - pb0 + kh - 1,)
-                for q in new:
+                for q in _ring_new_rows(o, a, pb0, kh):
                     j = q % kh
                     li.fill_row(cols[j * rb:(j + 1) * rb], (q,))
                 gemm(wid, (o,), phases[(o - pb0) % kh], cols)
@@ -734,6 +732,18 @@ def _forward_li(x, w, geo, dtype, bias):
     else:
         _parallel(work, li.outer_out)
     return out.transpose((d,) + tuple(range(d - 1)) + (d + 1, d - 1))  # (N, *out, F)
+
+
+def _ring_blocks(geo, nw):
+    """Blocks of output rows for the row ring (two per worker): ``[(first, stop), …]``."""
+    step = -(-geo.out[0] // (2 * nw))
+    return [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
+
+
+def _ring_new_rows(o, first, pb0, kh):
+    """Input rows to load into the ring before output row ``o``: all ``kh`` taps at the
+    start of a block, then only the one new row (stride 1 shares the other ``kh - 1``)."""
+    return range(o - pb0, o - pb0 + kh) if o == first else (o - pb0 + kh - 1,)
 
 
 def _weight_grad_li(gy, x, geo, dtype):
@@ -765,8 +775,7 @@ def _weight_grad_li(gy, x, geo, dtype):
         # (j - phase) mod kh; one accumulator per phase, unpermuted at the end
         rb = KC // kh
         pb0 = li.pb[0]
-        step = -(-geo.out[0] // (2 * nw))
-        blocks = [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
+        blocks = _ring_blocks(geo, nw)
 
         def work_ring(wid, blk):
             a, b = blk
@@ -775,8 +784,7 @@ def _weight_grad_li(gy, x, geo, dtype):
                            np.zeros((kh, KC, F), dtype=dtype), np.empty((KC, F), dtype=dtype))
             cols, gb, accs, tmp = st[wid]
             for o in range(a, b):
-                new = range(o - pb0, o - pb0 + kh) if o == a else (o - pb0 + kh - 1,)
-                for q in new:
+                for q in _ring_new_rows(o, a, pb0, kh):
                     j = q % kh
                     li.fill_row(cols[j * rb:(j + 1) * rb], (q,))
                 np.copyto(gb[:, :, :wo], gyv[o])

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from ..ops.elementwise import relu
 from ..ops.nn import softmax
-from .base import Layer
+from .base import Layer, check_name
 
 __all__ = ["ReLULayer", "SoftmaxLayer", "relu_layer", "softmax_layer"]
-
-
-def _check_name(name):
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
-    return name
 
 
 class ReLULayer(Layer):
@@ -22,7 +16,7 @@ class ReLULayer(Layer):
     default_name = "relu"
 
     def __init__(self, *, name=""):
-        self.name = _check_name(name)
+        self.name = check_name(name)
 
     def predict(self, x):
         return relu(x)
@@ -43,7 +37,7 @@ class SoftmaxLayer(Layer):
     default_name = "softmax"
 
     def __init__(self, *, name=""):
-        self.name = _check_name(name)
+        self.name = check_name(name)
 
     def predict(self, x):
         fmt = getattr(x, "format", "")

@@ -26,6 +26,13 @@ import contextlib
 from ..array import FormattedArray
 
 
+def check_name(name):
+    """Validate a layer's ``name`` property (a str, ``""`` for unnamed)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+    return name
+
+
 class Layer:
     """Base class for layers; see the module docstring for the protocol."""
 
@@ -101,6 +108,23 @@ class Layer:
         finally:
             for n, v in saved.items():
                 object.__setattr__(self, n, v)
+
+    def _who(self) -> str:
+        """``"<kind> layer 'name'"`` for error messages (``kind`` from ``type_name()``)."""
+        kind = self.type_name().lower() + " layer"
+        return f"{kind} {self.name!r}" if self.name else kind
+
+    def _require_label(self, x, label: str, why: str) -> str:
+        """Return the format of ``x``; raise a ``ValueError`` naming this layer when it
+        has no ``label`` dim (``why`` says what the layer needs it for)."""
+        fmt = getattr(x, "format", "")
+        if label not in fmt:
+            shown = fmt if fmt else "'' (unformatted)"
+            raise ValueError(
+                f"{self._who()} cannot take input of format {shown!r}: {why}, so it needs a "
+                f"{label!r} dim (e.g. 'SSCB', 'CB', 'CBT')"
+            )
+        return fmt
 
     def description(self) -> str:
         """One-line description used by layer-array displays."""

@@ -137,17 +137,8 @@ class FullyConnectedLayer(Layer):
                 b = self.bias.data if isinstance(self.bias, FormattedArray) else self.bias
                 self.bias = _backend.namespace(b).reshape(b, (self.output_size, 1))
 
-    def _who(self):
-        return f"fully connected layer {self.name!r}" if self.name else "fully connected layer"
-
     def _check(self, x):
-        fmt = getattr(x, "format", "")
-        if "C" not in fmt:
-            shown = fmt if fmt else "'' (unformatted)"
-            raise ValueError(
-                f"{self._who()} cannot take input of format {shown!r}: it needs a 'C' dim "
-                "(e.g. 'SSCB', 'CB', 'CBT')"
-            )
+        fmt = self._require_label(x, "C", "it flattens the 'S' and 'C' dims of each observation")
         n_in = _features(x)
         if self.input_size != "auto" and self.input_size != n_in:
             raise ValueError(

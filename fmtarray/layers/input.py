@@ -13,7 +13,7 @@ import numbers
 from .. import _backend
 from ..array import FormattedArray
 from ..ops.elementwise import astype
-from .base import Layer
+from .base import Layer, check_name
 
 __all__ = ["ImageInputLayer", "image_input_layer", "NORMALIZATIONS"]
 
@@ -64,7 +64,7 @@ class ImageInputLayer(Layer):
 
     def __init__(self, input_size, *, normalization="zerocenter", normalization_dimension="auto",
                  mean=None, standard_deviation=None, min=None, max=None, name=""):
-        self.name = _check_name(name)
+        self.name = check_name(name)
         self.input_size = _input_size(input_size)
         if callable(normalization):
             self.normalization = normalization
@@ -284,12 +284,6 @@ class ImageInputLayer(Layer):
 
     def __repr__(self):
         return f"ImageInputLayer(name={self.name!r}, {self.description()})"
-
-
-def _check_name(name):
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
-    return name
 
 
 def _input_size(v):

@@ -101,17 +101,8 @@ class BatchNormalizationLayer(Layer):
                     f"{self.num_channels} values"
                 )
 
-    def _who(self):
-        return f"batch normalization layer {self.name!r}" if self.name else "batch normalization layer"
-
     def _channels(self, x):
-        fmt = getattr(x, "format", "")
-        if "C" not in fmt:
-            shown = fmt if fmt else "'' (unformatted)"
-            raise ValueError(
-                f"{self._who()} cannot take input of format {shown!r}: it normalises each "
-                "channel, so it needs a 'C' dim (e.g. 'SSCB', 'CB', 'CBT')"
-            )
+        fmt = self._require_label(x, "C", "it normalises each channel")
         c = x.shape[fmt.index("C")]
         if self.num_channels != "auto" and c != self.num_channels:
             raise ValueError(
