@@ -196,7 +196,8 @@ def test_workspace_is_bounded(monkeypatch):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 3, 8, 8, 1)).astype(np.float32)
     peaks = []
-    for n in (8, 64):
+    # both batches past the size where tiles (TILE_BYTES per worker) saturate
+    for n in (64, 256):
         xc = rng.standard_normal((16, 16, 8, n)).astype(np.float32)  # canonical SSCB
         x = np.moveaxis(xc, -1, 0)
         out_bytes = n * 16 * 16 * 8 * 4

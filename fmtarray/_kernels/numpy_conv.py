@@ -56,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import winograd
 from .pad import fill_border_numpy, pad_vjp
 
 __all__ = ["forward", "backward", "TILE_BYTES", "release_scratch"]
@@ -419,6 +420,9 @@ def forward(x, w, b, geo):
     w = np.asarray(w)
     dtype = _dtype(x, w)
     bias = None if b is None else np.asarray(b, dtype=dtype).reshape(geo.F)
+    if geo.N > 0 and winograd.applicable(x, geo, dtype):
+        with _single_threaded_blas():
+            return winograd.forward(x, w, bias, geo, dtype)
     if geo.N > 0 and _batch_innermost(x, geo):
         with _single_threaded_blas():
             return _forward_bi(x, w, geo, dtype, bias)
@@ -1154,12 +1158,16 @@ def _input_grad_stride1(gy, w, geo, dtype):
         before = tuple(max(b, 0) for b in before)
         after = tuple(max(a, 0) for a in after)
         g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, before, after, 0.0, geo.G)
+        if winograd.applicable(g, g2, dtype):
+            return winograd.forward(g, wt, None, g2, dtype)
         if _last_innermost(g, g2, dtype):
             return _forward_li(g, wt, g2, dtype, None)
         gx = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
         _forward_gemm(g, wt, g2, gx, dtype)
         return gx
     g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
+    if winograd.applicable(gy, g2, dtype):
+        return _unpad(winograd.forward(gy, wt, None, g2, dtype), geo)
     gxpad = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
     _forward_gemm(gy, wt, g2, gxpad, dtype)
     return _unpad(gxpad, geo)

@@ -1,0 +1,302 @@
+"""Winograd F(2×2, 3×3) convolution for NumPy, on batch-innermost data.
+
+A 3×3, stride-1 convolution computes each 2×2 block of outputs from a 4×4 block of
+inputs. Winograd's minimal filtering algorithm (Lavin & Gray, 2015) does it with 16
+multiplications per (input channel, output channel) instead of 36:
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+
+and, summed over the input channels, the 16 element-wise products become 16 GEMMs
+``M[ξν] (F, tiles) = U[ξν] (F, C) · V[ξν] (C, tiles)`` with ``U = G g Gᵀ`` (the
+transformed filters) and ``V = Bᵀ d B`` (the transformed input tiles): 2.25× fewer
+multiply-adds than the direct method. The transforms are additions and subtractions
+only (``G`` holds halves), so float32 results stay within a few ulps of the direct
+sum: the same accuracy tests as every other path apply.
+
+Layout. The canonical ``S S C B`` layout keeps the batch innermost: for a fixed pixel
+the ``(C, N)`` values are one contiguous run. Every step below works on whole rows of
+such runs (row transform: 4 subtractions over runs of ``W·C·N`` values; column
+transform and output transform: runs of ``N``), and the output is written straight
+into the canonical ``(Ho, Wo, F, N)`` layout.
+
+Dilation ``dl`` splits the problem into ``dl_h · dl_w`` phases: the outputs whose
+row ≡ p (mod dl_h) and column ≡ q (mod dl_w) read only the padded input rows and
+columns of the same residues, an undilated 3×3 convolution on a strided view.
+
+Work is cut into blocks of tiles (a few tile rows, or part of one) whose buffers stay
+near :data:`BLOCK_BYTES`; blocks are spread over the worker threads of
+:mod:`~fmtarray._kernels.numpy_conv` with BLAS held at one thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["applicable", "forward"]
+
+#: target size of one block's buffers (padded input rows, transformed tiles, products)
+BLOCK_BYTES = int(float(__import__('os').environ.get('WBB', 6)) * 2**20)
+#: transformed filters at least this large (bytes) switch to chunked "wide" GEMMs
+WIDE_U_BYTES = 8 * 2**20
+#: smallest channel counts for which the transforms pay for themselves
+MIN_C = 8
+MIN_F = 8
+
+# F(2, 3) transform matrices: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_BT = np.array([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0],
+                [0.0, 1.0, 0.0, -1.0]])
+_AT = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
+
+
+def applicable(x, geo, dtype) -> bool:
+    """2-D, 3×3, stride 1, one group, constant padding, batch innermost in memory
+    (checked on the strides), enough channels and batch for the transforms to pay."""
+    return (geo.d == 2 and geo.k == (3, 3) and geo.stride == (1, 1) and geo.G == 1
+            and not isinstance(geo.value, str)
+            and dtype in (np.float32, np.float64)
+            and geo.N >= 4 and x.strides[0] == x.itemsize
+            and geo.C >= MIN_C and geo.F >= MIN_F)
+
+
+def transformed_filters(w, geo, dtype):
+    """``U`` as ``(16, C, F)`` from weights ``(3, 3, C, F[, 1])`` (any strides):
+    ``U[4ξ+ν] = Σ_ij G[ξ,i] G[ν,j] g[i,j]``, one GEMM ``(16, 9) · (9, C·F)`` split over
+    the workers by columns."""
+    from .numpy_conv import _parallel, _workers
+
+    g = np.ascontiguousarray(np.asarray(w).reshape(9, geo.C * geo.F), dtype=dtype)
+    gk = np.einsum("ai,bj->abij", _G, _G).reshape(16, 9).astype(dtype)
+    u = np.empty((16, geo.C * geo.F), dtype=dtype)
+    _, nw, _ = _workers()
+    n = g.shape[1]
+    step = max(-(-n // nw), 1)
+    _parallel(lambda _w, c0: np.matmul(gk, g[:, c0:c0 + step], out=u[:, c0:c0 + step]),
+              range(0, n, step))
+    return u.reshape(16, geo.C, geo.F)
+
+
+def _blocks(geo, itemsize):
+    """Blocks ``(phase, t0, t1, u0, u1)``: tile rows ``[t0, t1)`` and tile columns
+    ``[u0, u1)`` of the phase's output grid."""
+    from .conv import WORKSPACE_BYTES
+    from .numpy_conv import _workers
+
+    C, F, N = geo.C, geo.F, geo.N
+    # bytes per tile: padded input (~4), row-transformed (8), V (16) per channel, M (16) per filter
+    per_tile = (12 * C + max(16 * C, 8 * F) + 16 * F) * N * itemsize
+    out = []
+    dh, dw = geo.dilation
+    phases = [(ph, pw, len(range(ph, geo.out[0], dh)), len(range(pw, geo.out[1], dw)))
+              for ph in range(dh) for pw in range(dw)]
+    phases = [p for p in phases if p[2] and p[3]]  # dilation beyond the output: empty phases
+    total = sum(-(-ho // 2) * -(-wo // 2) for _, _, ho, wo in phases)
+    _, nw, _ = _workers()
+    # within the block budget and the workspace (all workers' blocks together), and at
+    # least two blocks per worker where there are enough tiles
+    budget = min(BLOCK_BYTES, WORKSPACE_BYTES // (2 * nw))
+    most = max(1, min(budget // per_tile, -(-total // (2 * nw))))
+    for ph, pw, ho, wo in phases:
+        th, tw = -(-ho // 2), -(-wo // 2)
+        cu = max(1, min(tw, most))
+        cu = -(-tw // -(-tw // cu))  # balance the column chunks
+        nt = max(1, min(th, most // cu)) if cu == tw else 1
+        for t0 in range(0, th, nt):
+            for u0 in range(0, tw, cu):
+                out.append(((ph, pw, ho, wo), t0, min(t0 + nt, th), u0, min(u0 + cu, tw)))
+    return out
+
+
+def forward(x, w, bias, geo, dtype):
+    """``conv(x, w) + bias`` for channels-last ``x`` ``(N, H, W, C)`` whose batch is
+    innermost in memory; returns ``(N, Ho, Wo, F)``, a view of a ``(Ho, Wo, F, N)``
+    array.
+
+    Small filters: each worker runs whole blocks (input transform, 16 GEMMs, output
+    transform) in its own buffers. Large filters (``U`` beyond :data:`WIDE_U_BYTES`,
+    which would be streamed from memory once per block): blocks are grouped into chunks
+    whose ``V`` and ``M`` fit the workspace; the workers transform the chunk's input
+    blocks, then split the 16 GEMMs by rows of ``U`` (each ``U`` row block read once
+    per chunk, wide GEMMs), then transform the output blocks."""
+    from .conv import WORKSPACE_BYTES
+    from .numpy_conv import _parallel, _workers
+
+    N, C, F = geo.N, geo.C, geo.F
+    it = np.dtype(dtype).itemsize
+    ut = transformed_filters(w, geo, dtype).transpose(0, 2, 1)  # (16, F, C), BLAS-transposed
+    out = np.empty((*geo.out, F, N), dtype=dtype)
+    blocks = _blocks(geo, it)
+    nt_max = max(b[2] - b[1] for b in blocks)
+    cu_max = max(b[4] - b[3] for b in blocks)
+    in_len = (2 * nt_max + 2) * (2 * cu_max + 2) * C * N
+    _, nw, _ = _workers()
+    bufs = [None] * nw
+
+    def scratch(wid):
+        if bufs[wid] is None:
+            bufs[wid] = (np.empty(in_len, dtype=dtype), np.empty(2 * in_len, dtype=dtype))
+        return bufs[wid]
+
+    ctx = (x, geo, dtype, out, bias)
+    if 16 * C * F * it < WIDE_U_BYTES:
+        xmax = nt_max * cu_max * N
+        mbufs = [None] * nw
+
+        def work(wid, spec):
+            if mbufs[wid] is None:
+                mbufs[wid] = (np.empty(max(16 * C, 8 * F) * xmax, dtype=dtype),
+                              np.empty(16 * F * xmax, dtype=dtype))
+            vb, mb = mbufs[wid]
+            X = _spec_x(spec, N)
+            v = vb[: 16 * C * X].reshape(16, C, X)
+            _transform_in(ctx, spec, v, *scratch(wid))
+            m = mb[: 16 * F * X].reshape(16, F, X)
+            np.matmul(ut, v, out=m)
+            _transform_out(ctx, spec, m, vb[: 8 * F * X])
+
+        _parallel(work, blocks)
+        return out.transpose(3, 0, 1, 2)
+
+    # wide: chunks of blocks
+    xs = [_spec_x(b, N) for b in blocks]
+    limit = max(max(xs), WORKSPACE_BYTES // (16 * (C + F) * it))
+    chunks, cur, tot = [], [], 0
+    for b, xw in zip(blocks, xs):
+        if cur and tot + xw > limit:
+            chunks.append(cur)
+            cur, tot = [], 0
+        cur.append((b, tot, tot + xw))
+        tot += xw
+    chunks.append(cur)
+    xc = max(c[-1][2] for c in chunks)
+    vbig = np.empty(16 * C * xc, dtype=dtype)
+    mbig = np.empty(16 * F * xc, dtype=dtype)
+    sbufs = [None] * nw
+    rows = [(f0, min(f0 + -(-F // nw), F)) for f0 in range(0, F, -(-F // nw))]
+    for chunk in chunks:
+        X = chunk[-1][2]
+        v = vbig[: 16 * C * X].reshape(16, C, X)
+        m = mbig[: 16 * F * X].reshape(16, F, X)
+
+        def work_in(wid, c, v=v):
+            _transform_in(ctx, c[0], v[:, :, c[1]:c[2]], *scratch(wid))
+
+        def gemm(wid, r, v=v, m=m):
+            np.matmul(ut[:, r[0]:r[1]], v, out=m[:, r[0]:r[1]])
+
+        def work_out(wid, c, m=m):
+            if sbufs[wid] is None:
+                sbufs[wid] = np.empty(8 * F * max(xs), dtype=dtype)
+            _transform_out(ctx, c[0], m[:, :, c[1]:c[2]], sbufs[wid])
+
+        _parallel(work_in, chunk)
+        _parallel(gemm, rows)
+
+        _parallel(work_out, chunk)
+    return out.transpose(3, 0, 1, 2)
+
+
+def _view(a, shape):
+    """``a.reshape(shape)``, which must be a view (the caller writes through it)."""
+    r = a.reshape(shape)
+    assert np.may_share_memory(r, a), (a.shape, a.strides, shape)
+    return r
+
+
+def _spec_x(spec, N):
+    _, t0, t1, u0, u1 = spec
+    return (t1 - t0) * (u1 - u0) * N
+
+
+def _transform_in(ctx, spec, v, bb, tbb):
+    """``V = Bᵀ d B`` of one block into ``v`` ``(16, C, nt·cu·N)`` (any row strides)."""
+    x, geo, dtype, _, _ = ctx
+    (ph, pw, _, _), t0, t1, u0, u1 = spec
+    nt, cu = t1 - t0, u1 - u0
+    N, C = geo.N, geo.C
+    xb = np.moveaxis(x, 0, -1)  # (H, W, C, N)
+    H, W = geo.sp
+    pb0, pb1 = geo.pb
+    dh, dw = geo.dilation
+    value = geo.value
+    R, Qh = 2 * nt + 2, cu + 1
+    # ---- padded input block (R, C, 2, Qh, N): phase rows 2·t0 + i; phase columns
+    # 2·u0 + 2·jj + par split by parity, so that the column transform reads runs
+    blk = bb[: R * C * 2 * Qh * N].reshape(R, C, 2, Qh, N)
+    spans = []
+    for par in range(2):
+        j0 = 2 * u0 + par  # phase column j0 + 2·jj <-> input column pw + dw·(j0 + 2·jj) - pb1
+        lo = max(0, -(-(pb1 - pw - dw * j0) // (2 * dw)))
+        hi = min(Qh, (W - 1 + pb1 - pw - dw * j0) // (2 * dw) + 1)
+        spans.append((lo, hi, pw + dw * (j0 + 2 * lo) - pb1))
+    for i in range(R):
+        src = ph + dh * (2 * t0 + i) - pb0
+        if not 0 <= src < H:
+            blk[i] = value
+            continue
+        for par, (lo, hi, c0) in enumerate(spans):
+            plane = blk[i, :, par]  # (C, Qh, N)
+            if lo < hi:
+                np.copyto(plane[:, lo:hi],
+                          xb[src, c0:c0 + 2 * dw * (hi - lo - 1) + 1:2 * dw].transpose(1, 0, 2))
+            if lo:
+                plane[:, :lo] = value
+            if hi < Qh:
+                plane[:, max(hi, lo):] = value
+    # ---- rows (4, nt, C, 2, Qh, N), then columns (16, nt, C, cu, N) as a view of v
+    ev, od = blk[0::2], blk[1::2]  # (nt + 1, C, 2, Qh, N) each
+    tb = tbb[: 4 * nt * C * 2 * Qh * N].reshape(4, nt, C, 2, Qh, N)
+    np.subtract(ev[:nt], ev[1:], out=tb[0])
+    np.add(od[:nt], ev[1:], out=tb[1])
+    np.subtract(ev[1:], od[:nt], out=tb[2])
+    np.subtract(od[:nt], od[1:], out=tb[3])
+    vt = _view(v, (16, C, nt, cu, N)).transpose(0, 2, 1, 3, 4)  # runs of cu·N
+    for xi in range(4):
+        e, o = tb[xi, :, :, 0], tb[xi, :, :, 1]  # (nt, C, cu + 1, N)
+        np.subtract(e[:, :, :cu], e[:, :, 1:], out=vt[4 * xi])
+        np.add(o[:, :, :cu], e[:, :, 1:], out=vt[4 * xi + 1])
+        np.subtract(e[:, :, 1:], o[:, :, :cu], out=vt[4 * xi + 2])
+        np.subtract(o[:, :, :cu], o[:, :, 1:], out=vt[4 * xi + 3])
+
+
+def _transform_out(ctx, spec, m, sbuf):
+    """``Y = Aᵀ M A`` (+ bias) of one block from ``m`` ``(16, F, nt·cu·N)`` (consumed:
+    used as scratch) into the output; ``sbuf`` holds ``8·F·nt·cu·N`` values."""
+    _, geo, dtype, out, bias = ctx
+    (ph, pw, ho, wo), t0, t1, u0, u1 = spec
+    nt, cu = t1 - t0, u1 - u0
+    F, N = geo.F, geo.N
+    dh, dw = geo.dilation
+    if bias is not None:
+        # M[1,1] enters every output of the tile with weight 1
+        m[5] += bias[:, None]
+    m = _view(m, (4, 4, F, nt, cu, N))
+    # over the columns: s[ξ, b] (contiguous), then over the rows; the final operation
+    # writes the canonical output layout
+    s = sbuf[: 8 * F * nt * cu * N].reshape(4, 2, F, nt, cu, N)
+    np.add(m[:, 0], m[:, 1], out=s[:, 0])
+    np.add(s[:, 0], m[:, 2], out=s[:, 0])
+    np.subtract(m[:, 1], m[:, 2], out=s[:, 1])
+    np.subtract(s[:, 1], m[:, 3], out=s[:, 1])
+    y = m[0, :2]  # (2, F, nt, cu, N) scratch: M[0, 0:2] is consumed
+    for a in range(2):
+        r0 = 2 * t0 + a
+        nr = len(range(r0, min(2 * t1, ho), 2))
+        if nr == 0:
+            continue
+        if a == 0:
+            np.add(s[0], s[1], out=y)
+        else:
+            np.subtract(s[1], s[2], out=y)
+        for b in range(2):
+            c0 = 2 * u0 + b
+            nc = len(range(c0, min(2 * u1, wo), 2))
+            if nc == 0:
+                continue
+            dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw][:nr, :nc]  # (nr, nc, F, N)
+            yy = y[b, :, :nr, :nc].transpose(1, 2, 0, 3)
+            last = s[2 + a, b, :, :nr, :nc].transpose(1, 2, 0, 3)
+            if a == 0:
+                np.add(yy, last, out=dst)
+            else:
+                np.subtract(yy, last, out=dst)
