@@ -15,7 +15,8 @@ Backward = input gradient + weight gradient: our recorded VJP (what
 ``fmtarray.grad`` runs) against ``torch.autograd.grad`` on the same graph.
 
 Options: ``--quick`` (fewer repeats), ``--no-backward``, ``--no-memory``,
-``--cases 0,3`` (indices), ``--block 5`` (5 consecutive calls per turn of the
+``--cases 0,3`` (indices), ``--gap 20`` (20 ms idle before each turn: no call
+starts while the other library's threads still spin), ``--block 5`` (5 consecutive calls per turn of the
 interleaving: steady-state timings, see :func:`median_interleaved`).
 """
 
@@ -66,6 +67,8 @@ CASES = [
 
 #: calls per turn in :func:`median_interleaved` (``--block``)
 BLOCK = 1
+#: idle seconds before each turn (``--gap``)
+GAP = 0.0
 
 
 def median_interleaved(fns, repeats):
@@ -82,6 +85,8 @@ def median_interleaved(fns, repeats):
         f()  # warm-up
     for _ in range(repeats):
         for i, f in enumerate(fns):
+            if GAP:
+                time.sleep(GAP)
             for _ in range(BLOCK):
                 t0 = time.perf_counter()
                 f()
@@ -241,9 +246,12 @@ def main(argv=None):
     ap.add_argument("--cases", default="")
     ap.add_argument("--block", type=int, default=1,
                     help="consecutive calls per turn of the interleaving (default 1)")
+    ap.add_argument("--gap", type=float, default=0.0,
+                    help="milliseconds idle before each turn (default 0)")
     args = ap.parse_args(argv)
-    global BLOCK
+    global BLOCK, GAP
     BLOCK = max(1, args.block)
+    GAP = max(0.0, args.gap) / 1e3
     repeats = 5 if args.quick else 11
     nthreads = None
     try:
@@ -261,7 +269,7 @@ def main(argv=None):
         if var in os.environ:
             print(f"WARNING: {var}={os.environ[var]} is set; run with env -u {var}")
     print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
-          f"interleaving: {BLOCK} call(s) per turn")
+          f"interleaving: {BLOCK} call(s) per turn, {GAP * 1e3:g} ms idle before each turn")
     rate = gemm_rate(repeats)
     print(f"float32 GEMM rate (2048^3 matmul): {rate:.1f} GFLOP/s")
     # OpenBLAS's own threads (used by that multi-threaded matmul, never by fmtarray's

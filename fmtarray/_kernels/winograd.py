@@ -35,7 +35,7 @@ import numpy as np
 __all__ = ["applicable", "forward"]
 
 #: target size of one block's buffers (padded input rows, transformed tiles, products)
-BLOCK_BYTES = int(float(__import__('os').environ.get('WBB', 6)) * 2**20)
+BLOCK_BYTES = 6 * 2**20
 #: transformed filters at least this large (bytes) switch to chunked "wide" GEMMs
 WIDE_U_BYTES = 8 * 2**20
 #: smallest channel counts for which the transforms pay for themselves
@@ -126,38 +126,35 @@ def forward(x, w, bias, geo, dtype):
     ut = transformed_filters(w, geo, dtype).transpose(0, 2, 1)  # (16, F, C), BLAS-transposed
     out = np.empty((*geo.out, F, N), dtype=dtype)
     blocks = _blocks(geo, it)
-    nt_max = max(b[2] - b[1] for b in blocks)
-    cu_max = max(b[4] - b[3] for b in blocks)
-    in_len = (2 * nt_max + 2) * (2 * cu_max + 2) * C * N
+    lmax = max(_spec_len(b, N) for b in blocks)  # nt·Qh·N
+    inb = max(4 * C * (_spec_len(b, N) + (b[4] - b[3] + 1) * N) for b in blocks)
     _, nw, _ = _workers()
     bufs = [None] * nw
 
     def scratch(wid):
+        """Per worker: input block, row-transformed block, V (later: s), M (later: y)."""
         if bufs[wid] is None:
-            bufs[wid] = (np.empty(in_len, dtype=dtype), np.empty(2 * in_len, dtype=dtype))
+            bufs[wid] = (np.empty(inb, dtype=dtype), np.empty(8 * C * lmax, dtype=dtype),
+                         np.empty(max(16 * C, 8 * F) * lmax, dtype=dtype),
+                         np.empty(16 * F * lmax, dtype=dtype))
         return bufs[wid]
 
     ctx = (x, geo, dtype, out, bias)
     if 16 * C * F * it < WIDE_U_BYTES:
-        xmax = nt_max * cu_max * N
-        mbufs = [None] * nw
 
         def work(wid, spec):
-            if mbufs[wid] is None:
-                mbufs[wid] = (np.empty(max(16 * C, 8 * F) * xmax, dtype=dtype),
-                              np.empty(16 * F * xmax, dtype=dtype))
-            vb, mb = mbufs[wid]
-            X = _spec_x(spec, N)
-            v = vb[: 16 * C * X].reshape(16, C, X)
-            _transform_in(ctx, spec, v, *scratch(wid))
-            m = mb[: 16 * F * X].reshape(16, F, X)
-            np.matmul(ut, v, out=m)
-            _transform_out(ctx, spec, m, vb[: 8 * F * X])
+            bb, tb, vb, mb = scratch(wid)
+            nt, X = spec[2] - spec[1], _spec_x(spec, N)
+            v = _transform_in(ctx, spec, bb, tb, vb)  # (16, nt, C, Qh·N)
+            m = mb[: 16 * F * X].reshape(16, nt, F, X // nt)
+            # the junk column is skipped by the GEMM's row stride
+            np.matmul(ut[:, None], v[..., : X // nt], out=m)
+            _transform_out(ctx, spec, m, vb)
 
         _parallel(work, blocks)
         return out.transpose(3, 0, 1, 2)
 
-    # wide: chunks of blocks
+    # wide: chunks of blocks; a block's columns in the chunk are (nt, cu, N) (no junk)
     xs = [_spec_x(b, N) for b in blocks]
     limit = max(max(xs), WORKSPACE_BYTES // (16 * (C + F) * it))
     chunks, cur, tot = [], [], 0
@@ -171,45 +168,59 @@ def forward(x, w, bias, geo, dtype):
     xc = max(c[-1][2] for c in chunks)
     vbig = np.empty(16 * C * xc, dtype=dtype)
     mbig = np.empty(16 * F * xc, dtype=dtype)
-    sbufs = [None] * nw
     rows = [(f0, min(f0 + -(-F // nw), F)) for f0 in range(0, F, -(-F // nw))]
     for chunk in chunks:
         X = chunk[-1][2]
-        v = vbig[: 16 * C * X].reshape(16, C, X)
-        m = mbig[: 16 * F * X].reshape(16, F, X)
+        vc = vbig[: 16 * C * X].reshape(16, C, X)
+        mc = mbig[: 16 * F * X].reshape(16, F, X)
 
-        def work_in(wid, c, v=v):
-            _transform_in(ctx, c[0], v[:, :, c[1]:c[2]], *scratch(wid))
+        def work_in(wid, c, vc=vc):
+            spec, x0, x1 = c
+            nt, cu = spec[2] - spec[1], spec[4] - spec[3]
+            v = _transform_in(ctx, spec, *scratch(wid)[:3])  # (16, nt, C, Qh·N)
+            v = v.reshape(16, nt, C, cu + 1, N)[:, :, :, :cu]
+            dst = vc[:, :, x0:x1].reshape(16, C, nt, cu, N).transpose(0, 2, 1, 3, 4)
+            np.copyto(dst, v)
 
-        def gemm(wid, r, v=v, m=m):
-            np.matmul(ut[:, r[0]:r[1]], v, out=m[:, r[0]:r[1]])
+        def gemm(wid, r, vc=vc, mc=mc):
+            np.matmul(ut[:, r[0]:r[1]], vc, out=mc[:, r[0]:r[1]])
 
-        def work_out(wid, c, m=m):
-            if sbufs[wid] is None:
-                sbufs[wid] = np.empty(8 * F * max(xs), dtype=dtype)
-            _transform_out(ctx, c[0], m[:, :, c[1]:c[2]], sbufs[wid])
+        def work_out(wid, c, mc=mc):
+            spec, x0, x1 = c
+            nt, cu = spec[2] - spec[1], spec[4] - spec[3]
+            _, _, vb, mb = scratch(wid)
+            m = mb[: 16 * F * nt * cu * N].reshape(16, nt, F, cu, N)
+            np.copyto(m, mc[:, :, x0:x1].reshape(16, F, nt, cu, N).transpose(0, 2, 1, 3, 4))
+            _transform_out(ctx, spec, m.reshape(16, nt, F, cu * N), vb)
 
         _parallel(work_in, chunk)
         _parallel(gemm, rows)
-
         _parallel(work_out, chunk)
     return out.transpose(3, 0, 1, 2)
 
 
-def _view(a, shape):
-    """``a.reshape(shape)``, which must be a view (the caller writes through it)."""
-    r = a.reshape(shape)
-    assert np.may_share_memory(r, a), (a.shape, a.strides, shape)
-    return r
-
-
 def _spec_x(spec, N):
+    """Output-tile columns of a block: ``nt · cu · N``."""
     _, t0, t1, u0, u1 = spec
     return (t1 - t0) * (u1 - u0) * N
 
 
-def _transform_in(ctx, spec, v, bb, tbb):
-    """``V = Bᵀ d B`` of one block into ``v`` ``(16, C, nt·cu·N)`` (any row strides)."""
+def _spec_len(spec, N):
+    """Columns of a block in the flat layout: ``nt · (cu + 1) · N`` (one junk tile column)."""
+    _, t0, t1, u0, u1 = spec
+    return (t1 - t0) * (u1 - u0 + 1) * N
+
+
+def _transform_in(ctx, spec, bb, tbb, vb):
+    """``V = Bᵀ d B`` of one block; returns ``(16, nt, C, Qh·N)`` in ``vb``.
+
+    Flat layout: the block's padded input is kept as ``(row parity, column parity,
+    rows, C, Qh, N)``, so every shift the transform needs (next tile row, next tile
+    column) is a flat offset of one contiguous buffer, and every operation is one
+    contiguous NumPy call (strided ufunc calls cost 2-3× more). The price is one junk
+    tile column per ``(row, channel)`` (``Qh = cu + 1``), which the GEMM skips through
+    its row stride.
+    """
     x, geo, dtype, _, _ = ctx
     (ph, pw, _, _), t0, t1, u0, u1 = spec
     nt, cu = t1 - t0, u1 - u0
@@ -219,23 +230,24 @@ def _transform_in(ctx, spec, v, bb, tbb):
     pb0, pb1 = geo.pb
     dh, dw = geo.dilation
     value = geo.value
-    R, Qh = 2 * nt + 2, cu + 1
-    # ---- padded input block (R, C, 2, Qh, N): phase rows 2·t0 + i; phase columns
-    # 2·u0 + 2·jj + par split by parity, so that the column transform reads runs
-    blk = bb[: R * C * 2 * Qh * N].reshape(R, C, 2, Qh, N)
+    Qh = cu + 1
+    P = C * Qh * N  # one (row, column parity) plane
+    # ---- padded input: phase rows 2·t0 + i (i = 2·r + row parity), phase columns
+    # 2·u0 + 2·jj + column parity
+    blk = bb[: 4 * (nt + 1) * P].reshape(2, 2, nt + 1, C, Qh, N)
     spans = []
     for par in range(2):
         j0 = 2 * u0 + par  # phase column j0 + 2·jj <-> input column pw + dw·(j0 + 2·jj) - pb1
         lo = max(0, -(-(pb1 - pw - dw * j0) // (2 * dw)))
         hi = min(Qh, (W - 1 + pb1 - pw - dw * j0) // (2 * dw) + 1)
         spans.append((lo, hi, pw + dw * (j0 + 2 * lo) - pb1))
-    for i in range(R):
+    for i in range(2 * nt + 2):
         src = ph + dh * (2 * t0 + i) - pb0
         if not 0 <= src < H:
-            blk[i] = value
+            blk[i % 2, :, i // 2] = value
             continue
         for par, (lo, hi, c0) in enumerate(spans):
-            plane = blk[i, :, par]  # (C, Qh, N)
+            plane = blk[i % 2, par, i // 2]  # (C, Qh, N)
             if lo < hi:
                 np.copyto(plane[:, lo:hi],
                           xb[src, c0:c0 + 2 * dw * (hi - lo - 1) + 1:2 * dw].transpose(1, 0, 2))
@@ -243,25 +255,33 @@ def _transform_in(ctx, spec, v, bb, tbb):
                 plane[:, :lo] = value
             if hi < Qh:
                 plane[:, max(hi, lo):] = value
-    # ---- rows (4, nt, C, 2, Qh, N), then columns (16, nt, C, cu, N) as a view of v
-    ev, od = blk[0::2], blk[1::2]  # (nt + 1, C, 2, Qh, N) each
-    tb = tbb[: 4 * nt * C * 2 * Qh * N].reshape(4, nt, C, 2, Qh, N)
-    np.subtract(ev[:nt], ev[1:], out=tb[0])
-    np.add(od[:nt], ev[1:], out=tb[1])
-    np.subtract(ev[1:], od[:nt], out=tb[2])
-    np.subtract(od[:nt], od[1:], out=tb[3])
-    vt = _view(v, (16, C, nt, cu, N)).transpose(0, 2, 1, 3, 4)  # runs of cu·N
+    # ---- rows: t[ξ, column parity] (nt·P values each), contiguous operands
+    L = nt * P
+    tb = tbb[: 8 * L].reshape(4, 2, L)
+    for par in range(2):
+        ev = blk[0, par].reshape(-1)  # rows 0, 2, …, 2·nt
+        od = blk[1, par].reshape(-1)  # rows 1, 3, …, 2·nt + 1
+        e0, e1, o0, o1 = ev[:L], ev[P:], od[:L], od[P:]
+        np.subtract(e0, e1, out=tb[0, par])
+        np.add(o0, e1, out=tb[1, par])
+        np.subtract(e1, o0, out=tb[2, par])
+        np.subtract(o0, o1, out=tb[3, par])
+    # ---- columns: the next tile column is N values further
+    v = vb[: 16 * L].reshape(16, L)
+    K = L - N
     for xi in range(4):
-        e, o = tb[xi, :, :, 0], tb[xi, :, :, 1]  # (nt, C, cu + 1, N)
-        np.subtract(e[:, :, :cu], e[:, :, 1:], out=vt[4 * xi])
-        np.add(o[:, :, :cu], e[:, :, 1:], out=vt[4 * xi + 1])
-        np.subtract(e[:, :, 1:], o[:, :, :cu], out=vt[4 * xi + 2])
-        np.subtract(o[:, :, :cu], o[:, :, 1:], out=vt[4 * xi + 3])
+        e, o = tb[xi, 0], tb[xi, 1]
+        np.subtract(e[:K], e[N:], out=v[4 * xi, :K])
+        np.add(o[:K], e[N:], out=v[4 * xi + 1, :K])
+        np.subtract(e[N:], o[:K], out=v[4 * xi + 2, :K])
+        np.subtract(o[:K], o[N:], out=v[4 * xi + 3, :K])
+    v[:, K:] = 0  # the last junk column
+    return v.reshape(16, nt, C, Qh * N)
 
 
-def _transform_out(ctx, spec, m, sbuf):
-    """``Y = Aᵀ M A`` (+ bias) of one block from ``m`` ``(16, F, nt·cu·N)`` (consumed:
-    used as scratch) into the output; ``sbuf`` holds ``8·F·nt·cu·N`` values."""
+def _transform_out(ctx, spec, m, vb):
+    """``Y = Aᵀ M A`` (+ bias) of one block from ``m`` ``(16, nt, F, cu·N)`` (contiguous,
+    consumed: used as scratch) into the output; ``vb`` holds ``8·F·nt·cu·N`` values."""
     _, geo, dtype, out, bias = ctx
     (ph, pw, ho, wo), t0, t1, u0, u1 = spec
     nt, cu = t1 - t0, u1 - u0
@@ -270,33 +290,26 @@ def _transform_out(ctx, spec, m, sbuf):
     if bias is not None:
         # M[1,1] enters every output of the tile with weight 1
         m[5] += bias[:, None]
-    m = _view(m, (4, 4, F, nt, cu, N))
-    # over the columns: s[ξ, b] (contiguous), then over the rows; the final operation
-    # writes the canonical output layout
-    s = sbuf[: 8 * F * nt * cu * N].reshape(4, 2, F, nt, cu, N)
+    L = nt * F * cu * N
+    m = m.reshape(4, 4, L)
+    # over the columns: s[ξ, b]; then over the rows: y[a, b] (into M, consumed)
+    s = vb[: 8 * L].reshape(4, 2, L)
     np.add(m[:, 0], m[:, 1], out=s[:, 0])
     np.add(s[:, 0], m[:, 2], out=s[:, 0])
     np.subtract(m[:, 1], m[:, 2], out=s[:, 1])
     np.subtract(s[:, 1], m[:, 3], out=s[:, 1])
-    y = m[0, :2]  # (2, F, nt, cu, N) scratch: M[0, 0:2] is consumed
+    y = m.reshape(-1)[: 4 * L].reshape(2, 2, L)
+    np.add(s[0], s[1], out=y[0])
+    np.add(y[0], s[2], out=y[0])
+    np.subtract(s[1], s[2], out=y[1])
+    np.subtract(y[1], s[3], out=y[1])
+    y = y.reshape(2, 2, nt, F, cu, N)
     for a in range(2):
         r0 = 2 * t0 + a
         nr = len(range(r0, min(2 * t1, ho), 2))
-        if nr == 0:
-            continue
-        if a == 0:
-            np.add(s[0], s[1], out=y)
-        else:
-            np.subtract(s[1], s[2], out=y)
         for b in range(2):
             c0 = 2 * u0 + b
             nc = len(range(c0, min(2 * u1, wo), 2))
-            if nc == 0:
-                continue
-            dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw][:nr, :nc]  # (nr, nc, F, N)
-            yy = y[b, :, :nr, :nc].transpose(1, 2, 0, 3)
-            last = s[2 + a, b, :, :nr, :nc].transpose(1, 2, 0, 3)
-            if a == 0:
-                np.add(yy, last, out=dst)
-            else:
-                np.subtract(yy, last, out=dst)
+            if nr and nc:
+                dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw][:nr, :nc]  # (nr, nc, F, N)
+                np.copyto(dst, y[a, b, :nr, :, :nc].transpose(0, 2, 1, 3))
