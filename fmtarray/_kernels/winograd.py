@@ -36,6 +36,8 @@ __all__ = ["applicable", "forward"]
 
 #: target size of one block's buffers (padded input rows, transformed tiles, products)
 BLOCK_BYTES = 6 * 2**20
+#: GEMM columns (tiles × batch) a block should have, block budget permitting or not
+MIN_GEMM_COLS = 256
 #: transformed filters at least this large (bytes) switch to chunked "wide" GEMMs
 WIDE_U_BYTES = 8 * 2**20
 #: smallest channel counts for which the transforms pay for themselves
@@ -92,10 +94,12 @@ def _blocks(geo, itemsize):
     phases = [p for p in phases if p[2] and p[3]]  # dilation beyond the output: empty phases
     total = sum(-(-ho // 2) * -(-wo // 2) for _, _, ho, wo in phases)
     _, nw, _ = _workers()
-    # within the block budget and the workspace (all workers' blocks together), and at
-    # least two blocks per worker where there are enough tiles
-    budget = min(BLOCK_BYTES, WORKSPACE_BYTES // (2 * nw))
-    most = max(1, min(budget // per_tile, -(-total // (2 * nw))))
+    # tiles per block: within the block budget, but enough GEMM columns (MIN_GEMM_COLS)
+    # to run BLAS near its peak; within the workspace (all workers' blocks together);
+    # at least two blocks per worker where there are enough tiles
+    most = max(BLOCK_BYTES // per_tile, -(-MIN_GEMM_COLS // N))
+    most = min(most, WORKSPACE_BYTES // (2 * nw * per_tile), -(-total // (2 * nw)))
+    most = max(1, most)
     for ph, pw, ho, wo in phases:
         th, tw = -(-ho // 2), -(-wo // 2)
         cu = max(1, min(tw, most))
