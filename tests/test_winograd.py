@@ -105,10 +105,29 @@ def test_forward_property(n, h, w, c, f, dil, pads, dtype):
     check(x, wt, b, dil, pb, pa, 0.0, dtype)
 
 
+def test_batch_split_bounds_the_blocks(monkeypatch):
+    """A workspace too small for one tile of the whole batch: blocks take part of the
+    batch. Forward and both gradients equal the unsplit results."""
+    x, wt, b = setup(9, 7, 8, 8, 12, np.float64, seed=7)
+    kw = dict(dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1))
+    y = np.asarray(conv_forward(cnp, x, wt, b, **kw))
+    gy = batch_innermost(np.random.default_rng(8).standard_normal(y.shape))
+    full = conv_backward(cnp, gy, x, wt, **kw)
+    per_n = (12 * 8 + 16 * 8 + 16 * 12) * 8
+    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 8 * per_n)  # <= 4 samples per block
+    geo = _Geometry(x.shape, wt.shape, 1, 1, 1, 1, 0.0, 1)
+    assert max(s[6] - s[5] for s in winograd._blocks(geo, 8)) <= 4
+    np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, wt, b, **kw)), y, rtol=1e-12)
+    assert rel_err(y, ref_conv(x, wt, b, 1, 1, 1, 1, 0.0)) <= 1e-12
+    for g, e in zip(conv_backward(cnp, gy, x, wt, **kw), full):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("value", [0.0, "replicate"])
 def test_input_gradient(value):
     """The stride-1 input gradient (a convolution of the cotangent with the flipped
-    filters) takes the Winograd path; it equals the portable path's on array_api_strict."""
+    filters) and the weight gradient take the Winograd path; they equal the portable
+    path's on array_api_strict."""
     x, wt, b = setup(4, 9, 8, 8, 10, np.float64, seed=5)
     kw = dict(dilation=(2, 1), pad_before=(2, 1), pad_after=(1, 1), pad_value=value)
     y = np.asarray(conv_forward(cnp, x, wt, b, **kw))

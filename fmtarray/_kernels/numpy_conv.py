@@ -1040,6 +1040,12 @@ def backward(gy, x, w, geo, needs):
         if _flat_bi_ok(gy, x, geo, dtype):
             gx, gw = _flat_bi_backward(gy, x, w, geo, needs, dtype)
             return gx, gw, gb
+        if winograd.weight_grad_applicable(gy, x, geo, dtype):
+            if needs[1]:
+                gw = winograd.weight_grad(gy, x, geo, dtype)
+            if needs[0]:
+                gx = _input_grad_stride1(gy, w, geo, dtype)
+            return gx, gw, gb
         if needs[1]:
             if _last_innermost(x, geo, dtype) and gy.dtype == dtype:
                 gw = _weight_grad_li(gy, x, geo, dtype)

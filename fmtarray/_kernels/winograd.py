@@ -79,35 +79,44 @@ def transformed_filters(w, geo, dtype):
 
 
 def _blocks(geo, itemsize):
-    """Blocks ``(phase, t0, t1, u0, u1)``: tile rows ``[t0, t1)`` and tile columns
-    ``[u0, u1)`` of the phase's output grid."""
+    """Blocks ``(phase, t0, t1, u0, u1, n0, n1)``: tile rows ``[t0, t1)`` and tile
+    columns ``[u0, u1)`` of the phase's output grid, samples ``[n0, n1)``. A block's
+    buffers stay within the workspace share of its worker whatever the batch size."""
     from .conv import WORKSPACE_BYTES
     from .numpy_conv import _workers
 
     C, F, N = geo.C, geo.F, geo.N
-    # bytes per tile: padded input (~4), row-transformed (8), V (16) per channel, M (16) per filter
-    per_tile = (12 * C + max(16 * C, 8 * F) + 16 * F) * N * itemsize
+    _, nw, _ = _workers()
+    cap = WORKSPACE_BYTES // (2 * nw)  # all workers' blocks together within the workspace
+    # bytes per tile and sample: padded input (~4), row-transformed (8), V (16) per
+    # channel, M (16) per filter
+    per_n = (12 * C + max(16 * C, 8 * F) + 16 * F) * itemsize
+    # samples per block: the whole batch unless one tile of it exceeds the share
+    nb = N if per_n * N <= cap else max(1, cap // per_n)
+    nb = -(-N // -(-N // nb))  # balance the batch chunks
+    per_tile = per_n * nb
     out = []
     dh, dw = geo.dilation
     phases = [(ph, pw, len(range(ph, geo.out[0], dh)), len(range(pw, geo.out[1], dw)))
               for ph in range(dh) for pw in range(dw)]
     phases = [p for p in phases if p[2] and p[3]]  # dilation beyond the output: empty phases
-    total = sum(-(-ho // 2) * -(-wo // 2) for _, _, ho, wo in phases)
-    _, nw, _ = _workers()
+    total = sum(-(-ho // 2) * -(-wo // 2) for _, _, ho, wo in phases) * -(-N // nb)
     # tiles per block: within the block budget, but enough GEMM columns (MIN_GEMM_COLS)
     # to run BLAS near its peak; within the workspace (all workers' blocks together);
     # at least two blocks per worker where there are enough tiles
-    most = max(BLOCK_BYTES // per_tile, -(-MIN_GEMM_COLS // N))
-    most = min(most, WORKSPACE_BYTES // (2 * nw * per_tile), -(-total // (2 * nw)))
+    most = max(BLOCK_BYTES // per_tile, -(-MIN_GEMM_COLS // nb))
+    most = min(most, cap // per_tile, -(-total // (2 * nw)))
     most = max(1, most)
-    for ph, pw, ho, wo in phases:
-        th, tw = -(-ho // 2), -(-wo // 2)
-        cu = max(1, min(tw, most))
-        cu = -(-tw // -(-tw // cu))  # balance the column chunks
-        nt = max(1, min(th, most // cu)) if cu == tw else 1
-        for t0 in range(0, th, nt):
-            for u0 in range(0, tw, cu):
-                out.append(((ph, pw, ho, wo), t0, min(t0 + nt, th), u0, min(u0 + cu, tw)))
+    for n0 in range(0, N, nb):
+        for ph, pw, ho, wo in phases:
+            th, tw = -(-ho // 2), -(-wo // 2)
+            cu = max(1, min(tw, most))
+            cu = -(-tw // -(-tw // cu))  # balance the column chunks
+            nt = max(1, min(th, most // cu)) if cu == tw else 1
+            for t0 in range(0, th, nt):
+                for u0 in range(0, tw, cu):
+                    out.append(((ph, pw, ho, wo), t0, min(t0 + nt, th), u0, min(u0 + cu, tw),
+                                n0, min(n0 + nb, N)))
     return out
 
 
@@ -130,8 +139,8 @@ def forward(x, w, bias, geo, dtype):
     ut = transformed_filters(w, geo, dtype).transpose(0, 2, 1)  # (16, F, C), BLAS-transposed
     out = np.empty((*geo.out, F, N), dtype=dtype)
     blocks = _blocks(geo, it)
-    lmax = max(_spec_len(b, N) for b in blocks)  # nt·Qh·N
-    inb = max(4 * C * (_spec_len(b, N) + (b[4] - b[3] + 1) * N) for b in blocks)
+    lmax = max(_spec_len(b) for b in blocks)  # nt·Qh·nb
+    inb = max(4 * C * (_spec_len(b) + (b[4] - b[3] + 1) * (b[6] - b[5])) for b in blocks)
     _, nw, _ = _workers()
     bufs = [None] * nw
 
@@ -148,7 +157,7 @@ def forward(x, w, bias, geo, dtype):
 
         def work(wid, spec):
             bb, tb, vb, mb = scratch(wid)
-            nt, X = spec[2] - spec[1], _spec_x(spec, N)
+            nt, X = spec[2] - spec[1], _spec_x(spec)
             v = _transform_in(ctx, spec, bb, tb, vb)  # (16, nt, C, Qh·N)
             m = mb[: 16 * F * X].reshape(16, nt, F, X // nt)
             # the junk column is skipped by the GEMM's row stride
@@ -159,7 +168,7 @@ def forward(x, w, bias, geo, dtype):
         return out.transpose(3, 0, 1, 2)
 
     # wide: chunks of blocks; a block's columns in the chunk are (nt, cu, N) (no junk)
-    xs = [_spec_x(b, N) for b in blocks]
+    xs = [_spec_x(b) for b in blocks]
     limit = max(max(xs), WORKSPACE_BYTES // (16 * (C + F) * it))
     chunks, cur, tot = [], [], 0
     for b, xw in zip(blocks, xs):
@@ -180,10 +189,10 @@ def forward(x, w, bias, geo, dtype):
 
         def work_in(wid, c, vc=vc):
             spec, x0, x1 = c
-            nt, cu = spec[2] - spec[1], spec[4] - spec[3]
-            v = _transform_in(ctx, spec, *scratch(wid)[:3])  # (16, nt, C, Qh·N)
-            v = v.reshape(16, nt, C, cu + 1, N)[:, :, :, :cu]
-            dst = vc[:, :, x0:x1].reshape(16, C, nt, cu, N).transpose(0, 2, 1, 3, 4)
+            nt, cu, nb = spec[2] - spec[1], spec[4] - spec[3], spec[6] - spec[5]
+            v = _transform_in(ctx, spec, *scratch(wid)[:3])  # (16, nt, C, Qh·nb)
+            v = v.reshape(16, nt, C, cu + 1, nb)[:, :, :, :cu]
+            dst = vc[:, :, x0:x1].reshape(16, C, nt, cu, nb).transpose(0, 2, 1, 3, 4)
             np.copyto(dst, v)
 
         def gemm(wid, r, vc=vc, mc=mc):
@@ -191,11 +200,11 @@ def forward(x, w, bias, geo, dtype):
 
         def work_out(wid, c, mc=mc):
             spec, x0, x1 = c
-            nt, cu = spec[2] - spec[1], spec[4] - spec[3]
+            nt, cu, nb = spec[2] - spec[1], spec[4] - spec[3], spec[6] - spec[5]
             _, _, vb, mb = scratch(wid)
-            m = mb[: 16 * F * nt * cu * N].reshape(16, nt, F, cu, N)
-            np.copyto(m, mc[:, :, x0:x1].reshape(16, F, nt, cu, N).transpose(0, 2, 1, 3, 4))
-            _transform_out(ctx, spec, m.reshape(16, nt, F, cu * N), vb)
+            m = mb[: 16 * F * nt * cu * nb].reshape(16, nt, F, cu, nb)
+            np.copyto(m, mc[:, :, x0:x1].reshape(16, F, nt, cu, nb).transpose(0, 2, 1, 3, 4))
+            _transform_out(ctx, spec, m.reshape(16, nt, F, cu * nb), vb)
 
         _parallel(work_in, chunk)
         _parallel(gemm, rows)
@@ -203,16 +212,16 @@ def forward(x, w, bias, geo, dtype):
     return out.transpose(3, 0, 1, 2)
 
 
-def _spec_x(spec, N):
-    """Output-tile columns of a block: ``nt · cu · N``."""
-    _, t0, t1, u0, u1 = spec
-    return (t1 - t0) * (u1 - u0) * N
+def _spec_x(spec):
+    """Output-tile columns of a block: ``nt · cu · nb``."""
+    _, t0, t1, u0, u1, n0, n1 = spec
+    return (t1 - t0) * (u1 - u0) * (n1 - n0)
 
 
-def _spec_len(spec, N):
-    """Columns of a block in the flat layout: ``nt · (cu + 1) · N`` (one junk tile column)."""
-    _, t0, t1, u0, u1 = spec
-    return (t1 - t0) * (u1 - u0 + 1) * N
+def _spec_len(spec):
+    """Columns of a block in the flat layout: ``nt · (cu + 1) · nb`` (one junk tile column)."""
+    _, t0, t1, u0, u1, n0, n1 = spec
+    return (t1 - t0) * (u1 - u0 + 1) * (n1 - n0)
 
 
 def _transform_in(ctx, spec, bb, tbb, vb):
@@ -226,10 +235,10 @@ def _transform_in(ctx, spec, bb, tbb, vb):
     its row stride.
     """
     x, geo, dtype, _, _ = ctx
-    (ph, pw, _, _), t0, t1, u0, u1 = spec
-    nt, cu = t1 - t0, u1 - u0
-    N, C = geo.N, geo.C
-    xb = np.moveaxis(x, 0, -1)  # (H, W, C, N)
+    (ph, pw, _, _), t0, t1, u0, u1, n0, n1 = spec
+    nt, cu, N = t1 - t0, u1 - u0, n1 - n0  # N: the block's samples
+    C = geo.C
+    xb = np.moveaxis(x, 0, -1)[..., n0:n1]  # (H, W, C, N)
     H, W = geo.sp
     pb0, pb1 = geo.pb
     dh, dw = geo.dilation
@@ -287,9 +296,9 @@ def _transform_out(ctx, spec, m, vb):
     """``Y = Aᵀ M A`` (+ bias) of one block from ``m`` ``(16, nt, F, cu·N)`` (contiguous,
     consumed: used as scratch) into the output; ``vb`` holds ``8·F·nt·cu·N`` values."""
     _, geo, dtype, out, bias = ctx
-    (ph, pw, ho, wo), t0, t1, u0, u1 = spec
-    nt, cu = t1 - t0, u1 - u0
-    F, N = geo.F, geo.N
+    (ph, pw, ho, wo), t0, t1, u0, u1, n0, n1 = spec
+    nt, cu, N = t1 - t0, u1 - u0, n1 - n0
+    F = geo.F
     dh, dw = geo.dilation
     if bias is not None:
         # M[1,1] enters every output of the tile with weight 1
@@ -315,5 +324,106 @@ def _transform_out(ctx, spec, m, vb):
             c0 = 2 * u0 + b
             nc = len(range(c0, min(2 * u1, wo), 2))
             if nr and nc:
-                dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw][:nr, :nc]  # (nr, nc, F, N)
-                np.copyto(dst, y[a, b, :nr, :, :nc].transpose(0, 2, 1, 3))
+                dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw, :, n0:n1][:nr, :nc]
+                np.copyto(dst, y[a, b, :nr, :, :nc].transpose(0, 2, 1, 3))  # (nr, nc, F, N)
+
+
+# ---------------------------------------------------------------------------------------
+# weight gradient: the adjoint of the forward, F(3×3, 2×2)
+
+
+def weight_grad_applicable(gy, x, geo, dtype) -> bool:
+    """The forward's conditions, a batch-innermost cotangent, and filters below the
+    wide size (large filters make the per-block ``(16, C, F)`` products dominate: the
+    GEMM path accumulates those better)."""
+    return (applicable(x, geo, dtype) and gy.dtype == dtype
+            and gy.strides[0] == gy.itemsize
+            and 16 * geo.C * geo.F * np.dtype(dtype).itemsize < WIDE_U_BYTES)
+
+
+def weight_grad(gy, x, geo, dtype):
+    """``∂L/∂w`` ``(3, 3, C, F, 1)`` for the Winograd-eligible forward.
+
+    ``Y = Aᵀ[(G g Gᵀ) ⊙ V]A`` per tile is linear in the transformed filters, so
+    ``∂L/∂U[ξν] = Σ_tiles (A ∂Y Aᵀ)[ξν] ⊗ V[ξν]``: 16 GEMMs ``V (C, cols) · Ĝᵀ (cols, F)``
+    contracting over the tiles and the batch, with the cotangent tiles transformed
+    like ``Ĝ = A ∂Y Aᵀ`` (4×4 from 2×2: additions only) and ``V`` from the same input
+    transform as the forward. Then ``∂L/∂g = Gᵀ (∂L/∂U) G`` over the 3×3 taps. Output
+    positions of partial tiles and the junk columns of the flat layout carry a zero
+    cotangent, so they add nothing."""
+    from .numpy_conv import _parallel, _workers
+
+    C, F = geo.C, geo.F
+    it = np.dtype(dtype).itemsize
+    blocks = _blocks(geo, it)
+    lmax = max(_spec_len(b) for b in blocks)
+    inb = max(4 * C * (_spec_len(b) + (b[4] - b[3] + 1) * (b[6] - b[5])) for b in blocks)
+    _, nw, _ = _workers()
+    bufs = [None] * nw
+    acc = [None] * nw
+    ctx = (x, geo, dtype, None, None)
+    gyb = np.moveaxis(gy, 0, -1)  # (Ho, Wo, F, N)
+
+    def work(wid, spec):
+        if bufs[wid] is None:
+            bufs[wid] = (np.empty(inb, dtype=dtype), np.empty(8 * C * lmax, dtype=dtype),
+                         np.empty(16 * C * lmax, dtype=dtype),
+                         np.empty(24 * F * lmax, dtype=dtype),
+                         np.empty((16, C, F), dtype=dtype))
+            acc[wid] = np.zeros((16, C, F), dtype=dtype)
+        bb, tb, vb, gb, tmp = bufs[wid]
+        nt = spec[2] - spec[1]
+        v = _transform_in(ctx, spec, bb, tb, vb)  # (16, nt, C, Qh·N)
+        g = _transform_gy(gyb, geo, spec, gb)  # (16, nt, F, Qh·N)
+        for t in range(nt):
+            np.matmul(v[:, t], g[:, t].transpose(0, 2, 1), out=tmp)
+            acc[wid] += tmp
+
+    _parallel(work, blocks)
+    total = acc[0]
+    for a in acc[1:]:
+        if a is not None:
+            total += a
+    gk = np.einsum("ai,bj->ijab", _G, _G).reshape(9, 16).astype(dtype)
+    gw = np.matmul(gk, total.reshape(16, C * F))
+    return gw.reshape(3, 3, C, F, 1)
+
+
+def _transform_gy(gyb, geo, spec, gb):
+    """``Ĝ = A ∂Y Aᵀ`` of one block's cotangent tiles as ``(16, nt, F, Qh·N)`` (the
+    column layout of :func:`_transform_in`; zero where no output is)."""
+    (ph, pw, ho, wo), t0, t1, u0, u1, n0, n1 = spec
+    nt, cu, N = t1 - t0, u1 - u0, n1 - n0
+    F = geo.F
+    dh, dw = geo.dilation
+    Qh = cu + 1
+    L = nt * F * Qh * N
+    g = gb[: 4 * L].reshape(2, 2, nt, F, Qh, N)
+    for a in range(2):
+        r0 = 2 * t0 + a
+        nr = len(range(r0, min(2 * t1, ho), 2))
+        for b in range(2):
+            c0 = 2 * u0 + b
+            nc = len(range(c0, min(2 * u1, wo), 2))
+            dst = g[a, b]
+            if nr and nc:
+                src = gyb[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw, :, n0:n1][:nr, :nc]
+                np.copyto(dst[:nr, :, :nc], src.transpose(0, 2, 1, 3))
+                dst[nr:] = 0
+                dst[:nr, :, nc:] = 0
+            else:
+                dst[...] = 0
+    g = g.reshape(2, 2, L)
+    # rows: r[ξ, b] = Σ_a A[ξ, a] ∂Y[a, b]; A = [[1, 0], [1, 1], [1, -1], [0, -1]]
+    r = gb[16 * L: 24 * L].reshape(4, 2, L)
+    np.copyto(r[0], g[0])
+    np.add(g[0], g[1], out=r[1])
+    np.subtract(g[0], g[1], out=r[2])
+    np.negative(g[1], out=r[3])
+    # columns: Ĝ[ξ, ν] = Σ_b A[ν, b] r[ξ, b]  (over g, consumed)
+    out = gb[: 16 * L].reshape(4, 4, L)
+    np.copyto(out[:, 0], r[:, 0])
+    np.add(r[:, 0], r[:, 1], out=out[:, 1])
+    np.subtract(r[:, 0], r[:, 1], out=out[:, 2])
+    np.negative(r[:, 1], out=out[:, 3])
+    return out.reshape(16, nt, F, Qh * N)
