@@ -133,12 +133,18 @@ def _wide_chunk(geo, itemsize):
     return max(1, min(geo.N, WORKSPACE_BYTES // max(per, 1)))
 
 
-def _parallel(fn, items):
+def _parallel(fn, items, dynamic=False):
     """Run ``fn(worker, item)`` over ``items``; worker ``i`` takes items ``i, i+n, …``
     (a fixed assignment: sums per worker are reproducible). Worker 0 is the calling
     thread, which starts at once: a pool thread that has been idle takes a while to
     wake up (hundreds of µs on a virtual machine), and each conv runs a few of these
-    parallel phases."""
+    parallel phases.
+
+    ``dynamic=True`` (for items whose results do not depend on which worker ran them:
+    disjoint outputs, no per-worker sums): each worker takes the next item as it
+    becomes free, so a core slowed by something else (another library's threads still
+    spinning after its call, another process) gets fewer items instead of holding up
+    the whole phase."""
     pool, n, _ = _workers()
     items = list(items)
     if n == 1 or len(items) <= 1:
@@ -147,9 +153,22 @@ def _parallel(fn, items):
         return
     n = min(n, len(items))
 
-    def run(w):
-        for it in items[w::n]:
-            fn(w, it)
+    if dynamic:
+        nxt = iter(items)
+        lock = threading.Lock()
+
+        def run(w):
+            while True:
+                with lock:
+                    it = next(nxt, _END)
+                if it is _END:
+                    return
+                fn(w, it)
+    else:
+
+        def run(w):
+            for it in items[w::n]:
+                fn(w, it)
 
     futures = [pool.submit(run, w) for w in range(1, n)]
     try:
@@ -158,6 +177,8 @@ def _parallel(fn, items):
         for f in futures:
             f.result()
 
+
+_END = object()
 
 #: scratch buffers at least this large are kept (per thread and role) for the next call:
 #: faulting in fresh pages costs about 0.1 ms per MiB, a few % of a large convolution
@@ -492,7 +513,7 @@ def _forward_gemm(x, w, geo, out, dtype, bias=None):
                 o2 = o2.reshape(m, geo.F)
                 np.add(o2, bias, out=o2)
 
-        _parallel(work, _tiles(geo, n1 - n0, it))
+        _parallel(work, _tiles(geo, n1 - n0, it), dynamic=True)
 
 
 
@@ -582,7 +603,7 @@ def _forward_bi(x, w, geo, dtype, bias):
         if bias is not None:
             dst += bias[:, None]
 
-    _parallel(work, tiles)
+    _parallel(work, tiles, dynamic=True)
     return np.transpose(out, (d + 1,) + tuple(range(1, d + 1)) + (0,))
 
 
@@ -732,15 +753,16 @@ def _forward_li(x, w, geo, dtype, bias):
                     li.fill_row(cols[j * rb:(j + 1) * rb], (q,))
                 gemm(wid, (o,), phases[(o - pb0) % kh], cols)
 
-        _parallel(work_ring, blocks)
+        _parallel(work_ring, blocks, dynamic=True)
     else:
-        _parallel(work, li.outer_out)
+        _parallel(work, li.outer_out, dynamic=True)
     return out.transpose((d,) + tuple(range(d - 1)) + (d + 1, d - 1))  # (N, *out, F)
 
 
 def _ring_blocks(geo, nw):
-    """Blocks of output rows for the row ring (two per worker): ``[(first, stop), …]``."""
-    step = -(-geo.out[0] // (2 * nw))
+    """Blocks of output rows for the row ring (three per worker, taken dynamically):
+    ``[(first, stop), …]``."""
+    step = -(-geo.out[0] // (3 * nw))
     return [(a, min(a + step, geo.out[0])) for a in range(0, geo.out[0], step)]
 
 
@@ -886,11 +908,11 @@ def _valid(o, s, k, dl, pb, n):
 def _depthwise_forward_bi(x, w, geo, dtype, bias):
     """Channel-wise convolution on the canonical batch-innermost layout, no transposes:
     ``out[o, (c, n)] = Σ_k w[k, c] · x[o·s + k·dl - pb, (c, n)]`` over contiguous
-    ``C·N`` runs. The interior (every tap inside the input) is one fused
-    multiply-accumulate per row block (``einsum`` over the windows of
-    ``sliding_window_view``); zero padding is never materialised: on the border strips
-    each tap only touches the outputs whose input is inside. Row blocks go to the
-    workers."""
+    ``C·N`` runs: one fused multiply-accumulate per block of output rows (``einsum``
+    over the windows of ``sliding_window_view``), reading the input in place where the
+    windows stay inside it, else a per-worker zero-padded copy of the rows they read
+    (zero padding is never materialised for the whole input). Row blocks go to the
+    workers as they become free."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     d, N, C = geo.d, geo.N, geo.C
@@ -900,55 +922,39 @@ def _depthwise_forward_bi(x, w, geo, dtype, bias):
     wexp = np.ascontiguousarray(np.repeat(wk, N, axis=1))  # (K, C·N)
     src, pb, sp = _depthwise_src(xb, geo, dtype)
     out = np.empty((*geo.out, cn), dtype=dtype)
-    offs = list(geo.offsets())
-    ranges = [[_valid(o, s, k, dl, b, n) for o, s, k, dl, b, n in
-               zip(geo.out, geo.stride, off, geo.dilation, pb, sp)] for off in offs]
-    # interior box: every tap reads inside the input
-    box = [(max(r[m][0] for r in ranges), min(r[m][1] for r in ranges)) for m in range(d)]
-    if any(lo >= hi for lo, hi in box):
-        box = None
-    # border slabs (output regions outside the box), as per-dim (lo, hi)
-    slabs = []
-    if box is None:
-        slabs.append([(0, o) for o in geo.out])
-    else:
-        for m in range(d):
-            head = [box[i] for i in range(m)]
-            tail = [(0, o) for o in geo.out[m + 1:]]
-            for lo, hi in ((0, box[m][0]), (box[m][1], geo.out[m])):
-                if lo < hi:
-                    slabs.append(head + [(lo, hi)] + tail)
     letters = "abcdefghij"[:d]
     taps = "pqrstuvwxy"[:d]
     sub = f"{letters}z{taps},{taps}z->{letters}z"
     wwin = wexp.reshape(*geo.k, cn)
     _, nw, _ = _workers()
-    tasks = []
-    if box is not None:
-        n0 = box[0][1] - box[0][0]
-        # few large row blocks (per-call overhead of the windows and einsum), about
-        # two per worker
-        rb = max(1, -(-n0 // (2 * nw)))
-        tasks += [("in", (r0, min(r0 + rb, box[0][1]))) for r0 in range(box[0][0], box[0][1], rb)]
-    tasks += [("border", sl) for sl in slabs]
+    # row blocks over the first output dim, about three per worker, taken dynamically
+    rb = max(1, -(-geo.out[0] // (3 * nw)))
+    tasks = [(r0, min(r0 + rb, geo.out[0])) for r0 in range(0, geo.out[0], rb)]
     eff = tuple((k - 1) * dl + 1 for k, dl in zip(geo.k, geo.dilation))
     bexp = None if bias is None else np.repeat(bias, N)
+    patch_len = ((rb - 1) * geo.stride[0] + eff[0]) * math.prod(
+        (o - 1) * s + e for o, s, e in zip(geo.out[1:], geo.stride[1:], eff[1:])) * cn
+    bufs = [None] * nw
 
-    def fused(region, dst):
-        """``dst`` = the outputs of ``region`` (per-dim ``(lo, hi)``): one einsum over
-        the windows of the input it reads, zero-padded in a small patch when it
-        reaches outside."""
+    def work(wid, rows):
+        """One einsum over the windows of the input rows that output rows ``rows``
+        read, copied with zeros into a per-worker patch where they reach outside."""
+        region = [rows] + [(0, o) for o in geo.out[1:]]
+        dst = out[rows[0]:rows[1]]
         lo_in = [lo * s - b for (lo, _), s, b in zip(region, geo.stride, pb)]
         ext = [(hi - lo - 1) * s + e for (lo, hi), s, e in zip(region, geo.stride, eff)]
         if all(a >= 0 and a + e <= n for a, e, n in zip(lo_in, ext, sp)):
             patch = src[tuple(slice(a, a + e) for a, e in zip(lo_in, ext))]
         else:
-            patch = np.zeros((*ext, cn), dtype=dtype)
+            if bufs[wid] is None:
+                bufs[wid] = np.empty(patch_len, dtype=dtype)
+            patch = bufs[wid][: math.prod(ext) * cn].reshape(*ext, cn)
             inside_src, inside_dst = [], []
             for a, e, n in zip(lo_in, ext, sp):
                 a0, a1 = max(a, 0), min(a + e, n)
                 inside_src.append(slice(a0, max(a0, a1)))
                 inside_dst.append(slice(a0 - a, max(a0, a1) - a))
+            patch.fill(0)
             patch[tuple(inside_dst)] = src[tuple(inside_src)]
         win = sliding_window_view(patch, eff, axis=tuple(range(d)))
         win = win[tuple(slice(None, None, s) for s in geo.stride) + (slice(None),)
@@ -957,12 +963,7 @@ def _depthwise_forward_bi(x, w, geo, dtype, bias):
         if bexp is not None:
             np.add(dst, bexp, out=dst)
 
-    def work(wid, task):
-        kind, arg = task
-        region = ([(arg[0], arg[1])] + list(box[1:])) if kind == "in" else arg
-        fused(region, out[tuple(slice(lo, hi) for lo, hi in region)])
-
-    _parallel(work, tasks)
+    _parallel(work, tasks, dynamic=True)
     y = out.reshape(*geo.out, C, N)
     return np.moveaxis(y, -1, 0)
 

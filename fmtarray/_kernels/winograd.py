@@ -164,7 +164,7 @@ def forward(x, w, bias, geo, dtype):
             np.matmul(ut[:, None], v[..., : X // nt], out=m)
             _transform_out(ctx, spec, m, vb)
 
-        _parallel(work, blocks)
+        _parallel(work, blocks, dynamic=True)
         return out.transpose(3, 0, 1, 2)
 
     # wide: chunks of blocks; a block's columns in the chunk are (nt, cu, N) (no junk)
@@ -206,9 +206,9 @@ def forward(x, w, bias, geo, dtype):
             np.copyto(m, mc[:, :, x0:x1].reshape(16, F, nt, cu, nb).transpose(0, 2, 1, 3, 4))
             _transform_out(ctx, spec, m.reshape(16, nt, F, cu * nb), vb)
 
-        _parallel(work_in, chunk)
+        _parallel(work_in, chunk, dynamic=True)
         _parallel(gemm, rows)
-        _parallel(work_out, chunk)
+        _parallel(work_out, chunk, dynamic=True)
     return out.transpose(3, 0, 1, 2)
 
 
