@@ -254,20 +254,25 @@ def _transform_in(ctx, spec, bb, tbb, vb):
         lo = max(0, -(-(pb1 - pw - dw * j0) // (2 * dw)))
         hi = min(Qh, (W - 1 + pb1 - pw - dw * j0) // (2 * dw) + 1)
         spans.append((lo, hi, pw + dw * (j0 + 2 * lo) - pb1))
-    for i in range(2 * nt + 2):
-        src = ph + dh * (2 * t0 + i) - pb0
-        if not 0 <= src < H:
-            blk[i % 2, :, i // 2] = value
-            continue
+    for rp in range(2):
+        # block row r of this parity <-> input row base + 2·dh·r
+        base = ph + dh * (2 * t0 + rp) - pb0
+        rlo = min(nt + 1, max(0, -(base // (2 * dh))))  # ceil(-base / (2·dh))
+        rhi = max(rlo, min(nt + 1, (H - 1 - base) // (2 * dh) + 1))
+        rows = slice(base + 2 * dh * rlo, base + 2 * dh * (rhi - 1) + 1, 2 * dh)
         for par, (lo, hi, c0) in enumerate(spans):
-            plane = blk[i % 2, par, i // 2]  # (C, Qh, N)
+            b = blk[rp, par]  # (nt + 1, C, Qh, N)
+            b[:rlo] = value
+            b[rhi:] = value
+            if rlo == rhi:
+                continue
             if lo < hi:
-                np.copyto(plane[:, lo:hi],
-                          xb[src, c0:c0 + 2 * dw * (hi - lo - 1) + 1:2 * dw].transpose(1, 0, 2))
+                cols = slice(c0, c0 + 2 * dw * (hi - lo - 1) + 1, 2 * dw)
+                np.copyto(b[rlo:rhi, :, lo:hi], xb[rows, cols].transpose(0, 2, 1, 3))
             if lo:
-                plane[:, :lo] = value
+                b[rlo:rhi, :, :lo] = value
             if hi < Qh:
-                plane[:, max(hi, lo):] = value
+                b[rlo:rhi, :, max(hi, lo):] = value
     # ---- rows: t[ξ, column parity] (nt·P values each), contiguous operands
     L = nt * P
     tb = tbb[: 8 * L].reshape(4, 2, L)
