@@ -147,3 +147,14 @@ def test_layer_output_is_canonical():
     assert y.format == "SSCB" and y.data.flags.c_contiguous
     ref = np.moveaxis(ref_conv(x, wt, b, 1, 1, 1, 1, 0.0), 0, -1)
     assert rel_err(y.data, ref) <= 1e-5
+
+
+def test_mixed_dtypes_promote():
+    """float32 input with float64 weights: computed and returned in float64."""
+    x, wt, b = setup(4, 6, 7, 8, 9, np.float32, seed=11)
+    w64 = wt.astype(np.float64)
+    geo = _Geometry(x.shape, w64.shape, 1, 1, 1, 1, 0.0, 1)
+    assert winograd.applicable(x, geo, np.dtype(np.float64))
+    y = conv_forward(cnp, x, w64, None, pad_before=1, pad_after=1)
+    assert y.dtype == np.float64
+    assert rel_err(y, ref_conv(x, w64, None, 1, 1, 1, 1, 0.0)) <= 1e-12
