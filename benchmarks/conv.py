@@ -16,7 +16,10 @@ Backward = input gradient + weight gradient: our recorded VJP (what
 
 Options: ``--quick`` (fewer repeats), ``--no-backward``, ``--no-memory``,
 ``--cases 0,3`` (indices), ``--gap 20`` (20 ms idle before each turn: no call
-starts while the other library's threads still spin), ``--block 5`` (5 consecutive calls per turn of the
+starts while the other library's threads still spin), ``--warm`` (an untimed call
+first in each turn), ``--steady`` (``--block 5 --gap 30 --warm``: each library
+timed in its own steady state, isolated from the other's after-effects),
+``--block 5`` (5 consecutive calls per turn of the
 interleaving: steady-state timings, see :func:`median_interleaved`).
 """
 
@@ -69,6 +72,8 @@ CASES = [
 BLOCK = 1
 #: idle seconds before each turn (``--gap``)
 GAP = 0.0
+#: one untimed call at the start of each turn (``--warm``)
+WARM = False
 
 
 def median_interleaved(fns, repeats):
@@ -87,6 +92,8 @@ def median_interleaved(fns, repeats):
         for i, f in enumerate(fns):
             if GAP:
                 time.sleep(GAP)
+            if WARM:
+                f()  # untimed: the turn's first call absorbs the switch of library
             for _ in range(BLOCK):
                 t0 = time.perf_counter()
                 f()
@@ -248,10 +255,17 @@ def main(argv=None):
                     help="consecutive calls per turn of the interleaving (default 1)")
     ap.add_argument("--gap", type=float, default=0.0,
                     help="milliseconds idle before each turn (default 0)")
+    ap.add_argument("--warm", action="store_true",
+                    help="one untimed call at the start of each turn")
+    ap.add_argument("--steady", action="store_true",
+                    help="each library in its own steady state: --block 5 --gap 30 --warm")
     args = ap.parse_args(argv)
-    global BLOCK, GAP
+    global BLOCK, GAP, WARM
+    if args.steady:
+        args.block, args.gap, args.warm = max(args.block, 5), max(args.gap, 30.0), True
     BLOCK = max(1, args.block)
     GAP = max(0.0, args.gap) / 1e3
+    WARM = args.warm
     repeats = 5 if args.quick else 11
     nthreads = None
     try:
@@ -269,7 +283,8 @@ def main(argv=None):
         if var in os.environ:
             print(f"WARNING: {var}={os.environ[var]} is set; run with env -u {var}")
     print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
-          f"interleaving: {BLOCK} call(s) per turn, {GAP * 1e3:g} ms idle before each turn")
+          f"interleaving: {BLOCK} timed call(s) per turn, {GAP * 1e3:g} ms idle before each turn"
+          + (", one untimed call first" if WARM else ""))
     rate = gemm_rate(repeats)
     print(f"float32 GEMM rate (2048^3 matmul): {rate:.1f} GFLOP/s")
     # OpenBLAS's own threads (used by that multi-threaded matmul, never by fmtarray's

@@ -25,6 +25,12 @@ from conv_reference import ref_conv
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def _small_problems_too(monkeypatch):
+    """The path's size heuristic would send these small problems to the direct path."""
+    monkeypatch.setattr(winograd, "MIN_TOTAL_COLS", 1)
+
+
 def rel_err(y, ref):
     y = np.asarray(y, dtype=np.float64)
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
@@ -158,3 +164,29 @@ def test_mixed_dtypes_promote():
     y = conv_forward(cnp, x, w64, None, pad_before=1, pad_after=1)
     assert y.dtype == np.float64
     assert rel_err(y, ref_conv(x, w64, None, 1, 1, 1, 1, 0.0)) <= 1e-12
+
+
+def test_size_heuristic(monkeypatch):
+    """With the default threshold, too few tiles × batch for the filter transform to
+    pay go to the direct path (the benchmark's 512-channel 7×7 case with a batch of 8);
+    the 256-channel 14×14 case with a batch of 64 takes Winograd."""
+    monkeypatch.setattr(winograd, "MIN_TOTAL_COLS", 512)
+    f32 = np.dtype(np.float32)
+    small = _Geometry((8, 7, 7, 512), (3, 3, 512, 512, 1), 1, 1, 1, 1, 0.0, 1)
+    big = _Geometry((64, 14, 14, 256), (3, 3, 256, 256, 1), 1, 1, 1, 1, 0.0, 1)
+    x_small = batch_innermost(np.zeros((8, 7, 7, 512), np.float32))
+    x_big = batch_innermost(np.zeros((64, 14, 14, 256), np.float32))
+    assert not winograd.applicable(x_small, small, f32)
+    assert winograd.applicable(x_big, big, f32)
+    # the canonical channels-last layout (batch outermost) never takes this path
+    assert not winograd.applicable(np.zeros((64, 14, 14, 256), np.float32), big, f32)
+
+
+def test_flipped_filter_transform():
+    """``flip=True`` is the transform of the spatially flipped filters."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 3, 5, 6, 1))
+    geo = _Geometry((4, 6, 6, 5), w.shape, 1, 1, 1, 1, 0.0, 1)
+    got = winograd.transformed_filters(w, geo, np.dtype(np.float64), flip=True)
+    want = winograd.transformed_filters(w[::-1, ::-1], geo, np.dtype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)

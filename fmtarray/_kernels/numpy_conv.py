@@ -1166,7 +1166,9 @@ def _input_grad_stride1(gy, w, geo, dtype):
         after = tuple(max(a, 0) for a in after)
         g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, before, after, 0.0, geo.G)
         if winograd.applicable(g, g2, dtype):
-            return winograd.forward(g, wt, None, g2, dtype)
+            # the flipped, transposed filters' transform straight from w (no copy of wt)
+            ut = winograd.transformed_filters(w, geo, dtype, flip=True)
+            return winograd.forward(g, None, None, g2, dtype, ut=ut)
         if _last_innermost(g, g2, dtype):
             return _forward_li(g, wt, g2, dtype, None)
         gx = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
@@ -1174,7 +1176,8 @@ def _input_grad_stride1(gy, w, geo, dtype):
         return gx
     g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
     if winograd.applicable(gy, g2, dtype):
-        return _unpad(winograd.forward(gy, wt, None, g2, dtype), geo)
+        ut = winograd.transformed_filters(w, geo, dtype, flip=True)
+        return _unpad(winograd.forward(gy, None, None, g2, dtype, ut=ut), geo)
     gxpad = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
     _forward_gemm(gy, wt, g2, gxpad, dtype)
     return _unpad(gxpad, geo)

@@ -40,6 +40,8 @@ BLOCK_BYTES = 6 * 2**20
 MIN_GEMM_COLS = 256
 #: transformed filters at least this large (bytes) switch to chunked "wide" GEMMs
 WIDE_U_BYTES = 8 * 2**20
+#: smallest number of GEMM columns (2×2 tiles × batch) per transformed-filter pair
+MIN_TOTAL_COLS = 512
 #: smallest channel counts for which the transforms pay for themselves
 MIN_C = 8
 MIN_F = 8
@@ -53,22 +55,42 @@ _AT = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
 
 def applicable(x, geo, dtype) -> bool:
     """2-D, 3×3, stride 1, one group, constant padding, batch innermost in memory
-    (checked on the strides), enough channels and batch for the transforms to pay."""
+    (checked on the strides), enough channels, batch and output tiles for the
+    transforms to pay (the filter transform costs as much as ``16·C·F`` values, whatever
+    the batch: the 512-channel 7×7 case of the benchmark, with 16 tiles of a batch of 8,
+    measured faster on the direct path)."""
     return (geo.d == 2 and geo.k == (3, 3) and geo.stride == (1, 1) and geo.G == 1
             and not isinstance(geo.value, str)
             and dtype in (np.float32, np.float64)
             and geo.N >= 4 and x.strides[0] == x.itemsize
-            and geo.C >= MIN_C and geo.F >= MIN_F)
+            and geo.C >= MIN_C and geo.F >= MIN_F
+            and _tiles_total(geo) * geo.N >= MIN_TOTAL_COLS)
 
 
-def transformed_filters(w, geo, dtype):
+def _tiles_total(geo):
+    """2×2 output tiles over all dilation phases."""
+    dh, dw = geo.dilation
+    return sum(-(-len(range(ph, geo.out[0], dh)) // 2) * -(-len(range(pw, geo.out[1], dw)) // 2)
+               for ph in range(dh) for pw in range(dw))
+
+
+def transformed_filters(w, geo, dtype, flip=False):
     """``U`` as ``(16, C, F)`` from weights ``(3, 3, C, F[, 1])`` (any strides):
     ``U[4ξ+ν] = Σ_ij G[ξ,i] G[ν,j] g[i,j]``, one GEMM ``(16, 9) · (9, C·F)`` split over
-    the workers by columns."""
+    the workers by columns.
+
+    ``flip=True``: the transform of the spatially flipped filters, ``U[π(ξ)π(ν)]``
+    with ``π = (3, 1, 2, 0)`` (``G`` with its columns reversed is ``G`` with rows 0 and 3
+    swapped): the input gradient's filters (flipped, ``C`` and ``F`` swapped) are then
+    these matrices transposed, which BLAS reads for free — no copy of the transposed
+    weights."""
     from .numpy_conv import _parallel, _workers
 
     g = np.ascontiguousarray(np.asarray(w).reshape(9, geo.C * geo.F), dtype=dtype)
     gk = np.einsum("ai,bj->abij", _G, _G).reshape(16, 9).astype(dtype)
+    if flip:
+        p = (3, 1, 2, 0)
+        gk = gk[[4 * p[a] + p[b] for a in range(4) for b in range(4)]]
     u = np.empty((16, geo.C * geo.F), dtype=dtype)
     _, nw, _ = _workers()
     n = g.shape[1]
@@ -120,10 +142,11 @@ def _blocks(geo, itemsize):
     return out
 
 
-def forward(x, w, bias, geo, dtype):
+def forward(x, w, bias, geo, dtype, ut=None):
     """``conv(x, w) + bias`` for channels-last ``x`` ``(N, H, W, C)`` whose batch is
     innermost in memory; returns ``(N, Ho, Wo, F)``, a view of a ``(Ho, Wo, F, N)``
-    array.
+    array. ``ut``: the transformed filters as ``(16, F, C)`` when already known (the
+    input gradient), else computed from ``w``.
 
     Small filters: each worker runs whole blocks (input transform, 16 GEMMs, output
     transform) in its own buffers. Large filters (``U`` beyond :data:`WIDE_U_BYTES`,
@@ -136,7 +159,8 @@ def forward(x, w, bias, geo, dtype):
 
     N, C, F = geo.N, geo.C, geo.F
     it = np.dtype(dtype).itemsize
-    ut = transformed_filters(w, geo, dtype).transpose(0, 2, 1)  # (16, F, C), BLAS-transposed
+    if ut is None:
+        ut = transformed_filters(w, geo, dtype).transpose(0, 2, 1)  # (16, F, C), BLAS-transposed
     out = np.empty((*geo.out, F, N), dtype=dtype)
     blocks = _blocks(geo, it)
     lmax = max(_spec_len(b) for b in blocks)  # nt·Qh·nb
