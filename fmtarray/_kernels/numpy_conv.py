@@ -542,17 +542,26 @@ def _bi_tiles(geo, itemsize):
 
 
 def _forward_bi(x, w, geo, dtype, bias):
-    """``out (F, *out, N) = Wᵀ (F, K·C) · cols (K·C, *out·N)``, tiled over output rows.
+    """``out (*out·N, F) = colsᵀ (*out·N, K·C) · W (K·C, F)``, tiled over output rows.
 
     Reads the batch-innermost input directly: a window row is a run of ``N`` (for
-    ``C = 1`` and stride 1, ``w·N``) contiguous values, so no transposition is needed,
-    and the result, returned as a ``(N, *out, F)`` view, is batch-innermost as well.
+    ``C = 1`` and stride 1, ``w·N``) contiguous values, so no transposition is needed.
+    The columns ``(K·C, *out·N)`` go to BLAS as a transposed operand and the product
+    is written ``(*out, N, F)`` — the orientation BLAS runs fastest for these thin
+    GEMMs (``K·C ≤ 8·kh``, ``F`` filters); the result is returned as a ``(N, *out, F)``
+    view. The bias is a row of ones in the columns times a bias row in ``W`` (no pass
+    over the output).
     """
     d = geo.d
     xb = np.moveaxis(x, 0, -1)  # (*sp, C, N), (near) contiguous
-    wt = np.ascontiguousarray(np.asarray(w, dtype=dtype).reshape(geo.K * geo.C, geo.F).T)
-    out = np.empty((geo.F, *geo.out, geo.N), dtype=dtype)
-    out2 = out.reshape(geo.F, -1)
+    KC = geo.K * geo.C
+    nb = 0 if bias is None else 1
+    wb = np.empty((KC + nb, geo.F), dtype=dtype)
+    wb[:KC] = np.asarray(w, dtype=dtype).reshape(KC, geo.F)
+    if nb:
+        wb[KC] = bias
+    out = np.empty((*geo.out, geo.N, geo.F), dtype=dtype)
+    out2 = out.reshape(-1, geo.F)
     row_len = (geo.P // geo.out[0]) * geo.N
     const = not isinstance(geo.value, str)
     src_rows = None if const else _pad_rows_index(geo)
@@ -573,7 +582,9 @@ def _forward_bi(x, w, geo, dtype, bias):
                 blk = np.empty((nrows_max, *geo.padded[1:], geo.C, geo.N), dtype=dtype)
                 if const:
                     blk.fill(geo.value)
-            st[wid] = (blk, np.empty(rmax * row_len * geo.K * geo.C, dtype=dtype))
+            cb = np.empty((KC + nb, rmax * row_len), dtype=dtype)
+            cb[KC:] = 1  # the bias row (gathers write rows < KC only)
+            st[wid] = (blk, cb)
         blk_full, cbuf = st[wid]
         lo = r0 * geo.stride[0]
         hi = (r1 - 1) * geo.stride[0] + (geo.k[0] - 1) * geo.dilation[0] + 1
@@ -592,19 +603,19 @@ def _forward_bi(x, w, geo, dtype, bias):
             fill_border_numpy(blk, geo.pb[1:], geo.pa[1:], inner_axes, geo.value)
         gather(blk, r0, r1, cbuf)
 
+    to_c_first = (d,) + tuple(range(d)) + (d + 1,)  # (rows, *out[1:], C, N) -> C first
+
     def gather(blk, r0, r1, cbuf):
         m = (r1 - r0) * row_len
-        cols = cbuf[: m * geo.K * geo.C].reshape(geo.K, geo.C, r1 - r0, *geo.out[1:], geo.N)
+        cm = cbuf[:, :m]  # (KC + nb, m), row stride rmax·row_len
+        cols = cm[:KC].reshape(geo.K, geo.C, r1 - r0, *geo.out[1:], geo.N)
         for kk, off in enumerate(geo.offsets()):
             v = blk[geo.window(off, (r0, r1))]  # (rows, *out[1:], C, N)
-            np.copyto(cols[kk], np.moveaxis(v, -2, 0))
-        dst = out2[:, r0 * row_len: r1 * row_len]
-        np.matmul(wt, cols.reshape(geo.K * geo.C, m), out=dst)
-        if bias is not None:
-            dst += bias[:, None]
+            np.copyto(cols[kk], v.transpose(to_c_first))
+        np.matmul(cm.T, wb, out=out2[r0 * row_len: r1 * row_len])
 
     _parallel(work, tiles, dynamic=True)
-    return np.transpose(out, (d + 1,) + tuple(range(1, d + 1)) + (0,))
+    return np.moveaxis(out, d, 0)
 
 
 # ---------------------------------------------------------------------------------------
