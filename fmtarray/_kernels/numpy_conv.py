@@ -707,13 +707,18 @@ def _forward_li(x, w, geo, dtype, bias):
     """``out[o] (F, N·W) = Wᵀ (F, K·C) · cols (K·C, N·W)`` per outer output position
     ``o`` (columns of :class:`_LastInnermost`); the GEMM writes the output rows in
     place when ``Wo == W`` (e.g. ``"same"``). The result, ``(*outer, F, N, Wo)``, is
-    returned as a ``(N, *out, F)`` view."""
+    returned as a ``(N, *out, F)`` view. The bias is a row of ones below the columns
+    times a bias column of the weights (no pass over the output)."""
     d, N, F = geo.d, geo.N, geo.F
     li = _LastInnermost(x, geo, dtype)
     wo, L = geo.out[-1], li.L
-    wt = np.ascontiguousarray(_weight_matrix(w, geo, dtype)[0].T)  # (F, K·C)
-    out = np.empty((*geo.out[:-1], F, N, wo), dtype=dtype)
     KC = geo.K * geo.C
+    nb = 0 if bias is None else 1
+    wt = np.empty((F, KC + nb), dtype=dtype)  # (F, K·C [+ bias])
+    wt[:, :KC] = _weight_matrix(w, geo, dtype)[0].T
+    if nb:
+        wt[:, KC] = bias
+    out = np.empty((*geo.out[:-1], F, N, wo), dtype=dtype)
     _, nw, _ = _workers()
     st = [None] * nw
     in_place = wo == li.wrow
@@ -727,14 +732,16 @@ def _forward_li(x, w, geo, dtype, bias):
         else:
             np.matmul(wmat, cols, out=res)
             np.copyto(dst, res.reshape(F, N, li.wrow)[:, :, :wo])
-        if bias is not None:
-            dst += bias[:, None, None]
+
+    def state(wid):
+        if st[wid] is None:
+            cb = np.empty((KC + nb, L), dtype=dtype)
+            cb[KC:] = 1  # the bias row (fills write rows < KC only)
+            st[wid] = (cb, None if in_place else np.empty((F, L), dtype=dtype))
+        return st[wid]
 
     def work(wid, o):
-        if st[wid] is None:
-            st[wid] = (np.empty((KC, L), dtype=dtype),
-                       None if in_place else np.empty((F, L), dtype=dtype))
-        cols = st[wid][0]
+        cols = state(wid)[0]
         li.fill(cols, o)
         gemm(wid, o, wt, cols)
 
@@ -748,16 +755,13 @@ def _forward_li(x, w, geo, dtype, bias):
         for ph in range(kh):  # slot j holds tap (j - ph) mod kh
             cols_of = [(j - ph) % kh for j in range(kh)]
             phases.append(np.ascontiguousarray(np.concatenate(
-                [wt[:, i * kw_c:(i + 1) * kw_c] for i in cols_of], axis=1)))
+                [wt[:, i * kw_c:(i + 1) * kw_c] for i in cols_of] + [wt[:, KC:]], axis=1)))
         pb0 = li.pb[0]
         blocks = _ring_blocks(geo, nw)
 
         def work_ring(wid, blk):
             a, b = blk
-            if st[wid] is None:
-                st[wid] = (np.empty((KC, L), dtype=dtype),
-                           None if in_place else np.empty((F, L), dtype=dtype))
-            cols = st[wid][0]
+            cols = state(wid)[0]
             for o in range(a, b):
                 for q in _ring_new_rows(o, a, pb0, kh):
                     j = q % kh
