@@ -180,6 +180,41 @@ def _parallel(fn, items, dynamic=False):
 
 _END = object()
 
+#: per-item partial sums up to this size (all items together) let a summing phase hand
+#: out its items dynamically and still add them up in item order
+ORDERED_SUM_BYTES = 16 * 2**20
+
+
+def _parallel_sum(fn, items, shape, dtype):
+    """``Σ`` over ``items`` of what ``fn(worker, item, acc)`` accumulates into ``acc``
+    (zeros of ``shape``), reproducibly whatever the timing: with per-item partials
+    (within :data:`ORDERED_SUM_BYTES`) the items are handed out dynamically and the
+    partials added in item order; else each worker sums its fixed share of the items
+    and the workers' sums are added in worker order."""
+    items = list(items)
+    if not items:
+        return np.zeros(shape, dtype=dtype)
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(items) > 1 and len(items) * size <= ORDERED_SUM_BYTES:
+        parts = np.zeros((len(items), *shape), dtype=dtype)
+        _parallel(lambda w, iv: fn(w, iv[1], parts[iv[0]]), list(enumerate(items)),
+                  dynamic=True)
+        return parts.sum(axis=0)
+    _, nw, _ = _workers()
+    accs = [None] * nw
+
+    def run(w, it):
+        if accs[w] is None:
+            accs[w] = np.zeros(shape, dtype=dtype)
+        fn(w, it, accs[w])
+
+    _parallel(run, items)
+    total = None
+    for a in accs:
+        if a is not None:
+            total = a if total is None else total + a
+    return total
+
 #: scratch buffers at least this large are kept (per thread and role) for the next call:
 #: faulting in fresh pages costs about 0.1 ms per MiB, a few % of a large convolution
 SCRATCH_KEEP_BYTES = 8 * 2**20
@@ -1124,18 +1159,17 @@ def _weight_grad(gy, x, geo, dtype):
     cols_len = tile_elems * (geo.P // geo.out[0]) * geo.K * geo.C
     _, nw, _ = _workers()
     bufs = [None] * nw
-    accs = [None] * nw
+    acc = None
     for n0 in range(0, geo.N, nb):
         n1 = min(n0 + nb, geo.N)
         xpad = chunker.block(n0, n1) if copy_x else x[n0:n1]
         g = gybuf[: n1 - n0]
         _parallel_copy(g, gy[n0:n1])
 
-        def work(wid, tile, xpad=xpad, g=g):
+        def work(wid, tile, a, xpad=xpad, g=g):
             s0, s1, rows = tile
             if bufs[wid] is None:
                 bufs[wid] = np.empty(cols_len, dtype=dtype)
-                accs[wid] = np.zeros((geo.G, geo.K * geo.Cg, geo.Fg), dtype=dtype)
             n = s1 - s0
             osz = (_tile_rows(geo, rows),) + geo.out[1:]
             m = n * math.prod(osz)
@@ -1144,13 +1178,11 @@ def _weight_grad(gy, x, geo, dtype):
             gt = g[s0:s1] if rows is None else g[s0, rows[0]:rows[1]]
             c3 = cols.reshape(m, geo.G, geo.K * geo.Cg).transpose(1, 2, 0)  # (G, K·Cg, m)
             g3 = gt.reshape(m, geo.G, geo.Fg).transpose(1, 0, 2)  # (G, m, Fg)
-            accs[wid] += np.matmul(c3, g3)
+            a += np.matmul(c3, g3)
 
-        _parallel(work, _tiles(geo, n1 - n0, it))
-    acc = None
-    for a in accs:
-        if a is not None:
-            acc = a if acc is None else acc + a
+        part = _parallel_sum(work, _tiles(geo, n1 - n0, it),
+                             (geo.G, geo.K * geo.Cg, geo.Fg), dtype)
+        acc = part if acc is None else acc + part
     gw = acc.reshape(geo.G, *geo.k, geo.Cg, geo.Fg)
     return np.ascontiguousarray(np.moveaxis(gw, 0, -1))
 
@@ -1358,10 +1390,9 @@ def _depthwise_backward_bi(gy, x, w, geo, needs, dtype):
         inner = math.prod(geo.out[1:]) * cn * dtype.itemsize
         rb = max(1, min((512 * 1024) // max(inner, 1), -(-geo.out[0] // nw)))
         tiles = [(r0, min(r0 + rb, geo.out[0])) for r0 in range(0, geo.out[0], rb)]
-        part = np.zeros((nw, geo.K, cn), dtype=dtype)
         tmp = np.empty((nw, cn), dtype=dtype)
 
-        def work(wid, tile):
+        def work(wid, tile, part):
             r0, r1 = tile
             for kk, rng in enumerate(ranges):
                 dsl, ssl = [], []
@@ -1374,10 +1405,9 @@ def _depthwise_backward_bi(gy, x, w, geo, needs, dtype):
                     ssl.append(slice(i0, i0 + (hi - lo - 1) * s + 1, s))
                 else:
                     np.einsum(sub, src[tuple(ssl)], gyb[tuple(dsl)], out=tmp[wid])
-                    part[wid, kk] += tmp[wid]
+                    part[kk] += tmp[wid]
 
-        _parallel(work, tiles)
-        gk = part.sum(axis=0).reshape(geo.K, C, N).sum(axis=-1)  # (K, C)
+        gk = _parallel_sum(work, tiles, (geo.K, cn), dtype).reshape(geo.K, C, N).sum(axis=-1)
         gw = np.ascontiguousarray(gk.reshape(*geo.k, 1, 1, C)).astype(dtype, copy=False)
     return gx, gw
 
@@ -1527,7 +1557,6 @@ def _flat_bi_backward(gy, x, w, geo, needs, dtype):
     gx = gw = None
     if needs[1]:
         g0 = (r0 * Wq + r1) * N
-        accs = [None] * nw
         # the valid positions of each output row (the row gaps would multiply zeros,
         # or NaN from a non-finite input read across the gap)
         tiles = [(h * Wq * N + l0, h * Wq * N + min(l0 + FLAT_TILE, Wo * N))
@@ -1535,21 +1564,14 @@ def _flat_bi_backward(gy, x, w, geo, needs, dtype):
         it = dtype.itemsize
         tap_strides = (d0 * Wq * N * it, d1 * N * it, xq.strides[0], it)
 
-        def wgrad(wid, tile):
+        def wgrad(wid, tile, acc):
             # all taps in one stacked matmul (one BLAS call per tap, no Python between)
             l0, l1 = tile
-            if accs[wid] is None:
-                accs[wid] = np.zeros((kh, kw, C, F), dtype=dtype)
             xs = as_strided(xq[:, l0:], shape=(kh, kw, C, l1 - l0), strides=tap_strides,
                             writeable=False)
-            accs[wid] += np.matmul(xs, gq[:, g0 + l0:g0 + l1].T)
+            acc += np.matmul(xs, gq[:, g0 + l0:g0 + l1].T)
 
-        _parallel(wgrad, tiles)
-        acc = None
-        for a in accs:
-            if a is not None:
-                acc = a if acc is None else acc + a
-        gw = acc.reshape(kh, kw, C, F, 1)
+        gw = _parallel_sum(wgrad, tiles, (kh, kw, C, F), dtype).reshape(kh, kw, C, F, 1)
     if needs[0]:
         # only the positions of the unpadded input, row by row, into a compact
         # (H, W·N, C) result

@@ -380,7 +380,7 @@ def weight_grad(gy, x, geo, dtype):
     transform as the forward. Then ``∂L/∂g = Gᵀ (∂L/∂U) G`` over the 3×3 taps. Output
     positions of partial tiles and the junk columns of the flat layout carry a zero
     cotangent, so they add nothing."""
-    from .numpy_conv import _parallel, _workers
+    from .numpy_conv import _parallel_sum, _workers
 
     C, F = geo.C, geo.F
     it = np.dtype(dtype).itemsize
@@ -389,30 +389,24 @@ def weight_grad(gy, x, geo, dtype):
     inb = max(4 * C * (_spec_len(b) + (b[4] - b[3] + 1) * (b[6] - b[5])) for b in blocks)
     _, nw, _ = _workers()
     bufs = [None] * nw
-    acc = [None] * nw
     ctx = (x, geo, dtype, None, None)
     gyb = np.moveaxis(gy, 0, -1)  # (Ho, Wo, F, N)
 
-    def work(wid, spec):
+    def work(wid, spec, acc):
         if bufs[wid] is None:
             bufs[wid] = (np.empty(inb, dtype=dtype), np.empty(8 * C * lmax, dtype=dtype),
                          np.empty(16 * C * lmax, dtype=dtype),
                          np.empty(24 * F * lmax, dtype=dtype),
                          np.empty((16, C, F), dtype=dtype))
-            acc[wid] = np.zeros((16, C, F), dtype=dtype)
         bb, tb, vb, gb, tmp = bufs[wid]
         nt = spec[2] - spec[1]
         v = _transform_in(ctx, spec, bb, tb, vb)  # (16, nt, C, Qh·N)
         g = _transform_gy(gyb, geo, spec, gb)  # (16, nt, F, Qh·N)
         for t in range(nt):
             np.matmul(v[:, t], g[:, t].transpose(0, 2, 1), out=tmp)
-            acc[wid] += tmp
+            acc += tmp
 
-    _parallel(work, blocks)
-    total = acc[0]
-    for a in acc[1:]:
-        if a is not None:
-            total += a
+    total = _parallel_sum(work, blocks, (16, C, F), dtype)
     gk = np.einsum("ai,bj->ijab", _G, _G).reshape(9, 16).astype(dtype)
     gw = np.matmul(gk, total.reshape(16, C * F))
     return gw.reshape(3, 3, C, F, 1)
