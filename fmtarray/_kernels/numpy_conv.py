@@ -297,12 +297,13 @@ def _parallel_copy(dst, src):
     if n == 1 or ax is None or src.size < 4 * _COPY_BLOCK:
         _copy_blocked(dst, src)
         return
-    step = -(-src.shape[ax] // n)
     if src.shape[ax] < n:
         _copy_blocked(dst, src)
         return
+    # about three parts per worker, taken dynamically
+    step = -(-src.shape[ax] // min(3 * n, src.shape[ax]))
     parts = [(slice(None),) * ax + (slice(i, i + step),) for i in range(0, src.shape[ax], step)]
-    _parallel(lambda w, sl: _copy_blocked(dst[sl], src[sl]), parts)
+    _parallel(lambda w, sl: _copy_blocked(dst[sl], src[sl]), parts, dynamic=True)
 
 
 class _Chunked:
@@ -890,13 +891,14 @@ def _pad_rows_index(geo):
 
 
 def _gather_chunk(xpad, geo, cols, n):
-    """Parallel gather of a whole chunk (``n`` samples) into ``cols`` ``(n, *out, K·C)``."""
+    """Parallel gather of a whole chunk (``n`` samples) into ``cols`` ``(n, *out, K·C)``
+    (about three tiles per worker, taken dynamically)."""
     _, nw, _ = _workers()
-    if n >= nw:
-        step = -(-n // nw)
+    if n >= 3 * nw:
+        step = -(-n // (3 * nw))
         tiles = [(s0, min(s0 + step, n), None) for s0 in range(0, n, step)]
     else:
-        step = -(-geo.out[0] // nw)
+        step = -(-geo.out[0] // -(-3 * nw // n))
         tiles = [(s, s + 1, (r0, min(r0 + step, geo.out[0])))
                  for s in range(n) for r0 in range(0, geo.out[0], step)]
 
@@ -905,7 +907,7 @@ def _gather_chunk(xpad, geo, cols, n):
         c = cols[s0:s1] if rows is None else cols[s0:s1, rows[0]:rows[1]]
         _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, c)
 
-    _parallel(work, tiles)
+    _parallel(work, tiles, dynamic=True)
 
 
 def _forward_wide(x, wm, geo, out, dtype, copy, bias=None):
