@@ -641,13 +641,17 @@ def _forward_bi(x, w, geo, dtype, bias):
 
     to_c_first = (d,) + tuple(range(d)) + (d + 1,)  # (rows, *out[1:], C, N) -> C first
 
+    windows = {}  # row count -> the taps' window slices (relative to the block)
+
     def gather(blk, r0, r1, cbuf):
         m = (r1 - r0) * row_len
         cm = cbuf[:, :m]  # (KC + nb, m), row stride rmax·row_len
         cols = cm[:KC].reshape(geo.K, geo.C, r1 - r0, *geo.out[1:], geo.N)
-        for kk, off in enumerate(geo.offsets()):
-            v = blk[geo.window(off, (r0, r1))]  # (rows, *out[1:], C, N)
-            np.copyto(cols[kk], v.transpose(to_c_first))
+        win = windows.get(r1 - r0)
+        if win is None:
+            win = windows[r1 - r0] = [geo.window(off, (0, r1 - r0)) for off in geo.offsets()]
+        for kk, sl in enumerate(win):
+            np.copyto(cols[kk], blk[sl].transpose(to_c_first))  # (rows, *out[1:], C, N)
         np.matmul(cm.T, wb, out=out2[r0 * row_len: r1 * row_len])
 
     _parallel(work, tiles, dynamic=True)
