@@ -1545,20 +1545,28 @@ def _flat_bi_backward(gy, x, w, geo, needs, dtype):
     H, W = geo.sp
 
     def prep(wid, part):
-        if part == 0:
-            gv[:, :r0] = 0
-            gv[:, Hq - r0:] = 0
-            gv[:, r0:Hq - r0, :r1] = 0
-            np.copyto(gv[:, r0:r0 + Ho, r1:r1 + Wo], gyt)
+        which, c0, c1 = part  # a block of channel rows of one of the two buffers
+        if which == 0:
+            g = gv[c0:c1]
+            g[:, :r0] = 0
+            g[:, Hq - r0:] = 0
+            g[:, r0:Hq - r0, :r1] = 0
+            np.copyto(g[:, r0:r0 + Ho, r1:r1 + Wo], gyt[c0:c1])
         else:
             v = geo.value
-            xv[:, :pb0] = v
-            xv[:, pb0 + H:] = v
-            xv[:, pb0:pb0 + H, :pb1] = v
-            xv[:, pb0:pb0 + H, pb1 + W:Wp] = v
-            np.copyto(xv[:, pb0:pb0 + H, pb1:pb1 + W], xt)
+            b = xv[c0:c1]
+            b[:, :pb0] = v
+            b[:, pb0 + H:] = v
+            b[:, pb0:pb0 + H, :pb1] = v
+            b[:, pb0:pb0 + H, pb1 + W:Wp] = v
+            np.copyto(b[:, pb0:pb0 + H, pb1:pb1 + W], xt[c0:c1])
 
-    _parallel(prep, [0, 1] if needs[1] else [0])
+    # both copies in blocks of channel rows, about three per worker, taken dynamically
+    parts = []
+    for which, rows in ((0, F), (1, C)) if needs[1] else ((0, F),):
+        step = -(-rows // 3)
+        parts += [(which, c0, min(c0 + step, rows)) for c0 in range(0, rows, step)]
+    _parallel(prep, parts, dynamic=True)
     _, nw, _ = _workers()
     gx = gw = None
     if needs[1]:
@@ -1603,7 +1611,7 @@ def _flat_bi_backward(gy, x, w, geo, needs, dtype):
                                        writeable=False))
             np.matmul(cols.reshape(K * F, l1 - l0).T, wm, out=gxe[h, l0:l1])
 
-        _parallel(igrad, tiles)
+        _parallel(igrad, tiles, dynamic=True)
         gxv = gxe.reshape(H, W, N, C)
         gx = gxv.transpose(2, 0, 1, 3)  # (N, H, W, C)
     return gx, gw
