@@ -190,3 +190,29 @@ def test_flipped_filter_transform():
     got = winograd.transformed_filters(w, geo, np.dtype(np.float64), flip=True)
     want = winograd.transformed_filters(w[::-1, ::-1], geo, np.dtype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_values_keep_direct_semantics(bad):
+    """An infinite input would turn into NaN through the transforms' subtractions: such
+    calls take the direct path, so ±inf stays ±inf (and NaN stays NaN), forward and
+    backward, exactly where the direct-loop reference puts them."""
+    x, wt, b = setup(4, 6, 7, 8, 8, np.float64, seed=13)
+    x = np.array(x)  # writable, same batch-innermost layout
+    x[1, 2, 3, 4] = bad
+    kw = dict(pad_before=1, pad_after=1)
+    with np.errstate(all="ignore"):
+        y = np.asarray(conv_forward(cnp, x, wt, b, **kw))
+        ref = ref_conv(x, wt, b, 1, 1, 1, 1, 0.0)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+        ok = np.isfinite(ref)
+        np.testing.assert_allclose(y[ok], ref[ok], rtol=1e-12, atol=1e-12)
+        gy = batch_innermost(np.ones(y.shape))
+        gx, gw, _ = conv_backward(cnp, gy, x, wt, **kw)
+        sa = array_api_strict.asarray
+        ex, ew, _ = conv_backward(array_api_strict, sa(gy), sa(x), sa(wt), **kw)
+        for g, e in ((gx, ex), (gw, ew)):
+            g, e = np.asarray(g), np.asarray(e)
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(e))
+            np.testing.assert_array_equal(np.isinf(g), np.isinf(e))

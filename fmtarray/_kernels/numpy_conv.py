@@ -477,7 +477,7 @@ def forward(x, w, b, geo):
     w = np.asarray(w)
     dtype = _dtype(x, w)
     bias = None if b is None else np.asarray(b, dtype=dtype).reshape(geo.F)
-    if geo.N > 0 and winograd.applicable(x, geo, dtype):
+    if geo.N > 0 and winograd.applicable(x, geo, dtype) and winograd.finite(x, w):
         with _single_threaded_blas():
             return winograd.forward(x, w, bias, geo, dtype)
     if geo.N > 0 and _batch_innermost(x, geo):
@@ -1097,7 +1097,7 @@ def backward(gy, x, w, geo, needs):
         if _flat_bi_ok(gy, x, geo, dtype):
             gx, gw = _flat_bi_backward(gy, x, w, geo, needs, dtype)
             return gx, gw, gb
-        if winograd.weight_grad_applicable(gy, x, geo, dtype):
+        if winograd.weight_grad_applicable(gy, x, geo, dtype) and winograd.finite(gy, x):
             if needs[1]:
                 gw = winograd.weight_grad(gy, x, geo, dtype)
             if needs[0]:
@@ -1218,7 +1218,7 @@ def _input_grad_stride1(gy, w, geo, dtype):
         before = tuple(max(b, 0) for b in before)
         after = tuple(max(a, 0) for a in after)
         g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, before, after, 0.0, geo.G)
-        if winograd.applicable(g, g2, dtype):
+        if winograd.applicable(g, g2, dtype) and winograd.finite(g, w):
             # the flipped, transposed filters' transform straight from w (no copy of wt)
             ut = winograd.transformed_filters(w, geo, dtype, flip=True)
             return winograd.forward(g, None, None, g2, dtype, ut=ut)
@@ -1228,7 +1228,7 @@ def _input_grad_stride1(gy, w, geo, dtype):
         _forward_gemm(g, wt, g2, gx, dtype)
         return gx
     g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
-    if winograd.applicable(gy, g2, dtype):
+    if winograd.applicable(gy, g2, dtype) and winograd.finite(gy, w):
         ut = winograd.transformed_filters(w, geo, dtype, flip=True)
         return _unpad(winograd.forward(gy, None, None, g2, dtype, ut=ut), geo)
     gxpad = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)

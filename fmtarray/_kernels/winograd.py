@@ -67,6 +67,15 @@ def applicable(x, geo, dtype) -> bool:
             and _tiles_total(geo) * geo.N >= MIN_TOTAL_COLS)
 
 
+def finite(*arrays) -> bool:
+    """Whether every value is finite (one summing pass per array; a sum that overflows
+    reads as non-finite, which only sends the call to the direct path). The transforms
+    subtract input values from each other: an infinite input would give NaN where the
+    direct sum gives ±inf, so such calls take the direct path."""
+    with np.errstate(all="ignore"):
+        return all(np.isfinite(np.sum(a)) for a in arrays)
+
+
 def _tiles_total(geo):
     """2×2 output tiles over all dilation phases."""
     dh, dw = geo.dilation
