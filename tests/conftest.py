@@ -97,3 +97,13 @@ def make_backend(name) -> Backend:
 def xp(request) -> Backend:
     """A :class:`Backend` for each available array library (and device)."""
     return make_backend(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _parallel_even_when_small(monkeypatch):
+    """The NumPy conv runs small problems on the calling thread alone; the tests' small
+    problems must still exercise the multi-worker code (dynamic hand-out, per-worker
+    buffers, ordered sums)."""
+    from fmtarray._kernels import numpy_conv
+
+    monkeypatch.setattr(numpy_conv, "SERIAL_MACS", 0)

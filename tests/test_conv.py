@@ -1022,3 +1022,27 @@ def test_flat_shift_backward_non_finite_input(monkeypatch):
     assert not np.isfinite(gw_ref).all()
     fin = np.isfinite(gw_ref)
     assert rel_err(gw[fin], gw_ref[fin]) <= 1e-12
+
+
+def test_small_problems_run_serially_with_the_same_numbers(monkeypatch):
+    """Below SERIAL_MACS the kernel never hands work to the pool, and the numbers are
+    the ones the workers compute (forward and both gradients)."""
+    import array_api_compat.numpy as cnp
+
+    cfg = dict(d=2, k=(3, 3), dil=(1, 1), stride=(1, 1), pb=(1, 1), pa=(1, 1), value=0.0,
+               sp=(9, 8), groups=1, cg=8, fg=8, n=5, dtype=np.float64)
+    x, w, b = make(cfg)
+    x = _strided(x)
+    y = np.asarray(conv_forward(cnp, x, w, b, **kw_of(cfg)))
+    gy = _strided(np.random.default_rng(2).standard_normal(y.shape))
+    grads = [np.asarray(g) for g in conv_backward(cnp, gy, x, w, **kw_of(cfg))]
+    monkeypatch.setattr(numpy_conv, "SERIAL_MACS", 1 << 40)
+    calls = []
+    pool = numpy_conv._workers()[0]
+    monkeypatch.setattr(pool, "submit", lambda *a, **k: calls.append(a) or pool.__class__.submit(pool, *a, **k))
+    np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, w, b, **kw_of(cfg))), y,
+                               rtol=1e-13, atol=1e-13)
+    for g, e in zip(conv_backward(cnp, gy, x, w, **kw_of(cfg)), grads):
+        np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-13)
+    assert calls == []
+    assert rel_err(y, ref_of(cfg, x, w, b)) <= 1e-12

@@ -147,7 +147,7 @@ def _parallel(fn, items, dynamic=False):
     the whole phase."""
     pool, n, _ = _workers()
     items = list(items)
-    if n == 1 or len(items) <= 1:
+    if n == 1 or len(items) <= 1 or getattr(_tls, "serial", False):
         for it in items:
             fn(0, it)
         return
@@ -179,6 +179,25 @@ def _parallel(fn, items, dynamic=False):
 
 
 _END = object()
+
+#: convolutions with fewer multiply-adds than this run on the calling thread alone:
+#: waking a pool thread (tens of µs per parallel phase, hundreds on a busy VM) costs
+#: more than it saves
+SERIAL_MACS = 1 << 22
+
+
+@contextlib.contextmanager
+def _serial_if_small(geo):
+    """Within the block, :func:`_parallel` runs on the calling thread when the
+    convolution is small (``N·P·K·C/groups·F`` below :data:`SERIAL_MACS`)."""
+    if geo.N * geo.P * geo.K * geo.Cg * geo.F >= SERIAL_MACS or getattr(_tls, "serial", False):
+        yield
+        return
+    _tls.serial = True
+    try:
+        yield
+    finally:
+        _tls.serial = False
 
 #: per-item partial sums up to this size (all items together) let a summing phase hand
 #: out its items dynamically and still add them up in item order
@@ -473,6 +492,11 @@ def _plain(a):
 
 
 def forward(x, w, b, geo):
+    with _serial_if_small(geo):
+        return _forward(x, w, b, geo)
+
+
+def _forward(x, w, b, geo):
     x = _plain(x)
     w = np.asarray(w)
     dtype = _dtype(x, w)
@@ -1073,6 +1097,11 @@ def _depthwise_forward(x, w, geo, out, dtype):
 
 
 def backward(gy, x, w, geo, needs):
+    with _serial_if_small(geo):
+        return _backward(gy, x, w, geo, needs)
+
+
+def _backward(gy, x, w, geo, needs):
     gy = _plain(gy)
     x = _plain(x)
     w = np.asarray(w)

@@ -147,8 +147,24 @@ def _padding_value(v):
 # layouts
 
 
+_FLOAT_OK: dict = {}
+
+
+def _is_float(xp, dtype) -> bool:
+    """float32/float64 (not float16), cached per (namespace, dtype): the array-API
+    ``isdtype`` and the dtype's name cost microseconds per call."""
+    try:
+        return _FLOAT_OK[(xp, dtype)]
+    except KeyError:
+        ok = bool(xp.isdtype(dtype, "real floating")) and not str(dtype).endswith("float16")
+        _FLOAT_OK[(xp, dtype)] = ok
+        return ok
+    except TypeError:  # an unhashable dtype object
+        return bool(xp.isdtype(dtype, "real floating")) and not str(dtype).endswith("float16")
+
+
 def _check_float(xp, a, name):
-    if not xp.isdtype(a.dtype, "real floating") or str(a.dtype).endswith("float16"):
+    if not _is_float(xp, a.dtype):
         raise TypeError(
             f"conv: {name} has dtype {a.dtype}; convolution needs float32 or float64 "
             "(convert with astype first)"
