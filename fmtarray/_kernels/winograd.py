@@ -334,10 +334,9 @@ def _transform_out(ctx, spec, m, vb):
     """``Y = Aᵀ M A`` (+ bias) of one block from ``m`` ``(16, nt, F, cu·N)`` (contiguous,
     consumed: used as scratch) into the output; ``vb`` holds ``8·F·nt·cu·N`` values."""
     _, geo, dtype, out, bias = ctx
-    (ph, pw, ho, wo), t0, t1, u0, u1, n0, n1 = spec
+    _, t0, t1, u0, u1, n0, n1 = spec
     nt, cu, N = t1 - t0, u1 - u0, n1 - n0
     F = geo.F
-    dh, dw = geo.dilation
     if bias is not None:
         # M[1,1] enters every output of the tile with weight 1
         m[5] += bias[:, None]
@@ -355,15 +354,26 @@ def _transform_out(ctx, spec, m, vb):
     np.subtract(s[1], s[2], out=y[1])
     np.subtract(y[1], s[3], out=y[1])
     y = y.reshape(2, 2, nt, F, cu, N)
+    for a, b, nr, nc, rows, cols in _tile_outputs(spec, geo.dilation):
+        if nr and nc:
+            dst = out[rows, cols, :, n0:n1][:nr, :nc]
+            np.copyto(dst, y[a, b, :nr, :, :nc].transpose(0, 2, 1, 3))  # (nr, nc, F, N)
+
+
+def _tile_outputs(spec, dilation):
+    """For each position ``(a, b)`` of the block's 2×2 tiles: how many tile rows and
+    columns hold an output (``nr``, ``nc``; partial tiles at the far edges hold none),
+    and the output rows and columns they are (slices to cut ``[:nr]`` / ``[:nc]``)."""
+    (ph, pw, ho, wo), t0, t1, u0, u1, _, _ = spec
+    dh, dw = dilation
     for a in range(2):
         r0 = 2 * t0 + a
         nr = len(range(r0, min(2 * t1, ho), 2))
         for b in range(2):
             c0 = 2 * u0 + b
             nc = len(range(c0, min(2 * u1, wo), 2))
-            if nr and nc:
-                dst = out[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw, :, n0:n1][:nr, :nc]
-                np.copyto(dst, y[a, b, :nr, :, :nc].transpose(0, 2, 1, 3))  # (nr, nc, F, N)
+            yield (a, b, nr, nc, slice(ph + dh * r0, None, 2 * dh),
+                   slice(pw + dw * c0, None, 2 * dw))
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,27 +434,21 @@ def weight_grad(gy, x, geo, dtype):
 def _transform_gy(gyb, geo, spec, gb):
     """``Ĝ = A ∂Y Aᵀ`` of one block's cotangent tiles as ``(16, nt, F, Qh·N)`` (the
     column layout of :func:`_transform_in`; zero where no output is)."""
-    (ph, pw, ho, wo), t0, t1, u0, u1, n0, n1 = spec
+    _, t0, t1, u0, u1, n0, n1 = spec
     nt, cu, N = t1 - t0, u1 - u0, n1 - n0
     F = geo.F
-    dh, dw = geo.dilation
     Qh = cu + 1
     L = nt * F * Qh * N
     g = gb[: 4 * L].reshape(2, 2, nt, F, Qh, N)
-    for a in range(2):
-        r0 = 2 * t0 + a
-        nr = len(range(r0, min(2 * t1, ho), 2))
-        for b in range(2):
-            c0 = 2 * u0 + b
-            nc = len(range(c0, min(2 * u1, wo), 2))
-            dst = g[a, b]
-            if nr and nc:
-                src = gyb[ph + dh * r0::2 * dh, pw + dw * c0::2 * dw, :, n0:n1][:nr, :nc]
-                np.copyto(dst[:nr, :, :nc], src.transpose(0, 2, 1, 3))
-                dst[nr:] = 0
-                dst[:nr, :, nc:] = 0
-            else:
-                dst[...] = 0
+    for a, b, nr, nc, rows, cols in _tile_outputs(spec, geo.dilation):
+        dst = g[a, b]
+        if nr and nc:
+            src = gyb[rows, cols, :, n0:n1][:nr, :nc]
+            np.copyto(dst[:nr, :, :nc], src.transpose(0, 2, 1, 3))
+            dst[nr:] = 0
+            dst[:nr, :, nc:] = 0
+        else:
+            dst[...] = 0
     g = g.reshape(2, 2, L)
     # rows: r[ξ, b] = Σ_a A[ξ, a] ∂Y[a, b]; A = [[1, 0], [1, 1], [1, -1], [0, -1]]
     r = gb[16 * L: 24 * L].reshape(4, 2, L)
