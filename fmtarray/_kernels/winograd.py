@@ -13,11 +13,23 @@ multiply-adds than the direct method. The transforms are additions and subtracti
 only (``G`` holds halves), so float32 results stay within a few ulps of the direct
 sum: the same accuracy tests as every other path apply.
 
+with (rows of the matrices; the code applies them as additions and subtractions)
+
+    Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G  = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]
+    Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
 Layout. The canonical ``S S C B`` layout keeps the batch innermost: for a fixed pixel
-the ``(C, N)`` values are one contiguous run. Every step below works on whole rows of
-such runs (row transform: 4 subtractions over runs of ``W·C·N`` values; column
-transform and output transform: runs of ``N``), and the output is written straight
-into the canonical ``(Ho, Wo, F, N)`` layout.
+the ``(C, N)`` values are one contiguous run. A block's input rows are copied once
+(runs of ``N``) into a buffer split by row and column parity, ``(2, 2, rows, C,
+cols, N)``, where the shifts of both transforms (next tile row, next tile column) are
+flat offsets: every transform step is one NumPy call on contiguous operands (strided
+ufunc calls run 2-3× slower). The products are transformed back in that layout and
+copied (runs of ``N``) into the canonical ``(Ho, Wo, F, N)`` output.
+
+The weight gradient is the adjoint (``F(3×3, 2×2)``): the cotangent's 2×2 tiles go to
+4×4 by ``A ∂Y Aᵀ`` and 16 GEMMs contract ``V`` with them over tiles and batch.
+Inputs holding a non-finite value are left to the direct path (:func:`finite`).
 
 Dilation ``dl`` splits the problem into ``dl_h · dl_w`` phases: the outputs whose
 row ≡ p (mod dl_h) and column ≡ q (mod dl_w) read only the padded input rows and
@@ -32,7 +44,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["applicable", "forward"]
+__all__ = ["applicable", "finite", "forward", "transformed_filters", "weight_grad",
+           "weight_grad_applicable"]
 
 #: target size of one block's buffers (padded input rows, transformed tiles, products)
 BLOCK_BYTES = 6 * 2**20
@@ -46,11 +59,8 @@ MIN_TOTAL_COLS = 512
 MIN_C = 8
 MIN_F = 8
 
-# F(2, 3) transform matrices: Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A
+# the filter transform (the input and output transforms are written out as additions)
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-_BT = np.array([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0],
-                [0.0, 1.0, 0.0, -1.0]])
-_AT = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
 
 
 def applicable(x, geo, dtype) -> bool:
