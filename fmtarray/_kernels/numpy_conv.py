@@ -442,6 +442,18 @@ def _gather(xpad, geo, rows, cols):
         np.copyto(c5[..., kk, :], src)
 
 
+def _tile_columns(buf, xpad, geo, tile):
+    """The columns ``(n, *out_tile, K·C)`` of one tile ``(s0, s1, rows)`` of a padded
+    chunk, gathered into ``buf``; returns them and their row count ``m``."""
+    s0, s1, rows = tile
+    n = s1 - s0
+    osz = (_tile_rows(geo, rows),) + geo.out[1:]
+    m = n * math.prod(osz)
+    cols = buf[: m * geo.K * geo.C].reshape(n, *osz, geo.K * geo.C)
+    _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, cols)
+    return cols, m
+
+
 def _weight_matrix(w, geo, dtype):
     """``(G, K·Cg, Fg)`` from MATLAB layout ``(*k, Cg, Fg, G)``.
 
@@ -561,11 +573,7 @@ def _forward_gemm(x, w, geo, out, dtype, bias=None):
             s0, s1, rows = tile
             if bufs[wid] is None:
                 bufs[wid] = np.empty(cols_len, dtype=dtype)
-            n = s1 - s0
-            osz = (_tile_rows(geo, rows),) + geo.out[1:]
-            m = n * math.prod(osz)
-            cols = bufs[wid][: m * geo.K * geo.C].reshape(n, *osz, geo.K * geo.C)
-            _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, cols)
+            cols, m = _tile_columns(bufs[wid], xpad, geo, tile)
             o = out[n0 + s0:n0 + s1] if rows is None else out[n0 + s0, rows[0]:rows[1]]
             o2 = o.reshape(m, geo.G, geo.Fg)
             _gemm(cols.reshape(m, geo.G, geo.K * geo.Cg), wm, o2)
@@ -1205,11 +1213,7 @@ def _weight_grad(gy, x, geo, dtype):
             s0, s1, rows = tile
             if bufs[wid] is None:
                 bufs[wid] = np.empty(cols_len, dtype=dtype)
-            n = s1 - s0
-            osz = (_tile_rows(geo, rows),) + geo.out[1:]
-            m = n * math.prod(osz)
-            cols = bufs[wid][: m * geo.K * geo.C].reshape(n, *osz, geo.K * geo.C)
-            _gather(_rows_block(xpad[s0:s1], geo, rows), geo, rows, cols)
+            cols, m = _tile_columns(bufs[wid], xpad, geo, tile)
             gt = g[s0:s1] if rows is None else g[s0, rows[0]:rows[1]]
             c3 = cols.reshape(m, geo.G, geo.K * geo.Cg).transpose(1, 2, 0)  # (G, K·Cg, m)
             g3 = gt.reshape(m, geo.G, geo.Fg).transpose(1, 0, 2)  # (G, m, Fg)
