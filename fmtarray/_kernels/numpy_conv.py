@@ -1233,24 +1233,35 @@ def _transposed_weights(w, geo, dtype):
     return wf.transpose(tuple(range(d)) + (d + 1, d, d + 2))
 
 
-def _input_grad_stride1(gy, w, geo, dtype):
-    """Stride 1: the input gradient is a convolution of ``gy`` with the flipped,
-    transposed kernel (gathers only, no scatter)."""
+def _grad_as_conv(gy, w, geo, dtype):
+    """The stride-1 input gradient as a forward convolution: ``(g, wt, g2, padded)``
+    with ``wt`` the flipped, transposed kernel (a view) and ``g2`` the geometry of
+    ``conv(g, wt)``. Constant padding: the result is ``gx`` itself (``g`` is ``gy``
+    padded by ``(K-1)·d - pb`` before and ``(K-1)·d - pa`` after, negative pads
+    cropping it). Otherwise (``padded`` true): the result is the gradient of the padded
+    input, whose padding adjoint :func:`_unpad` folds back."""
     from .conv import _Geometry
 
     wt = _transposed_weights(w, geo, dtype)
     reach = tuple((k - 1) * dl for k, dl in zip(geo.k, geo.dilation))
-    if not isinstance(geo.value, str):
-        # gx directly: pads (K-1)d - pb before, (K-1)d - pa after; negative pads crop gy
-        before = tuple(r - p for r, p in zip(reach, geo.pb))
-        after = tuple(r - p for r, p in zip(reach, geo.pa))
-        crop = (slice(None),) + tuple(
-            slice(max(-b, 0), n - max(-a, 0)) for b, a, n in zip(before, after, geo.out)
-        )
-        g = gy[crop]
-        before = tuple(max(b, 0) for b in before)
-        after = tuple(max(a, 0) for a in after)
-        g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, before, after, 0.0, geo.G)
+    if isinstance(geo.value, str):
+        return gy, wt, _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0,
+                                 geo.G), True
+    before = tuple(r - p for r, p in zip(reach, geo.pb))
+    after = tuple(r - p for r, p in zip(reach, geo.pa))
+    crop = (slice(None),) + tuple(
+        slice(max(-b, 0), n - max(-a, 0)) for b, a, n in zip(before, after, geo.out))
+    g = gy[crop]
+    g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, tuple(max(b, 0) for b in before),
+                   tuple(max(a, 0) for a in after), 0.0, geo.G)
+    return g, wt, g2, False
+
+
+def _input_grad_stride1(gy, w, geo, dtype):
+    """Stride 1: the input gradient is a convolution of ``gy`` with the flipped,
+    transposed kernel (gathers only, no scatter)."""
+    g, wt, g2, padded = _grad_as_conv(gy, w, geo, dtype)
+    if not padded:
         if winograd.applicable(g, g2, dtype) and winograd.finite(g, w):
             # the flipped, transposed filters' transform straight from w (no copy of wt)
             ut = winograd.transformed_filters(w, geo, dtype, flip=True)
@@ -1260,12 +1271,11 @@ def _input_grad_stride1(gy, w, geo, dtype):
         gx = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
         _forward_gemm(g, wt, g2, gx, dtype)
         return gx
-    g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
-    if winograd.applicable(gy, g2, dtype) and winograd.finite(gy, w):
+    if winograd.applicable(g, g2, dtype) and winograd.finite(g, w):
         ut = winograd.transformed_filters(w, geo, dtype, flip=True)
-        return _unpad(winograd.forward(gy, None, None, g2, dtype, ut=ut), geo)
+        return _unpad(winograd.forward(g, None, None, g2, dtype, ut=ut), geo)
     gxpad = np.empty((geo.N, *g2.out, geo.C), dtype=dtype)
-    _forward_gemm(gy, wt, g2, gxpad, dtype)
+    _forward_gemm(g, wt, g2, gxpad, dtype)
     return _unpad(gxpad, geo)
 
 
@@ -1392,27 +1402,15 @@ def _depthwise_backward_bi(gy, x, w, geo, needs, dtype):
     Weight gradient: per tap, ``Σ x_window · gy`` over the valid outputs (fused
     ``einsum`` per row block, in cache), then summed over the batch.
     """
-    from .conv import _Geometry
-
     d, N, C = geo.d, geo.N, geo.C
     cn = C * N
     gx = gw = None
     if needs[0]:
         if all(s == 1 for s in geo.stride):
-            wt = _transposed_weights(w, geo, dtype)
-            reach = tuple((k - 1) * dl for k, dl in zip(geo.k, geo.dilation))
-            if not isinstance(geo.value, str):
-                before = tuple(r - p for r, p in zip(reach, geo.pb))
-                after = tuple(r - p for r, p in zip(reach, geo.pa))
-                crop = (slice(None),) + tuple(
-                    slice(max(-b, 0), n - max(-a, 0)) for b, a, n in zip(before, after, geo.out))
-                g = gy[crop]
-                g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, tuple(max(b, 0) for b in before),
-                               tuple(max(a, 0) for a in after), 0.0, geo.G)
-                gx = _depthwise_forward_bi(g, wt, g2, dtype, None)
-            else:
-                g2 = _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0, geo.G)
-                gx = _unpad(_depthwise_forward_bi(gy, wt, g2, dtype, None), geo)
+            g, wt, g2, padded = _grad_as_conv(gy, w, geo, dtype)
+            gx = _depthwise_forward_bi(g, wt, g2, dtype, None)
+            if padded:
+                gx = _unpad(gx, geo)
         else:
             with _single_threaded_blas():
                 gx, _ = _depthwise_backward(gy, x, w, geo, (True, False), dtype)
