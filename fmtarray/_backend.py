@@ -24,6 +24,8 @@ __all__ = [
     "is_dask",
     "is_cupy",
     "is_strict",
+    "is_jax",
+    "library_key",
     "check_same_device",
     "to_device",
     "random_uniform",
@@ -144,6 +146,33 @@ def is_cupy(xp) -> bool:
 
 def is_strict(xp) -> bool:
     return _compat.is_array_api_strict_namespace(xp)
+
+
+def is_jax(xp) -> bool:
+    return _compat.is_jax_namespace(xp)
+
+
+_LIB_KEYS: dict = {}
+
+
+def library_key(xp) -> str:
+    """``"numpy"``, ``"torch"``, ``"jax"``, ``"cupy"``, ``"dask"`` or ``"portable"``: which
+    library's native kernels can serve arrays of the namespace ``xp``."""
+    try:
+        return _LIB_KEYS[xp]
+    except (KeyError, TypeError):
+        pass
+    for key, test in (("numpy", is_numpy), ("torch", is_torch), ("jax", is_jax),
+                      ("cupy", is_cupy), ("dask", is_dask)):
+        if test(xp):
+            break
+    else:
+        key = "portable"
+    try:
+        _LIB_KEYS[xp] = key
+    except TypeError:  # pragma: no cover - unhashable namespace
+        pass
+    return key
 
 
 def is_writeable_numpy(x) -> bool:
