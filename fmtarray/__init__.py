@@ -10,7 +10,8 @@ from .ops import (
     where,
 )
 from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, one_hot, softmax
-from .ops import conv
+from .ops import conv, conv_plan
+from ._kernels.conv.tuning import tuning
 from .network import Network
 from . import layers
 from . import matlab  # MATLAB-named constructors and aliases
@@ -27,7 +28,7 @@ __all__ = [
     "greater_equal", "less", "less_equal", "log", "max", "maximum", "mean", "min",
     "minimum", "multiply", "negative", "not_equal", "pow", "relu", "sigmoid", "sin",
     "sqrt", "square", "std", "subtract", "sum", "tanh", "to_device", "var", "where",
-    "conv",
+    "conv", "conv_plan", "tuning",
     "avg_pool", "batch_norm", "cross_entropy", "fully_connect", "max_pool", "one_hot", "softmax",
     "Network", "layers", "matlab",
     "train", "TrainingOptions", "TrainingHistory", "sgdm", "adam", "rmsprop", "plot_training",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .array import FormattedArray, dims, extractdata, finddim, stripdims
 from .layers.convolution import Convolution2DLayer
-from .ops.conv import conv
+from .ops.convolution import conv
 
 __all__ = [
     # data

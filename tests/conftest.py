@@ -10,6 +10,12 @@ import pytest
 
 from fmtarray import _backend
 
+if importlib.util.find_spec("jax") is not None:
+    # float64 tests must really run in float64 on the jax backend (JAX defaults to float32)
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
 
 class Backend:
     """A backend under test: makes arrays from NumPy data and reads them back."""
@@ -43,6 +49,10 @@ class Backend:
             import cupy
 
             return cupy.asarray(a)
+        if self.name == "jax":
+            import jax.numpy as jnp
+
+            return jnp.asarray(a)
         raise AssertionError(self.name)
 
     def to_numpy(self, a):
@@ -63,6 +73,8 @@ def _backends():
         out.append(pytest.param("dask", id="dask"))
     if importlib.util.find_spec("torch") is not None and not os.environ.get("FMTARRAY_NO_TORCH"):
         out.append(pytest.param("torch", id="torch"))
+    if importlib.util.find_spec("jax") is not None:
+        out.append(pytest.param("jax", id="jax"))
     if importlib.util.find_spec("cupy") is not None:
         out.append(pytest.param("cupy", id="cupy"))
     return out
@@ -90,6 +102,10 @@ def make_backend(name) -> Backend:
         import array_api_compat.cupy as ns
 
         return Backend(name, ns)
+    if name == "jax":
+        import jax.numpy as ns
+
+        return Backend(name, ns)
     raise AssertionError(name)
 
 
@@ -104,6 +120,6 @@ def _parallel_even_when_small(monkeypatch):
     """The NumPy conv runs small problems on the calling thread alone; the tests' small
     problems must still exercise the multi-worker code (dynamic hand-out, per-worker
     buffers, ordered sums)."""
-    from fmtarray._kernels import numpy_conv
+    from fmtarray._kernels.conv._numpy import legacy as numpy_conv
 
     monkeypatch.setattr(numpy_conv, "SERIAL_MACS", 0)

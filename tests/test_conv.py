@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 import fmtarray as fa
 from fmtarray import FormattedArray
 from fmtarray._kernels import conv as kconv
-from fmtarray._kernels import numpy_conv
-from fmtarray._kernels.conv import conv_backward, conv_forward, same_padding
+from fmtarray._kernels.conv._numpy import legacy as numpy_conv
+from fmtarray._kernels.conv.spec import ConvSpec, same_padding
+from kernel_calls import conv_backward, conv_forward
 from fmtarray._kernels.pad import PAD_MODES
 
 from conv_reference import numeric_grad, ref_conv

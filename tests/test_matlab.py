@@ -9,7 +9,7 @@ import fmtarray as fa
 from fmtarray import FormattedArray
 from fmtarray import matlab as ml
 from fmtarray.layers import Convolution2DLayer, convolution2d_layer
-from fmtarray.ops.conv import conv
+from fmtarray.ops.convolution import conv
 
 
 def _np(a):

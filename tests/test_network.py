@@ -21,8 +21,8 @@ from fmtarray.layers import (
     softmax_layer,
 )
 
-HAS_CONV = importlib.util.find_spec("fmtarray.ops.conv") is not None
-needs_conv = pytest.mark.skipif(not HAS_CONV, reason="fmtarray.ops.conv not available yet")
+HAS_CONV = importlib.util.find_spec("fmtarray.ops.convolution") is not None
+needs_conv = pytest.mark.skipif(not HAS_CONV, reason="fmtarray.ops.convolution not available yet")
 
 
 def _np(a):

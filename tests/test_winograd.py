@@ -17,8 +17,9 @@ import array_api_strict
 import fmtarray as fa
 from fmtarray import FormattedArray
 from fmtarray._kernels import conv as kconv
-from fmtarray._kernels import winograd
-from fmtarray._kernels.conv import _Geometry, conv_backward, conv_forward
+from fmtarray._kernels.conv._numpy import winograd
+from fmtarray._kernels.conv.spec import ConvSpec
+from kernel_calls import conv_backward, conv_forward
 
 from conv_reference import ref_conv
 

@@ -29,7 +29,7 @@ import functools
 
 from .. import _backend
 
-__all__ = ["PAD_MODES", "pad", "pad_vjp", "pad_indices", "check_pad_value", "fill_border_numpy"]
+__all__ = ["PAD_MODES", "pad", "pad_vjp", "pad_indices", "check_pad_value", "fill_border_numpy", "dilate"]
 
 #: legal string values of ``value``
 PAD_MODES = ("symmetric-include-edge", "symmetric-exclude-edge", "replicate")
@@ -302,3 +302,19 @@ def _pad_axis_vjp_numpy(g, pb, pa, ax, value):
         width = 1 if kind == 0 else length
         acc[_sl(g.ndim, ax, lo, lo + width)] += piece
     return acc
+
+
+def dilate(xp, g, axis, s):
+    """Insert ``s - 1`` zeros between the elements of ``g`` along ``axis`` (the input
+    dilation of transposed convolutions and strided gradients)."""
+    if s == 1:
+        return g
+    n = g.shape[axis]
+    z = xp.zeros_like(g)
+    st = xp.stack([g] + [z] * (s - 1), axis=axis + 1)
+    shape = list(g.shape)
+    shape[axis] = n * s
+    st = xp.reshape(st, tuple(shape))
+    sl = [slice(None)] * g.ndim
+    sl[axis] = slice(0, (n - 1) * s + 1)
+    return st[tuple(sl)]

@@ -28,22 +28,21 @@ import math
 import numbers
 
 from .. import _backend
-from .pad import pad
-from .conv import _dilate
+from .conv.spec import output_size, same_padding as _conv_same_padding
+from .pad import dilate as _dilate, pad
+
 
 __all__ = ["PoolGeometry", "pool_output_size", "same_padding", "pool_forward", "pool_backward"]
 
 
 def pool_output_size(n: int, k: int, stride: int, before: int, after: int) -> int:
-    """``floor((n + before + after - k) / stride) + 1`` (may be < 1)."""
-    return (n + before + after - k) // stride + 1
+    """``floor((n + before + after - k) / stride) + 1`` (may be < 1): the convolution rule."""
+    return output_size(n, k, stride, 1, before, after)
 
 
 def same_padding(n: int, k: int, stride: int) -> tuple[int, int]:
-    """MATLAB's ``"same"``: output ``ceil(n / stride)``, the odd pixel after."""
-    out = -(-n // stride)
-    total = max((out - 1) * stride + k - n, 0)
-    return total // 2, total - total // 2
+    """MATLAB's ``"same"`` (the convolution rule): output ``ceil(n / stride)``."""
+    return _conv_same_padding(n, k, stride, 1)
 
 
 def _ints(v, d, name, low):

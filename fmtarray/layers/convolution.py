@@ -20,7 +20,7 @@ import numbers
 
 from .. import _backend, _format
 from ..array import FormattedArray
-from ..ops.conv import conv
+from ..ops.convolution import conv, resolve_padding
 from .base import Layer
 from .initializers import (
     BIAS_INITIALIZERS,
@@ -547,27 +547,23 @@ class Convolution2DLayer(Layer):
         return (h * w * self._num_channels + 1) * self._num_filters
 
     # geometry -----------------------------------------------------------------------
+    def _padding_arg(self):
+        if self._padding_mode == "same":
+            return "same"
+        t, b, l, r = self._padding_size
+        return (t, l), (b, r)
+
     def _pads(self, sizes):
         """``(t, b, l, r)`` for convolved input sizes ``(H, W)``."""
-        if self._padding_mode == "manual":
-            return self._padding_size
-        out = []
-        for n, k, s, d in zip(sizes, self._filter_size, self._stride, self._dilation_factor):
-            eff = (k - 1) * d + 1
-            o = -(-n // s)
-            total = max((o - 1) * s + eff - n, 0)
-            out += [total // 2, total - total // 2]
-        return tuple(out)
+        _, before, after = resolve_padding(sizes, self._filter_size, self._stride,
+                                           self._dilation_factor, self._padding_arg())
+        return before[0], after[0], before[1], after[1]
 
     def output_size(self, input_size):
         """Output ``(H', W')`` for convolved input sizes ``(H, W)`` (may be < 1)."""
-        H, W = (int(n) for n in input_size)
-        t, b, l, r = self._pads((H, W))
-        res = []
-        for n, k, s, d, p in zip((H, W), self._filter_size, self._stride,
-                                 self._dilation_factor, (t + b, l + r)):
-            res.append((n + p - ((k - 1) * d + 1)) // s + 1)
-        return tuple(res)
+        sizes = tuple(int(n) for n in input_size)
+        return resolve_padding(sizes, self._filter_size, self._stride, self._dilation_factor,
+                               self._padding_arg())[0]
 
     @staticmethod
     def _conv_sizes(fmt, shape):

@@ -8,4 +8,4 @@ from .elementwise import (  # noqa: F401
 from .reductions import max, mean, min, std, sum, var  # noqa: F401
 from .nn import batch_norm, cross_entropy, fully_connect, one_hot, softmax  # noqa: F401
 from .pool import avg_pool, max_pool  # noqa: F401
-from .conv import conv  # noqa: F401
+from .convolution import conv, conv_plan  # noqa: F401

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import math
 import numbers
 
 from .. import _backend, _format, _tape
+from .._kernels import elementwise as _k
 from ..array import FormattedArray
 
 __all__ = [
@@ -167,13 +169,29 @@ multiply = _binary(
 divide = _binary(
     "divide",
     lambda xp, a, b: a / b,
-    lambda xp, g, a, b, y, n: (g / b if n[0] else None, -g * y / b if n[1] else None),
+    lambda xp, g, a, b, y, n: (g / b if n[0] else None, -g * (y / b) if n[1] else None),
 )
 
 
 def _pow_vjp(xp, g, a, b, y, n):
-    ga = g * b * a ** (b - 1) if n[0] else None
-    gb = g * y * xp.log(a) if n[1] else None
+    # torch autograd's formulas, including where they meet 0 · inf: an exponent of
+    # 0 gives the base an exact 0, and a base of 0 (exponent >= 0) gives the
+    # exponent 0 · g; NaN and inf elsewhere propagate as the formula says
+    ga = gb = None
+    if n[0]:
+        if not _is_scalar(b):
+            ga = _k.zero_where(xp, b == 0, g * (b * a ** (b - 1)))
+        else:
+            ga = g * (b * a ** (b - 1)) if b != 0 else xp.zeros_like(g)
+    if n[1]:
+        if not _is_scalar(a):
+            gb = g * _k.zero_where(xp, (a == 0) & (b >= 0), y * xp.log(a))
+        else:
+            la = math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan)
+            gb = y * la
+            if a == 0:
+                gb = _k.zero_where(xp, b >= 0, gb)
+            gb = g * gb
     return ga, gb
 
 
@@ -186,16 +204,15 @@ equal = _binary("equal", lambda xp, a, b: a == b)
 not_equal = _binary("not_equal", lambda xp, a, b: a != b)
 
 
-def _where_mask(xp, m, dt):
-    return xp.astype(m, dt)
-
-
+# maximum / minimum: the cotangent goes to the selected operand (to ``a`` on a tie),
+# and to both where the result is NaN, as in torch autograd; ``where``, never a mask
+# multiplication, so a NaN cotangent does not leak into the unselected operand.
 maximum = _binary(
     "maximum",
     lambda xp, a, b: xp.maximum(a, b),
     lambda xp, g, a, b, y, n: (
-        g * _where_mask(xp, a >= b, g.dtype) if n[0] else None,
-        g * _where_mask(xp, a < b, g.dtype) if n[1] else None,
+        _k.zero_where(xp, a < b, g) if n[0] else None,
+        _k.zero_where(xp, a >= b, g) if n[1] else None,
     ),
     scalar_ok=False,
 )
@@ -203,8 +220,8 @@ minimum = _binary(
     "minimum",
     lambda xp, a, b: xp.minimum(a, b),
     lambda xp, g, a, b, y, n: (
-        g * _where_mask(xp, a <= b, g.dtype) if n[0] else None,
-        g * _where_mask(xp, a > b, g.dtype) if n[1] else None,
+        _k.zero_where(xp, a > b, g) if n[0] else None,
+        _k.zero_where(xp, a <= b, g) if n[1] else None,
     ),
     scalar_ok=False,
 )
@@ -249,25 +266,23 @@ def _unary(name, fn, vjp, *, float_only=True):
     return op
 
 
-def _sigmoid(xp, x):
-    return 1 / (1 + xp.exp(-x))
-
-
 negative = _unary("negative", lambda xp, x: -x, lambda xp, g, x, y: -g, float_only=False)
-abs = _unary("abs", lambda xp, x: xp.abs(x), lambda xp, g, x, y: g * xp.sign(x), float_only=False)
+# abs: torch's sign(NaN) is 0, so the gradient at a NaN input is 0 · g
+abs = _unary(
+    "abs", lambda xp, x: xp.abs(x),
+    lambda xp, g, x, y: g * _k.zero_where(xp, xp.isnan(x), xp.sign(x)), float_only=False,
+)
 exp = _unary("exp", lambda xp, x: xp.exp(x), lambda xp, g, x, y: g * y)
 log = _unary("log", lambda xp, x: xp.log(x), lambda xp, g, x, y: g / x)
 sqrt = _unary("sqrt", lambda xp, x: xp.sqrt(x), lambda xp, g, x, y: g / (2 * y))
 square = _unary("square", lambda xp, x: x * x, lambda xp, g, x, y: 2 * g * x, float_only=False)
 tanh = _unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, g, x, y: g * (1 - y * y))
-sigmoid = _unary("sigmoid", _sigmoid, lambda xp, g, x, y: g * y * (1 - y))
+sigmoid = _unary("sigmoid", _k.sigmoid, lambda xp, g, x, y: g * y * (1 - y))
 sin = _unary("sin", lambda xp, x: xp.sin(x), lambda xp, g, x, y: g * xp.cos(x))
 cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x))
-relu = _unary(
-    "relu",
-    lambda xp, x: xp.where(x > 0, x, xp.zeros_like(x)),
-    lambda xp, g, x, y: xp.where(x > 0, g, xp.zeros_like(g)),
-)
+# relu: the library's own relu / maximum (NaN in, NaN out); the VJP reads only the
+# output and is torch's threshold_backward: 0 where y <= 0, else g (NaN y included)
+relu = _unary("relu", _k.relu, lambda xp, g, x, y: _k.relu_vjp(xp, g, y))
 
 
 # where / clip ------------------------------------------------------------------
@@ -293,11 +308,10 @@ def where(cond, a, b):
     y = xp.where(c2, a2, b2)
     out = FormattedArray._wrap(y, fout)
     if _tape.traced(A, B):
-        zero = xp.zeros_like(y)
 
         def back(g, needs):
-            ga = _sum_to(xp, xp.where(c2, g, zero), a2.shape, da.shape) if needs[0] else None
-            gb = _sum_to(xp, xp.where(c3, zero, g), b2.shape, db.shape) if needs[1] else None
+            ga = _sum_to(xp, _k.keep_where(xp, c2, g), a2.shape, da.shape) if needs[0] else None
+            gb = _sum_to(xp, _k.zero_where(xp, c3, g), b2.shape, db.shape) if needs[1] else None
             return ga, gb
 
         _tape.record(out, (A, B), back, "where")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend, _format, _tape
+from .._kernels import elementwise as _kernels
 from ..array import FormattedArray, stripdims
 
 __all__ = ["fully_connect", "softmax", "cross_entropy", "batch_norm", "one_hot"]
@@ -243,7 +244,8 @@ def cross_entropy(y, targets, *, normalization="batch", data_format=None):
     ``"none"``. ``y`` (probabilities, e.g. a softmax output) must have a ``C``
     dim; ``targets`` must have the same format and shape (an unformatted
     ``targets`` is read in ``y``'s canonical layout). Probabilities below the
-    dtype's machine epsilon are clamped to it, so ``log`` stays finite.
+    dtype's machine epsilon are clamped to it, so ``log`` stays finite; a NaN
+    prediction gives a NaN loss.
 
     Returns an unformatted scalar FormattedArray.
     """
@@ -283,16 +285,15 @@ def cross_entropy(y, targets, *, normalization="batch", data_format=None):
     b = y._fmt.find("B")
     n = y.shape[b] if (b >= 0 and normalization == "batch") else 1
     eps = xp.asarray(xp.finfo(yd.dtype).eps, dtype=yd.dtype, device=_backend.device(yd))
-    ok = yd >= eps
-    yc = xp.where(ok, yd, eps)
+    yc = xp.maximum(yd, eps)  # a NaN prediction stays NaN (SPEC §2): the loss is NaN
     logy = xp.log(yc)
     loss = -xp.sum(td * logy) / n
     out = FormattedArray._wrap(loss, "")
     if _tape.traced(y, T):
-        zero = xp.zeros_like(yd)
 
         def back(g, needs):
-            gy = xp.where(ok, -g * td / yc, zero) / n if needs[0] else None
+            # torch.maximum's VJP: 0 where clamped, NaN passes through
+            gy = _kernels.zero_where(xp, yd < eps, -g * td / yc) / n if needs[0] else None
             gt = -g * logy / n if needs[1] else None
             return gy, gt
 

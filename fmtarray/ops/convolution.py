@@ -2,173 +2,24 @@
 
 The format decides everything positional: which dims are convolved (every ``S``,
 plus ``T`` when the weights say so), which are batch-like (``B``, ``T`` when not
-convolved), where the channels are. The op flattens the batch-like dims into one,
-permutes to channels-last ``(N, *convolved, C)``, calls the positional kernel
-(:mod:`fmtarray._kernels.conv`) and restores layout and format. On NumPy the
-permutations are views: the kernel copies only chunk-sized blocks.
+convolved), where the channels are. The op merges the batch-like dims of the
+canonical data into one ``N`` dim (a reshape, no permutation), describes the call
+once (:class:`~fmtarray._kernels.conv.ConvSpec`, :class:`~fmtarray._kernels.conv.Layout`)
+and hands it to the convolution registry (:mod:`fmtarray._kernels.conv`), which runs
+the data library's own kernel when one applies. :func:`conv_plan` shows the choice.
 """
 
 from __future__ import annotations
 
 import numbers
-import operator
+from dataclasses import dataclass
 
-from .. import _backend, _format, _tape
+from .. import _backend, _format, _tape, _validate
 from .._kernels import conv as _k
-from .._kernels.pad import PAD_MODES
+from .._kernels.conv.spec import resolve_padding
 from ..array import FormattedArray
 
-__all__ = ["conv", "conv_geometry"]
-
-
-# ---------------------------------------------------------------------------------------
-# argument parsing
-
-
-def _ints(name, value, n, what, low):
-    """``value`` (int or sequence of ``n`` ints) as a tuple of ``n`` ints ``>= low``."""
-    legal = f"a positive integer or {n} positive integers (one per {what})" if low == 1 else ""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}={value!r}: expected {legal}")
-    if isinstance(value, numbers.Integral):
-        vals = (int(value),) * n
-    else:
-        try:
-            vals = tuple(value)
-        except TypeError:
-            raise TypeError(f"{name}={value!r}: expected {legal}") from None
-        if len(vals) == 1:
-            vals = vals * n
-        if len(vals) != n:
-            raise ValueError(f"{name}={value!r} has {len(vals)} values; expected {legal}")
-        out = []
-        for v in vals:
-            if isinstance(v, bool) or not _is_int(v):
-                raise TypeError(f"{name}={value!r}: {v!r} is not an integer; expected {legal}")
-            out.append(int(v))
-        vals = tuple(out)
-    if any(v < low for v in vals):
-        raise ValueError(f"{name}={value!r}: values must be >= {low}; expected {legal}")
-    return vals
-
-
-def _is_int(v) -> bool:
-    if isinstance(v, numbers.Integral):
-        return True
-    if isinstance(v, numbers.Real):
-        return float(v).is_integer()
-    try:
-        operator.index(v)
-        return True
-    except TypeError:
-        return False
-
-
-def _padding(padding, n, labels):
-    """``(before, after)`` tuples of ``n`` ints, or the strings ``"same"`` / ``"causal"``."""
-    legal = (
-        f"a non-negative integer, {n} integers (one per convolved dim {labels})"
-        + (f", {2 * n} integers (before/after per dim, like MATLAB's [t b l r])" if n > 1
-           else ", 2 integers (before, after)")
-        + ", 'same' or 'causal' (one convolved dim only)"
-    )
-    if isinstance(padding, str):
-        if padding == "same":
-            return "same"
-        if padding == "causal":
-            if n != 1:
-                raise ValueError(
-                    f"padding='causal' needs exactly one convolved dim, but {n} are convolved "
-                    f"({labels}); use an explicit padding or 'same'"
-                )
-            return "causal"
-        raise ValueError(f"padding={padding!r} is not a padding form; use {legal}")
-    if isinstance(padding, bool):
-        raise TypeError(f"padding={padding!r}: expected {legal}")
-    if isinstance(padding, numbers.Number) or _is_scalar_array(padding):
-        vals = [padding]
-    else:
-        try:
-            vals = list(padding)
-        except TypeError:
-            raise TypeError(f"padding={padding!r}: expected {legal}") from None
-        # nested (2, n): [[before...], [after...]] (MATLAB's 2-by-d matrix)
-        if len(vals) == 2 and all(_is_seq(v) for v in vals):
-            rows = [list(v) for v in vals]
-            if len(rows[0]) != n or len(rows[1]) != n:
-                raise ValueError(f"padding={padding!r} fits no padding form; use {legal}")
-            vals = [x for pair in zip(rows[0], rows[1]) for x in pair]
-            if n == 1:
-                vals = [rows[0][0], rows[1][0]]
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) and not _is_scalar_array(v):
-            raise TypeError(f"padding={padding!r}: {v!r} is not an integer; expected {legal}")
-        if not _is_int(v):
-            raise ValueError(f"padding={padding!r}: {v!r} is not an integer; expected {legal}")
-        if int(v) < 0:
-            raise ValueError(f"padding={padding!r}: padding must be non-negative; expected {legal}")
-    vals = [int(v) for v in vals]
-    if len(vals) == 1:
-        return (vals[0],) * n, (vals[0],) * n
-    if len(vals) == 2 * n:
-        return tuple(vals[0::2]), tuple(vals[1::2])
-    if len(vals) == n:
-        return tuple(vals), tuple(vals)
-    raise ValueError(
-        f"padding={padding!r} has {len(vals)} values, which fits no padding form; use {legal}"
-    )
-
-
-def _is_seq(v):
-    return isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str)
-
-
-def _is_scalar_array(v):
-    return _backend.is_array(v) and getattr(v, "ndim", None) == 0
-
-
-def _padding_value(v):
-    if isinstance(v, str):
-        if v not in PAD_MODES:
-            raise ValueError(
-                f"padding_value={v!r} is not a padding mode; use a number or one of "
-                + ", ".join(repr(m) for m in PAD_MODES)
-            )
-        return v
-    if isinstance(v, bool) or not (isinstance(v, numbers.Real) or _is_scalar_array(v)):
-        raise TypeError(
-            f"padding_value={v!r}: expected a real number or one of "
-            + ", ".join(repr(m) for m in PAD_MODES)
-        )
-    return float(v)
-
-
-# ---------------------------------------------------------------------------------------
-# layouts
-
-
-_FLOAT_OK: dict = {}
-
-
-def _is_float(xp, dtype) -> bool:
-    """float32/float64 (not float16), cached per (namespace, dtype): the array-API
-    ``isdtype`` and the dtype's name cost microseconds per call."""
-    try:
-        return _FLOAT_OK[(xp, dtype)]
-    except KeyError:
-        ok = bool(xp.isdtype(dtype, "real floating")) and not str(dtype).endswith("float16")
-        _FLOAT_OK[(xp, dtype)] = ok
-        return ok
-    except TypeError:  # an unhashable dtype object
-        return bool(xp.isdtype(dtype, "real floating")) and not str(dtype).endswith("float16")
-
-
-def _check_float(xp, a, name):
-    if not _is_float(xp, a.dtype):
-        raise TypeError(
-            f"conv: {name} has dtype {a.dtype}; convolution needs float32 or float64 "
-            "(convert with astype first)"
-        )
+__all__ = ["conv", "conv_plan", "ConvPlan", "resolve_padding"]
 
 
 def _keys(fmt):
@@ -239,31 +90,7 @@ def _weights_layout(xp, w, wfmt, n_s, conv_t, nconv):
     return perm, after, kshape
 
 
-def conv_geometry(in_sizes, filter_sizes, stride, dilation, padding):
-    """Output sizes and ``(before, after)`` pads for already-parsed arguments."""
-    n = len(in_sizes)
-    if padding == "same":
-        pads = [_k.same_padding(i, k, s, d) for i, k, s, d in zip(in_sizes, filter_sizes, stride,
-                                                                   dilation)]
-        before, after = tuple(p[0] for p in pads), tuple(p[1] for p in pads)
-    elif padding == "causal":
-        before = tuple((k - 1) * d for k, d in zip(filter_sizes, dilation))
-        after = (0,) * n
-    else:
-        before, after = padding
-    out = tuple(_k.conv_output_size(i, k, s, d, b, a) for i, k, s, d, b, a in
-                zip(in_sizes, filter_sizes, stride, dilation, before, after))
-    return out, before, after
-
-
-# ---------------------------------------------------------------------------------------
-# the op
-
-
-def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, padding_value=0,
-         weights_format=None, data_format=None):
-    """Deep-learning convolution of ``x`` with ``weights`` (MATLAB ``dlconv``).
-
+_CONV_DOC = """
     Parameters
     ----------
     x
@@ -296,12 +123,67 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
         Labels of an unformatted ``x``; the result is then unformatted, in the
         same dim order (with ``C`` inserted after the last ``S``/``T`` dim when
         ``x`` had none).
+    algorithm
+        ``None`` (the registry chooses; see :func:`conv_plan`), the name of a
+        registered algorithm for every op, or a dict ``{"forward": name,
+        "input_grad": name, "weight_grad": name}``. A forced algorithm that cannot run
+        the call is a ``ValueError`` saying why.
+"""
 
-    Returns
-    -------
-    FormattedArray with the format of ``x`` (plus ``C``), on ``x``'s library,
-    device and dtype. Differentiable with respect to ``x``, ``weights`` and ``bias``.
-    """
+
+@dataclass
+class _Call:
+    """One parsed convolution: the kernel operands and how to restore the output."""
+
+    xp: object
+    spec: object
+    dims: str
+    xk: object
+    wk: object
+    b: object
+    kshape_out: tuple
+    oshape: tuple
+    ofmt: str
+    cfmt: str
+    cshape: tuple
+    p1: tuple | None
+    user_fmt: str
+    data_format: str | None
+    has_c: bool
+    w_after: tuple
+    perm_w: tuple
+    X: object
+    W: object
+    B: object
+    xd: object
+    wd: object
+    bd: object
+
+
+def _kernel_dims(cfmt, n_s, conv_t):
+    """Roles of the kernel array's dims (see :mod:`fmtarray._kernels.conv.spec`) and,
+    per canonical dim, the index of the kernel dim it belongs to (``None``: inserted)."""
+    roles = []
+    for ch, i in _keys(cfmt):
+        if ch == "S":
+            r = str(i)
+        elif ch == "C":
+            r = "C"
+        elif ch == "T" and conv_t:
+            r = str(n_s)
+        else:  # B, or a T that is not convolved: batch-like
+            r = "N"
+        if not (r == "N" and roles and roles[-1] == "N"):
+            roles.append(r)
+    if "C" not in roles:
+        roles.insert(n_s, "C")
+    if "N" not in roles:
+        roles.insert(roles.index("C") + 1, "N")
+    return "".join(roles)
+
+
+def _prepare(x, weights, bias, stride, dilation_factor, padding, padding_value, weights_format,
+             data_format):
     # ---- the input and its format
     X = x if isinstance(x, FormattedArray) else None
     xd = x._data if X is not None else x
@@ -374,35 +256,32 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
         )
     xp = _backend.namespace(xd, wd, bd if _backend.is_array(bd) else None)
     _backend.check_same_device(xd, wd, bd if _backend.is_array(bd) else None)
-    _check_float(xp, xd, "x")
-    _check_float(xp, wd, "weights")
+    _validate.check_float(xp, xd, "x")
+    _validate.check_float(xp, wd, "weights")
     if _backend.is_array(bd):
-        _check_float(xp, bd, "bias")
+        _validate.check_float(xp, bd, "bias")
 
-    # ---- canonical layout of x, then the kernel layout (N, *conv, C)
+    # ---- canonical layout of x
+    p1 = None
     if data_format is not None:
+        xr = xd
         if len(data_format) > xd.ndim:
             xr = xp.reshape(xd, tuple(xd.shape) + (1,) * (len(data_format) - xd.ndim))
-        else:
-            xr = xd
         cfmt, p1 = _format.canonicalize(data_format)
         xc = _maybe_permute(xp, xr, p1)
     else:
-        cfmt, p1, xr, xc = fmt_in, None, xd, xd
+        cfmt, xc = fmt_in, xd
     ckeys = _keys(cfmt)
     cshape = tuple(xc.shape)
-    conv_keys = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
-    batch_keys = [k for k in ckeys if k[0] in "BT" and k not in conv_keys]
-    has_c = ("C", 0) in ckeys
-    kern_keys = batch_keys + conv_keys + ([("C", 0)] if has_c else [])
-    p2 = _perm(ckeys, kern_keys)
     size = dict(zip(ckeys, cshape))
-    bsizes = tuple(size[k] for k in batch_keys)
-    N = 1
-    for s in bsizes:
-        N *= s
+    conv_keys = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
+    has_c = ("C", 0) in ckeys
     sp = tuple(size[k] for k in conv_keys)
     C = size[("C", 0)] if has_c else 1
+    N = 1
+    for k in ckeys:
+        if k[0] in "BT" and k not in conv_keys:
+            N *= size[k]
     labels = "".join(k[0] for k in conv_keys)
 
     # ---- weights
@@ -439,9 +318,7 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
         if isinstance(bd, numbers.Real):
             b_arr = xp.full((F,), float(bd), dtype=xd.dtype, device=_backend.device(xd))
         else:
-            nb = 1
-            for s in bd.shape:
-                nb *= s
+            nb = _size(bd.shape)
             if nb == 1:
                 b_arr = xp.broadcast_to(xp.reshape(bd, (1,)), (F,))
             elif nb == F and sum(1 for s in bd.shape if s != 1) <= 1:
@@ -453,11 +330,12 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
                 )
 
     # ---- geometry
-    stride = _ints("stride", stride, nconv, f"convolved dim {labels}", 1)
-    dilation = _ints("dilation_factor", dilation_factor, nconv, f"convolved dim {labels}", 1)
-    pform = _padding(padding, nconv, labels)
-    pval = _padding_value(padding_value)
-    out_sz, before, after = conv_geometry(sp, ksz, stride, dilation, pform)
+    stride = _validate.ints("stride", stride, nconv, f"convolved dim {labels}", 1)
+    dilation = _validate.ints("dilation_factor", dilation_factor, nconv,
+                              f"convolved dim {labels}", 1)
+    pform = _validate.padding(padding, nconv, labels)
+    pval = _validate.padding_value(padding_value)
+    out_sz, before, after = resolve_padding(sp, ksz, stride, dilation, pform)
     if any(o < 1 for o in out_sz):
         eff = tuple((k - 1) * d + 1 for k, d in zip(ksz, dilation))
         raise ValueError(
@@ -468,58 +346,125 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
         )
     if any(s == 0 for s in sp) and isinstance(pval, str) and (any(before) or any(after)):
         raise ValueError(f"conv: padding_value={pval!r} cannot pad an empty dim (sizes {sp})")
+    dtype = xp.result_type(xd.dtype, wd.dtype)
+    spec = _k.ConvSpec(N, sp, C, tuple(ksz), Cg, Fg, G, stride, dilation, before, after, pval,
+                       (1,) * nconv, _k.spec.dtype_name(dtype))
 
-    # ---- run the kernel
-    xk = _maybe_permute(xp, xc, p2)
-    kin_shape = (N, *sp, C)
-    if tuple(xk.shape) != kin_shape:
-        xk = xp.reshape(xk, kin_shape)
-    kw = dict(stride=stride, dilation=dilation, pad_before=before, pad_after=after,
-              pad_value=pval, groups=G)
-    y = _k.conv_forward(xp, xk, wk, b_arr, **kw)  # (N, *out, F)
-
-    # ---- back to the output format
-    y = xp.reshape(y, bsizes + out_sz + (F,))
-    ykeys = batch_keys + conv_keys + [("C", 0)]
+    # ---- the kernel array: batch-like dims merged, missing N / C inserted (no permutation)
+    dims = _kernel_dims(cfmt, n_s, conv_t)
+    role_size = {str(i): n for i, n in enumerate(sp)}
+    role_size.update(C=C, N=N)
+    kshape_in = tuple(role_size[r] for r in dims)
+    xk = xc if cshape == kshape_in else xp.reshape(xc, kshape_in)
+    role_size.update({str(i): n for i, n in enumerate(out_sz)}, C=F)
+    kshape_out = tuple(role_size[r] for r in dims)
     ofmt = cfmt if has_c else _insert_c(cfmt)
-    okeys = _keys(ofmt)
-    y = _maybe_permute(xp, y, _perm(ykeys, okeys))
-    if data_format is not None:
-        ufmt = data_format if has_c else _insert_c_user(data_format)
+    osize = {("C", 0): F}
+    osize.update({k: size[k] for k in ckeys})
+    osize.update({k: o for k, o in zip(conv_keys, out_sz)})
+    osize[("C", 0)] = F
+    oshape = tuple(osize[k] for k in _keys(ofmt))
+    return _Call(xp, spec, dims, xk, wk, b_arr, kshape_out, oshape, ofmt, cfmt, cshape, p1,
+                 user_fmt, data_format, has_c, w_after, perm_w, X, W, B, xd, wd, bd)
+
+
+def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, padding_value=0,
+         weights_format=None, data_format=None, algorithm=None):
+    """Deep-learning convolution of ``x`` with ``weights`` (MATLAB ``dlconv``).
+    {params}
+    Returns
+    -------
+    FormattedArray with the format of ``x`` (plus ``C``), on ``x``'s library,
+    device and dtype. Differentiable with respect to ``x``, ``weights`` and ``bias``.
+    """
+    c = _prepare(x, weights, bias, stride, dilation_factor, padding, padding_value,
+                 weights_format, data_format)
+    xp = c.xp
+    layout = _k.Layout.of(c.dims, c.xk)
+    y = _k.forward(xp, c.spec, layout, c.xk, c.wk, c.b, force=algorithm)
+    y = xp.reshape(y, c.oshape) if tuple(y.shape) != c.oshape else y
+    okeys = _keys(c.ofmt)
+    if c.data_format is not None:
+        ufmt = c.data_format if c.has_c else _insert_c_user(c.data_format)
         ukeys = _keys(ufmt)
         y = _maybe_permute(xp, y, _perm(okeys, ukeys))
         out = FormattedArray._wrap(y, "")
     else:
-        out = FormattedArray._wrap(y, ofmt)
+        out = FormattedArray._wrap(y, c.ofmt)
 
-    if _tape.traced(X, W, B):
+    if _tape.traced(c.X, c.W, c.B):
         def back(g, needs):
-            # g: output cotangent in out.data layout -> kernel layout (N, *out, F)
-            if data_format is not None:
+            if c.data_format is not None:
                 g = _maybe_permute(xp, g, _perm(ukeys, okeys))
-            g = _maybe_permute(xp, g, _perm(okeys, ykeys))
-            g = xp.reshape(g, (N, *out_sz, F))
-            gx, gw, gb = _k.conv_backward(xp, g, xk, wk, needs=needs, **kw)
+            g = xp.reshape(g, c.kshape_out) if tuple(g.shape) != c.kshape_out else g
+            lay = _k.Layout.of(c.dims, c.xk, g)
+            gx, gw, gb = _k.backward(xp, c.spec, lay, g, c.xk, c.wk, needs, force=algorithm)
             rx = rw = rb = None
             if needs[0]:
-                gx = xp.reshape(gx, tuple(size[k] for k in kern_keys))
-                gx = _maybe_permute(xp, gx, _perm(kern_keys, ckeys))  # canonical
-                if p1 is not None:
-                    gx = _maybe_permute(xp, gx, _inverse(p1))
-                rx = xp.reshape(gx, tuple(xd.shape)) if tuple(gx.shape) != tuple(xd.shape) else gx
+                gx = xp.reshape(gx, c.cshape) if tuple(gx.shape) != c.cshape else gx
+                if c.p1 is not None:
+                    gx = _maybe_permute(xp, gx, _inverse(c.p1))
+                rx = xp.reshape(gx, tuple(c.xd.shape)) if tuple(gx.shape) != tuple(c.xd.shape) else gx
             if needs[1]:
-                gw = xp.reshape(gw, w_after) if tuple(gw.shape) != w_after else gw
-                gw = _maybe_permute(xp, gw, _inverse(perm_w))
-                rw = xp.reshape(gw, tuple(wd.shape)) if tuple(gw.shape) != tuple(wd.shape) else gw
+                gw = xp.reshape(gw, c.w_after) if tuple(gw.shape) != c.w_after else gw
+                gw = _maybe_permute(xp, gw, _inverse(c.perm_w))
+                rw = xp.reshape(gw, tuple(c.wd.shape)) if tuple(gw.shape) != tuple(c.wd.shape) else gw
             if needs[2]:
-                if _size(bd.shape) == F and F != 1 or _size(bd.shape) == 1 and F == 1:
-                    rb = xp.reshape(gb, tuple(bd.shape))
+                F = c.spec.F
+                nb = _size(c.bd.shape)
+                if nb == F and F != 1 or nb == 1 and F == 1:
+                    rb = xp.reshape(gb, tuple(c.bd.shape))
                 else:  # a scalar bias broadcast over the F channels
-                    rb = xp.reshape(xp.sum(gb), tuple(bd.shape))
+                    rb = xp.reshape(xp.sum(gb), tuple(c.bd.shape))
             return rx, rw, rb
 
-        _tape.record(out, (X, W, B), back, "conv")
+        _tape.record(out, (c.X, c.W, c.B), back, "conv")
     return out
+
+
+conv.__doc__ = conv.__doc__.replace("{params}", _CONV_DOC)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """What :func:`conv` would run for given arguments (see :func:`conv_plan`)."""
+
+    spec: object
+    layout: object
+    library: str
+    forward: object
+    input_grad: object
+    weight_grad: object
+
+    def __str__(self):
+        head = f"conv plan on {self.library}: {self.spec.describe()}, layout {self.layout.dims}"
+        return "\n".join([head, str(self.forward), str(self.input_grad), str(self.weight_grad)])
+
+    def chosen(self) -> dict:
+        """``{op: algorithm name}``."""
+        return {c.op: c.chosen for c in (self.forward, self.input_grad, self.weight_grad)}
+
+
+def conv_plan(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, padding_value=0,
+              weights_format=None, data_format=None, algorithm=None) -> ConvPlan:
+    """The algorithms :func:`conv` chooses for these arguments, without running them.
+
+    Takes the same arguments as :func:`conv`. Returns a :class:`ConvPlan` whose
+    ``forward``, ``input_grad`` and ``weight_grad`` give the chosen registered
+    algorithm and, for every other one, why it was not chosen (``print(plan)`` shows
+    it). The gradient choices assume a cotangent laid out in memory like ``x``.
+    """
+    c = _prepare(x, weights, bias, stride, dilation_factor, padding, padding_value,
+                 weights_format, data_format)
+    layout = _k.Layout.of(c.dims, c.xk)
+    glayout = layout.with_dense_gy(c.kshape_out)
+    lib = _k.registry.library_of(c.xp)
+    return ConvPlan(
+        c.spec, layout, lib,
+        _k.explain("forward", c.spec, layout, lib, algorithm, (c.xk, c.wk)),
+        _k.explain("input_grad", c.spec, glayout, lib, algorithm, None),
+        _k.explain("weight_grad", c.spec, glayout, lib, algorithm, None),
+    )
 
 
 def _size(shape):

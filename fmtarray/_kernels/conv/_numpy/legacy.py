@@ -46,6 +46,9 @@ GEMM per tile — arranged for the CPU caches and cores:
 
 from __future__ import annotations
 
+from ..spec import ConvSpec
+from ..tuning import current
+
 import contextlib
 import itertools
 import math
@@ -57,7 +60,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import winograd
-from .pad import fill_border_numpy, pad_vjp
+from ...pad import fill_border_numpy, pad_vjp
 
 __all__ = ["forward", "backward", "TILE_BYTES", "release_scratch"]
 
@@ -127,7 +130,7 @@ def _wide(geo, itemsize):
 
 def _wide_chunk(geo, itemsize):
     """Samples per chunk in wide mode: columns (and the pad buffer) within the workspace."""
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     per = max(geo.P * geo.K * geo.C, math.prod(geo.padded) * geo.C) * itemsize
     return max(1, min(geo.N, WORKSPACE_BYTES // max(per, 1)))
@@ -250,7 +253,7 @@ def _scratch(role, shape, dtype, keep=False):
     would exceed it evicts the others (still valid where in use). Never used for
     anything returned to the caller. :func:`release_scratch` empties it.
     """
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
@@ -355,7 +358,7 @@ class _Chunked:
 
 
 def _chunk_size(geo, per_sample_bytes):
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     return max(1, WORKSPACE_BYTES // max(per_sample_bytes, 1))
 
@@ -703,7 +706,7 @@ def _last_innermost(x, geo, dtype):
     stride 1 along it, one group, few channels, and the padded input fits the
     workspace: rows ``(N, W)`` are then long contiguous runs and the windows of the
     last dim are flat shifts of them."""
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     return (x.strides[-2] == x.itemsize and x.shape[-2] > 1 and x.dtype == dtype
             and geo.G == 1 and geo.stride[-1] == 1 and geo.C <= 64
@@ -921,7 +924,7 @@ def _weight_grad_li(gy, x, geo, dtype):
 
 
 def _pad_rows_index(geo):
-    from .pad import pad_indices
+    from ...pad import pad_indices
 
     return pad_indices(geo.sp[0], geo.pb[0], geo.pa[0], geo.value)
 
@@ -974,7 +977,7 @@ def _depthwise_bi_ok(x, geo, dtype):
     """Channel-wise conv straight on batch-innermost data: ``(C, N)`` one contiguous
     block per position (checked on the strides), same dtype, and when the padding is
     not zeros, a padded copy within the workspace."""
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     it = x.itemsize
     if x.dtype != dtype or geo.N < 2 or x.strides[0] != it or x.strides[-1] != geo.N * it:
@@ -1240,20 +1243,20 @@ def _grad_as_conv(gy, w, geo, dtype):
     padded by ``(K-1)·d - pb`` before and ``(K-1)·d - pa`` after, negative pads
     cropping it). Otherwise (``padded`` true): the result is the gradient of the padded
     input, whose padding adjoint :func:`_unpad` folds back."""
-    from .conv import _Geometry
 
     wt = _transposed_weights(w, geo, dtype)
     reach = tuple((k - 1) * dl for k, dl in zip(geo.k, geo.dilation))
     if isinstance(geo.value, str):
-        return gy, wt, _Geometry(gy.shape, wt.shape, 1, geo.dilation, reach, reach, 0.0,
-                                 geo.G), True
+        return gy, wt, ConvSpec.make(gy.shape, wt.shape, dilation=geo.dilation, pad_before=reach,
+                                 pad_after=reach, dtype=dtype), True
     before = tuple(r - p for r, p in zip(reach, geo.pb))
     after = tuple(r - p for r, p in zip(reach, geo.pa))
     crop = (slice(None),) + tuple(
         slice(max(-b, 0), n - max(-a, 0)) for b, a, n in zip(before, after, geo.out))
     g = gy[crop]
-    g2 = _Geometry(g.shape, wt.shape, 1, geo.dilation, tuple(max(b, 0) for b in before),
-                   tuple(max(a, 0) for a in after), 0.0, geo.G)
+    g2 = ConvSpec.make(g.shape, wt.shape, dilation=geo.dilation,
+                       pad_before=tuple(max(b, 0) for b in before),
+                       pad_after=tuple(max(a, 0) for a in after), dtype=dtype)
     return g, wt, g2, False
 
 
@@ -1282,7 +1285,7 @@ def _input_grad_stride1(gy, w, geo, dtype):
 def _input_grad_bi_ok(gy, x, geo, dtype):
     """Batch-innermost input and cotangent, fewer input than output channels, one
     padded input per worker within the workspace."""
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     _, nw, _ = _workers()
     return (geo.N > 1 and geo.G == 1 and x.strides[0] == x.itemsize
@@ -1378,7 +1381,7 @@ def _input_grad_col2im(gy, w, geo, dtype):
         return gx
     # any other layout (e.g. batch-innermost, where one sample is a sliver of every
     # cache line of gy): transpose chunks of samples to channels-last first, in blocks
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     nb = max(1, min(geo.N, WORKSPACE_BYTES // max(geo.P * geo.F * it, 1)))
     gbig = _scratch("gy", (nb, *geo.out, geo.F), dtype)
@@ -1521,7 +1524,7 @@ FLAT_TILE = 2048
 
 
 def _flat_bi_ok(gy, x, geo, dtype):
-    from .conv import WORKSPACE_BYTES
+    WORKSPACE_BYTES = current().workspace_bytes
 
     lo, hi = FLAT_CHANNELS
     if not (geo.d == 2 and geo.G == 1 and geo.N >= FLAT_MIN_N and lo <= geo.C <= hi

@@ -42,6 +42,9 @@ near :data:`BLOCK_BYTES`; blocks are spread over the worker threads of
 
 from __future__ import annotations
 
+from ..spec import ConvSpec
+from ..tuning import current
+
 import numpy as np
 
 __all__ = ["applicable", "finite", "forward", "transformed_filters", "weight_grad",
@@ -103,7 +106,7 @@ def transformed_filters(w, geo, dtype, flip=False):
     swapped): the input gradient's filters (flipped, ``C`` and ``F`` swapped) are then
     these matrices transposed, which BLAS reads for free — no copy of the transposed
     weights."""
-    from .numpy_conv import _parallel, _workers
+    from .legacy import _parallel, _workers
 
     g = np.ascontiguousarray(np.asarray(w).reshape(9, geo.C * geo.F), dtype=dtype)
     gk = np.einsum("ai,bj->abij", _G, _G).reshape(16, 9).astype(dtype)
@@ -123,8 +126,8 @@ def _blocks(geo, itemsize):
     """Blocks ``(phase, t0, t1, u0, u1, n0, n1)``: tile rows ``[t0, t1)`` and tile
     columns ``[u0, u1)`` of the phase's output grid, samples ``[n0, n1)``. A block's
     buffers stay within the workspace share of its worker whatever the batch size."""
-    from .conv import WORKSPACE_BYTES
-    from .numpy_conv import _workers
+    WORKSPACE_BYTES = current().workspace_bytes
+    from .legacy import _workers
 
     C, F, N = geo.C, geo.F, geo.N
     _, nw, _ = _workers()
@@ -173,8 +176,8 @@ def forward(x, w, bias, geo, dtype, ut=None):
     whose ``V`` and ``M`` fit the workspace; the workers transform the chunk's input
     blocks, then split the 16 GEMMs by rows of ``U`` (each ``U`` row block read once
     per chunk, wide GEMMs), then transform the output blocks."""
-    from .conv import WORKSPACE_BYTES
-    from .numpy_conv import _parallel, _workers
+    WORKSPACE_BYTES = current().workspace_bytes
+    from .legacy import _parallel, _workers
 
     N, C, F = geo.N, geo.C, geo.F
     it = np.dtype(dtype).itemsize
@@ -409,7 +412,7 @@ def weight_grad(gy, x, geo, dtype):
     transform as the forward. Then ``∂L/∂g = Gᵀ (∂L/∂U) G`` over the 3×3 taps. Output
     positions of partial tiles and the junk columns of the flat layout carry a zero
     cotangent, so they add nothing."""
-    from .numpy_conv import _parallel_sum, _workers
+    from .legacy import _parallel_sum, _workers
 
     C, F = geo.C, geo.F
     it = np.dtype(dtype).itemsize

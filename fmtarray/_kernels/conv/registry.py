@@ -1,0 +1,234 @@
+"""The convolution registry: algorithms as entries, selection, and its explanation.
+
+An :class:`Algo` names one way to compute one or more of the three ops
+(``"forward"``, ``"input_grad"``, ``"weight_grad"``) for one array library. Its
+``applies(spec, layout)`` returns ``None`` when it can run the call described by a
+:class:`~.spec.ConvSpec` and a :class:`~.spec.Layout`, else the reason it cannot;
+``accepts(spec, layout, *arrays)`` (optional) adds checks on the values themselves
+(e.g. Winograd's transforms need finite inputs). Selection takes, per op, the first
+registered entry of the data's library that applies, then the portable entries;
+``force=`` picks one by name (a ``ValueError`` with the reason when it does not apply).
+
+Libraries register their entries from their own adapter module, imported only when
+an array of that library is first convolved (:data:`ADAPTERS`), so none of torch,
+JAX, CuPy or Dask is ever imported by fmtarray on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from ... import _backend
+
+__all__ = ["OPS", "Algo", "register", "algorithms", "select", "explain", "forward",
+           "backward", "library_of", "Choice", "load_all"]
+
+OPS = ("forward", "input_grad", "weight_grad")
+
+#: library key -> module registering its entries (relative to this package)
+ADAPTERS = {
+    "numpy": "._numpy",
+    "torch": "._torch",
+    "jax": "._jax",
+    "cupy": "._cupy",
+    "dask": "._dask",
+    "portable": ".portable",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Algo:
+    """One registered algorithm.
+
+    ``forward(xp, spec, layout, x, w, b) -> y`` and
+    ``backward(xp, spec, layout, gy, x, w, needs) -> (gx, gw)`` (``needs`` =
+    ``(input_grad, weight_grad)``; an entry serving both gradient ops computes both in
+    one call when both are wanted). Arrays are in ``layout.dims`` order; weights in
+    MATLAB's layout ``(*k, C/G, F/G, G)``; ``y``/``gy`` hold ``F`` in the ``C`` slot.
+    """
+
+    name: str
+    library: str
+    ops: tuple
+    applies: Callable
+    forward: Callable | None = None
+    backward: Callable | None = None
+    accepts: Callable | None = None
+    domain: str = ""
+
+    def __repr__(self):
+        return f"Algo({self.name!r}, {'/'.join(self.ops)})"
+
+
+_lock = threading.Lock()
+_entries: dict[str, list[Algo]] = {}
+_loaded: set[str] = set()
+
+
+def register(algo: Algo) -> Algo:
+    """Add ``algo`` after its library's existing entries (earlier entries win)."""
+    bad = [op for op in algo.ops if op not in OPS]
+    if bad or not algo.ops:
+        raise ValueError(f"register: {algo.name!r} has ops {algo.ops}; legal ops are {OPS}")
+    if "forward" in algo.ops and algo.forward is None:
+        raise ValueError(f"register: {algo.name!r} serves 'forward' but has no forward()")
+    if {"input_grad", "weight_grad"} & set(algo.ops) and algo.backward is None:
+        raise ValueError(f"register: {algo.name!r} serves a gradient but has no backward()")
+    with _lock:
+        lst = _entries.setdefault(algo.library, [])
+        if any(a.name == algo.name for a in lst):
+            raise ValueError(f"register: an algorithm named {algo.name!r} is registered already")
+        lst.append(algo)
+    return algo
+
+
+def _load(library: str) -> None:
+    if library in _loaded:
+        return
+    mod = ADAPTERS.get(library)
+    if mod is not None and importlib.util.find_spec(__package__ + mod) is not None:
+        importlib.import_module(mod, __package__)
+    _loaded.add(library)
+
+
+def load_all() -> None:
+    """Import every adapter whose library is installed (for the docs table)."""
+    for lib in ADAPTERS:
+        try:
+            _load(lib)
+        except ImportError:
+            pass
+
+
+def library_of(xp) -> str:
+    """Registry key of an array-API namespace: its adapter, or ``"portable"``."""
+    return _backend.library_key(xp)
+
+
+def algorithms(library: str | None = None) -> list[Algo]:
+    """Registered entries, in selection order: ``library``'s own, then the portable ones
+    (every library's when ``library`` is ``None``)."""
+    if library is None:
+        load_all()
+        return [a for lib in ADAPTERS for a in _entries.get(lib, [])]
+    _load(library)
+    _load("portable")
+    own = _entries.get(library, []) if library != "portable" else []
+    return list(own) + list(_entries.get("portable", []))
+
+
+def _by_name(name: str) -> Algo:
+    for lib in list(ADAPTERS):
+        for a in _entries.get(lib, []):
+            if a.name == name:
+                return a
+    load_all()
+    for a in algorithms():
+        if a.name == name:
+            return a
+    known = ", ".join(a.name for a in algorithms())
+    raise ValueError(f"algorithm={name!r} is not a registered convolution algorithm; "
+                     f"registered: {known}")
+
+
+def _forced(force, op):
+    if force is None:
+        return None
+    if isinstance(force, str):
+        return force
+    if isinstance(force, dict):
+        bad = sorted(set(force) - set(OPS))
+        if bad:
+            raise ValueError(f"algorithm={force!r}: unknown op(s) {bad}; use keys from {OPS}")
+        return force.get(op)
+    raise TypeError(f"algorithm={force!r}: expected None, an algorithm name, or a dict "
+                    f"{{op: name}} with ops from {OPS}")
+
+
+def _why_not(a: Algo, op, spec, layout, library, arrays):
+    if op not in a.ops:
+        return f"does not compute the {op}"
+    if a.library not in (library, "portable"):
+        return f"runs on {a.library} arrays, these are {library}"
+    reason = a.applies(spec, layout)
+    if reason is None and a.accepts is not None and arrays is not None:
+        reason = a.accepts(spec, layout, *arrays)
+    return reason
+
+
+def select(op, spec, layout, library, force=None, arrays=None) -> Algo:
+    """The entry that runs ``op`` (see the module docstring)."""
+    name = _forced(force, op)
+    if name is not None:
+        a = _by_name(name)
+        _load(library)
+        reason = _why_not(a, op, spec, layout, library, arrays)
+        if reason is not None:
+            raise ValueError(f"algorithm={name!r} cannot run this {op} ({spec.describe()}, "
+                             f"layout {layout.dims}): {reason}")
+        return a
+    for a in algorithms(library):
+        if _why_not(a, op, spec, layout, library, arrays) is None:
+            return a
+    raise RuntimeError(f"no convolution algorithm applies to this {op} ({spec.describe()}); "
+                       "the portable entries should always apply")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen entry for one op, and why each earlier or other entry was not chosen."""
+
+    op: str
+    chosen: str
+    rejected: tuple  # ((name, reason), ...)
+
+    def __str__(self):
+        lines = [f"{self.op}: {self.chosen}"]
+        lines += [f"    not {n}: {r}" for n, r in self.rejected]
+        return "\n".join(lines)
+
+
+def explain(op, spec, layout, library, force=None, arrays=None) -> Choice:
+    chosen = select(op, spec, layout, library, force, arrays)
+    rejected = []
+    for a in algorithms(library):
+        if a is chosen:
+            continue
+        r = _why_not(a, op, spec, layout, library, arrays)
+        rejected.append((a.name, r if r is not None else f"{chosen.name} comes first"))
+    return Choice(op, chosen.name, tuple(rejected))
+
+
+# ---------------------------------------------------------------------------------------
+# the front door
+
+
+def forward(xp, spec, layout, x, w, b, force=None):
+    """``y`` in ``layout.dims`` order."""
+    a = select("forward", spec, layout, library_of(xp), force, (x, w))
+    return a.forward(xp, spec, layout, x, w, b)
+
+
+def backward(xp, spec, layout, gy, x, w, needs, force=None):
+    """``(gx, gw, gb)``, ``None`` where ``needs`` is false; ``layout`` carries ``gy``'s
+    memory order too (:meth:`~.spec.Layout.of` with ``gy``)."""
+    lib = library_of(xp)
+    gb = None
+    if needs[2]:
+        axes = tuple(i for i, c in enumerate(layout.dims) if c != "C")
+        gb = xp.sum(gy, axis=axes)
+    ai = select("input_grad", spec, layout, lib, force, (gy, w)) if needs[0] else None
+    aw = select("weight_grad", spec, layout, lib, force, (gy, x)) if needs[1] else None
+    gx = gw = None
+    if ai is not None and ai is aw:
+        gx, gw = ai.backward(xp, spec, layout, gy, x, w, (True, True))
+    else:
+        if ai is not None:
+            gx = ai.backward(xp, spec, layout, gy, x, w, (True, False))[0]
+        if aw is not None:
+            gw = aw.backward(xp, spec, layout, gy, x, w, (False, True))[1]
+    return gx, gw, gb

@@ -1,0 +1,83 @@
+"""Every tuning threshold of the convolution kernels, in one dataclass.
+
+The values are read through :func:`current`; :func:`tuning` changes some of them
+within a ``with`` block (for tests, experiments and users with other machines). The
+change is local to the calling thread's context (a :mod:`contextvars` variable) and
+travels with the work the kernels hand to their worker threads, so two threads can
+run with different settings at once and nothing is left behind after the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["Tuning", "current", "tuning"]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Thresholds and buffer sizes (bytes unless said otherwise)."""
+
+    #: upper bound of one column/pad buffer; keeps extra memory bounded whatever the batch
+    workspace_bytes: int = 64 * 2**20
+    #: target size of one column tile (gathered, then consumed by a GEMM while in cache)
+    tile_bytes: int = 2 * 2**20
+    #: elements per block of a transposing copy
+    copy_block: int = 1 << 17
+    #: weight matrices at least this large use "wide" GEMMs (weights streamed once per chunk)
+    wide_weight_bytes: int = 2 * 2**20
+    #: convolutions with fewer multiply-adds run on the calling thread alone
+    serial_macs: int = 1 << 22
+    #: per-item partial sums up to this size let a summing phase hand out items dynamically
+    ordered_sum_bytes: int = 16 * 2**20
+    #: scratch buffers at least this large are kept per thread for the next call
+    scratch_keep_bytes: int = 8 * 2**20
+    #: batch-innermost path when the channels-last gather would copy runs shorter than this
+    bi_max_run: int = 8
+    #: minimum flat row length N·Wp for the last-dim-innermost path (elements)
+    li_min_run: int = 256
+    #: channel range of the flat-shift batch-innermost backward
+    flat_channels: tuple = (8, 32)
+    #: its minimum batch, minimum flat row (elements) and tile (elements)
+    flat_min_n: int = 16
+    flat_min_row: int = 512
+    flat_tile: int = 2048
+    #: Winograd: target size of one block's buffers
+    winograd_block_bytes: int = 6 * 2**20
+    #: Winograd: GEMM columns (tiles × batch) a block should have
+    winograd_min_gemm_cols: int = 256
+    #: Winograd: transformed filters at least this large use chunked "wide" GEMMs
+    winograd_wide_u_bytes: int = 8 * 2**20
+    #: Winograd: smallest number of GEMM columns (2×2 tiles × batch) worth transforming for
+    winograd_min_total_cols: int = 512
+    #: Winograd: smallest channel and filter counts for which the transforms pay off
+    winograd_min_c: int = 8
+    winograd_min_f: int = 8
+
+
+_DEFAULT = Tuning()
+_CURRENT: contextvars.ContextVar[Tuning] = contextvars.ContextVar("fmtarray_tuning",
+                                                                   default=_DEFAULT)
+
+
+def current() -> Tuning:
+    """The settings in force for the calling context."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def tuning(**changes):
+    """``with tuning(tile_bytes=300, workspace_bytes=2000): ...`` — change thresholds
+    within the block. Unknown names are a ``TypeError`` listing the legal ones."""
+    names = {f.name for f in dataclasses.fields(Tuning)}
+    bad = sorted(set(changes) - names)
+    if bad:
+        raise TypeError(f"tuning: unknown setting(s) {bad}; the settings are {sorted(names)}")
+    token = _CURRENT.set(dataclasses.replace(_CURRENT.get(), **changes))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
