@@ -25,7 +25,7 @@ from typing import Callable
 from ... import _backend
 
 __all__ = ["OPS", "Algo", "register", "algorithms", "select", "explain", "forward",
-           "backward", "library_of", "Choice", "load_all"]
+           "backward", "library_of", "Choice", "load_all", "markdown_table"]
 
 OPS = ("forward", "input_grad", "weight_grad")
 
@@ -96,12 +96,10 @@ def _load(library: str) -> None:
 
 
 def load_all() -> None:
-    """Import every adapter whose library is installed (for the docs table)."""
+    """Import every adapter module. Adapters import their library only when they run,
+    so this works whatever is installed (the docs table lists every entry)."""
     for lib in ADAPTERS:
-        try:
-            _load(lib)
-        except ImportError:
-            pass
+        _load(lib)
 
 
 def library_of(xp) -> str:
@@ -232,3 +230,15 @@ def backward(xp, spec, layout, gy, x, w, needs, force=None):
         if aw is not None:
             gw = aw.backward(xp, spec, layout, gy, x, w, (False, True))[1]
     return gx, gw, gb
+
+
+def markdown_table() -> str:
+    """The registered entries as a Markdown table, in selection order per library
+    (``docs/architecture.md`` carries it; a test keeps the two equal)."""
+    load_all()
+    rows = ["| order | algorithm | library | ops | domain |", "| ---: | --- | --- | --- | --- |"]
+    for lib in ADAPTERS:
+        for i, a in enumerate(_entries.get(lib, []) if lib in _loaded else [], 1):
+            ops = ", ".join(o.replace("_", " ") for o in a.ops)
+            rows.append(f"| {i} | `{a.name}` | {a.library} | {ops} | {a.domain} |")
+    return "\n".join(rows)
