@@ -15,7 +15,7 @@ from ._kernels.conv.tuning import tuning
 from .network import Network
 from . import layers
 from . import matlab  # MATLAB-named constructors and aliases
-from .train import (  # `fmtarray.train` is the function; the module is fmtarray.train too
+from .training import (  # the package is fmtarray.training; fmtarray.train is the function
     TrainingHistory, TrainingOptions, adam, plot_training, rmsprop, sgdm, train,
 )
 

@@ -2,6 +2,11 @@
 
 The class is thin: construction, accessors and Python operators.  The math is in
 :mod:`fmtarray.ops`; the format algebra in :mod:`fmtarray._format`.
+
+Imports go one way (``array`` → nothing in ``ops`` at import time): the
+operators and the methods that need an op look :mod:`fmtarray.ops.elementwise`
+up on first use (:func:`_ops`), so this module can be imported on its own and
+``ops`` modules can import it.
 """
 
 from __future__ import annotations
@@ -46,9 +51,7 @@ class FormattedArray:
         if isinstance(data, FormattedArray):
             if data._node is not None:
                 # re-formatting a traced array stays differentiable
-                from .ops.elementwise import _relabel
-
-                out = _relabel(data, fmt)
+                out = (_ew or _ops())._relabel(data, fmt)
                 self._data, self._fmt, self._node = out._data, out._fmt, out._node
                 return
             data = data._data
@@ -154,20 +157,14 @@ class FormattedArray:
         )
 
     def __getitem__(self, key):
-        from .ops.elementwise import getitem
-
-        return getitem(self, key)
+        return (_ew or _ops()).getitem(self, key)
 
     # conversions ------------------------------------------------------------
     def astype(self, dtype):
-        from .ops.elementwise import astype
-
-        return astype(self, dtype)
+        return (_ew or _ops()).astype(self, dtype)
 
     def to_device(self, device):
-        from .ops.elementwise import to_device
-
-        return to_device(self, device)
+        return (_ew or _ops()).to_device(self, device)
 
     def stripdims(self, fmt=None):
         return stripdims(self, fmt)
@@ -181,63 +178,63 @@ class FormattedArray:
     def dims(self):
         return self._fmt
 
-    # operators (delegate to ops.elementwise, bound at import time below) ------
+    # operators (delegate to ops.elementwise, looked up on first use) ----------
     def __add__(self, o):
-        return _ew.add(self, o)
+        return (_ew or _ops()).add(self, o)
 
     def __radd__(self, o):
-        return _ew.add(o, self)
+        return (_ew or _ops()).add(o, self)
 
     def __sub__(self, o):
-        return _ew.subtract(self, o)
+        return (_ew or _ops()).subtract(self, o)
 
     def __rsub__(self, o):
-        return _ew.subtract(o, self)
+        return (_ew or _ops()).subtract(o, self)
 
     def __mul__(self, o):
-        return _ew.multiply(self, o)
+        return (_ew or _ops()).multiply(self, o)
 
     def __rmul__(self, o):
-        return _ew.multiply(o, self)
+        return (_ew or _ops()).multiply(o, self)
 
     def __truediv__(self, o):
-        return _ew.divide(self, o)
+        return (_ew or _ops()).divide(self, o)
 
     def __rtruediv__(self, o):
-        return _ew.divide(o, self)
+        return (_ew or _ops()).divide(o, self)
 
     def __pow__(self, o):
-        return _ew.pow(self, o)
+        return (_ew or _ops()).pow(self, o)
 
     def __rpow__(self, o):
-        return _ew.pow(o, self)
+        return (_ew or _ops()).pow(o, self)
 
     def __neg__(self):
-        return _ew.negative(self)
+        return (_ew or _ops()).negative(self)
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        return _ew.abs(self)
+        return (_ew or _ops()).abs(self)
 
     def __lt__(self, o):
-        return _ew.less(self, o)
+        return (_ew or _ops()).less(self, o)
 
     def __le__(self, o):
-        return _ew.less_equal(self, o)
+        return (_ew or _ops()).less_equal(self, o)
 
     def __gt__(self, o):
-        return _ew.greater(self, o)
+        return (_ew or _ops()).greater(self, o)
 
     def __ge__(self, o):
-        return _ew.greater_equal(self, o)
+        return (_ew or _ops()).greater_equal(self, o)
 
     def __eq__(self, o):  # noqa: D105  (elementwise, like every array library)
-        return _ew.equal(self, o)
+        return (_ew or _ops()).equal(self, o)
 
     def __ne__(self, o):
-        return _ew.not_equal(self, o)
+        return (_ew or _ops()).not_equal(self, o)
 
     __hash__ = None
 
@@ -289,10 +286,8 @@ def finddim(x, label: str) -> tuple[int, ...]:
 def stripdims(x, fmt: str | None = None):
     """Remove the labels of ``x``; with ``fmt`` (a permutation of ``dims(x)``),
     first permute the data to that order.  Stays differentiable."""
-    from .ops.elementwise import _relabel_strip
-
     x = as_formatted(x)
-    return _relabel_strip(x, fmt)
+    return (_ew or _ops())._relabel_strip(x, fmt)
 
 
 def extractdata(x):
@@ -300,4 +295,13 @@ def extractdata(x):
     return x._data if isinstance(x, FormattedArray) else x
 
 
-from .ops import elementwise as _ew  # noqa: E402  (operators delegate to it)
+_ew = None  # fmtarray.ops.elementwise once an operator has been used
+
+
+def _ops():
+    """:mod:`fmtarray.ops.elementwise`, imported on first use (it imports this module)."""
+    global _ew
+    from .ops import elementwise
+
+    _ew = elementwise
+    return elementwise

@@ -354,7 +354,7 @@ def trainingOptions(solverName="sgdm", *args, **kwargs):  # noqa: N802
     ``.png`` path), ``OutputFcn``; and two fmtarray extensions, ``Seed`` and
     ``Progress``.  Defaults are MATLAB's.
     """
-    from .train import TrainingOptions
+    from .training import TrainingOptions
 
     opts = _options("trainingOptions", args, kwargs, _TRAINING_OPTIONS)
     for k in ("verbose", "reset_input_normalization"):
@@ -395,7 +395,7 @@ def trainnet(X, T, net, lossFcn="crossentropy", options=None):  # noqa: N803
     array in MATLAB's layout (``h×w×c×N`` images); ``T``: one-hot targets (``CB``) or
     integer class labels.  Returns ``(net, info)`` (a :class:`fmtarray.TrainingHistory`).
     """
-    from .train import train
+    from .training import train
 
     if options is None:
         options = trainingOptions("sgdm")

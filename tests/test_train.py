@@ -9,7 +9,7 @@ import pytest
 
 import fmtarray as fa
 from fmtarray import FormattedArray
-from fmtarray.train import (
+from fmtarray.training import (
     SGDM, Adam, RMSProp, TrainingHistory, TrainingOptions, adam, learn_rate_at, plot_training,
     rmsprop, sgdm,
 )
@@ -534,7 +534,7 @@ def test_network_and_data_in_different_libraries_is_a_clear_error():
 def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
     import importlib
 
-    tr = importlib.import_module("fmtarray.train")  # the module (fmtarray.train is the function)
+    tr = importlib.import_module("fmtarray.training.progress")
     real = tr.importlib.util.find_spec
     monkeypatch.setattr(tr.importlib.util, "find_spec",
                         lambda name, *a: None if name == "tqdm" else real(name, *a))

@@ -1,0 +1,147 @@
+"""Elementwise ops and reductions: fmtarray against each library's own call.
+
+Run on the benchmark machine with the OpenBLAS override unset::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/elementwise.py
+
+On 4 M float32 values (``x``: ``SSCB`` 64×64×32×32, canonical layout; ``c``: one
+value per channel, format ``C``) it times, for NumPy, torch and JAX (each when
+installed):
+
+* ``relu``: ``numpy.maximum(x, 0)`` / ``torch.relu`` / ``jax.nn.relu`` against
+  ``fmtarray.relu``;
+* ``sigmoid``: ``1 / (1 + exp(-x))`` / ``torch.sigmoid`` / ``jax.nn.sigmoid``;
+* ``exp``;
+* ``x * c`` with label broadcasting: the library's ``x * c[:, None]`` against
+  ``x * c`` on FormattedArrays (``c`` aligned to ``C`` by its label);
+* ``sum(x, "S")``: the library's sum over axes 0 and 1.
+
+Each time is the median of interleaved repeats (library, fmtarray, library, ...,
+the order flipped every turn), in one process, with 2 threads for torch (and for
+XLA's CPU client, unless ``XLA_FLAGS`` says otherwise). JAX results are waited for
+(``block_until_ready``) inside the timed region on both sides. The ratio is
+library-time / fmtarray-time (1.0: no cost for the labels; the target is ≥ 0.67).
+
+Options: ``--repeats N`` (default 31), ``--libs numpy,torch``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
+)
+
+# torch first: imported after NumPy's BLAS has started its threads, torch's own
+# thread pool runs several times slower on this machine (see benchmarks/conv.py)
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is optional
+    torch = None
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import importlib.util  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import fmtarray as fa  # noqa: E402
+from fmtarray import FormattedArray  # noqa: E402
+
+SHAPE = (64, 64, 32, 32)  # SSCB, 4 194 304 values
+
+
+def median_interleaved(f_native, f_ours, repeats):
+    """Median seconds of each, timed alternately (the order flips every turn)."""
+    for _ in range(3):  # warm-up: compilation caches, allocator, thread pools
+        f_native()
+        f_ours()
+    tn, to = [], []
+    for i in range(repeats):
+        pair = ((f_native, tn), (f_ours, to)) if i % 2 == 0 else ((f_ours, to), (f_native, tn))
+        for f, acc in pair:
+            t0 = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(tn), statistics.median(to)
+
+
+def _cases(lib, a, c):
+    """``(op, native call, fmtarray call)`` for the library ``lib``."""
+    if lib == "numpy":
+        x, cv = a, c
+        ready = _identity
+        relu, sigmoid = (lambda v: np.maximum(v, 0)), (lambda v: 1 / (1 + np.exp(-v)))
+        exp, total = np.exp, (lambda v: np.sum(v, axis=(0, 1)))
+    elif lib == "torch":
+        x, cv = torch.from_numpy(a.copy()), torch.from_numpy(c.copy())
+        ready = _identity
+        relu, sigmoid, exp = torch.relu, torch.sigmoid, torch.exp
+        total = lambda v: torch.sum(v, dim=(0, 1))  # noqa: E731
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        x, cv = jnp.asarray(a), jnp.asarray(c)
+        ready = _block
+        relu, sigmoid, exp = jax.nn.relu, jax.nn.sigmoid, jnp.exp
+        total = lambda v: jnp.sum(v, axis=(0, 1))  # noqa: E731
+    fx, fc = FormattedArray(x, "SSCB"), FormattedArray(cv, "C")
+    c_col = cv[:, None]
+    return [
+        ("relu", lambda: ready(relu(x)), lambda: ready(fa.relu(fx).data)),
+        ("sigmoid", lambda: ready(sigmoid(x)), lambda: ready(fa.sigmoid(fx).data)),
+        ("exp", lambda: ready(exp(x)), lambda: ready(fa.exp(fx).data)),
+        ("x * c (label broadcast)", lambda: ready(x * c_col), lambda: ready((fx * fc).data)),
+        ('sum(x, "S")', lambda: ready(total(x)), lambda: ready(fa.sum(fx, "S").data)),
+    ]
+
+
+def _identity(v):
+    return v
+
+
+def _block(v):
+    return v.block_until_ready()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=31)
+    p.add_argument("--libs", default="numpy,torch,jax")
+    args = p.parse_args(argv)
+    libs = [lib for lib in args.libs.split(",") if lib]
+    if torch is not None:
+        torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(SHAPE, dtype=np.float32)
+    c = rng.standard_normal(SHAPE[2], dtype=np.float32)
+    versions = [f"numpy {np.__version__}"]
+    if torch is not None:
+        versions.append(f"torch {torch.__version__}")
+    if importlib.util.find_spec("jax") is not None:
+        import jax
+
+        versions.append(f"jax {jax.__version__}")
+    print(f"fmtarray {fa.__version__}, {', '.join(versions)}, Python {platform.python_version()}, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"{np.prod(SHAPE)} float32 values (SSCB {'x'.join(map(str, SHAPE))}), "
+          f"median of {args.repeats} interleaved repeats, 2 threads")
+    print()
+    print("| library | op | native ms | fmtarray ms | native / fmtarray |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for lib in libs:
+        if lib == "torch" and torch is None or lib == "jax" and importlib.util.find_spec("jax") is None:
+            print(f"| {lib} | (not installed) | | | |")
+            continue
+        for op, f_native, f_ours in _cases(lib, a, c):
+            tn, to = median_interleaved(f_native, f_ours, args.repeats)
+            print(f"| {lib} | {op} | {tn * 1e3:.2f} | {to * 1e3:.2f} | {tn / to:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

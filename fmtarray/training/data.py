@@ -1,0 +1,102 @@
+"""Training data: inputs and targets as FormattedArrays, mini-batches, accuracy."""
+
+from __future__ import annotations
+
+import numpy as _np
+
+from .. import _backend
+from ..array import FormattedArray, finddim
+
+_RAW_FORMATS = {2: "CB", 3: "SCB", 4: "SSCB", 5: "SSSCB"}
+
+
+def _as_inputs(x, input_format, what):
+    if isinstance(x, FormattedArray):
+        if input_format is not None:
+            x = FormattedArray(x, input_format)
+    else:
+        if not _backend.is_array(x):
+            raise TypeError(f"{what} must be a FormattedArray or an array of an array-API library, "
+                            f"got {type(x).__module__}.{type(x).__name__}")
+        fmt = input_format if input_format is not None else _RAW_FORMATS.get(x.ndim)
+        if fmt is None:
+            raise ValueError(
+                f"{what}: a raw {x.ndim}-d array needs input_format= (the default formats are "
+                f"{_RAW_FORMATS}, MATLAB's layouts), or pass a FormattedArray"
+            )
+        x = FormattedArray(x, fmt)
+    if not finddim(x, "B"):
+        raise ValueError(f"{what} must have a batch dim 'B' to slice mini-batches from, got "
+                         f"format {x.format!r} with shape {x.shape}")
+    if not x.xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{what} must be floating point (float32 or float64), got {x.dtype}; "
+                        "convert first, e.g. fmtarray.astype(x, float32)")
+    return x
+
+
+def _as_targets(t, n, like, num_classes, what):
+    """One-hot targets with a 'B' dim of size ``n``; integer labels become ``CB`` one-hot."""
+    if isinstance(t, FormattedArray) and t.format and "C" in t.format:
+        if t.size("B") != n:
+            raise ValueError(f"{what} have {t.size('B')} observations along 'B' (format "
+                             f"{t.format!r}, shape {t.shape}) but the inputs have {n}")
+        if not t.xp.isdtype(t.dtype, "real floating"):
+            raise TypeError(f"{what}: one-hot targets must be floating point, got {t.dtype}")
+        return t
+    raw = t.data if isinstance(t, FormattedArray) else t
+    lab = _np.asarray(_backend.to_numpy(raw) if _backend.is_array(raw) else raw)
+    if lab.ndim != 1 or not (_np.issubdtype(lab.dtype, _np.integer)):
+        raise ValueError(
+            f"{what} must be one-hot targets as a FormattedArray with 'C' and 'B' dims (e.g. "
+            f"format 'CB'), or a 1-d array of integer class labels 0..K-1; got "
+            f"{type(t).__name__} with shape {tuple(lab.shape)} and dtype {lab.dtype}"
+        )
+    if lab.shape[0] != n:
+        raise ValueError(f"{what} have {lab.shape[0]} labels but the inputs have {n} observations")
+    k = num_classes()
+    if lab.size and (lab.min() < 0 or lab.max() >= k):
+        raise ValueError(f"{what}: class labels must be in 0..{k - 1} (the network outputs {k} "
+                         f"classes), got values in {int(lab.min())}..{int(lab.max())}")
+    onehot = _np.zeros((k, n))
+    onehot[lab, _np.arange(n)] = 1.0
+    xp = like.xp
+    return FormattedArray(_backend._from_host(onehot, xp, like.dtype, like.device), "CB")
+
+
+def _batch(a: FormattedArray, order, start, stop):
+    ax = finddim(a, "B")[0]
+    if order is None:
+        key = (slice(None),) * ax + (slice(start, stop),)
+        data = a.data[key]
+    else:
+        xp = a.xp
+        idx = _backend._from_host(order[start:stop], xp, None, a.device)
+        data = xp.take(a.data, idx, axis=ax)
+    return FormattedArray._wrap(data, a.format)
+
+
+def _detach(tree):
+    if isinstance(tree, FormattedArray):
+        return FormattedArray._wrap(tree._data, tree._fmt) if tree._node is not None else tree
+    if isinstance(tree, dict):
+        return type(tree)((k, _detach(v)) for k, v in tree.items())
+    if isinstance(tree, list):
+        return [_detach(v) for v in tree]
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return tuple(_detach(v) for v in tree)
+    return tree
+
+
+def _correct(y: FormattedArray, t: FormattedArray):
+    """(number correct, number of predictions) for class scores ``y`` vs one-hot ``t``."""
+    cy, ct = finddim(y, "C"), finddim(t, "C")
+    if not cy or not ct or y.format != t.format or y.shape != t.shape:
+        return None
+    xp = y.xp
+    py = xp.argmax(y.data, axis=cy[0])
+    pt = xp.argmax(t.data, axis=ct[0])
+    hits = float(xp.sum(xp.astype(py == pt, xp.float32)))
+    total = 1
+    for s in py.shape:
+        total *= int(s)
+    return hits, total

@@ -1,0 +1,218 @@
+"""Non-finite values (SPEC §2): NaN and inf propagate through every op as IEEE
+arithmetic says, on every library, and gradients are NaN or inf exactly where
+torch autograd's are (and equal to them elsewhere).
+
+Inputs mix NaN, ±inf, zeros and ordinary values; the cotangent fed back is a
+fixed array that itself holds NaN and inf, so that "an exact zero even where
+the cotangent is NaN" (relu, where, maximum) is checked as well as "NaN passes".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import fmtarray as fa
+from fmtarray import FormattedArray
+from fmtarray._kernels import elementwise as kernels
+from fmtarray.ops.nn import cross_entropy, softmax
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+# the inputs are NaN and inf on purpose: NumPy (also inside Dask) warns about them
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+nan, inf = np.nan, np.inf
+
+# eight values on an "S" dim: NaN, ±inf, zero and ordinary numbers
+X = np.array([nan, -inf, -2.0, -0.5, 0.0, 0.5, 3.0, inf])
+# a second operand without ties against X
+Y = np.array([1.0, 2.0, -inf, nan, 0.25, -1.0, 0.0, 4.0])
+# the cotangent: ordinary values with a NaN and an inf in places where some ops
+# select (x > 0) and others do not
+W = np.array([1.0, 2.0, nan, -1.0, inf, nan, 0.5, -inf])
+
+
+def _out(xp, v):
+    return xp.to_numpy(v)
+
+
+def _same_nonfinite(ours, ref, what):
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, what
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref), err_msg=f"{what}: NaN pattern")
+    np.testing.assert_array_equal(np.isposinf(ours), np.isposinf(ref), err_msg=f"{what}: +inf")
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref), err_msg=f"{what}: -inf")
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(ours[fin], ref[fin], rtol=1e-12, atol=1e-300, err_msg=what)
+
+
+# forward: NaN in, NaN out, on every library ------------------------------------------------
+
+
+def test_relu_propagates_nan(xp):
+    for dt in (np.float32, np.float64):
+        x = FormattedArray(xp.asarray(X, dt), "S")
+        y = fa.relu(x)
+        assert y.dtype == x.dtype and y.format == "S"
+        np.testing.assert_array_equal(_out(xp, y), np.array([nan, 0, 0, 0, 0, 0.5, 3, inf], dt))
+
+
+@pytest.mark.parametrize("name", [
+    "exp", "log", "sqrt", "tanh", "sigmoid", "sin", "cos", "abs", "square", "negative", "relu",
+])
+def test_unary_keeps_nan(xp, name):
+    x = FormattedArray(xp.asarray(X), "S")
+    with np.errstate(all="ignore"):
+        y = _out(xp, getattr(fa, name)(x))
+        special = {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+        ref = special[name](X) if name in special else getattr(np, name)(X)
+    _same_nonfinite(y, ref, name)
+
+
+def test_binary_reductions_and_nn_keep_nan(xp):
+    x = FormattedArray(xp.asarray(X), "S")
+    y = FormattedArray(xp.asarray(Y), "S")
+    with np.errstate(all="ignore"):
+        _same_nonfinite(_out(xp, fa.maximum(x, y)), np.maximum(X, Y), "maximum")
+        _same_nonfinite(_out(xp, fa.minimum(x, y)), np.minimum(X, Y), "minimum")
+        _same_nonfinite(_out(xp, fa.clip(x, -1.0, 1.0)), np.clip(X, -1, 1), "clip")
+        _same_nonfinite(_out(xp, x * y), X * Y, "multiply")
+        _same_nonfinite(_out(xp, fa.where(x > 0, x, y)), np.where(X > 0, X, Y), "where")
+    for red in ("sum", "mean", "max", "min", "var", "std"):
+        assert np.isnan(_out(xp, getattr(fa, red)(x, "S"))), red
+    # label broadcast: a NaN channel scale spoils only its own channel
+    a = FormattedArray(xp.asarray(np.ones((4, 3))), "SC")
+    c = FormattedArray(xp.asarray(np.array([1.0, nan, 2.0])), "C")
+    np.testing.assert_array_equal(np.isnan(_out(xp, a * c)), np.isnan(np.ones((4, 3)) * [1, nan, 2]))
+    # softmax over C and the cross-entropy of a NaN prediction
+    p = np.array([[0.2, 0.3], [nan, 0.3], [0.6, 0.4]])  # C × B
+    t = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    s = _out(xp, softmax(FormattedArray(xp.asarray(p), "CB")))
+    assert np.isnan(s[:, 0]).all() and np.isfinite(s[:, 1]).all()
+    loss = cross_entropy(FormattedArray(xp.asarray(p), "CB"), FormattedArray(xp.asarray(t), "CB"))
+    assert np.isnan(_out(xp, loss))
+
+
+# gradients: the NaN / inf pattern of torch autograd ------------------------------------------
+
+
+def _ours(xp, f, *arrays, fmts):
+    """Gradients of ``sum(f(*args) * W_out)`` w.r.t. every argument."""
+    args = tuple(FormattedArray(xp.asarray(a), fm) for a, fm in zip(arrays, fmts))
+
+    def loss(*a):
+        out = f(*a)
+        w = np.resize(W, out.shape)
+        return fa.sum(out * FormattedArray._wrap(xp.asarray(w), out.format))
+
+    with np.errstate(all="ignore"):
+        gs = fa.grad(loss, argnums=tuple(range(len(args))))(*args)
+    return [_out(xp, g) for g in gs]
+
+
+def _torch(f, *arrays):
+    import torch
+
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out = f(*ts)
+    w = torch.tensor(np.resize(W, tuple(out.shape)), dtype=torch.float64)
+    (out * w).sum().backward()
+    return [t.grad.numpy() for t in ts]
+
+
+def _torch_cases():
+    import torch
+
+    eps = float(np.finfo(np.float64).eps)
+    pos = np.abs(Y) + 0.5
+    pos[3] = nan
+    probs = np.array([[0.2, 0.0], [nan, 0.3], [0.6, inf], [0.2, 0.7]])  # C × B
+    onehot = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    return {
+        "relu": (fa.relu, torch.relu, (X,), ("S",)),
+        "sigmoid": (fa.sigmoid, torch.sigmoid, (X,), ("S",)),
+        "exp": (fa.exp, torch.exp, (X,), ("S",)),
+        "log": (fa.log, torch.log, (X,), ("S",)),
+        "sqrt": (fa.sqrt, torch.sqrt, (X,), ("S",)),
+        "tanh": (fa.tanh, torch.tanh, (X,), ("S",)),
+        "sin": (fa.sin, torch.sin, (X,), ("S",)),
+        "abs": (fa.abs, torch.abs, (X,), ("S",)),
+        "square": (fa.square, torch.square, (X,), ("S",)),
+        "maximum": (fa.maximum, torch.maximum, (X, Y), ("S", "S")),
+        "minimum": (fa.minimum, torch.minimum, (X, Y), ("S", "S")),
+        "multiply": (fa.multiply, torch.mul, (X, Y), ("S", "S")),
+        "divide": (fa.divide, torch.div, (X, Y), ("S", "S")),
+        "pow": (fa.pow, torch.pow, (np.abs(X), Y), ("S", "S")),
+        "pow_zero_base": (fa.pow, torch.pow, (np.array([0.0, 0.0, 2.0, 0.0, 1.0, 0.0, 3.0, 0.5]),
+                                              np.array([0.0, 2.0, 1.0, -1.0, 0.0, 0.5, 0.0, nan])),
+                          ("S", "S")),
+        "pow_scalar": (lambda a: a ** 2.0, lambda a: a ** 2.0, (X,), ("S",)),
+        "pow_zero": (lambda a: a ** 0.0, lambda a: a ** 0.0, (X,), ("S",)),
+        "scalar_pow": (lambda b: 2.0 ** b, lambda b: 2.0 ** b, (Y,), ("S",)),
+        "where": (lambda a, b: fa.where(a > 0, a, b), lambda a, b: torch.where(a > 0, a, b),
+                  (X, Y), ("S", "S")),
+        "broadcast_mul": (lambda a, c: a * c, lambda a, c: a * c[None, :],
+                          (np.reshape(np.resize(X, 12), (4, 3)), np.array([1.0, nan, -inf])),
+                          ("SC", "C")),
+        "sum": (lambda a: fa.sum(a, "S"), lambda a: torch.sum(a, 0),
+                (np.reshape(np.resize(X, 16), (4, 4)),), ("SC",)),
+        "max": (lambda a: fa.max(a, "S"), lambda a: torch.amax(a, 0),
+                (np.array([[1.0, nan, inf, 2.0], [3.0, 1.0, inf, 2.0]]),), ("SC",)),
+        "var": (lambda a: fa.var(a, "S"), lambda a: torch.var(a, 0, correction=0),
+                (np.array([[1.0, nan, inf, 2.0], [3.0, 1.0, 0.0, 2.0]]),), ("SC",)),
+        "softmax": (softmax, lambda a: torch.softmax(a, 0), (probs,), ("CB",)),
+        "cross_entropy": (
+            lambda p: cross_entropy(p, FormattedArray._wrap(np.asarray(onehot), "CB")),
+            lambda p: -(torch.tensor(onehot) * torch.log(torch.maximum(p, torch.tensor(eps)))
+                        ).sum() / 2,
+            (np.abs(probs),), ("CB",)),
+        "log_positive": (fa.log, torch.log, (pos,), ("S",)),
+    }
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is the reference for gradient patterns")
+@pytest.mark.parametrize("case", [
+    "relu", "sigmoid", "exp", "log", "sqrt", "tanh", "sin", "abs", "square", "maximum",
+    "minimum", "multiply", "divide", "pow", "pow_zero_base", "pow_scalar", "pow_zero", "scalar_pow", "where",
+    "broadcast_mul", "sum", "max", "var", "softmax", "cross_entropy", "log_positive",
+])
+def test_gradient_nonfinite_pattern_matches_torch(xp, case):
+    ours_f, torch_f, arrays, fmts = _torch_cases()[case]
+    if case == "cross_entropy":  # the targets must live in the library under test
+        onehot = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+        t = FormattedArray(xp.asarray(onehot), "CB")
+        ours_f = lambda p: cross_entropy(p, t)  # noqa: E731
+    ref = _torch(torch_f, *arrays)
+    ours = _ours(xp, ours_f, *arrays, fmts=fmts)
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        _same_nonfinite(o, r, f"{case} on {xp.name}, argument {i}")
+
+
+# the kernels' exact selection ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dt", [np.float16, np.float32, np.float64])
+def test_numpy_bit_select_is_where(dt):
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((5, 7)).astype(dt)
+    g[0, :3] = [nan, inf, -inf]
+    mask = rng.random((5, 7)) < 0.5
+    mask[0, :3] = [True, False, True]
+    for m in (mask, mask[:, :1], mask[:1, :]):  # the mask may broadcast against g
+        z = kernels.zero_where(np, m, g)
+        k = kernels.keep_where(np, m, g)
+        assert z.dtype == k.dtype == dt
+        np.testing.assert_array_equal(z, np.where(m, dt(0), g))
+        np.testing.assert_array_equal(k, np.where(m, g, dt(0)))
+        assert not np.signbit(z[np.broadcast_to(m, z.shape)]).any()  # an exact +0
+    # g broadcasting against a larger mask
+    np.testing.assert_array_equal(kernels.zero_where(np, mask, g[:1]), np.where(mask, dt(0), g[:1]))
+
+
+def test_native_implementation_per_library(xp):
+    """The hot ops run on the library's own primitive (a silent fall-back to the
+    portable versions would fail here)."""
+    expected = {"numpy": "numpy", "numpy-readonly": "numpy", "torch": "torch", "jax": "jax"}
+    got = kernels.implementation(xp.ns)
+    assert got == expected.get(xp.name, "array-api"), (xp.name, got)
