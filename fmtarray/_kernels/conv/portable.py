@@ -2,7 +2,8 @@
 
 Slicing, ``reshape``, ``permute_dims``, ``stack``/``concat`` and ``matmul`` only, so it
 runs on every array-API library (``array_api_strict`` on any device, unknown
-libraries, Dask lazily). Method: pad, gather the ``K = prod(k)`` shifted (strided,
+libraries; Dask data has its own entry, :mod:`._dask`, which runs the chunks'
+library's kernels blockwise). Method: pad, gather the ``K = prod(k)`` shifted (strided,
 dilated) views of the channels-last input into a column buffer ``(G, n·P, K·Cg)`` and
 multiply it by the ``(G, K·Cg, Fg)`` weight matrix; the batch is cut into chunks so that
 the column buffer stays below the workspace (:mod:`.tuning`) whatever ``N``. The weight
@@ -56,8 +57,6 @@ def _pad_block(xp, x, spec, n0, n1, rows):
 
 
 def _chunks(xp, spec, itemsize):
-    if _backend.is_dask(xp):  # Dask schedules its own blocks: one tile, a small graph
-        return [(0, spec.N, None)]
     return spec.chunks(itemsize, current().workspace_bytes)
 
 
@@ -161,30 +160,12 @@ def _from_nsc(xp, a, layout):
     return a if perm == tuple(range(len(perm))) else xp.permute_dims(a, perm)
 
 
-def _dask_blocks(xp, *arrays):
-    """Dask: blocks along the batch axis only (small graphs for the gathers)."""
-    if not _backend.is_dask(xp):
-        return arrays
-    out = []
-    for i, a in enumerate(arrays):
-        if a is None or a.ndim == 0:
-            out.append(a)
-        elif i == 0 and a.ndim > 1:
-            out.append(a.rechunk({ax: -1 for ax in range(1, a.ndim)}))
-        else:
-            out.append(a.rechunk(-1))
-    return tuple(out)
-
-
 def _forward(xp, spec, layout, x, w, b):
-    xn, w, b = _dask_blocks(xp, _to_nsc(xp, x, layout), w, b)
-    return _from_nsc(xp, forward_nsc(xp, xn, w, b, spec), layout)
+    return _from_nsc(xp, forward_nsc(xp, _to_nsc(xp, x, layout), w, b, spec), layout)
 
 
 def _backward(xp, spec, layout, gy, x, w, needs):
-    gn, xn, w = _dask_blocks(xp, _to_nsc(xp, gy, layout), _to_nsc(xp, x, layout), w)
-    if _backend.is_dask(xp):
-        xn = xn.rechunk({0: gn.chunks[0]})
+    gn, xn = _to_nsc(xp, gy, layout), _to_nsc(xp, x, layout)
     gx, gw = backward_nsc(xp, gn, xn, w, spec, needs)
     return (None if gx is None else _from_nsc(xp, gx, layout)), gw
 
