@@ -129,8 +129,10 @@ def main(argv=None):
         versions.append(f"jax {jax.__version__}")
     print(f"fmtarray {fa.__version__}, {', '.join(versions)}, Python {platform.python_version()}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"{np.prod(SHAPE)} float32 values (SSCB {'x'.join(map(str, SHAPE))}), "
-          f"median of {args.repeats} interleaved repeats, 2 threads")
+          f"median of {args.repeats} interleaved repeats, 2 threads, {os.cpu_count()} CPUs, "
+          f"load average {load} (other processes skew the medians: rerun on a quiet machine)")
     print()
     print("| library | op | native ms | fmtarray ms | native / fmtarray |")
     print("| --- | --- | ---: | ---: | ---: |")

@@ -150,6 +150,10 @@ def _torch_cases():
         "pow_scalar": (lambda a: a ** 2.0, lambda a: a ** 2.0, (X,), ("S",)),
         "pow_zero": (lambda a: a ** 0.0, lambda a: a ** 0.0, (X,), ("S",)),
         "scalar_pow": (lambda b: 2.0 ** b, lambda b: 2.0 ** b, (Y,), ("S",)),
+        "clip": (lambda a: fa.clip(a, -1.0, 1.0), lambda a: torch.clamp(a, -1.0, 1.0), (X,), ("S",)),
+        "clip_min": (lambda a: fa.clip(a, 0.5), lambda a: torch.clamp(a, min=0.5), (X,), ("S",)),
+        "clip_arrays": (lambda a, b: fa.clip(a, b), lambda a, b: torch.maximum(a, b), (X, Y),
+                        ("S", "S")),
         "where": (lambda a, b: fa.where(a > 0, a, b), lambda a, b: torch.where(a > 0, a, b),
                   (X, Y), ("S", "S")),
         "broadcast_mul": (lambda a, c: a * c, lambda a, c: a * c[None, :],
@@ -174,7 +178,7 @@ def _torch_cases():
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is the reference for gradient patterns")
 @pytest.mark.parametrize("case", [
     "relu", "sigmoid", "exp", "log", "sqrt", "tanh", "sin", "abs", "square", "maximum",
-    "minimum", "multiply", "divide", "pow", "pow_zero_base", "pow_scalar", "pow_zero", "scalar_pow", "where",
+    "minimum", "multiply", "divide", "pow", "pow_zero_base", "pow_scalar", "pow_zero", "scalar_pow", "clip", "clip_min", "clip_arrays", "where",
     "broadcast_mul", "sum", "max", "var", "softmax", "cross_entropy", "log_positive",
 ])
 def test_gradient_nonfinite_pattern_matches_torch(xp, case):

@@ -319,12 +319,40 @@ def where(cond, a, b):
 
 
 def clip(x, min=None, max=None):
-    """Clip ``x`` to ``[min, max]`` (scalars or arrays broadcast by label)."""
+    """Clip ``x`` to ``[min, max]`` (scalars or arrays broadcast by label).
+
+    NaN stays NaN. With scalar (or absent) bounds this is the library's own
+    ``clip`` in one pass, and its gradient is torch's ``clamp``: ``g`` where
+    ``min <= x <= max``, else 0 (0 at a NaN ``x`` too). Array bounds are
+    ``minimum(maximum(x, min), max)`` with those ops' gradients.
+    """
     out = x if isinstance(x, FormattedArray) else FormattedArray(x)
+    if (min is None or _is_scalar(min)) and (max is None or _is_scalar(max)):
+        return out if min is None and max is None else _clip_scalars(out, min, max)
     if min is not None:
         out = maximum(out, min)
     if max is not None:
         out = minimum(out, max)
+    return out
+
+
+def _clip_scalars(x, lo, hi):
+    xd = x._data
+    xp = _backend.namespace(xd)
+    for b in (lo, hi):
+        if isinstance(b, float) and not _is_float(xp, xd.dtype):
+            _scalar_as_array(xp, b, xd)  # raises: no silent cast of an integer array
+    y = xp.clip(xd, lo, hi)
+    out = FormattedArray._wrap(y, x._fmt)
+    if x._node is not None:
+
+        def back(g, needs):
+            inside = None if lo is None else xd >= lo
+            if hi is not None:
+                inside = xd <= hi if inside is None else inside & (xd <= hi)
+            return (_k.keep_where(xp, inside, g),)
+
+        _tape.record(out, (x,), back, "clip")
     return out
 
 
