@@ -116,10 +116,11 @@ def xp(request) -> Backend:
 
 
 @pytest.fixture(autouse=True)
-def _parallel_even_when_small(monkeypatch):
+def _parallel_even_when_small():
     """The NumPy conv runs small problems on the calling thread alone; the tests' small
     problems must still exercise the multi-worker code (dynamic hand-out, per-worker
     buffers, ordered sums)."""
-    from fmtarray._kernels.conv._numpy import legacy as numpy_conv
+    from fmtarray._kernels.conv import tuning
 
-    monkeypatch.setattr(numpy_conv, "SERIAL_MACS", 0)
+    with tuning(serial_macs=0):
+        yield

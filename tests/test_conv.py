@@ -5,7 +5,6 @@ groups, S+T, errors, bounded workspace, and gradients (finite differences, torch
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import tracemalloc
 
 import numpy as np
@@ -15,13 +14,14 @@ from hypothesis import strategies as st
 
 import fmtarray as fa
 from fmtarray import FormattedArray
-from fmtarray._kernels import conv as kconv
-from fmtarray._kernels.conv._numpy import legacy as numpy_conv
-from fmtarray._kernels.conv.spec import ConvSpec, same_padding
-from kernel_calls import conv_backward, conv_forward
+from fmtarray._kernels.conv import tuning
+from fmtarray._kernels.conv._numpy import _runtime, release_scratch
+from fmtarray._kernels.conv.spec import same_padding
 from fmtarray._kernels.pad import PAD_MODES
+from kernel_calls import conv_backward, conv_forward
 
 from conv_reference import numeric_grad, ref_conv
+from test_numpy_algos import ref_conv_vjp, selected
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -98,18 +98,14 @@ def test_kernel_forward_numpy_and_portable(cfg):
     variants = ((cnp, lambda a: a.astype(dt), None), (cnp, lambda a: _strided(a.astype(dt)), 0),
                 (cnp, lambda a: _strided(a.astype(dt)), 10**6),
                 (array_api_strict, lambda a: array_api_strict.asarray(a.astype(dt)), None))
-    saved = numpy_conv.BI_MAX_RUN
-    try:
-        for ns, conv_in, bi in variants:
-            # bi: channels-last (0) or batch-innermost (10**6) NumPy path for strided input
-            numpy_conv.BI_MAX_RUN = saved if bi is None else bi
+    for ns, conv_in, bi in variants:
+        # bi: channels-last (0) or batch-innermost (10**6) NumPy path for strided input
+        with tuning(**({} if bi is None else {"bi_max_run": bi})):
             y = conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg))
-            y = np.asarray(y)
-            assert y.dtype == dt
-            assert y.shape == ref.shape
-            assert rel_err(y, ref) <= tol
-    finally:
-        numpy_conv.BI_MAX_RUN = saved
+        y = np.asarray(y)
+        assert y.dtype == dt
+        assert y.shape == ref.shape
+        assert rel_err(y, ref) <= tol
 
 
 def _fd_directional(cfg, x, w, b, gy):
@@ -164,7 +160,7 @@ def test_kernel_needs_subset():
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("value", [0.0, "symmetric-exclude-edge"])
 @pytest.mark.parametrize("groups,cg", [(1, 3), (2, 2), (4, 1)])
-def test_tiled_and_chunked_paths(monkeypatch, value, groups, cg, wide):
+def test_tiled_and_chunked_paths(value, groups, cg, wide):
     """Tiny workspace and tiles: row tiles inside a sample and many batch chunks give
     the same numbers (forward and backward, NumPy and portable)."""
     import array_api_compat.numpy as cnp
@@ -176,24 +172,29 @@ def test_tiled_and_chunked_paths(monkeypatch, value, groups, cg, wide):
     ref = ref_of(cfg, x, w, b)
     gy = np.random.default_rng(1).standard_normal(ref.shape)
     full = [np.asarray(a) for a in conv_backward(cnp, gy, x, w, **kw_of(cfg))]
-    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 2000)
-    monkeypatch.setattr(numpy_conv, "TILE_BYTES", 300)
-    monkeypatch.setattr(numpy_conv, "BI_MAX_RUN", 10**6)  # batch-innermost path for the views
-    if wide:  # big-weights mode: chunk-sized columns, one multi-threaded GEMM per chunk
-        monkeypatch.setattr(numpy_conv, "WIDE_WEIGHT_BYTES", 1)
-    for ns, conv_in in ((cnp, lambda a: a), (cnp, _strided), (array_api_strict, array_api_strict.asarray)):
-        y = np.asarray(conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg)))
-        assert rel_err(y, ref) < 1e-12
-        got = conv_backward(ns, conv_in(gy), conv_in(x), conv_in(w), **kw_of(cfg))
-        for a, e in zip(got, full):
-            np.testing.assert_allclose(np.asarray(a), e, rtol=1e-10, atol=1e-12)
+    # batch-innermost path for the views; wide: big-weights mode (chunk-sized columns,
+    # one GEMM per chunk split over the workers)
+    small = dict(workspace_bytes=2000, tile_bytes=300, bi_max_run=10**6)
+    if wide:
+        small["wide_weight_bytes"] = 1
+    with tuning(**small):
+        if wide:
+            assert selected("forward", x, w, **kw_of(cfg)) == ("numpy.gemm_wide" if cg > 1
+                                                               else "numpy.depthwise")
+        for ns, conv_in in ((cnp, lambda a: a), (cnp, _strided),
+                            (array_api_strict, array_api_strict.asarray)):
+            y = np.asarray(conv_forward(ns, conv_in(x), conv_in(w), conv_in(b), **kw_of(cfg)))
+            assert rel_err(y, ref) < 1e-12
+            got = conv_backward(ns, conv_in(gy), conv_in(x), conv_in(w), **kw_of(cfg))
+            for a, e in zip(got, full):
+                np.testing.assert_allclose(np.asarray(a), e, rtol=1e-10, atol=1e-12)
 
 
-def test_workspace_is_bounded(monkeypatch):
+@tuning(workspace_bytes=2**20)
+def test_workspace_is_bounded():
     """Extra memory of the NumPy path does not grow with the batch (tracemalloc)."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 2**20)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 3, 8, 8, 1)).astype(np.float32)
     peaks = []
@@ -597,38 +598,8 @@ def test_mixed_libraries_and_devices():
 # ---------------------------------------------------------------------------------------
 # arbitrary memory layouts on the NumPy fast path (strides are never assumed)
 
-
-def ref_conv_vjp(x, w, gy, stride, dilation, before, after, value):
-    """Exact VJP of :func:`ref_conv` by direct loops (float64): scatter into the padded
-    input, then the adjoint of the padding as the transpose of the padding matrix."""
-    from conv_reference import ref_pad
-
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    gy = np.asarray(gy, dtype=np.float64)
-    d = x.ndim - 2
-    k = w.shape[:d]
-    cg, fg, g = w.shape[d:]
-    xp = ref_pad(x, before, after, tuple(range(1, d + 1)), value)
-    gxp = np.zeros_like(xp)
-    gw = np.zeros_like(w)
-    out = gy.shape[1:-1]
-    for pos in itertools.product(*(range(o) for o in out)):
-        for grp in range(g):
-            gyv = gy[(slice(None),) + pos + (slice(grp * fg, (grp + 1) * fg),)]  # (n, fg)
-            for off in itertools.product(*(range(kk) for kk in k)):
-                idx = tuple(p * s + o * dl for p, s, o, dl in zip(pos, stride, off, dilation))
-                sl = (slice(None),) + idx + (slice(grp * cg, (grp + 1) * cg),)
-                wm = w[off + (slice(None), slice(None), grp)]  # (cg, fg)
-                gxp[sl] += gyv @ wm.T
-                gw[off + (slice(None), slice(None), grp)] += xp[sl].T @ gyv
-    gx = gxp
-    for ax in range(d):
-        n = x.shape[ax + 1]
-        lin = value if isinstance(value, str) else 0.0  # the linear part of the padding
-        pm = ref_pad(np.eye(n), (before[ax],), (after[ax],), (0,), lin)  # (n+b+a, n)
-        gx = np.moveaxis(np.tensordot(pm.T, np.moveaxis(gx, ax + 1, 0), axes=1), 0, ax + 1)
-    return gx, gw
+#: thresholds that let the flat-shift backward take small problems
+FLAT_ANY = dict(flat_channels=(1, 32), flat_min_n=2, flat_min_row=1)
 
 
 def _relayout(a, data, name):
@@ -695,13 +666,13 @@ def layout_config(draw):
 # workspace (row tiles, many chunks); wide mode (chunk GEMMs)
 LAYOUT_MODES = {
     "default": {},
-    "batch-innermost": {"BI_MAX_RUN": 10**6},
-    "last-innermost": {"LI_MIN_RUN": 1},
-    "tiny-tiles": {"TILE_BYTES": 200, "WORKSPACE_BYTES": 1500},
-    "wide": {"WIDE_WEIGHT_BYTES": 1, "WORKSPACE_BYTES": 1500},
+    "batch-innermost": {"bi_max_run": 10**6},
+    "last-innermost": {"li_min_run": 1},
+    "tiny-tiles": {"tile_bytes": 200, "workspace_bytes": 1500},
+    "wide": {"wide_weight_bytes": 1, "workspace_bytes": 1500},
     # every scratch buffer from the per-thread cache: stale contents of earlier calls
     # (other shapes and dtypes), evictions at the 2 x workspace cap
-    "scratch-reuse": {"SCRATCH_KEEP_BYTES": 0, "WORKSPACE_BYTES": 3000},
+    "scratch-reuse": {"scratch_keep_bytes": 0, "workspace_bytes": 3000},
 }
 
 
@@ -725,21 +696,15 @@ def test_numpy_path_any_memory_layout(cfg, mode, data):
     gyl = _relayout(gy.astype(dt), data, "gy")
     bl = b.astype(dt)
     tol = TOL[dt] if dt == np.float64 else 1e-5
-    saved = {}
     try:
-        for name, v in LAYOUT_MODES[mode].items():
-            mod = kconv if name == "WORKSPACE_BYTES" else numpy_conv
-            saved[(mod, name)] = getattr(mod, name)
-            setattr(mod, name, v)
-        y = conv_forward(cnp, xl, wl, bl, **kw_of(cfg))
-        assert y.dtype == dt and y.shape == ref.shape
-        assert rel_err(y, ref) <= tol
-        gx, gw, gb = conv_backward(cnp, gyl, xl, wl, **kw_of(cfg))
+        with tuning(**LAYOUT_MODES[mode]):
+            y = conv_forward(cnp, xl, wl, bl, **kw_of(cfg))
+            assert y.dtype == dt and y.shape == ref.shape
+            assert rel_err(y, ref) <= tol
+            gx, gw, gb = conv_backward(cnp, gyl, xl, wl, **kw_of(cfg))
     finally:
-        for (mod, name), v in saved.items():
-            setattr(mod, name, v)
         if mode == "scratch-reuse":
-            numpy_conv.release_scratch()
+            release_scratch()
     assert gx.dtype == dt and gw.dtype == dt
     assert rel_err(gx, gx_ref) <= 4 * tol
     assert rel_err(gw, gw_ref) <= 4 * tol
@@ -836,8 +801,7 @@ def test_few_channels_batch_innermost_vjp(value, stride, dil, pb, pa, d, c):
     kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
     ref = ref_conv(x, w, None, stride, dil, pb, pa, value)
     gy = rng.standard_normal(ref.shape)
-    assert numpy_conv._input_grad_bi_ok(_strided(gy), _strided(x), kconv._Geometry(
-        x.shape, w.shape, stride, dil, pb, pa, value, 1), np.dtype(np.float64))
+    assert selected("input_grad", _strided(x), w, _strided(gy), **kw) == "numpy.input_grad_bi"
     gx, gw, _ = conv_backward(cnp, _strided(gy), _strided(x), w, **kw)
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
     assert rel_err(gx, gx_ref) <= 1e-12
@@ -847,12 +811,12 @@ def test_few_channels_batch_innermost_vjp(value, stride, dil, pb, pa, d, c):
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("stride,dil", [(1, 1), ((2, 1), (1, 2)), ((1, 3, 1), (2, 1, 3))])
-def test_last_dim_innermost(monkeypatch, value, d, stride, dil):
+@tuning(li_min_run=1)
+def test_last_dim_innermost(value, d, stride, dil):
     """Inputs whose last convolved dim is innermost in memory (canonical ``SCBT``
     convolved over S and T): flat-shift columns on a padded copy, against the reference."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(numpy_conv, "LI_MIN_RUN", 1)
     stride = (stride * 3)[:d] if isinstance(stride, tuple) else (stride,) * d
     dil = (dil * 3)[:d] if isinstance(dil, tuple) else (dil,) * d
     stride = stride[:-1] + (1,)
@@ -866,27 +830,25 @@ def test_last_dim_innermost(monkeypatch, value, d, stride, dil):
     # memory (*outer, C, N, W): the last convolved dim innermost
     order = tuple(range(1, d)) + (d + 1, 0, d)
     xl = np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
-    assert numpy_conv._last_innermost(xl, kconv._Geometry(
-        x.shape, w.shape, stride, dil, pb, pa, value, 1), np.dtype(np.float64))
     kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    assert selected("forward", xl, w, **kw) == "numpy.last_innermost"
     y = conv_forward(cnp, xl, w, b, **kw)
     assert rel_err(y, ref_conv(x, w, b, stride, dil, pb, pa, value)) <= 1e-12
     gy = rng.standard_normal(y.shape)
     gyl = np.ascontiguousarray(gy.transpose(order)).transpose(np.argsort(order))
+    assert selected("weight_grad", xl, w, gyl, **kw) == "numpy.last_innermost"
     gx, gw, _ = conv_backward(cnp, gyl, xl, w, **kw)
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, stride, dil, pb, pa, value)
     assert rel_err(gx, gx_ref) <= 1e-12
     assert rel_err(gw, gw_ref) <= 1e-12
 
 
-def test_scratch_buffers_reused_with_stale_contents(monkeypatch):
+def test_scratch_buffers_reused_with_stale_contents():
     """Scratch buffers kept between calls (per thread and role) may hold anything: fill
     them with NaN between calls of different geometries, every path still matches the
     reference; the cache stays within 2 x the workspace."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(numpy_conv, "SCRATCH_KEEP_BYTES", 0)
-    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 6000)
     cfgs = [
         dict(d=2, k=(3, 3), dil=(1, 1), stride=(1, 1), pb=(1, 1), pa=(1, 1), value=0.0,
              sp=(7, 6), groups=1, cg=3, fg=4, n=5, dtype=np.float32),
@@ -896,41 +858,40 @@ def test_scratch_buffers_reused_with_stale_contents(monkeypatch):
              sp=(11,), groups=1, cg=4, fg=2, n=6, dtype=np.float32),
     ]
     try:
-        for wide in (None, 1):
-            if wide:
-                monkeypatch.setattr(numpy_conv, "WIDE_WEIGHT_BYTES", wide)
-            for cfg in cfgs + cfgs[::-1]:
-                x, w, b = make(cfg, seed=5)
-                ref = ref_of(cfg, x, w, b)
-                gy = np.random.default_rng(6).standard_normal(ref.shape)
-                gx_ref, gw_ref = ref_conv_vjp(x, w, gy, cfg["stride"], cfg["dil"], cfg["pb"],
-                                              cfg["pa"], cfg["value"])
-                dt = cfg["dtype"]
-                tol = 1e-5 if dt == np.float32 else TOL[dt]
-                for buf in numpy_conv._tls.bufs.values() if hasattr(numpy_conv._tls, "bufs") else ():
-                    buf.fill(0xFF)  # NaN in float32 and float64
-                y = conv_forward(cnp, x.astype(dt), w.astype(dt), b.astype(dt), **kw_of(cfg))
-                assert rel_err(y, ref) <= tol
-                gx, gw, _ = conv_backward(cnp, gy.astype(dt), x.astype(dt), w.astype(dt),
-                                          **kw_of(cfg))
-                assert rel_err(gx, gx_ref) <= 4 * tol and rel_err(gw, gw_ref) <= 4 * tol
-                cached = sum(v.nbytes for v in numpy_conv._tls.bufs.values())
-                assert 0 < cached <= 2 * 6000
+        for wide in (2 * 2**20, 1):
+            with tuning(scratch_keep_bytes=0, workspace_bytes=6000, wide_weight_bytes=wide):
+                for cfg in cfgs + cfgs[::-1]:
+                    x, w, b = make(cfg, seed=5)
+                    ref = ref_of(cfg, x, w, b)
+                    gy = np.random.default_rng(6).standard_normal(ref.shape)
+                    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, cfg["stride"], cfg["dil"],
+                                                  cfg["pb"], cfg["pa"], cfg["value"])
+                    dt = cfg["dtype"]
+                    tol = 1e-5 if dt == np.float32 else TOL[dt]
+                    for buf in _runtime.cached_scratch().values():
+                        buf.fill(0xFF)  # NaN in float32 and float64
+                    y = conv_forward(cnp, x.astype(dt), w.astype(dt), b.astype(dt), **kw_of(cfg))
+                    assert rel_err(y, ref) <= tol
+                    gx, gw, _ = conv_backward(cnp, gy.astype(dt), x.astype(dt), w.astype(dt),
+                                              **kw_of(cfg))
+                    assert rel_err(gx, gx_ref) <= 4 * tol and rel_err(gw, gw_ref) <= 4 * tol
+                    cached = sum(v.nbytes for v in _runtime.cached_scratch().values())
+                    assert 0 < cached <= 2 * 6000
     finally:
-        numpy_conv.release_scratch()
+        release_scratch()
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5, "replicate", "symmetric-exclude-edge"])
 @pytest.mark.parametrize("k,pb,pa,dil_w", [((3, 3), (1, 1), (1, 1), 1), ((4, 2), (2, 0), (0, 1), 2),
                                            ((2, 3), (0, 2), (3, 0), 1), ((5, 1), (4, 0), (4, 0), 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_last_dim_innermost_row_ring(monkeypatch, value, k, pb, pa, dil_w, dtype):
+@tuning(li_min_run=1)
+def test_last_dim_innermost_row_ring(value, k, pb, pa, dil_w, dtype):
     """2-D last-dim-innermost convolution with stride 1 over rows: the ring of row
     blocks (one new input row per output row, the weights' row taps permuted to the
     ring's phase), several row blocks per worker, padding rows outside the input."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(numpy_conv, "LI_MIN_RUN", 1)
     rng = np.random.default_rng(11)
     sp = (13, 8)
     x = rng.standard_normal((3, *sp, 4))
@@ -939,9 +900,8 @@ def test_last_dim_innermost_row_ring(monkeypatch, value, k, pb, pa, dil_w, dtype
     stride, dil = (1, 1), (1, dil_w)
     order = (1, 3, 0, 2)  # memory (S, C, N, T): T innermost
     xl = np.ascontiguousarray(x.transpose(order).astype(dtype)).transpose(np.argsort(order))
-    geo = kconv._Geometry(x.shape, w.shape, stride, dil, pb, pa, value, 1)
-    assert numpy_conv._last_innermost(xl, geo, np.dtype(dtype))
     kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    assert selected("forward", xl, w.astype(dtype), **kw) == "numpy.last_innermost"
     y = conv_forward(cnp, xl, w.astype(dtype), b.astype(dtype), **kw)
     tol = TOL[dtype]
     assert rel_err(y, ref_conv(x, w, b, stride, dil, pb, pa, value)) <= tol
@@ -958,26 +918,23 @@ def test_last_dim_innermost_row_ring(monkeypatch, value, k, pb, pa, dil_w, dtype
                                          ((1, 3), (1, 3), (0, 3), (2, 0)), ((2, 2), (1, 1), (0, 0), (0, 0))])
 @pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("tile", [7, 2048])
-def test_flat_shift_backward_batch_innermost(monkeypatch, value, k, dil, pb, pa, needs, tile):
+def test_flat_shift_backward_batch_innermost(value, k, dil, pb, pa, needs, tile):
     """Stride-1 2-d backward on batch-innermost data by flat shifts of channel-major
-    padded copies (``_flat_bi_backward``) against the reference VJP; small tiles cut
+    padded copies (``numpy.flat_shift``) against the reference VJP; small tiles cut
     the flat positions anywhere."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(numpy_conv, "FLAT_CHANNELS", (1, 32))
-    monkeypatch.setattr(numpy_conv, "FLAT_MIN_N", 2)
-    monkeypatch.setattr(numpy_conv, "FLAT_MIN_ROW", 1)
-    monkeypatch.setattr(numpy_conv, "FLAT_TILE", tile)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 7, 6, 3))
     w = rng.standard_normal((*k, 3, 4, 1))
     kw = dict(stride=1, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
     ref = ref_conv(x, w, None, 1, dil, pb, pa, value)
     gy = rng.standard_normal(ref.shape)
-    geo = kconv._Geometry(x.shape, w.shape, 1, dil, pb, pa, value, 1)
     xs, gs = _strided(x), _strided(gy)
-    assert numpy_conv._flat_bi_ok(gs, xs, geo, np.dtype(np.float64)) == (not isinstance(value, str))
-    gx, gw, _ = conv_backward(cnp, gs, xs, w, needs=needs + (False,), **kw)
+    with tuning(**FLAT_ANY, flat_tile=tile):
+        flat = selected("weight_grad", xs, w, gs, **kw) == "numpy.flat_shift"
+        assert flat == (not isinstance(value, str))
+        gx, gw, _ = conv_backward(cnp, gs, xs, w, needs=needs + (False,), **kw)
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), dil, pb, pa, value)
     if needs[0]:
         assert rel_err(gx, gx_ref) <= 1e-12
@@ -988,35 +945,30 @@ def test_flat_shift_backward_batch_innermost(monkeypatch, value, k, dil, pb, pa,
     else:
         assert gw is None
     # float32 and the default thresholds (16 channels, batch 16, 'same' 3x3)
-    monkeypatch.undo()
     x = rng.standard_normal((16, 9, 40, 16)).astype(np.float32)
     w = rng.standard_normal((3, 3, 16, 12, 1)).astype(np.float32)
     gy = rng.standard_normal((16, 9, 40, 12)).astype(np.float32)
-    geo = kconv._Geometry(x.shape, w.shape, 1, 1, 1, 1, 0.0, 1)
     xs, gs = _strided(x), _strided(gy)
-    assert numpy_conv._flat_bi_ok(gs, xs, geo, np.dtype(np.float32))
+    assert selected("input_grad", xs, w, gs, pad_before=1, pad_after=1) == "numpy.flat_shift"
     gx, gw, _ = conv_backward(cnp, gs, xs, w, pad_before=1, pad_after=1)
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)
     assert rel_err(gx, gx_ref) <= 1e-5
     assert rel_err(gw, gw_ref) <= 1e-5
 
 
-def test_flat_shift_backward_non_finite_input(monkeypatch):
+@tuning(**FLAT_ANY)
+def test_flat_shift_backward_non_finite_input():
     """The flat shifts never multiply a value across a row gap: an infinite input
     reaches only the weight-gradient taps that read it."""
     import array_api_compat.numpy as cnp
 
-    monkeypatch.setattr(numpy_conv, "FLAT_CHANNELS", (1, 32))
-    monkeypatch.setattr(numpy_conv, "FLAT_MIN_N", 2)
-    monkeypatch.setattr(numpy_conv, "FLAT_MIN_ROW", 1)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 6, 7, 2))
     x[1, 2, 0, 0] = np.inf
     x[2, 3, 6, 1] = -np.inf
     w = rng.standard_normal((3, 3, 2, 3, 1))
     gy = rng.standard_normal((4, 4, 5, 3))
-    geo = kconv._Geometry(x.shape, w.shape, 1, 1, 0, 0, 0.0, 1)
-    assert numpy_conv._flat_bi_ok(_strided(gy), _strided(x), geo, np.dtype(np.float64))
+    assert selected("weight_grad", _strided(x), w, _strided(gy)) == "numpy.flat_shift"
     _, gw, _ = conv_backward(cnp, _strided(gy), _strided(x), w, needs=(False, True, False))
     _, gw_ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (0, 0), (0, 0), 0.0)
     np.testing.assert_array_equal(np.isfinite(gw), np.isfinite(gw_ref))
@@ -1026,7 +978,7 @@ def test_flat_shift_backward_non_finite_input(monkeypatch):
 
 
 def test_small_problems_run_serially_with_the_same_numbers(monkeypatch):
-    """Below SERIAL_MACS the kernel never hands work to the pool, and the numbers are
+    """Below ``Tuning.serial_macs`` the kernel never hands work to the pool, and the numbers are
     the ones the workers compute (forward and both gradients)."""
     import array_api_compat.numpy as cnp
 
@@ -1037,13 +989,16 @@ def test_small_problems_run_serially_with_the_same_numbers(monkeypatch):
     y = np.asarray(conv_forward(cnp, x, w, b, **kw_of(cfg)))
     gy = _strided(np.random.default_rng(2).standard_normal(y.shape))
     grads = [np.asarray(g) for g in conv_backward(cnp, gy, x, w, **kw_of(cfg))]
-    monkeypatch.setattr(numpy_conv, "SERIAL_MACS", 1 << 40)
     calls = []
-    pool = numpy_conv._workers()[0]
+    pool = _runtime.workers()[0]
     monkeypatch.setattr(pool, "submit", lambda *a, **k: calls.append(a) or pool.__class__.submit(pool, *a, **k))
-    np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, w, b, **kw_of(cfg))), y,
-                               rtol=1e-13, atol=1e-13)
-    for g, e in zip(conv_backward(cnp, gy, x, w, **kw_of(cfg)), grads):
-        np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-13)
+    with tuning(serial_macs=1 << 40):
+        np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, w, b, **kw_of(cfg))), y,
+                                   rtol=1e-13, atol=1e-13)
+        for g, e in zip(conv_backward(cnp, gy, x, w, **kw_of(cfg)), grads):
+            np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-13)
     assert calls == []
+    # above the threshold the workers are used (the autouse fixture sets it to 0)
+    conv_forward(cnp, x, w, b, **kw_of(cfg))
+    assert calls or _runtime.n_workers() == 1
     assert rel_err(y, ref_of(cfg, x, w, b)) <= 1e-12

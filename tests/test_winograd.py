@@ -16,20 +16,22 @@ import array_api_strict
 
 import fmtarray as fa
 from fmtarray import FormattedArray
-from fmtarray._kernels import conv as kconv
+from fmtarray._kernels.conv import tuning
 from fmtarray._kernels.conv._numpy import winograd
 from fmtarray._kernels.conv.spec import ConvSpec
 from kernel_calls import conv_backward, conv_forward
 
 from conv_reference import ref_conv
+from test_numpy_algos import selected
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 @pytest.fixture(autouse=True)
-def _small_problems_too(monkeypatch):
+def _small_problems_too():
     """The path's size heuristic would send these small problems to the direct path."""
-    monkeypatch.setattr(winograd, "MIN_TOTAL_COLS", 1)
+    with tuning(winograd_min_total_cols=1):
+        yield
 
 
 def rel_err(y, ref):
@@ -51,9 +53,9 @@ def setup(n, h, w, c, f, dtype, seed=0):
 
 
 def check(x, w, b, dil, pb, pa, value, dtype):
-    geo = _Geometry(x.shape, w.shape, 1, dil, pb, pa, value, 1)
-    assert winograd.applicable(x, geo, np.dtype(dtype))
-    y = conv_forward(cnp, x, w, b, dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    kw = dict(dilation=dil, pad_before=pb, pad_after=pa, pad_value=value)
+    assert selected("forward", x, w, **kw) == "numpy.winograd"
+    y = conv_forward(cnp, x, w, b, **kw)
     ref = ref_conv(x, w, b, 1, dil, pb, pa, value)
     assert y.dtype == dtype and y.shape == ref.shape
     assert rel_err(y, ref) <= TOL[dtype]
@@ -82,22 +84,19 @@ def test_forward_matches_direct_loops(case, bias, dtype):
 
 
 @pytest.mark.parametrize("wide", [False, True])
-def test_small_blocks_and_wide_chunks(monkeypatch, wide):
+def test_small_blocks_and_wide_chunks(wide):
     """Blocks of part of a tile row, several tile rows, and (wide mode) several chunks
     of blocks sharing one GEMM per ξν give the same numbers."""
     x, wt, b = setup(5, 13, 11, 8, 12, np.float64, seed=3)
     ref = check(x, wt, b, (1, 2), (1, 2), (1, 0), 0.5, np.float64)[1]
-    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)  # one tile per block
-    if wide:
-        monkeypatch.setattr(winograd, "WIDE_U_BYTES", 1)
-        monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 16 * 20 * 8 * 5 * 7)  # ~7 tiles/chunk
-    y = conv_forward(cnp, x, wt, b, dilation=(1, 2), pad_before=(1, 2), pad_after=(1, 0),
-                     pad_value=0.5)
-    assert rel_err(y, ref) <= 1e-12
-    monkeypatch.setattr(winograd, "BLOCK_BYTES", 5 * 2 * (12 * 8 + 16 * 8 + 16 * 12) * 8)
-    y = conv_forward(cnp, x, wt, b, dilation=(1, 2), pad_before=(1, 2), pad_after=(1, 0),
-                     pad_value=0.5)
-    assert rel_err(y, ref) <= 1e-12
+    # ~7 tiles per chunk in wide mode
+    extra = dict(winograd_wide_u_bytes=1, workspace_bytes=16 * 20 * 8 * 5 * 7) if wide else {}
+    kw = dict(dilation=(1, 2), pad_before=(1, 2), pad_after=(1, 0), pad_value=0.5)
+    for block in (1, 5 * 2 * (12 * 8 + 16 * 8 + 16 * 12) * 8):  # one tile; several rows
+        with tuning(winograd_block_bytes=block, **extra):
+            assert selected("forward", x, wt, **kw) == "numpy.winograd"
+            y = conv_forward(cnp, x, wt, b, **kw)
+        assert rel_err(y, ref) <= 1e-12
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -112,7 +111,7 @@ def test_forward_property(n, h, w, c, f, dil, pads, dtype):
     check(x, wt, b, dil, pb, pa, 0.0, dtype)
 
 
-def test_batch_split_bounds_the_blocks(monkeypatch):
+def test_batch_split_bounds_the_blocks():
     """A workspace too small for one tile of the whole batch: blocks take part of the
     batch. Forward and both gradients equal the unsplit results."""
     x, wt, b = setup(9, 7, 8, 8, 12, np.float64, seed=7)
@@ -121,29 +120,43 @@ def test_batch_split_bounds_the_blocks(monkeypatch):
     gy = batch_innermost(np.random.default_rng(8).standard_normal(y.shape))
     full = conv_backward(cnp, gy, x, wt, **kw)
     per_n = (12 * 8 + 16 * 8 + 16 * 12) * 8
-    monkeypatch.setattr(kconv, "WORKSPACE_BYTES", 8 * per_n)  # <= 4 samples per block
-    geo = _Geometry(x.shape, wt.shape, 1, 1, 1, 1, 0.0, 1)
-    assert max(s[6] - s[5] for s in winograd._blocks(geo, 8)) <= 4
-    np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, wt, b, **kw)), y, rtol=1e-12)
+    geo = ConvSpec.make(x.shape, wt.shape, pad_before=1, pad_after=1, dtype="float64")
+    with tuning(workspace_bytes=8 * per_n):  # <= 4 samples per block
+        assert max(s[6] - s[5] for s in winograd._blocks(geo, 8)) <= 4
+        assert selected("forward", x, wt, **kw) == "numpy.winograd"
+        assert selected("weight_grad", x, wt, gy, **kw) == "numpy.winograd_weight_grad"
+        assert selected("input_grad", x, wt, gy, **kw) == "numpy.winograd_input_grad"
+        np.testing.assert_allclose(np.asarray(conv_forward(cnp, x, wt, b, **kw)), y, rtol=1e-12)
+        got = conv_backward(cnp, gy, x, wt, **kw)
     assert rel_err(y, ref_conv(x, wt, b, 1, 1, 1, 1, 0.0)) <= 1e-12
-    for g, e in zip(conv_backward(cnp, gy, x, wt, **kw), full):
+    for g, e in zip(got, full):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("value", [0.0, "replicate"])
 def test_input_gradient(value):
     """The stride-1 input gradient (a convolution of the cotangent with the flipped
-    filters) and the weight gradient take the Winograd path; they equal the portable
-    path's on array_api_strict."""
+    filters, zero-padded whatever the padding mode) and, with constant padding, the
+    weight gradient take the Winograd path; they equal the portable path's on
+    array_api_strict. With a padding mode the registry prefers the scatter of
+    ``numpy.input_grad_bi`` (fewer channels than filters); forced, Winograd agrees."""
     x, wt, b = setup(4, 9, 8, 8, 10, np.float64, seed=5)
     kw = dict(dilation=(2, 1), pad_before=(2, 1), pad_after=(1, 1), pad_value=value)
     y = np.asarray(conv_forward(cnp, x, wt, b, **kw))
     gy = batch_innermost(np.random.default_rng(6).standard_normal(y.shape))
+    const = value == 0.0
+    assert selected("weight_grad", x, wt, gy, **kw) == (
+        "numpy.winograd_weight_grad" if const else "numpy.gemm")
+    assert selected("input_grad", x, wt, gy, **kw) == (
+        "numpy.winograd_input_grad" if const else "numpy.input_grad_bi")
     got = conv_backward(cnp, gy, x, wt, **kw)
     sa = array_api_strict.asarray
     want = conv_backward(array_api_strict, sa(gy), sa(x), sa(wt), **kw)
     for g, e in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-11, atol=1e-12)
+    gx, _, _ = conv_backward(cnp, gy, x, wt, needs=(True, False, False),
+                             force={"input_grad": "numpy.winograd_input_grad"}, **kw)
+    np.testing.assert_allclose(gx, np.asarray(want[0]), rtol=1e-11, atol=1e-12)
 
 
 def test_layer_output_is_canonical():
@@ -160,34 +173,36 @@ def test_mixed_dtypes_promote():
     """float32 input with float64 weights: computed and returned in float64."""
     x, wt, b = setup(4, 6, 7, 8, 9, np.float32, seed=11)
     w64 = wt.astype(np.float64)
-    geo = _Geometry(x.shape, w64.shape, 1, 1, 1, 1, 0.0, 1)
-    assert winograd.applicable(x, geo, np.dtype(np.float64))
+    assert selected("forward", x, w64, pad_before=1, pad_after=1) == "numpy.winograd"
     y = conv_forward(cnp, x, w64, None, pad_before=1, pad_after=1)
     assert y.dtype == np.float64
     assert rel_err(y, ref_conv(x, w64, None, 1, 1, 1, 1, 0.0)) <= 1e-12
 
 
-def test_size_heuristic(monkeypatch):
+def test_size_heuristic():
     """With the default threshold, too few tiles × batch for the filter transform to
     pay go to the direct path (the benchmark's 512-channel 7×7 case with a batch of 8);
     the 256-channel 14×14 case with a batch of 64 takes Winograd."""
-    monkeypatch.setattr(winograd, "MIN_TOTAL_COLS", 512)
-    f32 = np.dtype(np.float32)
-    small = _Geometry((8, 7, 7, 512), (3, 3, 512, 512, 1), 1, 1, 1, 1, 0.0, 1)
-    big = _Geometry((64, 14, 14, 256), (3, 3, 256, 256, 1), 1, 1, 1, 1, 0.0, 1)
-    x_small = batch_innermost(np.zeros((8, 7, 7, 512), np.float32))
-    x_big = batch_innermost(np.zeros((64, 14, 14, 256), np.float32))
-    assert not winograd.applicable(x_small, small, f32)
-    assert winograd.applicable(x_big, big, f32)
-    # the canonical channels-last layout (batch outermost) never takes this path
-    assert not winograd.applicable(np.zeros((64, 14, 14, 256), np.float32), big, f32)
+    kw = dict(pad_before=1, pad_after=1)
+    with tuning(winograd_min_total_cols=512):
+        x_small = batch_innermost(np.zeros((8, 7, 7, 512), np.float32))
+        w_small = np.zeros((3, 3, 512, 512, 1), np.float32)
+        assert selected("forward", x_small, w_small, **kw) == "numpy.gemm_wide"
+        with pytest.raises(ValueError, match="winograd_min_total_cols"):
+            selected("forward", x_small, w_small, force="numpy.winograd", **kw)
+        x_big = batch_innermost(np.zeros((64, 14, 14, 256), np.float32))
+        w_big = np.zeros((3, 3, 256, 256, 1), np.float32)
+        assert selected("forward", x_big, w_big, **kw) == "numpy.winograd"
+        # the canonical channels-last layout (batch outermost) never takes this path
+        x_cl = np.zeros((64, 14, 14, 256), np.float32)
+        assert selected("forward", x_cl, w_big, **kw) != "numpy.winograd"
 
 
 def test_flipped_filter_transform():
     """``flip=True`` is the transform of the spatially flipped filters."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((3, 3, 5, 6, 1))
-    geo = _Geometry((4, 6, 6, 5), w.shape, 1, 1, 1, 1, 0.0, 1)
+    geo = ConvSpec.make((4, 6, 6, 5), w.shape, pad_before=1, pad_after=1, dtype="float64")
     got = winograd.transformed_filters(w, geo, np.dtype(np.float64), flip=True)
     want = winograd.transformed_filters(w[::-1, ::-1], geo, np.dtype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
@@ -203,6 +218,9 @@ def test_non_finite_values_keep_direct_semantics(bad):
     x[1, 2, 3, 4] = bad
     kw = dict(pad_before=1, pad_after=1)
     with np.errstate(all="ignore"):
+        assert selected("forward", x, wt, **kw) == "numpy.gemm"
+        with pytest.raises(ValueError, match="non-finite"):
+            selected("forward", x, wt, force="numpy.winograd", **kw)
         y = np.asarray(conv_forward(cnp, x, wt, b, **kw))
         ref = ref_conv(x, wt, b, 1, 1, 1, 1, 0.0)
         np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))

@@ -39,6 +39,8 @@ class Tuning:
     bi_max_run: int = 8
     #: minimum flat row length N·Wp for the last-dim-innermost path (elements)
     li_min_run: int = 256
+    #: most channels for the last-dim-innermost path
+    li_max_c: int = 64
     #: channel range of the flat-shift batch-innermost backward
     flat_channels: tuple = (8, 32)
     #: its minimum batch, minimum flat row (elements) and tile (elements)
@@ -56,6 +58,12 @@ class Tuning:
     #: Winograd: smallest channel and filter counts for which the transforms pay off
     winograd_min_c: int = 8
     winograd_min_f: int = 8
+    #: Winograd: smallest batch (the batch is the GEMMs' innermost run)
+    winograd_min_n: int = 4
+    #: channel-wise paths: target size of one output tile (forward, transposing layout)
+    depthwise_tile_bytes: int = 256 * 2**10
+    #: channel-wise batch-innermost weight gradient: target size of one cotangent row block
+    depthwise_wgrad_tile_bytes: int = 512 * 2**10
 
 
 _DEFAULT = Tuning()

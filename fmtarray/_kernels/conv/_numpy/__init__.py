@@ -1,18 +1,35 @@
 """NumPy's convolution algorithms (registered on import by :mod:`..registry`).
 
+One algorithm family per module — :mod:`.winograd`, :mod:`.batch_innermost`,
+:mod:`.depthwise`, :mod:`.last_innermost`, :mod:`.gemm` — on the threads, scratch
+buffers and copies of :mod:`._runtime`; every threshold comes from
+:func:`~fmtarray._kernels.conv.tuning.current`.
+
 The kernels work on channels-last views ``(N, *sp, C)`` of the kernel arrays (a
 permutation of the strides, no copy) and return ``(N, *out, F)``, handed back as a view
-in the layout's order.
+in the layout's order. The entries are registered below in priority order (the first
+that applies runs); each ``applies`` reads the strides the path relies on from the
+:class:`~..spec.Layout` (a size-1 dim may carry any stride; ``as_strided`` is never
+built from assumed strides), ``accepts`` checks the values where the path needs it
+(dtypes of arrays read in place, Winograd's finite inputs). Every entry declines
+input dilation (the portable entry materialises it) and computes a batch of 0 itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..registry import Algo, register
-from . import legacy
+from . import batch_innermost, depthwise, gemm, last_innermost, winograd
+from ._common import data_dtypes_match, plain
+from ._runtime import release_scratch, serial_if_small, single_threaded_blas
 
-__all__ = ["to_channels_last", "from_channels_last"]
+__all__ = ["to_channels_last", "from_channels_last", "release_scratch"]
+
+ALL = ("forward", "input_grad", "weight_grad")
+GRADS = ("input_grad", "weight_grad")
 
 
 def to_channels_last(a, layout):
@@ -23,22 +40,117 @@ def from_channels_last(a, layout):
     return np.transpose(a, layout.inverse(layout.channels_last))
 
 
-def _always(spec, layout):
-    if any(s > 1 for s in spec.lhs_dilation):
-        return "input dilation is not supported"
-    return None
+def _threads(spec, blas1):
+    stack = contextlib.ExitStack()
+    stack.enter_context(serial_if_small(spec))
+    if blas1:
+        stack.enter_context(single_threaded_blas())
+    return stack
 
 
-def _fwd(xp, spec, layout, x, w, b):
-    y = legacy.forward(to_channels_last(x, layout), w, b, spec)
-    return from_channels_last(y, layout)
+def _forward(kernel, blas1):
+    def run(xp, spec, layout, x, w, b):
+        x = plain(to_channels_last(x, layout))
+        w = np.asarray(w)
+        dtype = np.result_type(x.dtype, w.dtype)
+        if spec.N == 0:
+            y = np.empty((0, *spec.out, spec.F), dtype=dtype)
+        else:
+            bias = None if b is None else np.asarray(b, dtype=dtype).reshape(spec.F)
+            with _threads(spec, blas1):
+                y = kernel(x, w, bias, spec, dtype)
+        return from_channels_last(y, layout)
+
+    return run
 
 
-def _bwd(xp, spec, layout, gy, x, w, needs):
-    gx, gw, _ = legacy.backward(to_channels_last(gy, layout), to_channels_last(x, layout), w,
-                                spec, (needs[0], needs[1], False))
-    return (None if gx is None else from_channels_last(gx, layout)), gw
+def _backward(kernel, blas1):
+    def run(xp, spec, layout, gy, x, w, needs):
+        gy = plain(to_channels_last(gy, layout))
+        x = plain(to_channels_last(x, layout))
+        w = np.asarray(w)
+        dtype = np.result_type(gy.dtype, x.dtype, w.dtype)
+        if spec.N == 0:
+            gx = np.zeros(x.shape, dtype) if needs[0] else None
+            gw = np.zeros(w.shape, dtype) if needs[1] else None
+        else:
+            with _threads(spec, blas1):
+                gx, gw = kernel(gy, x, w, spec, needs, dtype)
+        gx = from_channels_last(gx, layout) if needs[0] and gx is not None else None
+        return gx, (gw if needs[1] else None)
+
+    return run
 
 
-register(Algo("numpy.legacy", "numpy", ("forward", "input_grad", "weight_grad"), _always,
-              forward=_fwd, backward=_bwd, domain="every NumPy convolution"))
+def _no_input_dilation(applies):
+    def check(spec, layout):
+        if any(s > 1 for s in spec.lhs_dilation):
+            return (f"input dilation {spec.lhs_dilation}: NumPy kernels do not dilate "
+                    "(portable.im2col does)")
+        return applies(spec, layout)
+
+    return check
+
+
+def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None,
+           blas1=True):
+    register(Algo(f"numpy.{name}", "numpy", ops, _no_input_dilation(applies),
+                  forward=None if forward is None else _forward(forward, blas1),
+                  backward=None if backward is None else _backward(backward, blas1),
+                  accepts=accepts, domain=domain))
+
+
+# ---- in priority order (the order of the former if-chains)
+
+_entry("winograd", ("forward",), winograd.applies_forward,
+       "Winograd F(2×2, 3×3): 3×3 stride 1, one group, constant padding, batch-innermost, "
+       "≥ 8 channels and filters, batch ≥ 4, ≥ 512 tile columns, finite values",
+       forward=winograd.run_forward, accepts=winograd.accepts_forward)
+_entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
+       "GEMM on batch-innermost data without transposing it: one group, kw·C ≤ 8",
+       forward=batch_innermost.forward)
+_entry("depthwise_bi", ALL, depthwise.applies_bi,
+       "channel-wise (one channel and one filter per group) on batch-innermost data whose "
+       "(C, N) values are contiguous: fused einsum per row block",
+       forward=depthwise.forward_bi, backward=depthwise.backward_bi,
+       accepts=data_dtypes_match, blas1=False)
+_entry("depthwise", ALL, depthwise.applies,
+       "channel-wise (one channel per group), any layout: multiply-accumulate over the taps",
+       forward=depthwise.forward, backward=depthwise.backward)
+_entry("flat_shift", GRADS, batch_innermost.applies_flat,
+       "both gradients of a 2-d stride-1 one-group convolution on batch-innermost data, "
+       "8-32 channels and filters, batch ≥ 16, finite constant padding: flat shifts",
+       backward=batch_innermost.backward_flat)
+_entry("winograd_weight_grad", ("weight_grad",), winograd.applies_weight_grad,
+       "Winograd's adjoint F(3×3, 2×2): the forward's domain, batch-innermost cotangent, "
+       "transformed filters < 8 MiB",
+       backward=winograd.run_weight_grad, accepts=winograd.accepts_weight_grad)
+_entry("last_innermost", ("forward", "weight_grad"), last_innermost.applies,
+       "last convolved dim innermost in memory (e.g. SCBT over S and T), stride 1 along it, "
+       "one group, ≤ 64 channels: flat-shift columns, row ring",
+       forward=last_innermost.forward, backward=last_innermost.weight_grad,
+       accepts=data_dtypes_match)
+_entry("input_grad_bi", ("input_grad",), batch_innermost.applies_input_grad,
+       "input gradient on batch-innermost data, one group, fewer channels than filters "
+       "(unless Winograd's weight gradient applies): Wᵀ·gy scattered per tap",
+       backward=batch_innermost.input_grad)
+_entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
+       "stride-1 input gradient as a Winograd convolution of the cotangent (its domain "
+       "read on the cotangent)",
+       backward=winograd.run_input_grad, accepts=winograd.accepts_input_grad)
+_entry("last_innermost_input_grad", ("input_grad",), last_innermost.applies_input_grad,
+       "stride-1 input gradient with constant padding as a last-dim-innermost convolution "
+       "of the cotangent",
+       backward=last_innermost.input_grad, accepts=data_dtypes_match)
+_entry("gemm_wide", ("forward", "weight_grad"), gemm.applies_wide,
+       "im2col GEMM with weights ≥ 2 MiB: chunk-sized GEMMs split by rows over the workers",
+       forward=gemm.forward_wide, backward=gemm.weight_grad_wide)
+_entry("gemm", ("forward", "weight_grad"), lambda spec, layout: None,
+       "every NumPy convolution: im2col in cache-sized column tiles, one GEMM per tile",
+       forward=gemm.forward_tiles, backward=gemm.weight_grad_tiles)
+_entry("grad_as_conv", ("input_grad",), gemm.applies_grad_as_conv,
+       "stride-1 input gradient: im2col convolution of the cotangent with the flipped kernel",
+       backward=gemm.input_grad_as_conv)
+_entry("col2im", ("input_grad",), lambda spec, layout: None,
+       "every NumPy input gradient: gy·Wᵀ per tile scatter-added into padded samples",
+       backward=gemm.input_grad_col2im)

@@ -36,48 +36,114 @@ row ≡ p (mod dl_h) and column ≡ q (mod dl_w) read only the padded input rows
 columns of the same residues, an undilated 3×3 convolution on a strided view.
 
 Work is cut into blocks of tiles (a few tile rows, or part of one) whose buffers stay
-near :data:`BLOCK_BYTES`; blocks are spread over the worker threads of
-:mod:`~fmtarray._kernels.numpy_conv` with BLAS held at one thread.
+near ``Tuning.winograd_block_bytes``; blocks are spread over the worker threads of
+:mod:`._runtime` with BLAS held at one thread.
+
+Entries: ``numpy.winograd`` (forward), ``numpy.winograd_weight_grad`` and
+``numpy.winograd_input_grad`` (the stride-1 input gradient: this forward on the
+cotangent with the flipped filters, whose transform comes straight from ``w``).
+Thresholds: ``Tuning.winograd_*``.
 """
 
 from __future__ import annotations
 
-from ..spec import ConvSpec
-from ..tuning import current
-
 import numpy as np
 
-__all__ = ["applicable", "finite", "forward", "transformed_filters", "weight_grad",
-           "weight_grad_applicable"]
+from ..tuning import current
+from ._common import cl_strides, grad_conv, grad_input, itemsize, unpad
+from ._runtime import n_workers, parallel, parallel_sum
 
-#: target size of one block's buffers (padded input rows, transformed tiles, products)
-BLOCK_BYTES = 6 * 2**20
-#: GEMM columns (tiles × batch) a block should have, block budget permitting or not
-MIN_GEMM_COLS = 256
-#: transformed filters at least this large (bytes) switch to chunked "wide" GEMMs
-WIDE_U_BYTES = 8 * 2**20
-#: smallest number of GEMM columns (2×2 tiles × batch) per transformed-filter pair
-MIN_TOTAL_COLS = 512
-#: smallest channel counts for which the transforms pay for themselves
-MIN_C = 8
-MIN_F = 8
+__all__ = ["applies_forward", "applies_weight_grad", "applies_input_grad", "accepts_forward",
+           "accepts_weight_grad", "accepts_input_grad", "finite", "forward",
+           "transformed_filters", "weight_grad", "run_forward", "run_weight_grad",
+           "run_input_grad"]
 
 # the filter transform (the input and output transforms are written out as additions)
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def applicable(x, geo, dtype) -> bool:
+def _why_not(spec, st):
     """2-D, 3×3, stride 1, one group, constant padding, batch innermost in memory
-    (checked on the strides), enough channels, batch and output tiles for the
-    transforms to pay (the filter transform costs as much as ``16·C·F`` values, whatever
-    the batch: the 512-channel 7×7 case of the benchmark, with 16 tiles of a batch of 8,
-    measured faster on the direct path)."""
-    return (geo.d == 2 and geo.k == (3, 3) and geo.stride == (1, 1) and geo.G == 1
-            and not isinstance(geo.value, str)
-            and dtype in (np.float32, np.float64)
-            and geo.N >= 4 and x.strides[0] == x.itemsize
-            and geo.C >= MIN_C and geo.F >= MIN_F
-            and _tiles_total(geo) * geo.N >= MIN_TOTAL_COLS)
+    (``st``: channels-last element strides of the data), enough channels, batch and
+    output tiles for the transforms to pay (the filter transform costs as much as
+    ``16·C·F`` values, whatever the batch: the 512-channel 7×7 case of the benchmark,
+    with 16 tiles of a batch of 8, measured faster on the direct path)."""
+    t = current()
+    if spec.d != 2 or spec.k != (3, 3):
+        return f"filter {spec.k}: 3×3 over two dims only"
+    if spec.stride != (1, 1):
+        return f"stride {spec.stride}: stride 1 only"
+    if spec.G != 1:
+        return f"{spec.G} groups: one group only"
+    if not spec.constant_padding:
+        return f"padding {spec.value!r}: constant padding only"
+    if spec.dtype not in ("float32", "float64"):
+        return f"dtype {spec.dtype}: float32 or float64 only"
+    if spec.N < t.winograd_min_n:
+        return f"batch of {spec.N} < Tuning.winograd_min_n = {t.winograd_min_n}"
+    if st is None or st[0] != 1:
+        return "the batch is not innermost in memory"
+    if spec.C < t.winograd_min_c or spec.F < t.winograd_min_f:
+        return (f"{spec.C} -> {spec.F} channels, fewer than Tuning.winograd_min_c/_f = "
+                f"{t.winograd_min_c}/{t.winograd_min_f}")
+    cols = _tiles_total(spec) * spec.N
+    if cols < t.winograd_min_total_cols:
+        return (f"{cols} GEMM columns (2×2 tiles × batch) < Tuning.winograd_min_total_cols = "
+                f"{t.winograd_min_total_cols}")
+    return None
+
+
+def applies_forward(spec, layout):
+    return _why_not(spec, cl_strides(spec, layout))
+
+
+def applies_weight_grad(spec, layout):
+    """The forward's conditions, a batch-innermost cotangent, and filters below the
+    wide size (large filters make the per-block ``(16, C, F)`` products dominate: the
+    GEMM path accumulates those better)."""
+    r = applies_forward(spec, layout)
+    if r is not None:
+        return r
+    if layout.gy_memory is None:
+        return "a gradient path"
+    gs = cl_strides(spec, layout, "gy")
+    if gs is None or gs[0] != 1:
+        return "the cotangent's batch is not innermost in memory"
+    u, limit = 16 * spec.C * spec.F * itemsize(spec), current().winograd_wide_u_bytes
+    if u >= limit:
+        return f"transformed filters of {u} bytes >= Tuning.winograd_wide_u_bytes = {limit}"
+    return None
+
+
+def applies_input_grad(spec, layout):
+    """The forward's conditions for the convolution of the cotangent with the flipped
+    filters (see :func:`~._common.grad_conv`)."""
+    if any(s != 1 for s in spec.stride):
+        return f"stride {spec.stride}: only a stride-1 input gradient is a plain convolution"
+    if layout.gy_memory is None:
+        return "a gradient path"
+    return _why_not(grad_conv(spec)[1], cl_strides(spec, layout, "gy"))
+
+
+def _non_finite(*arrays):
+    if not finite(*arrays):
+        return ("a non-finite value: the transforms would turn ±inf into NaN (the direct "
+                "sum keeps it)")
+    return None
+
+
+def accepts_forward(spec, layout, x, w):
+    return _non_finite(x, w)
+
+
+def accepts_weight_grad(spec, layout, gy, x):
+    if np.dtype(gy.dtype) != np.dtype(spec.dtype):
+        return f"the cotangent is {gy.dtype}, the result {spec.dtype}"
+    return _non_finite(gy, x)
+
+
+def accepts_input_grad(spec, layout, gy, w):
+    return _non_finite(gy, w)
 
 
 def finite(*arrays) -> bool:
@@ -106,18 +172,16 @@ def transformed_filters(w, geo, dtype, flip=False):
     swapped): the input gradient's filters (flipped, ``C`` and ``F`` swapped) are then
     these matrices transposed, which BLAS reads for free — no copy of the transposed
     weights."""
-    from .legacy import _parallel, _workers
-
     g = np.ascontiguousarray(np.asarray(w).reshape(9, geo.C * geo.F), dtype=dtype)
     gk = np.einsum("ai,bj->abij", _G, _G).reshape(16, 9).astype(dtype)
     if flip:
         p = (3, 1, 2, 0)
         gk = gk[[4 * p[a] + p[b] for a in range(4) for b in range(4)]]
     u = np.empty((16, geo.C * geo.F), dtype=dtype)
-    _, nw, _ = _workers()
+    nw = n_workers()
     n = g.shape[1]
     step = max(-(-n // nw), 1)
-    _parallel(lambda _w, c0: np.matmul(gk, g[:, c0:c0 + step], out=u[:, c0:c0 + step]),
+    parallel(lambda _w, c0: np.matmul(gk, g[:, c0:c0 + step], out=u[:, c0:c0 + step]),
               range(0, n, step))
     return u.reshape(16, geo.C, geo.F)
 
@@ -126,12 +190,10 @@ def _blocks(geo, itemsize):
     """Blocks ``(phase, t0, t1, u0, u1, n0, n1)``: tile rows ``[t0, t1)`` and tile
     columns ``[u0, u1)`` of the phase's output grid, samples ``[n0, n1)``. A block's
     buffers stay within the workspace share of its worker whatever the batch size."""
-    WORKSPACE_BYTES = current().workspace_bytes
-    from .legacy import _workers
-
+    t = current()
     C, F, N = geo.C, geo.F, geo.N
-    _, nw, _ = _workers()
-    cap = WORKSPACE_BYTES // (2 * nw)  # all workers' blocks together within the workspace
+    nw = n_workers()
+    cap = t.workspace_bytes // (2 * nw)  # all workers' blocks together within the workspace
     # bytes per tile and sample: padded input (~4), row-transformed (8), V (16) per
     # channel, M (16) per filter
     per_n = (12 * C + max(16 * C, 8 * F) + 16 * F) * itemsize
@@ -145,10 +207,10 @@ def _blocks(geo, itemsize):
               for ph in range(dh) for pw in range(dw)]
     phases = [p for p in phases if p[2] and p[3]]  # dilation beyond the output: empty phases
     total = sum(-(-ho // 2) * -(-wo // 2) for _, _, ho, wo in phases) * -(-N // nb)
-    # tiles per block: within the block budget, but enough GEMM columns (MIN_GEMM_COLS)
+    # tiles per block: within the block budget, but enough GEMM columns (winograd_min_gemm_cols)
     # to run BLAS near its peak; within the workspace (all workers' blocks together);
     # at least two blocks per worker where there are enough tiles
-    most = max(BLOCK_BYTES // per_tile, -(-MIN_GEMM_COLS // nb))
+    most = max(t.winograd_block_bytes // per_tile, -(-t.winograd_min_gemm_cols // nb))
     most = min(most, cap // per_tile, -(-total // (2 * nw)))
     most = max(1, most)
     for n0 in range(0, N, nb):
@@ -171,14 +233,12 @@ def forward(x, w, bias, geo, dtype, ut=None):
     input gradient), else computed from ``w``.
 
     Small filters: each worker runs whole blocks (input transform, 16 GEMMs, output
-    transform) in its own buffers. Large filters (``U`` beyond :data:`WIDE_U_BYTES`,
+    transform) in its own buffers. Large filters (``U`` beyond ``winograd_wide_u_bytes``,
     which would be streamed from memory once per block): blocks are grouped into chunks
     whose ``V`` and ``M`` fit the workspace; the workers transform the chunk's input
     blocks, then split the 16 GEMMs by rows of ``U`` (each ``U`` row block read once
     per chunk, wide GEMMs), then transform the output blocks."""
-    WORKSPACE_BYTES = current().workspace_bytes
-    from .legacy import _parallel, _workers
-
+    t = current()
     N, C, F = geo.N, geo.C, geo.F
     it = np.dtype(dtype).itemsize
     if ut is None:
@@ -187,7 +247,7 @@ def forward(x, w, bias, geo, dtype, ut=None):
     blocks = _blocks(geo, it)
     lmax = max(_spec_len(b) for b in blocks)  # nt·Qh·nb
     inb = max(4 * C * (_spec_len(b) + (b[4] - b[3] + 1) * (b[6] - b[5])) for b in blocks)
-    _, nw, _ = _workers()
+    nw = n_workers()
     bufs = [None] * nw
 
     def scratch(wid):
@@ -199,7 +259,7 @@ def forward(x, w, bias, geo, dtype, ut=None):
         return bufs[wid]
 
     ctx = (x, geo, dtype, out, bias)
-    if 16 * C * F * it < WIDE_U_BYTES:
+    if 16 * C * F * it < t.winograd_wide_u_bytes:
 
         def work(wid, spec):
             bb, tb, vb, mb = scratch(wid)
@@ -210,12 +270,12 @@ def forward(x, w, bias, geo, dtype, ut=None):
             np.matmul(ut[:, None], v[..., : X // nt], out=m)
             _transform_out(ctx, spec, m, vb)
 
-        _parallel(work, blocks, dynamic=True)
+        parallel(work, blocks, dynamic=True)
         return out.transpose(3, 0, 1, 2)
 
     # wide: chunks of blocks; a block's columns in the chunk are (nt, cu, N) (no junk)
     xs = [_spec_x(b) for b in blocks]
-    limit = max(max(xs), WORKSPACE_BYTES // (16 * (C + F) * it))
+    limit = max(max(xs), t.workspace_bytes // (16 * (C + F) * it))
     chunks, cur, tot = [], [], 0
     for b, xw in zip(blocks, xs):
         if cur and tot + xw > limit:
@@ -252,9 +312,9 @@ def forward(x, w, bias, geo, dtype, ut=None):
             np.copyto(m, mc[:, :, x0:x1].reshape(16, F, nt, cu, nb).transpose(0, 2, 1, 3, 4))
             _transform_out(ctx, spec, m.reshape(16, nt, F, cu * nb), vb)
 
-        _parallel(work_in, chunk, dynamic=True)
-        _parallel(gemm, rows)
-        _parallel(work_out, chunk, dynamic=True)
+        parallel(work_in, chunk, dynamic=True)
+        parallel(gemm, rows)
+        parallel(work_out, chunk, dynamic=True)
     return out.transpose(3, 0, 1, 2)
 
 
@@ -393,15 +453,6 @@ def _tile_outputs(spec, dilation):
 # weight gradient: the adjoint of the forward, F(3×3, 2×2)
 
 
-def weight_grad_applicable(gy, x, geo, dtype) -> bool:
-    """The forward's conditions, a batch-innermost cotangent, and filters below the
-    wide size (large filters make the per-block ``(16, C, F)`` products dominate: the
-    GEMM path accumulates those better)."""
-    return (applicable(x, geo, dtype) and gy.dtype == dtype
-            and gy.strides[0] == gy.itemsize
-            and 16 * geo.C * geo.F * np.dtype(dtype).itemsize < WIDE_U_BYTES)
-
-
 def weight_grad(gy, x, geo, dtype):
     """``∂L/∂w`` ``(3, 3, C, F, 1)`` for the Winograd-eligible forward.
 
@@ -412,14 +463,12 @@ def weight_grad(gy, x, geo, dtype):
     transform as the forward. Then ``∂L/∂g = Gᵀ (∂L/∂U) G`` over the 3×3 taps. Output
     positions of partial tiles and the junk columns of the flat layout carry a zero
     cotangent, so they add nothing."""
-    from .legacy import _parallel_sum, _workers
-
     C, F = geo.C, geo.F
     it = np.dtype(dtype).itemsize
     blocks = _blocks(geo, it)
     lmax = max(_spec_len(b) for b in blocks)
     inb = max(4 * C * (_spec_len(b) + (b[4] - b[3] + 1) * (b[6] - b[5])) for b in blocks)
-    _, nw, _ = _workers()
+    nw = n_workers()
     bufs = [None] * nw
     ctx = (x, geo, dtype, None, None)
     gyb = np.moveaxis(gy, 0, -1)  # (Ho, Wo, F, N)
@@ -438,7 +487,7 @@ def weight_grad(gy, x, geo, dtype):
             np.matmul(v[:, t], g[:, t].transpose(0, 2, 1), out=tmp)
             acc += tmp
 
-    total = _parallel_sum(work, blocks, (16, C, F), dtype)
+    total = parallel_sum(work, blocks, (16, C, F), dtype)
     gk = np.einsum("ai,bj->ijab", _G, _G).reshape(9, 16).astype(dtype)
     gw = np.matmul(gk, total.reshape(16, C * F))
     return gw.reshape(3, 3, C, F, 1)
@@ -476,3 +525,24 @@ def _transform_gy(gyb, geo, spec, gb):
     np.subtract(r[:, 0], r[:, 1], out=out[:, 2])
     np.negative(r[:, 1], out=out[:, 3])
     return out.reshape(16, nt, F, Qh * N)
+
+
+# ---------------------------------------------------------------------------------------
+# registry entries
+
+
+def run_forward(x, w, bias, geo, dtype):
+    return forward(x, w, bias, geo, dtype)
+
+
+def run_weight_grad(gy, x, w, geo, needs, dtype):
+    return None, weight_grad(gy, x, geo, dtype)
+
+
+def run_input_grad(gy, x, w, geo, needs, dtype):
+    """The flipped, transposed filters' transform straight from ``w`` (no copy of the
+    transposed weights), then this forward on the (cropped) cotangent."""
+    g, _, g2, padded = grad_input(gy, w, geo, dtype)
+    ut = transformed_filters(w, geo, dtype, flip=True)
+    gx = forward(g, None, None, g2, dtype, ut=ut)
+    return (unpad(gx, geo) if padded else gx), None

@@ -1,0 +1,306 @@
+"""Threads, scratch buffers and copies shared by the NumPy convolution algorithms.
+
+* **Workers.** One worker per core that BLAS would use (``FMTARRAY_NUM_THREADS``
+  overrides it); the calling thread is worker 0. While a convolution runs, BLAS is held
+  at one thread (:func:`single_threaded_blas`): gathers (memory copies) and GEMMs then
+  run on every core, instead of a single-threaded gather followed by a multi-threaded
+  GEMM. NumPy and BLAS release the GIL. Every task handed to the pool runs in a copy
+  of the caller's :mod:`contextvars` context, so :func:`~fmtarray._kernels.conv.tuning`
+  settings reach the worker threads.
+* **Small problems** (fewer multiply-adds than ``Tuning.serial_macs``) run on the
+  calling thread alone (:func:`serial_if_small`): waking a pool thread costs more than
+  it saves.
+* **Scratch.** Buffers of ``Tuning.scratch_keep_bytes`` and more (chunk copies, chunk
+  columns, transposed cotangents) are kept per thread and role for the next call — at
+  most ``2 · workspace_bytes`` — since faulting in fresh pages costs about 0.1 ms per
+  MiB; :func:`release_scratch` drops them.
+* **Copies** in cache-sized blocks cut along the source's outermost dim, split over
+  the workers; :class:`Chunked` pads chunks of a batch into one reusable buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ...pad import fill_border_numpy
+from ..tuning import current
+
+__all__ = ["workers", "single_threaded_blas", "serial_if_small", "parallel", "parallel_sum",
+           "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch",
+           "copy_blocked", "parallel_copy", "Chunked"]
+
+_lock = threading.Lock()
+_state: dict = {}
+_tls = threading.local()
+_SERIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("fmtarray_conv_serial",
+                                                               default=False)
+_END = object()
+
+
+def workers():
+    """``(pool, n, controller)``: one worker per core that BLAS would use."""
+    if "pool" not in _state:
+        with _lock:
+            if "pool" not in _state:
+                n = os.cpu_count() or 1
+                ctl = None
+                try:
+                    from threadpoolctl import ThreadpoolController
+
+                    ctl = ThreadpoolController()
+                    blas = [i["num_threads"] for i in ctl.info() if i["user_api"] == "blas"]
+                    if blas:
+                        n = max(1, min(n, max(blas)))
+                except Exception:  # pragma: no cover - threadpoolctl missing
+                    # BLAS cannot be held at one thread: no worker threads on top of it
+                    ctl, n = None, 1
+                env = os.environ.get("FMTARRAY_NUM_THREADS")
+                if env:
+                    n = max(1, int(env))
+                _state["n"] = n
+                _state["ctl"] = ctl
+                _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fmtarray")
+    return _state["pool"], _state["n"], _state["ctl"]
+
+
+def n_workers() -> int:
+    return workers()[1]
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    _, n, ctl = workers()
+    if n > 1 and ctl is not None:
+        with ctl.limit(limits=1, user_api="blas"):
+            yield
+    else:
+        yield
+
+
+def row_blocks(m):
+    """One block of GEMM rows per worker. The big GEMMs of wide mode are split over
+    our workers (BLAS held at one thread) rather than handed to BLAS's own threads,
+    which spin for a long while after each call and slow whatever runs next."""
+    nw = n_workers()
+    step = -(-m // nw)
+    return [(r0, min(r0 + step, m)) for r0 in range(0, m, step)]
+
+
+def parallel(fn, items, dynamic=False):
+    """Run ``fn(worker, item)`` over ``items``; worker ``i`` takes items ``i, i+n, …``
+    (a fixed assignment: sums per worker are reproducible). Worker 0 is the calling
+    thread, which starts at once: a pool thread that has been idle takes a while to
+    wake up (hundreds of µs on a virtual machine), and each conv runs a few of these
+    parallel phases.
+
+    ``dynamic=True`` (for items whose results do not depend on which worker ran them:
+    disjoint outputs, no per-worker sums): each worker takes the next item as it
+    becomes free, so a core slowed by something else (another library's threads still
+    spinning after its call, another process) gets fewer items instead of holding up
+    the whole phase."""
+    pool, n, _ = workers()
+    items = list(items)
+    if n == 1 or len(items) <= 1 or _SERIAL.get():
+        for it in items:
+            fn(0, it)
+        return
+    n = min(n, len(items))
+
+    if dynamic:
+        nxt = iter(items)
+        lock = threading.Lock()
+
+        def run(w):
+            while True:
+                with lock:
+                    it = next(nxt, _END)
+                if it is _END:
+                    return
+                fn(w, it)
+    else:
+
+        def run(w):
+            for it in items[w::n]:
+                fn(w, it)
+
+    # each task in its own copy of the caller's context (tuning() settings travel)
+    futures = [pool.submit(contextvars.copy_context().run, run, w) for w in range(1, n)]
+    try:
+        run(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+@contextlib.contextmanager
+def serial_if_small(spec):
+    """Within the block, :func:`parallel` runs on the calling thread when the
+    convolution is small (``N·P·K·C/groups·F`` below ``Tuning.serial_macs``)."""
+    if spec.macs >= current().serial_macs or _SERIAL.get():
+        yield
+        return
+    token = _SERIAL.set(True)
+    try:
+        yield
+    finally:
+        _SERIAL.reset(token)
+
+
+def parallel_sum(fn, items, shape, dtype):
+    """``Σ`` over ``items`` of what ``fn(worker, item, acc)`` accumulates into ``acc``
+    (zeros of ``shape``), reproducibly whatever the timing: with per-item partials
+    (within ``Tuning.ordered_sum_bytes``) the items are handed out dynamically and the
+    partials added in item order; else each worker sums its fixed share of the items
+    and the workers' sums are added in worker order."""
+    items = list(items)
+    if not items:
+        return np.zeros(shape, dtype=dtype)
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(items) > 1 and len(items) * size <= current().ordered_sum_bytes:
+        parts = np.zeros((len(items), *shape), dtype=dtype)
+        parallel(lambda w, iv: fn(w, iv[1], parts[iv[0]]), list(enumerate(items)),
+                 dynamic=True)
+        return parts.sum(axis=0)
+    accs = [None] * n_workers()
+
+    def run(w, it):
+        if accs[w] is None:
+            accs[w] = np.zeros(shape, dtype=dtype)
+        fn(w, it, accs[w])
+
+    parallel(run, items)
+    total = None
+    for a in accs:
+        if a is not None:
+            total = a if total is None else total + a
+    return total
+
+
+def parallel_add(out, bias):
+    """``out += bias`` over the last dim, split over the workers by rows."""
+    o2 = out.reshape(-1, out.shape[-1])
+    step = -(-o2.shape[0] // n_workers())
+    parallel(lambda w, i: np.add(o2[i:i + step], bias, out=o2[i:i + step]),
+             range(0, o2.shape[0], step))
+
+
+# ---------------------------------------------------------------------------------------
+# scratch
+
+
+def scratch(role, shape, dtype, keep=False):
+    """Uninitialised scratch array for one role (``"chunk"``, ``"cols"``, ``"gy"``, ``"li"``).
+
+    Large ones come from a per-thread cache, reused by the next call with the same
+    role (a role is never in use twice at once within a thread; other threads have
+    their own cache). The cache holds at most ``2 · workspace_bytes``: a buffer that
+    would exceed it evicts the others (still valid where in use). Never used for
+    anything returned to the caller. :func:`release_scratch` empties it.
+    """
+    t = current()
+    cap = 2 * t.workspace_bytes
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < t.scratch_keep_bytes and not keep:
+        return np.empty(shape, dtype=dtype)
+    cache = getattr(_tls, "bufs", None)
+    if cache is None:
+        cache = _tls.bufs = {}
+    buf = cache.pop(role, None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = None  # free the smaller one first
+        if nbytes + sum(b.nbytes for b in cache.values()) > cap:
+            cache.clear()
+        buf = np.empty(nbytes, dtype=np.uint8)
+    if nbytes + sum(b.nbytes for b in cache.values()) <= cap:
+        cache[role] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch():
+    """Drop the calling thread's cached scratch buffers."""
+    getattr(_tls, "bufs", {}).clear()
+
+
+def cached_scratch() -> dict:
+    """The calling thread's cached scratch buffers by role (for tests and diagnostics)."""
+    return dict(getattr(_tls, "bufs", {}))
+
+
+# ---------------------------------------------------------------------------------------
+# copies
+
+
+def _c_order(a) -> bool:
+    """Strides non-increasing (a plain copy streams through memory)."""
+    st = [abs(s) for s, n in zip(a.strides, a.shape) if n > 1]
+    return all(s1 >= s2 for s1, s2 in zip(st, st[1:]))
+
+
+def _outer_axis(src):
+    """The dim of size > 1 with the largest source stride: blocks cut along it are
+    compact in the source (cutting along a dim that is contiguous in memory would
+    make every block read a sliver of every cache line)."""
+    big = [i for i, n in enumerate(src.shape) if n > 1]
+    return max(big, key=lambda i: abs(src.strides[i])) if big else None
+
+
+def copy_blocked(dst, src, block=None):
+    """``dst[...] = src`` in blocks of ``Tuning.copy_block`` elements, so a transposing
+    copy works in cache."""
+    if block is None:
+        block = current().copy_block
+    if src.size <= block or _c_order(src):
+        np.copyto(dst, src)
+        return
+    ax = _outer_axis(src)
+    step = max(1, (block * src.shape[ax]) // src.size)
+    for i in range(0, src.shape[ax], step):
+        sl = (slice(None),) * ax + (slice(i, i + step),)
+        copy_blocked(dst[sl], src[sl], block)
+
+
+def parallel_copy(dst, src):
+    """Copy split over the workers along the source's outermost dim (caller holds BLAS)."""
+    n = n_workers()
+    block = current().copy_block
+    ax = _outer_axis(src)
+    if n == 1 or ax is None or src.size < 4 * block or src.shape[ax] < n:
+        copy_blocked(dst, src, block)
+        return
+    # about three parts per worker, taken dynamically
+    step = -(-src.shape[ax] // min(3 * n, src.shape[ax]))
+    parts = [(slice(None),) * ax + (slice(i, i + step),) for i in range(0, src.shape[ax], step)]
+    parallel(lambda w, sl: copy_blocked(dst[sl], src[sl], block), parts, dynamic=True)
+
+
+class Chunked:
+    """A reusable buffer receiving padded, channels-last chunks of a batch."""
+
+    def __init__(self, x, spec, nb, dtype, pb, pa, value):
+        self.x = x
+        self.spec = spec
+        self.pb, self.pa, self.value = pb, pa, value
+        sp = x.shape[1:-1]
+        self.sp = sp
+        self.shape = tuple(n + b + a for n, b, a in zip(sp, pb, pa))
+        self.buf = scratch("chunk", (nb, *self.shape, x.shape[-1]), dtype)
+        self.constant = not isinstance(value, str)
+        if self.constant and (any(pb) or any(pa)):
+            fill_border_numpy(self.buf, (0,) + tuple(pb), (0,) + tuple(pa),
+                              tuple(range(self.buf.ndim - 1)), value)
+
+    def block(self, n0, n1):
+        out = self.buf[: n1 - n0]
+        centre = (slice(None),) + tuple(slice(b, b + n) for b, n in zip(self.pb, self.sp))
+        parallel_copy(out[centre], self.x[n0:n1])
+        if not self.constant:
+            fill_border_numpy(out, self.pb, self.pa, tuple(range(1, out.ndim - 1)), self.value)
+        return out
