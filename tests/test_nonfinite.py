@@ -220,3 +220,23 @@ def test_native_implementation_per_library(xp):
     expected = {"numpy": "numpy", "numpy-readonly": "numpy", "torch": "torch", "jax": "jax"}
     got = kernels.implementation(xp.ns)
     assert got == expected.get(xp.name, "array-api"), (xp.name, got)
+
+
+def test_numpy_in_place_sigmoid_matches_formula():
+    """The in-place NumPy sigmoid and its VJP equal the plain formulas, keep the
+    dtype, and fall back (never write into an operand) when shapes or dtypes differ."""
+    x = np.array([[nan, -inf, -30.0, 0.0], [1.5, 30.0, inf, -1.0]], np.float32)
+    with np.errstate(over="ignore"):
+        ref = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    y = kernels.sigmoid(np, x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    g = np.array([1.0, nan, 2.0, inf], np.float32)
+    for gg in (g, g.astype(np.float64), np.float32(3.0)):
+        before = np.array(gg, copy=True)
+        got = kernels.sigmoid_vjp(np, gg, y)
+        want = gg * y * (1 - y)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(gg), before)

@@ -4,14 +4,16 @@ Positional math on raw arrays (no formats, no tracing). The format-aware ops
 in :mod:`fmtarray.ops` call these so that ``relu(x)`` costs what the library's
 own ``relu`` costs:
 
-================  ======================  ===================  ==================  ========================
-function          NumPy                   torch                JAX                 others (array API)
-================  ======================  ===================  ==================  ========================
-``relu``          ``maximum(x, 0)``       ``torch.relu``       ``jax.nn.relu``     ``maximum(x, 0-d zero)``
-``relu_vjp``      bit mask (see below)    ``threshold_backward``  ``where``        ``where``
-``sigmoid``       in-place ``exp`` chain  ``torch.sigmoid``    ``jax.nn.sigmoid``  ``1 / (1 + exp(-x))``
-``zero_where``    bit mask                ``where``            ``where``           ``where``
-================  ======================  ===================  ==================  ========================
+* ``relu``: NumPy ``maximum(x, 0)``, ``torch.relu``, ``jax.nn.relu``, else
+  ``maximum(x, 0-d zero)``;
+* ``relu_vjp``: NumPy a bit mask (below), torch ``threshold_backward`` (what
+  torch autograd runs), else ``where``;
+* ``sigmoid``: NumPy an in-place ``exp`` chain, ``torch.sigmoid``,
+  ``jax.nn.sigmoid``, else ``1 / (1 + exp(-x))``;
+* ``sigmoid_vjp``: NumPy in place, torch ``sigmoid_backward``, else
+  ``g · y · (1 − y)``;
+* ``zero_where`` / ``keep_where`` (selections in VJPs): NumPy a bit mask, else
+  ``where``.
 
 Non-finite values follow IEEE arithmetic and torch autograd exactly (SPEC §2):
 ``relu(NaN)`` is NaN (``maximum`` propagates NaN on every library), and
@@ -35,7 +37,7 @@ import numpy as _np
 
 from .. import _backend
 
-__all__ = ["relu", "relu_vjp", "sigmoid", "zero_where", "keep_where", "implementation"]
+__all__ = ["relu", "relu_vjp", "sigmoid", "sigmoid_vjp", "zero_where", "keep_where", "implementation"]
 
 
 # generic array-API versions ---------------------------------------------------------
@@ -55,6 +57,10 @@ def _relu_vjp_generic(xp, g, y):
 
 def _sigmoid_generic(xp, x):
     return 1 / (1 + xp.exp(-x))
+
+
+def _sigmoid_vjp_generic(xp, g, y):
+    return g * y * (1 - y)
 
 
 def _zero_where_generic(xp, mask, g):
@@ -108,6 +114,16 @@ def _np_sigmoid(xp, x):
     return _np.reciprocal(t, out=t)
 
 
+def _np_sigmoid_vjp(xp, g, y):
+    t = _np.subtract(1, y)
+    if (not isinstance(t, _np.ndarray) or t.shape != _np.broadcast_shapes(t.shape, _np.shape(g))
+            or _np.result_type(t, g) != t.dtype):
+        return _sigmoid_vjp_generic(xp, g, y)
+    t *= y  # in place on our own temporary: one pass fewer than g * y * (1 - y)
+    t *= g
+    return t
+
+
 def _np_zero_where(xp, mask, g):
     return _np_select(mask, g, keep=False)
 
@@ -132,6 +148,7 @@ def _torch_table():
         "relu": lambda xp, x: torch.relu(x),
         "relu_vjp": relu_vjp,
         "sigmoid": lambda xp, x: torch.sigmoid(x),
+        "sigmoid_vjp": lambda xp, g, y: torch.ops.aten.sigmoid_backward(g, y),
         "zero_where": _zero_where_generic,
         "keep_where": _keep_where_generic,
     }
@@ -149,6 +166,7 @@ def _jax_table():
         "relu": lambda xp, x: jax.nn.relu(x),
         "relu_vjp": lambda xp, g, y: jnp.where(y <= 0, 0, g),
         "sigmoid": lambda xp, x: jax.nn.sigmoid(x),
+        "sigmoid_vjp": _sigmoid_vjp_generic,
         "zero_where": lambda xp, mask, g: jnp.where(mask, 0, g),
         "keep_where": lambda xp, mask, g: jnp.where(mask, g, 0),
     }
@@ -159,6 +177,7 @@ _NUMPY = {
     "relu": _np_relu,
     "relu_vjp": _np_relu_vjp,
     "sigmoid": _np_sigmoid,
+    "sigmoid_vjp": _np_sigmoid_vjp,
     "zero_where": _np_zero_where,
     "keep_where": _np_keep_where,
 }
@@ -167,6 +186,7 @@ _GENERIC = {
     "relu": _relu_generic,
     "relu_vjp": _relu_vjp_generic,
     "sigmoid": _sigmoid_generic,
+    "sigmoid_vjp": _sigmoid_vjp_generic,
     "zero_where": _zero_where_generic,
     "keep_where": _keep_where_generic,
 }
@@ -207,6 +227,11 @@ def relu_vjp(xp, g, y):
 def sigmoid(xp, x):
     """``1 / (1 + exp(-x))``."""
     return _table(xp)["sigmoid"](xp, x)
+
+
+def sigmoid_vjp(xp, g, y):
+    """The cotangent of ``sigmoid`` from its output: ``g · y · (1 − y)``."""
+    return _table(xp)["sigmoid_vjp"](xp, g, y)
 
 
 def zero_where(xp, mask, g):

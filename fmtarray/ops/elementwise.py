@@ -277,7 +277,7 @@ log = _unary("log", lambda xp, x: xp.log(x), lambda xp, g, x, y: g / x)
 sqrt = _unary("sqrt", lambda xp, x: xp.sqrt(x), lambda xp, g, x, y: g / (2 * y))
 square = _unary("square", lambda xp, x: x * x, lambda xp, g, x, y: 2 * g * x, float_only=False)
 tanh = _unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, g, x, y: g * (1 - y * y))
-sigmoid = _unary("sigmoid", _k.sigmoid, lambda xp, g, x, y: g * y * (1 - y))
+sigmoid = _unary("sigmoid", _k.sigmoid, lambda xp, g, x, y: _k.sigmoid_vjp(xp, g, y))
 sin = _unary("sin", lambda xp, x: xp.sin(x), lambda xp, g, x, y: g * xp.cos(x))
 cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x))
 # relu: the library's own relu / maximum (NaN in, NaN out); the VJP reads only the
