@@ -198,7 +198,7 @@ def test_workspace_is_bounded():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 3, 8, 8, 1)).astype(np.float32)
     peaks = []
-    # both batches past the size where tiles (TILE_BYTES per worker) saturate
+    # both batches past the size where tiles (Tuning.tile_bytes per worker) saturate
     for n in (64, 256):
         xc = rng.standard_normal((16, 16, 8, n)).astype(np.float32)  # canonical SSCB
         x = np.moveaxis(xc, -1, 0)

@@ -409,3 +409,28 @@ def test_tuning_reaches_the_workers():
     seen.clear()
     _runtime.parallel(work, range(16))
     assert set(seen.values()) == {K.Tuning().tile_bytes}
+
+
+def _conv_in_child(x, w, want, q):
+    with tuning(serial_macs=0):
+        q.put(bool(np.allclose(conv_forward(cnp, x, w, None, pad_before=1, pad_after=1), want)))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_forked_child_gets_its_own_pool():
+    """A child forked after the pool started (its threads are not copied) starts its
+    own pool instead of waiting on the parent's threads."""
+    import multiprocessing
+
+    x, w = _case(n=8, sp=(16, 16), c=8, f=8, layout="bi")
+    with tuning(serial_macs=0):
+        want = conv_forward(cnp, x, w, None, pad_before=1, pad_after=1)  # the pool runs
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_conv_in_child, args=(x, w, want, q))
+    p.start()
+    p.join(60)
+    if p.is_alive():
+        p.kill()
+        pytest.fail("the forked child hung")
+    assert p.exitcode == 0 and q.get(timeout=5)

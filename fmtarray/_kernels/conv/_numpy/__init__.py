@@ -84,7 +84,7 @@ def _backward(kernel, blas1):
 
 def _no_input_dilation(applies):
     def check(spec, layout):
-        if any(s > 1 for s in spec.lhs_dilation):
+        if max(spec.lhs_dilation) > 1:
             return (f"input dilation {spec.lhs_dilation}: NumPy kernels do not dilate "
                     "(portable.im2col does)")
         return applies(spec, layout)
@@ -103,54 +103,62 @@ def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=N
 # ---- in priority order (the order of the former if-chains)
 
 _entry("winograd", ("forward",), winograd.applies_forward,
-       "Winograd F(2×2, 3×3): 3×3 stride 1, one group, constant padding, batch-innermost, "
-       "≥ 8 channels and filters, batch ≥ 4, ≥ 512 tile columns, finite values",
+       "Winograd F(2×2, 3×3): 2-d 3×3 stride 1, one group, constant padding, batch innermost, "
+       "channels, filters, batch and 2×2 tiles × batch ≥ winograd_min_c/_f/_n/_total_cols, "
+       "finite values",
        forward=winograd.run_forward, accepts=winograd.accepts_forward)
 _entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
-       "GEMM on batch-innermost data without transposing it: one group, kw·C ≤ 8",
+       "GEMM on batch-innermost data without transposing it: one group, N ≥ 2, "
+       "kw·C ≤ bi_max_run",
        forward=batch_innermost.forward)
 _entry("depthwise_bi", ALL, depthwise.applies_bi,
-       "channel-wise (one channel and one filter per group) on batch-innermost data whose "
-       "(C, N) values are contiguous: fused einsum per row block",
+       "channel-wise, one channel and one filter per group, on batch-innermost data whose "
+       "(C, N) values are one run (x and cotangent), N ≥ 2: fused einsum per row block",
        forward=depthwise.forward_bi, backward=depthwise.backward_bi,
        accepts=data_dtypes_match, blas1=False)
 _entry("depthwise", ALL, depthwise.applies,
-       "channel-wise (one channel per group), any layout: multiply-accumulate over the taps",
+       "channel-wise (one channel per group, any filters per group), any layout: "
+       "multiply-accumulate over the taps on padded channels-last chunks",
        forward=depthwise.forward, backward=depthwise.backward)
 _entry("flat_shift", GRADS, batch_innermost.applies_flat,
-       "both gradients of a 2-d stride-1 one-group convolution on batch-innermost data, "
-       "8-32 channels and filters, batch ≥ 16, finite constant padding: flat shifts",
+       "both gradients of a 2-d stride-1 one-group convolution on batch-innermost x and "
+       "cotangent, channels and filters within flat_channels, N ≥ flat_min_n, Wo·N ≥ "
+       "flat_min_row, finite constant padding: flat shifts of channel-major copies",
        backward=batch_innermost.backward_flat)
 _entry("winograd_weight_grad", ("weight_grad",), winograd.applies_weight_grad,
-       "Winograd's adjoint F(3×3, 2×2): the forward's domain, batch-innermost cotangent, "
-       "transformed filters < 8 MiB",
+       "Winograd's adjoint F(3×3, 2×2): numpy.winograd's domain, batch-innermost cotangent "
+       "of the result dtype, 16·C·F values < winograd_wide_u_bytes",
        backward=winograd.run_weight_grad, accepts=winograd.accepts_weight_grad)
 _entry("last_innermost", ("forward", "weight_grad"), last_innermost.applies,
        "last convolved dim innermost in memory (e.g. SCBT over S and T), stride 1 along it, "
-       "one group, ≤ 64 channels: flat-shift columns, row ring",
+       "one group, C ≤ li_max_c, N·Wp ≥ li_min_run, padded input within the workspace: "
+       "flat-shift columns, row ring",
        forward=last_innermost.forward, backward=last_innermost.weight_grad,
        accepts=data_dtypes_match)
 _entry("input_grad_bi", ("input_grad",), batch_innermost.applies_input_grad,
-       "input gradient on batch-innermost data, one group, fewer channels than filters "
-       "(unless Winograd's weight gradient applies): Wᵀ·gy scattered per tap",
+       "input gradient on batch-innermost x and cotangent, one group, N ≥ 2, C < F, one "
+       "padded input per worker within the workspace, unless numpy.winograd_weight_grad "
+       "applies: Wᵀ·gy scattered per tap",
        backward=batch_innermost.input_grad)
 _entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
-       "stride-1 input gradient as a Winograd convolution of the cotangent (its domain "
-       "read on the cotangent)",
+       "stride-1 input gradient as a Winograd convolution of the cotangent with the "
+       "flipped filters (numpy.winograd's domain, read on the cotangent)",
        backward=winograd.run_input_grad, accepts=winograd.accepts_input_grad)
 _entry("last_innermost_input_grad", ("input_grad",), last_innermost.applies_input_grad,
        "stride-1 input gradient with constant padding as a last-dim-innermost convolution "
-       "of the cotangent",
+       "of the cotangent (numpy.last_innermost's domain, read on the cotangent)",
        backward=last_innermost.input_grad, accepts=data_dtypes_match)
 _entry("gemm_wide", ("forward", "weight_grad"), gemm.applies_wide,
-       "im2col GEMM with weights ≥ 2 MiB: chunk-sized GEMMs split by rows over the workers",
+       "im2col GEMM, weight matrix ≥ wide_weight_bytes: chunk-sized GEMMs split by rows "
+       "over the workers",
        forward=gemm.forward_wide, backward=gemm.weight_grad_wide)
 _entry("gemm", ("forward", "weight_grad"), lambda spec, layout: None,
-       "every NumPy convolution: im2col in cache-sized column tiles, one GEMM per tile",
+       "every NumPy convolution: im2col in column tiles of tile_bytes, one GEMM per tile",
        forward=gemm.forward_tiles, backward=gemm.weight_grad_tiles)
 _entry("grad_as_conv", ("input_grad",), gemm.applies_grad_as_conv,
        "stride-1 input gradient: im2col convolution of the cotangent with the flipped kernel",
        backward=gemm.input_grad_as_conv)
 _entry("col2im", ("input_grad",), lambda spec, layout: None,
-       "every NumPy input gradient: gy·Wᵀ per tile scatter-added into padded samples",
+       "every NumPy input gradient: gy·Wᵀ per tile scatter-added into padded samples "
+       "(col2im)",
        backward=gemm.input_grad_col2im)

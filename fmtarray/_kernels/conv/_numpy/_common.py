@@ -56,10 +56,11 @@ def _canonical(shape, strides):
     return tuple(reversed(out))
 
 
+@functools.lru_cache(maxsize=1024)
 def cl_strides(spec, layout, which="x"):
     """Element strides of ``x`` (``which="x"``, shape ``(N, *sp, C)``) or of the cotangent
     (``"gy"``, ``(N, *out, F)``) in channels-last order, as :func:`plain` leaves them;
-    ``None`` when the layout has none."""
+    ``None`` when the layout has none. Cached: every entry's ``applies`` asks."""
     st = layout.strides_in(layout.channels_last, which)
     if st is None:
         return None

@@ -14,6 +14,7 @@
   columns, transposed cotangents) are kept per thread and role for the next call — at
   most ``2 · workspace_bytes`` — since faulting in fresh pages costs about 0.1 ms per
   MiB; :func:`release_scratch` drops them.
+* **Fork safety.** A forked child starts its own pool on first use.
 * **Copies** in cache-sized blocks cut along the source's outermost dim, split over
   the workers; :class:`Chunked` pads chunks of a batch into one reusable buffer.
 """
@@ -42,6 +43,18 @@ _tls = threading.local()
 _SERIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("fmtarray_conv_serial",
                                                                default=False)
 _END = object()
+
+
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads: start a fresh pool (and
+    fresh locks) on first use instead of waiting on threads that do not exist."""
+    global _lock
+    _lock = threading.Lock()
+    _state.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def workers():
