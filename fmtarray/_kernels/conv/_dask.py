@@ -155,19 +155,36 @@ def _backward_block(gy, x, w, *, spec, dims, settings, needs):
         return gx, gw
 
     gx, gw = _run(spec, dims, settings, kernel, gy, x)
-    if needs[0] and needs[1]:
-        return _Grads(gx, gw)
-    if needs[0]:
-        return gx
-    return gw[None]
+    return gx if not needs[1] else _Grads(gx, gw)
 
 
 def _take_gx(g):
     return g.gx
 
 
-def _take_gw(g):
-    return _unwrap(g).gw[None]
+def _sum_gw(*parts):
+    """The sum of blocks' (or partial sums') weight gradients, in their order."""
+    acc = None
+    for p in parts:
+        g = p.gw if isinstance(p, _Grads) else p
+        acc = g if acc is None else acc + g
+    return acc
+
+
+def _tree_sum(blocks, name, shape, dtype, meta):
+    """The weight gradient: the blocks' partials added by a tree of tasks, each adding
+    up to :data:`SPLIT_EVERY` of them (partials are freed as soon as they are added)."""
+    from dask import delayed
+
+    da = _da()
+    level = list(blocks.to_delayed(optimize_graph=False).ravel())
+    depth = 0
+    while depth == 0 or len(level) > 1:
+        level = [delayed(_sum_gw, pure=True)(*level[i:i + SPLIT_EVERY],
+                                             dask_key_name=(name, depth, j))
+                 for j, i in enumerate(range(0, len(level), SPLIT_EVERY))]
+        depth += 1
+    return da.from_delayed(level[0], shape, dtype=dtype, meta=meta, name=name)
 
 
 def _settings():
@@ -211,34 +228,21 @@ def backward(xp, spec, layout, gy, x, w, needs):
     gy = _batch_blocks(gy, n_axis, x.chunks[n_axis])
     w = _one_block(w)
     cxp, dt = _out_dtype(spec, x)
-    both = bool(needs[0] and needs[1])
     kw = dict(spec=spec, dims=dims, settings=_settings(), needs=tuple(bool(v) for v in needs))
     name = _token(gy, x, w, spec, dims, kw["needs"], kw["settings"])
+    meta = cxp.empty((0,) * len(dims), dtype=dt)
+    only_gx = not needs[1]
+    # one kernel task per block: gx (only_gx), else a _Grads holding gx and/or gw
+    blocks = da.blockwise(_backward_block, x_ind, gy, y_ind, x, x_ind, w, w_ind, dtype=dt,
+                          meta=meta, concatenate=False,
+                          name=("conv-input-grad-" if only_gx else "conv-grads-") + name, **kw)
     gx = gw = None
     if needs[0]:
-        meta = cxp.empty((0,) * len(dims), dtype=dt)
-        blocks = da.blockwise(_backward_block, x_ind, gy, y_ind, x, x_ind, w, w_ind,
-                              dtype=dt, meta=meta, concatenate=False,
-                              name=("conv-grads-" if both else "conv-input-grad-") + name,
-                              **kw)
-        gx = blocks
-        if both:
-            gx = blocks.map_blocks(_take_gx, dtype=dt, meta=meta,
-                                   name="conv-input-grad-" + name)
+        gx = blocks if only_gx else blocks.map_blocks(_take_gx, dtype=dt, meta=meta,
+                                                      name="conv-input-grad-" + name)
     if needs[1]:
-        wl = w_ind[:len(w.shape)]
-        new = {c: (s,) for c, s in zip(wl, w.shape)}
-        meta = cxp.empty((0,) * (1 + len(w.shape)), dtype=dt)
-        if both:
-            parts = da.blockwise(_take_gw, "n" + wl, blocks, x_ind, new_axes=new,
-                                 adjust_chunks={"n": 1}, dtype=dt, meta=meta,
-                                 concatenate=False, name="conv-weight-grad-parts-" + name)
-        else:
-            parts = da.blockwise(_backward_block, "n" + wl, gy, y_ind, x, x_ind, w, w_ind,
-                                 new_axes=new, adjust_chunks={"n": 1}, dtype=dt, meta=meta,
-                                 concatenate=False, name="conv-weight-grad-parts-" + name,
-                                 **kw)
-        gw = parts[0] if parts.shape[0] == 1 else da.sum(parts, axis=0, split_every=SPLIT_EVERY)
+        gw = _tree_sum(blocks, "conv-weight-grad-" + name, tuple(w.shape), dt,
+                       cxp.empty((0,) * w.ndim, dtype=dt))
     return gx, gw
 
 
