@@ -437,3 +437,25 @@ def test_autodiff_through_conv_on_dask():
     for g, r in zip(grads, rgrads):
         assert isinstance(g.data, da.Array) and g.format == r.format
         np.testing.assert_allclose(g.data.compute(), r.data, rtol=1e-10, atol=1e-13)
+
+
+def test_blocks_leave_blas_threads_alone():
+    """The blocks' NumPy kernels take turns: concurrent ones would save and restore
+    BLAS's (process-wide) thread limit over each other and leave BLAS at one thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas():
+        return sorted(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                      if i["user_api"] == "blas")
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 16, 16, 16), dtype=np.float32)  # 01CN, blocks of 4
+    w = rng.standard_normal((3, 3, 16, 16, 1), dtype=np.float32)
+    spec = K.ConvSpec(16, (16, 16), 16, (3, 3), 16, 16, 1, (1, 1), (1, 1), (1, 1), (1, 1))
+    xd = da.from_array(x, chunks=(16, 16, 16, 4))
+    gx, gw, _ = K.backward(DXP, spec, K.Layout.of("01CN", xd, xd), xd, xd,
+                           da.from_array(w), (True, True, False))
+    before = blas()
+    for _ in range(10):
+        dask.compute(gx, gw, scheduler="threads", num_workers=4)
+    assert blas() == before

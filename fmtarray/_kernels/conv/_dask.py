@@ -15,15 +15,16 @@ arrays (``layout.dims`` order, e.g. ``"01CN"``) are split along their ``N`` dim 
 * **forward**: one task per block, the output keeps the input's ``N`` chunks;
 * **backward** (fused): one task per block computes the block's input gradient and its
   partial weight gradient in one kernel call; the input gradient is taken out per block
-  (it keeps the ``N`` chunks), the partial weight gradients are summed by a tree
-  reduction (``split_every`` :data:`SPLIT_EVERY`). The bias gradient is the front
-  door's ``xp.sum``.
+  (it keeps the ``N`` chunks), the partial weight gradients are added by a tree of
+  tasks, each adding up to :data:`SPLIT_EVERY` of them (a partial is freed once added).
+  The bias gradient is the front door's ``xp.sum``.
 
 Everything stays lazy: nothing is computed until the caller computes, and the graph has
-a bounded number of tasks per input chunk (one kernel task and one or two extraction
-or summing tasks per block, plus the rechunks). The tuning settings in force when the
-graph is built (:func:`.tuning.current`) are the ones the blocks run with, whichever
-thread of the scheduler runs them.
+a bounded number of tasks per input chunk: one kernel task per block, one more per
+block to take out the input gradient when both gradients are wanted, about one in
+``SPLIT_EVERY - 1`` for the sums, plus the rechunks of the inputs. The tuning settings
+in force when the graph is built (:func:`.tuning.current`) are the ones the blocks run
+with, whichever thread of the scheduler runs them.
 
 Threads. The blocks' kernel calls take turns (:data:`_POOL_TURN`, one process-wide
 lock): the NumPy kernels already spread one call over every core (their own worker
