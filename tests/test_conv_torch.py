@@ -461,3 +461,72 @@ def test_torch_autograd_through_fa_conv(fmt, kw, groups):
             for p in (xt, wt, bt, xr, wr, br):
                 p -= 0.01 * p.grad
                 p.grad = None
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA: torch tensors on the GPU, and CuPy arrays through torch's cuDNN (DLPack)
+
+CUDA = torch.cuda.is_available()
+
+
+def test_cupy_entry_says_why_it_does_not_apply():
+    from fmtarray._kernels.conv import _cupy
+
+    spec = ConvSpec.make((1, 5, 5, 2), (3, 3, 2, 2, 1))
+    lay = Layout("N01C", "N01C")
+    reason = _cupy.applies(spec, lay)
+    if CUDA:
+        assert reason is None
+        assert "input dilation" in _cupy.applies(spec.replace(lhs_dilation=(2, 2)), lay)
+    else:
+        assert reason is not None and ("CPU-only" in reason or "is_available" in reason), reason
+    assert any(a.name == "cupy.torch_cudnn" for a in registry.algorithms("cupy"))
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_cuda_tensors_against_reference(d, value):
+    """The entry on CUDA tensors (cuDNN), float64 (no TF32), forward and both gradients."""
+    x, w, b, kw = _make(d, 1, 2, value)
+    ref = _ref(x, w, b, kw)
+    t = lambda a: torch.from_numpy(a).cuda()  # noqa: E731
+    y = conv_forward(tns, t(x), t(w), t(b), force=ALGO, **kw)
+    assert y.device.type == "cuda" and rel_err(y.cpu(), ref) <= 1e-10
+    gy = np.random.default_rng(1).standard_normal(ref.shape)
+    gx_ref, gw_ref = ref_vjp(x, w, gy, kw["stride"], kw["dilation"], kw["pad_before"],
+                             kw["pad_after"], kw["pad_value"])
+    gx, gw, _ = conv_backward(tns, t(gy), t(x), t(w), force=ALGO, **kw)
+    assert rel_err(gx.cpu(), gx_ref) <= 1e-10 and rel_err(gw.cpu(), gw_ref) <= 1e-10
+    X = FormattedArray(t(np.moveaxis(x, 0, -1)), "S" * d + "CB")
+    plan = fa.conv_plan(X, t(w), padding=1, padding_value=value)
+    assert set(plan.chosen().values()) == {ALGO}, str(plan)
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("value", [0.0, "symmetric-include-edge"])
+def test_cupy_through_torch_cudnn(value):
+    cupy = pytest.importorskip("cupy")
+    import array_api_compat.cupy as cns
+
+    x, w, b, kw = _make(2, 1, 2, value)
+    ref = _ref(x, w, b, kw)
+    y = conv_forward(cns, cupy.asarray(x), cupy.asarray(w), cupy.asarray(b),
+                     force="cupy.torch_cudnn", **kw)
+    assert isinstance(y, cupy.ndarray) and rel_err(cupy.asnumpy(y), ref) <= 1e-10
+    gy = np.random.default_rng(1).standard_normal(ref.shape)
+    gx_ref, gw_ref = ref_vjp(x, w, gy, kw["stride"], kw["dilation"], kw["pad_before"],
+                             kw["pad_after"], kw["pad_value"])
+    gx, gw, _ = conv_backward(cns, cupy.asarray(gy), cupy.asarray(x), cupy.asarray(w),
+                              force="cupy.torch_cudnn", **kw)
+    assert isinstance(gx, cupy.ndarray) and isinstance(gw, cupy.ndarray)
+    assert rel_err(cupy.asnumpy(gx), gx_ref) <= 1e-10
+    assert rel_err(cupy.asnumpy(gw), gw_ref) <= 1e-10
+    # selection, and the DLPack hand-over shares memory (no copy of x)
+    xc = cupy.asarray(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))  # NCHW
+    X = FormattedArray(xc, "BCSS")
+    plan = fa.conv_plan(X, cupy.asarray(w), padding=1)
+    assert set(plan.chosen().values()) == {"cupy.torch_cudnn"}, str(plan)
+    from fmtarray._kernels.conv import _cupy
+
+    assert _cupy._to_torch(xc).data_ptr() == xc.data.ptr
