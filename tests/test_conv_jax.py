@@ -262,6 +262,32 @@ def test_entry_empty_batch(name):
     assert gx.shape == x.shape and gw.shape == w.shape and not np.any(np.asarray(gw))
 
 
+@pytest.mark.parametrize("name", ENTRIES)
+@pytest.mark.parametrize("value", VALUES[:2], ids=str)
+def test_entry_empty_spatial_dim(name, value):
+    """A convolved dim of size 0 padded to a window: the windows read padding only."""
+    cfg = cfg_of((0, 5), (3, 3), pb=(2, 1), pa=(1, 1), value=value)
+    check_entry(name, cfg, np.float64)
+
+
+def test_padding_values_share_one_program():
+    """A non-zero constant padding value (NaN too) is an argument of the compiled
+    program, not part of its key: a new value compiles nothing new."""
+    from fmtarray._kernels.conv import _jax
+
+    cfg = cfg_of((4, 4), (3, 3), pb=1, pa=1)
+    x, w, _ = make(cfg)
+    outs = []
+    for i, value in enumerate([2.0, -3.0, float("nan")]):
+        y = conv_forward(jnp, jnp.asarray(x), jnp.asarray(w), **dict(kw_of(cfg), pad_value=value))
+        if i == 0:
+            size = _jax._forward_fn.cache_info().currsize
+        assert _jax._forward_fn.cache_info().currsize == size
+        outs.append(np.asarray(y))
+    assert rel_err(outs[1], ref_forward(dict(cfg, value=-3.0), x, w)) <= 1e-12
+    assert np.isnan(outs[2][:, 0]).all() and np.isfinite(outs[2][:, 1:-1, 1:-1]).all()
+
+
 # ---------------------------------------------------------------------------------------
 # formats through fmtarray.conv / fmtarray.grad
 
