@@ -3,6 +3,7 @@ convolution on any array-API library."""
 
 from .array import FormattedArray, dims, extractdata, finddim, stripdims
 from .autodiff import grad, value_and_grad
+from ._jax_pytree import register_jax  # FormattedArray is a JAX pytree once JAX is imported
 from .ops import (
     abs, add, astype, clip, cos, divide, equal, exp, greater, greater_equal, less,
     less_equal, log, max, maximum, mean, min, minimum, multiply, negative, not_equal,
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FormattedArray", "dims", "extractdata", "finddim", "stripdims",
-    "grad", "value_and_grad",
+    "grad", "value_and_grad", "register_jax",
     "abs", "add", "astype", "clip", "cos", "divide", "equal", "exp", "greater",
     "greater_equal", "less", "less_equal", "log", "max", "maximum", "mean", "min",
     "minimum", "multiply", "negative", "not_equal", "pow", "relu", "sigmoid", "sin",

@@ -10,6 +10,7 @@ target namespace/device explicitly.
 from __future__ import annotations
 
 import numbers
+import sys as _sys
 
 import array_api_compat as _compat
 import numpy as _np
@@ -35,7 +36,33 @@ __all__ = [
 
 
 def is_array(x) -> bool:
+    if _JAX_HOOKS and "jax" in _sys.modules:
+        _run_jax_hooks()
     return _compat.is_array_api_obj(x) and not isinstance(x, (int, float, complex, bool))
+
+
+_JAX_HOOKS: list = []
+
+
+def on_jax_import(hook) -> None:
+    """Run ``hook()`` now if JAX is imported, else once fmtarray first meets an array (a
+    FormattedArray built, a new array type in :func:`namespace`) after JAX was imported.
+
+    This is how ``FormattedArray`` becomes a JAX pytree without fmtarray importing JAX
+    (``fmtarray._jax_pytree`` plugs in here; this module imports nothing above it)."""
+    if "jax" in _sys.modules:
+        hook()
+    else:
+        _JAX_HOOKS.append(hook)
+
+
+def _run_jax_hooks():
+    while _JAX_HOOKS:
+        try:
+            hook = _JAX_HOOKS.pop()
+        except IndexError:  # another thread ran it
+            return
+        hook()
 
 
 def library_name(x) -> str:
@@ -80,6 +107,8 @@ def namespace(*xs):
                     f"expected an array of an array-API library (numpy, cupy, torch, dask, "
                     f"array_api_strict, ...), got {t.__module__}.{t.__name__}"
                 )
+            if _JAX_HOOKS and "jax" in _sys.modules:
+                _run_jax_hooks()
             cur = _compat.array_namespace(x)
             if not _compat.is_array_api_strict_namespace(cur):
                 _NS_CACHE[t] = cur
@@ -115,6 +144,8 @@ def check_same_device(*xs) -> None:
         if x is None or isinstance(x, numbers.Number):
             continue
         d = _compat.device(x)
+        if d is None:  # not known yet: a JAX tracer inside jax.jit (JAX places it itself)
+            continue
         if d0 is None:
             d0 = d
         elif d != d0:
@@ -162,12 +193,8 @@ def library_key(xp) -> str:
         return _LIB_KEYS[xp]
     except (KeyError, TypeError):
         pass
-    for key, test in (("numpy", is_numpy), ("torch", is_torch), ("jax", is_jax),
-                      ("cupy", is_cupy), ("dask", is_dask)):
-        if test(xp):
-            break
-    else:
-        key = "portable"
+    key = next((k for k, test in (("numpy", is_numpy), ("torch", is_torch), ("jax", is_jax),
+                                  ("cupy", is_cupy), ("dask", is_dask)) if test(xp)), "portable")
     try:
         _LIB_KEYS[xp] = key
     except TypeError:  # pragma: no cover - unhashable namespace

@@ -164,7 +164,7 @@ def test_no_import_cycles():
 LAYERS = [
     ("fmtarray._format", "fmtarray._backend", "fmtarray._tape"),
     ("fmtarray._kernels", "fmtarray._validate"),
-    ("fmtarray.array",),
+    ("fmtarray.array", "fmtarray._jax_pytree"),
     ("fmtarray.ops",),
     ("fmtarray.autodiff", "fmtarray.layers"),
     ("fmtarray.network",),
