@@ -177,7 +177,7 @@ class _WeightCache:
     def __init__(self, size=64, max_bytes=512 * 2**20):
         self.size = size
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a weakref callback may run in a holder
         self._d = collections.OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0
@@ -203,7 +203,7 @@ class _WeightCache:
                 self._d.move_to_end(key)
                 self.hits += 1
                 return hit[1]
-        self.misses += 1
+            self.misses += 1
         with torch.no_grad():
             wt = _convert(w, spec, dtype, fmt)
         nbytes = wt.numel() * wt.element_size()
