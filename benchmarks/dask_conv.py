@@ -14,13 +14,15 @@ in 4 chunks of 16 along ``B``, 3×3 filters 16→16, ``padding="same"``. Two mea
 
 For Dask, **build** is the time to call the function (it only builds the lazy graph)
 and **compute** the time of ``dask.compute`` of both gradients; NumPy runs eagerly.
-Each figure is the median of interleaved repeats (NumPy, Dask, NumPy, ...). The
-schedulers compared: Dask's threaded scheduler (default: one thread per core) with
-the adapter's turn-taking for kernel calls that use the NumPy kernels' own worker pool
-(the default), the same without turn-taking (every scheduler thread calls the
-kernels at once, on top of their pool), the threaded scheduler with one thread, and
-the synchronous scheduler. Task counts are those of the graphs of both gradients
-together.
+Each figure is the median of interleaved repeats (NumPy, Dask build, Dask compute,
+NumPy, ...), so each ratio compares timings taken under the same conditions. The
+schedulers compared: Dask's threaded scheduler (default: one thread per core) with the
+adapter's turn-taking for the blocks' kernel calls (the default; see
+:mod:`fmtarray._kernels.conv._dask`), the threaded scheduler with one thread, the
+synchronous scheduler, and last the threaded scheduler without turn-taking (every
+scheduler thread calls the NumPy kernels at once, on top of their own pool; this
+leaves BLAS held at one thread, which the benchmark reports and undoes). Task counts
+are those of the graphs of both gradients together.
 
 Options: ``--repeats 9``, ``--batch 64``, ``--chunks 4``, ``--float64``,
 ``--no-variants`` (the default scheduler only).

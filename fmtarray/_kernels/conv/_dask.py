@@ -27,14 +27,15 @@ in force when the graph is built (:func:`.tuning.current`) are the ones the bloc
 with, whichever thread of the scheduler runs them.
 
 Threads. The blocks' kernel calls take turns (:data:`_POOL_TURN`, one process-wide
-lock): the NumPy kernels already spread one call over every core (their own worker
-pool, BLAS held at one thread meanwhile), so running several blocks at once on Dask's
-threaded scheduler only makes them compete for the same cores (measured in
-``benchmarks/dask_conv.py``). It is also needed for correctness of the process state:
-the NumPy kernels hold BLAS at one thread with ``threadpoolctl``'s limit, a
-process-wide setting that is saved and restored per call, and concurrent calls leave
-BLAS at one thread for good (measured: 2 → 1 after a few unsynchronised computes).
-The price is that small blocks (run serially inside the kernel) do not overlap either.
+lock). The NumPy kernels already spread one call over every core (their own worker
+pool, BLAS held at one thread meanwhile), so several blocks at once on Dask's threaded
+scheduler only compete for the same cores: taking turns was as fast or faster in
+``benchmarks/dask_conv.py``. It is needed for the process state too: the NumPy kernels
+hold BLAS at one thread with ``threadpoolctl``'s limit, a process-wide setting saved
+and restored per call, and concurrent calls leave BLAS at one thread for good
+(measured: 2 → 1 after a few unsynchronised computes). The price is that small blocks
+(run serially inside the kernel) do not overlap either. Dask's synchronous scheduler
+or one worker thread give about the same times.
 """
 
 from __future__ import annotations
