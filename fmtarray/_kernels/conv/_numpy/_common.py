@@ -20,8 +20,9 @@ from ...pad import pad_vjp
 from ..spec import ConvSpec
 from ..tuning import current
 
-__all__ = ["plain", "cl_strides", "itemsize", "data_dtypes_match", "weight_matrix", "gemm",
-           "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size"]
+__all__ = ["plain", "cl_strides", "has_gy", "itemsize", "data_dtypes_match", "weight_matrix",
+           "gemm", "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size",
+           "padded_bytes"]
 
 
 def plain(a):
