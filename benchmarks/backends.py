@@ -28,7 +28,10 @@ Threads: 2 for torch (``--threads``); JAX/XLA and NumPy's BLAS use the machine's
 BLAS (see ``benchmarks/conv.py``). ``--steady``: 5 timed calls per turn, 30 ms idle and
 one untimed call before each turn (each library in its own steady state). The ratio
 column is native-time / fmtarray-time (> 1: fmtarray faster); GFLOP/s counts
-direct-method FLOPs at fmtarray's time; ``algo`` is the registry's forward choice.
+direct-method FLOPs at fmtarray's (median) time; ``algo`` is the registry's forward
+choice. Each row also gives the ratio of the two fastest turns ("best-turn"): on a
+shared machine other processes only add time, so it is the least disturbed estimate;
+``--repeats`` raises the number of turns.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ USER = {  # library family -> {canonical format: (user format, canonical -> user
 
 
 def median_interleaved(fns, repeats, sync=None):
-    """Median seconds of each function, run round-robin (see benchmarks/conv.py)."""
+    """``(median, min)`` seconds of each function, run round-robin (see
+    benchmarks/conv.py). The minimum is printed too: on a shared machine other
+    processes only ever add time, so the fastest turn is the least disturbed one."""
     sync = sync or (lambda r: r)
     times = [[] for _ in fns]
     for f in fns:
@@ -92,7 +97,7 @@ def median_interleaved(fns, repeats, sync=None):
                 t0 = time.perf_counter()
                 sync(f())
                 times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 def case_data(case):
@@ -286,23 +291,24 @@ def print_table(rows, backward):
     native = {"numpy": "torch", "torch": "torch", "jax": "lax", "torch-cuda": "torch",
               "cupy": "torch"}
     print(f"\n{'library':10s} {'dir':4s} {'case':36s} {'native':>7s} {'ms':>8s} "
-          f"{'fmtarray ms':>11s} {'native/fa':>9s} {'GFLOP/s':>8s}  algo")
+          f"{'fmtarray ms':>11s} {'native/fa':>9s} {'GFLOP/s':>8s} {'best-turn ratio':>15s}  algo")
     summary = []
     for lib in dict.fromkeys(r["lib"] for r in rows):
         for d in ("fwd", "bwd") if backward else ("fwd",):
-            ratios = []
+            ratios, best = [], []
             for r in (r for r in rows if r["lib"] == lib and d in r):
-                ours, nat = r[d]
-                ratio = nat / ours
-                ratios.append(ratio)
+                (ours, ours_min), (nat, nat_min) = r[d]
+                ratios.append(nat / ours)
+                best.append(nat_min / ours_min)
                 gf = r["flops"] * (1 if d == "fwd" else 2) / ours / 1e9
                 print(f"{lib:10s} {d:4s} {r['case']:36s} {native[lib]:>7s} {nat * 1e3:8.2f} "
-                      f"{ours * 1e3:11.2f} {ratio:9.2f} {gf:8.1f}  {r['algo']}")
+                      f"{ours * 1e3:11.2f} {ratios[-1]:9.2f} {gf:8.1f} {best[-1]:15.2f}  "
+                      f"{r['algo']}")
             if ratios:
-                summary.append((lib, d, geomean(ratios), min(ratios)))
-    print("\ngeomean native/fmtarray (min):")
-    for lib, d, gm, mn in summary:
-        print(f"  {lib:10s} {d}: {gm:.2f} ({mn:.2f})")
+                summary.append((lib, d, geomean(ratios), min(ratios), geomean(best), min(best)))
+    print("\ngeomean native/fmtarray (lowest case): medians | best turns")
+    for lib, d, gm, mn, gb, mb in summary:
+        print(f"  {lib:10s} {d}: {gm:.2f} ({mn:.2f}) | {gb:.2f} ({mb:.2f})")
 
 
 def main(argv=None):
@@ -362,10 +368,11 @@ def main(argv=None):
         for i in sel:
             row = run(CASES[i], repeats, not args.no_backward)
             rows.append(row)
-            line = (f"{lib:10s} {CASES[i][0]:36s} fwd {row['fwd'][0] * 1e3:8.2f} / "
-                    f"{row['fwd'][1] * 1e3:8.2f} ms")
+            line = (f"{lib:10s} {CASES[i][0]:36s} fwd {row['fwd'][0][0] * 1e3:8.2f} / "
+                    f"{row['fwd'][1][0] * 1e3:8.2f} ms")
             if "bwd" in row:
-                line += f" | bwd {row['bwd'][0] * 1e3:8.2f} / {row['bwd'][1] * 1e3:8.2f} ms"
+                line += (f" | bwd {row['bwd'][0][0] * 1e3:8.2f} / "
+                         f"{row['bwd'][1][0] * 1e3:8.2f} ms")
             print(line + f" (fmtarray / native) {row['algo']}", flush=True)
             gc.collect()
     print_table(rows, not args.no_backward)
