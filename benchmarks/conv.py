@@ -195,7 +195,7 @@ def peak_extra_memory(case, batch):
     del y
     gc.collect()
     # scratch buffers kept from earlier calls would otherwise escape the measurement
-    from fmtarray._kernels.numpy_conv import release_scratch
+    from fmtarray._kernels.conv._numpy import release_scratch
 
     release_scratch()
     tracemalloc.start()
@@ -312,7 +312,9 @@ def main(argv=None):
             gmb = math.exp(sum(math.log(v) for v in rb) / len(rb))
             print(f"backward geomean torch/ours = {gmb:.2f} (min {min(rb):.2f})")
     if not args.no_memory:
-        from fmtarray._kernels.conv import WORKSPACE_BYTES
+        from fmtarray._kernels.conv import current
+
+        WORKSPACE_BYTES = current().workspace_bytes
 
         print(f"peak extra memory (tracemalloc; beyond input, output/gradients and weights), "
               f"workspace budget {WORKSPACE_BYTES / 2**20:.0f} MiB per buffer:")

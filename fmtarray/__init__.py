@@ -12,7 +12,7 @@ from .ops import (
 )
 from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, one_hot, softmax
 from .ops import conv, conv_plan
-from ._kernels.conv.tuning import tuning
+from ._kernels.conv.thresholds import tuning
 from .network import Network
 from . import layers
 from . import matlab  # MATLAB-named constructors and aliases

@@ -209,11 +209,8 @@ def test_every_module_imports_as_a_module(name):
     assert isinstance(mod, types.ModuleType) and mod.__name__ == name
 
 
-# Known shadowing still to fix (owner: the convolution-registry work, not this test):
-# fmtarray/_kernels/conv/__init__.py re-exports the function ``tuning`` from its own
-# module ``tuning.py``, so ``fmtarray._kernels.conv.tuning`` is the function. Fix by
-# renaming the module (e.g. ``_tuning.py`` or ``thresholds.py``), then drop it here.
-KNOWN_SHADOWED = {"fmtarray._kernels.conv.tuning"}
+# Known shadowing still to fix (none now; list "module.name" entries here with a reason).
+KNOWN_SHADOWED: set = set()
 
 
 def _shadow_param(name):

@@ -10,7 +10,7 @@
 
 from .registry import OPS, Algo, Choice, algorithms, backward, explain, forward, register, select
 from .spec import ConvSpec, Layout, output_size, resolve_padding, same_padding
-from .tuning import Tuning, current, tuning
+from .thresholds import Tuning, current, tuning
 
 __all__ = ["OPS", "Algo", "Choice", "ConvSpec", "Layout", "Tuning", "algorithms", "backward",
            "current", "explain", "forward", "output_size", "register", "resolve_padding",

@@ -49,7 +49,7 @@ from ... import _backend
 from . import registry
 from .registry import Algo, register
 from .spec import Layout
-from .tuning import current, tuning
+from .thresholds import current, tuning
 
 __all__ = ["SPLIT_EVERY", "forward", "backward"]
 

@@ -20,7 +20,7 @@ from ... import _backend
 from ..pad import dilate, pad, pad_vjp
 from .registry import Algo, register
 from .spec import ConvSpec
-from .tuning import current
+from .thresholds import current
 
 __all__ = ["forward_nsc", "backward_nsc", "transposed_weights"]
 

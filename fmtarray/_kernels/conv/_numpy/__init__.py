@@ -3,7 +3,7 @@
 One algorithm family per module — :mod:`.winograd`, :mod:`.batch_innermost`,
 :mod:`.depthwise`, :mod:`.last_innermost`, :mod:`.gemm` — on the threads, scratch
 buffers and copies of :mod:`._runtime`; every threshold comes from
-:func:`~fmtarray._kernels.conv.tuning.current`.
+:func:`~fmtarray._kernels.conv.thresholds.current`.
 
 The kernels work on channels-last views ``(N, *sp, C)`` of the kernel arrays (a
 permutation of the strides, no copy) and return ``(N, *out, F)``, handed back as a view

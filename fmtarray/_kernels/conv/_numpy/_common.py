@@ -18,7 +18,7 @@ import numpy as np
 
 from ...pad import pad_vjp
 from ..spec import ConvSpec
-from ..tuning import current
+from ..thresholds import current
 
 __all__ = ["plain", "cl_strides", "has_gy", "itemsize", "data_dtypes_match", "weight_matrix",
            "gemm", "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size",

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ...pad import fill_border_numpy
-from ..tuning import current
+from ..thresholds import current
 
 __all__ = ["workers", "single_threaded_blas", "serial_if_small", "parallel", "parallel_sum",
            "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch",

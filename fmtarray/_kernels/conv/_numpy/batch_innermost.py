@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ...pad import fill_border_numpy, pad_indices
-from ..tuning import current
+from ..thresholds import current
 from . import winograd
 from ._common import cl_strides, has_gy, itemsize, padded_bytes, unpad, weight_matrix
 from ._runtime import n_workers, parallel, parallel_sum, scratch

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...pad import fill_border_numpy
-from ..tuning import current
+from ..thresholds import current
 from ._common import chunk_size, cl_strides, grad_input, has_gy, padded_bytes, unpad
 from ._runtime import (Chunked, n_workers, parallel, parallel_add, parallel_copy, parallel_sum,
                        single_threaded_blas)

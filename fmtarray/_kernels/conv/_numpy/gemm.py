@@ -37,7 +37,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..tuning import current
+from ..thresholds import current
 from ._common import (chunk_size, gemm, grad_input, itemsize, plain, unpad, weight_matrix)
 from ._runtime import (Chunked, n_workers, parallel, parallel_copy, parallel_sum, row_blocks,
                        scratch)

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ...pad import fill_border_numpy
-from ..tuning import current
+from ..thresholds import current
 from ._common import cl_strides, grad_conv, grad_input, itemsize, weight_matrix
 from ._runtime import n_workers, parallel, parallel_copy, scratch
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tuning import current
+from ..thresholds import current
 from ._common import cl_strides, grad_conv, grad_input, itemsize, unpad
 from ._runtime import n_workers, parallel, parallel_sum
 
