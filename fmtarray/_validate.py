@@ -10,7 +10,7 @@ import numbers
 import operator
 
 from . import _backend
-from ._kernels.pad import PAD_MODES
+from ._kernels.pad import check_pad_value
 
 __all__ = ["ints", "is_int", "padding", "padding_value", "is_float", "check_float",
            "is_scalar_array"]
@@ -119,19 +119,8 @@ def is_scalar_array(v):
 
 
 def padding_value(v):
-    if isinstance(v, str):
-        if v not in PAD_MODES:
-            raise ValueError(
-                f"padding_value={v!r} is not a padding mode; use a number or one of "
-                + ", ".join(repr(m) for m in PAD_MODES)
-            )
-        return v
-    if isinstance(v, bool) or not (isinstance(v, numbers.Real) or is_scalar_array(v)):
-        raise TypeError(
-            f"padding_value={v!r}: expected a real number or one of "
-            + ", ".join(repr(m) for m in PAD_MODES)
-        )
-    return float(v)
+    """A float, or one of :data:`~fmtarray._kernels.pad.PAD_MODES` (0-d arrays accepted)."""
+    return check_pad_value(v)
 
 
 _FLOAT_OK: dict = {}

@@ -26,6 +26,7 @@ NumPy gets an in-place path (one allocation, slice assignment).
 from __future__ import annotations
 
 import functools
+import numbers
 
 from .. import _backend
 
@@ -36,23 +37,20 @@ PAD_MODES = ("symmetric-include-edge", "symmetric-exclude-edge", "replicate")
 
 
 def check_pad_value(value):
-    """Return ``value`` as a float or one of :data:`PAD_MODES`; ``ValueError`` otherwise."""
+    """Return ``value`` as a float or one of :data:`PAD_MODES` (the one check of a padding
+    value: the op, the layer and :mod:`fmtarray.matlab` call it)."""
+    legal = "a real number or one of " + ", ".join(repr(m) for m in PAD_MODES)
     if isinstance(value, str):
         if value not in PAD_MODES:
-            raise ValueError(
-                f"padding_value={value!r} is not a known padding mode; use a number or one of "
-                + ", ".join(repr(m) for m in PAD_MODES)
-            )
+            raise ValueError(f"padding_value={value!r} is not a padding mode; use {legal}")
         return value
-    if isinstance(value, bool):
-        raise TypeError(f"padding_value={value!r}: expected a number or one of {PAD_MODES}")
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real)
+                                       or getattr(value, "ndim", None) == 0):
+        raise TypeError(f"padding_value={value!r}: expected {legal}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(
-            f"padding_value={value!r}: expected a number or one of "
-            + ", ".join(repr(m) for m in PAD_MODES)
-        ) from None
+        raise TypeError(f"padding_value={value!r}: expected {legal}") from None
 
 
 def _index(i: int, n: int, mode: str) -> int:
