@@ -117,22 +117,24 @@ def _pre_pad(x, spec, before, after):
 
 @functools.lru_cache(maxsize=256)
 def _perms(dims):
-    """``(to_nc, from_nc)``: axes taking ``dims`` order to ``N, C, 0, 1, …`` and back."""
+    """``(to_nc, from_nc)``: axes taking ``dims`` order to ``N, C, 0, 1, …`` and back
+    (``None``: already in that order)."""
     d = len(dims) - 2
     target = "NC" + "".join(str(i) for i in range(d))
     to = tuple(dims.index(c) for c in target)
     back = tuple(target.index(c) for c in dims)
-    return to, back
+    ident = tuple(range(d + 2))
+    return (None if to == ident else to), (None if back == ident else back)
 
 
 def _to_nc(a, dims):
     to = _perms(dims)[0]
-    return a if to == tuple(range(len(to))) else a.permute(to)
+    return a if to is None else a.permute(to)
 
 
 def _from_nc(a, dims):
     back = _perms(dims)[1]
-    return a if back == tuple(range(len(back))) else a.permute(back)
+    return a if back is None else a.permute(back)
 
 
 def _memory_format(x, d):
@@ -183,19 +185,23 @@ class _WeightCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(w, spec, dtype, fmt):
-        root = w._base if w._base is not None else w
-        if type(root) not in (torch.Tensor, torch.nn.Parameter) or torch.is_inference(w):
+    def key(w, dtype, fmt):
+        """``(key, root)``; ``(None, None)`` for tensors the cache cannot follow (wrapper
+        and fake tensors; inference tensors raise on ``_version``)."""
+        root = w._base
+        if root is None:
+            root = w
+        if type(root) not in _PLAIN:
             return None, None
-        return (w.data_ptr(), tuple(w.shape), w.stride(), w.dtype, w.device, w._version,
-                dtype, fmt, spec.G), root
+        return (w.data_ptr(), w.shape, w.stride(), w.dtype, w.device, w._version, dtype,
+                fmt), root
 
     def get(self, w, spec, dtype, fmt):
         try:
-            key, root = self.key(w, spec, dtype, fmt)
+            key, root = self.key(w, dtype, fmt)
         except (RuntimeError, AttributeError, NotImplementedError):
             key = None
-        if key is None or torch.is_inference_mode_enabled():
+        if key is None:
             return _convert(w, spec, dtype, fmt)
         with self._lock:
             hit = self._d.get(key)
@@ -204,6 +210,8 @@ class _WeightCache:
                 self.hits += 1
                 return hit[1]
             self.misses += 1
+        if torch.is_inference_mode_enabled():  # an inference tensor: unusable elsewhere
+            return _convert(w, spec, dtype, fmt)
         with torch.no_grad():
             wt = _convert(w, spec, dtype, fmt)
         nbytes = wt.numel() * wt.element_size()
@@ -233,6 +241,7 @@ class _WeightCache:
             self._bytes = 0
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _CACHE = _WeightCache()
 
 
