@@ -39,6 +39,9 @@ __all__ = ["workers", "single_threaded_blas", "serial_if_small", "parallel", "pa
 
 _lock = threading.Lock()
 _state: dict = {}
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
 _tls = threading.local()
 _SERIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("fmtarray_conv_serial",
                                                                default=False)
@@ -48,9 +51,13 @@ _END = object()
 def _after_fork_in_child():
     """A forked child has none of the parent's pool threads: start a fresh pool (and
     fresh locks) on first use instead of waiting on threads that do not exist."""
-    global _lock
+    global _lock, _blas_lock, _blas_users, _blas_limiter
     _lock = threading.Lock()
     _state.clear()
+    _blas_lock = threading.Lock()
+    if _blas_limiter is not None:  # forked inside a convolution: give BLAS its threads back
+        _blas_limiter.restore_original_limits()
+    _blas_users, _blas_limiter = 0, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -89,12 +96,28 @@ def n_workers() -> int:
 
 @contextlib.contextmanager
 def single_threaded_blas():
+    """Hold BLAS at one thread within the block (our workers are the parallelism).
+
+    BLAS's thread count is process-global: concurrent convolutions share one limit,
+    set by the first to enter and restored by the last to leave, so any number of
+    overlapping calls leave BLAS exactly as they found it."""
+    global _blas_users, _blas_limiter
     _, n, ctl = workers()
-    if n > 1 and ctl is not None:
-        with ctl.limit(limits=1, user_api="blas"):
-            yield
-    else:
+    if n <= 1 or ctl is None:
         yield
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = ctl.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def row_blocks(m):
