@@ -530,3 +530,71 @@ def test_cupy_through_torch_cudnn(value):
     from fmtarray._kernels.conv import _cupy
 
     assert _cupy._to_torch(xc).data_ptr() == xc.data.ptr
+
+
+# ---------------------------------------------------------------------------------------
+# the op's plan cache (fmtarray/ops/convolution.py): later calls re-bind the arrays
+
+
+@pytest.mark.parametrize("call", [
+    dict(fmt="BCSS", xs=(2, 3, 6, 5), ws=(3, 3, 3, 4), bias="vector"),
+    dict(fmt=None, data_format="SSCB", xs=(6, 5, 3, 2), ws=(3, 3, 3, 4), bias="scalar"),
+    dict(fmt=None, data_format="BSS", xs=(2, 6, 5), ws=(3, 3, 1, 4), bias="one"),
+    dict(fmt="SSCB", xs=(6, 5, 4, 2), ws=(3, 3, 2, 3, 2), bias="matlab"),
+    dict(fmt="SSCB", xs=(6, 5, 3, 2), ws=(3, 3, 3, 4), weights_format="SSCUU", bias=None),
+    dict(fmt="SSCB", xs=(6, 5, 3, 2), ws=(3, 3, 3, 4), w_fa="SSCU", bias="fa"),
+    dict(fmt="SCBT", xs=(7, 3, 2, 6), ws=(3, 2, 3, 4), weights_format="STCU", bias="vector"),
+])
+def test_op_plan_cache_rebinds_the_arrays(call):
+    from fmtarray.ops import convolution as opc
+
+    call = dict(call)
+    fmt, xs, ws, bias = call.pop("fmt"), call.pop("xs"), call.pop("ws"), call.pop("bias")
+    w_fa = call.pop("w_fa", None)
+    F = ws[-2] * ws[-1] if len(ws) == 5 else ws[-1]
+
+    def arrays(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(xs, generator=g, dtype=torch.float64)
+        w = torch.randn(ws, generator=g, dtype=torch.float64)
+        b = {None: None, "scalar": 0.5, "one": torch.tensor([0.25], dtype=torch.float64),
+             "vector": torch.randn(F, generator=g, dtype=torch.float64),
+             "matlab": torch.randn((1, 1, F), generator=g, dtype=torch.float64),
+             "fa": FormattedArray(torch.randn(F, generator=g, dtype=torch.float64), "C")}[bias]
+        return (FormattedArray(x, fmt) if fmt else x), (FormattedArray(w, w_fa) if w_fa else w), b
+
+    def run(x, w, b):
+        y = fa.conv(x, w, b, padding=1, **call)
+        r = FormattedArray(torch.cos(torch.arange(y.data.numel(), dtype=torch.float64))
+                           .reshape(y.data.shape), y.format)
+        if not isinstance(x, FormattedArray):  # gradients need formatted leaves
+            return y.data, None
+        wl = w if isinstance(w, FormattedArray) else FormattedArray(w)
+        gx, gw = fa.grad(lambda a, c: fa.sum(fa.conv(a, c, b, padding=1, **call) * r),
+                         argnums=(0, 1))(x, wl)
+        return y.data, (gx.data, gw.data)
+
+    opc._PLANS.clear()
+    fresh = [run(*arrays(s)) for s in (1, 2)]  # the second call of each pair is re-bound
+    assert len(opc._PLANS) >= 1
+    for s, (y0, g0) in zip((1, 2), fresh):
+        opc._PLANS.clear()
+        y1, g1 = run(*arrays(s))  # parsed from scratch
+        torch.testing.assert_close(y0, y1, rtol=0, atol=0)
+        if g0 is not None:
+            torch.testing.assert_close(g0, g1, rtol=0, atol=0)
+    assert not torch.equal(fresh[0][0], fresh[1][0])
+
+
+def test_op_plan_cache_still_checks_devices_and_arguments():
+    from fmtarray.ops import convolution as opc
+
+    x = FormattedArray(torch.randn(6, 5, 3, 2), "SSCB")
+    fa.conv(x, torch.randn(3, 3, 3, 4), padding=[1, 1])  # a list: not cached, still works
+    fa.conv(x, torch.randn(3, 3, 3, 4))
+    fa.conv(x, torch.randn(3, 3, 3, 4))
+    with pytest.raises(ValueError, match="channel"):
+        fa.conv(x, torch.randn(3, 3, 2, 4))
+    with pytest.raises(ValueError, match="bias"):
+        fa.conv(x, torch.randn(3, 3, 3, 4), torch.randn(3))
+    assert any(k is not None for k in opc._PLANS)
