@@ -195,18 +195,18 @@ _PLANS_MAX = 512
 def _plan_key(x, weights, bias, args):
     """Hashable description of a call up to its arrays' values, or ``None``."""
     parts = []
-    for a in (x, weights, bias):
-        if isinstance(a, FormattedArray):
-            d = a._data
-            parts += (a._fmt, type(d), tuple(d.shape), d.dtype)
-        elif a is None or isinstance(a, numbers.Real):
-            parts += (None, type(a), None, None)
-        else:
-            parts += ("", type(a), tuple(a.shape), a.dtype)
-    key = (*parts, *args)
     try:
+        for a in (x, weights, bias):
+            if isinstance(a, FormattedArray):
+                d = a._data
+                parts += (a._fmt, type(d), tuple(d.shape), d.dtype)
+            elif a is None or isinstance(a, numbers.Real):
+                parts += (None, type(a), None, None)
+            else:
+                parts += ("", type(a), tuple(a.shape), a.dtype)
+        key = (*parts, *args)
         hash(key)
-    except TypeError:  # e.g. padding given as a list
+    except (AttributeError, TypeError):  # not arrays (the parse says so), a list argument
         return None
     return key
 
