@@ -17,6 +17,7 @@ convolved over ``S`` and ``T`` is ``"0CN1"`` (``'HCNW'``). Outputs have the same
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -259,10 +260,11 @@ class Layout:
 
     @staticmethod
     def of(dims, x, gy=None) -> Layout:
+        """The layout of ``x`` (and ``gy``), memoised on dims, shapes and strides."""
         xs = _element_strides(x)
-        gs = _element_strides(gy) if gy is not None else None
-        return Layout(dims, _memory_order(dims, tuple(x.shape), xs), xs,
-                      None if gy is None else _memory_order(dims, tuple(gy.shape), gs), gs)
+        if gy is None:
+            return _layout(dims, tuple(x.shape), xs, None, None)
+        return _layout(dims, tuple(x.shape), xs, tuple(gy.shape), _element_strides(gy))
 
     @property
     def d(self) -> int:
@@ -305,6 +307,12 @@ class Layout:
 
     def memory(self, which: str = "x") -> str:
         return self.x_memory if which == "x" else self.gy_memory
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(dims, shape, xs, gshape, gs):
+    return Layout(dims, _memory_order(dims, shape, xs), xs,
+                  None if gshape is None else _memory_order(dims, gshape, gs), gs)
 
 
 def _element_strides(a):
