@@ -17,12 +17,16 @@ installed):
 * ``sum(x, "S")``: the library's sum over axes 0 and 1.
 
 Each time is the median of interleaved repeats (library, fmtarray, library, ...,
-the order flipped every turn), in one process, with 2 threads for torch (and for
-XLA's CPU client, unless ``XLA_FLAGS`` says otherwise). JAX results are waited for
+the order flipped every turn), taken in rounds over all cases (so that a burst of
+load from other processes does not fall on one case), in one process, with 2
+threads for torch (and for XLA's CPU client, unless ``XLA_FLAGS`` says otherwise). JAX results are waited for
 (``block_until_ready``) inside the timed region on both sides. The ratio is
 library-time / fmtarray-time (1.0: no cost for the labels; the target is ≥ 0.67).
 
-Options: ``--repeats N`` (default 31), ``--libs numpy,torch``.
+Options: ``--repeats N`` (per case, default 60), ``--rounds R`` (default 6),
+``--libs numpy,torch``, ``--threads N``
+(torch's thread count, default 2: on a busy 2-core machine a 2-thread torch call
+waits for its second thread, so ``--threads 1`` shows the ratio without that wait).
 """
 
 from __future__ import annotations
@@ -55,19 +59,15 @@ from fmtarray import FormattedArray  # noqa: E402
 SHAPE = (64, 64, 32, 32)  # SSCB, 4 194 304 values
 
 
-def median_interleaved(f_native, f_ours, repeats):
-    """Median seconds of each, timed alternately (the order flips every turn)."""
-    for _ in range(3):  # warm-up: compilation caches, allocator, thread pools
-        f_native()
-        f_ours()
-    tn, to = [], []
+def interleaved(f_native, f_ours, repeats, tn, to):
+    """Append ``repeats`` timings (seconds) of each to ``tn`` / ``to``, taken
+    alternately (the order flips every turn)."""
     for i in range(repeats):
         pair = ((f_native, tn), (f_ours, to)) if i % 2 == 0 else ((f_ours, to), (f_native, tn))
         for f, acc in pair:
             t0 = time.perf_counter()
             f()
             acc.append(time.perf_counter() - t0)
-    return statistics.median(tn), statistics.median(to)
 
 
 def _cases(lib, a, c):
@@ -111,12 +111,14 @@ def _block(v):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=31)
+    p.add_argument("--repeats", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--libs", default="numpy,torch,jax")
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     libs = [lib for lib in args.libs.split(",") if lib]
     if torch is not None:
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     a = rng.standard_normal(SHAPE, dtype=np.float32)
     c = rng.standard_normal(SHAPE[2], dtype=np.float32)
@@ -131,19 +133,32 @@ def main(argv=None):
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"{np.prod(SHAPE)} float32 values (SSCB {'x'.join(map(str, SHAPE))}), "
-          f"median of {args.repeats} interleaved repeats, 2 threads, {os.cpu_count()} CPUs, "
+          f"median of {args.rounds} rounds x {-(-args.repeats // args.rounds)} interleaved "
+          f"repeats, {args.threads} torch threads, "
+          f"{os.cpu_count()} CPUs, "
           f"load average {load} (other processes skew the medians: rerun on a quiet machine)")
     print()
-    print("| library | op | native ms | fmtarray ms | native / fmtarray |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    cases = []
     for lib in libs:
         if lib == "torch" and torch is None or lib == "jax" and importlib.util.find_spec("jax") is None:
-            print(f"| {lib} | (not installed) | | | |")
+            print(f"({lib} is not installed)")
             continue
-        for op, f_native, f_ours in _cases(lib, a, c):
-            tn, to = median_interleaved(f_native, f_ours, args.repeats)
-            print(f"| {lib} | {op} | {tn * 1e3:.2f} | {to * 1e3:.2f} | {tn / to:.2f} |", flush=True)
-
+        cases += [(lib, op, fn, fo, [], []) for op, fn, fo in _cases(lib, a, c)]
+    for _, _, fn, fo, _, _ in cases:  # warm-up: compilation caches, allocator, thread pools
+        for _ in range(3):
+            fn()
+            fo()
+    # rounds over all cases, so that a burst of load from other processes spreads over
+    # every case instead of falling on one
+    per = max(1, -(-args.repeats // args.rounds))
+    for _ in range(args.rounds):
+        for _, _, fn, fo, tn, to in cases:
+            interleaved(fn, fo, per, tn, to)
+    print("| library | op | native ms | fmtarray ms | native / fmtarray |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for lib, op, _, _, tn, to in cases:
+        mn, mo = statistics.median(tn), statistics.median(to)
+        print(f"| {lib} | {op} | {mn * 1e3:.2f} | {mo * 1e3:.2f} | {mn / mo:.2f} |")
 
 if __name__ == "__main__":
     main()
