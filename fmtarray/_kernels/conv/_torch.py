@@ -10,10 +10,14 @@ becomes a dependency of fmtarray); :mod:`._cupy` reuses :func:`forward_tensors` 
   tensors formatted ``"BCSS"``) or channels-last (``NHWC`` tensors formatted ``"BSSC"``)
   it goes in as it is: torch runs either memory format natively. Anything else (the
   canonical, batch-innermost ``SSCB`` storage; ``SCBT``) is copied once into
-  channels-last (2-D and 3-D; contiguous for 1-D), which measured faster than letting
-  torch copy it to ``NCHW`` on every case of ``benchmarks/conv.py`` but the 512-channel
-  one (where they tie): up to 12x for depthwise. The output, whatever memory format
-  torch gives it, is permuted back to ``layout.dims`` order (a view).
+  channels-last (2-D and 3-D; contiguous for 1-D). Measured on the 2-core CPU machine
+  (canonical data of the nine ``benchmarks/conv.py`` cases, forward + backward):
+  channels-last beat both an ``NCHW`` copy and handing torch the strided view on every
+  case but the ``SCBT`` forward (within noise), by up to 3.6x (depthwise 11.6 ms
+  against 41.9 ms ``NCHW``); 3-D: channels-last-3d as fast or faster (35x on a
+  depthwise case); 1-D: copying first and letting torch copy are the same. The
+  output, whatever memory format torch gives it, is permuted back to ``layout.dims``
+  order (a view).
 * **Weights.** MATLAB's ``(*k, Cg, Fg, G)`` becomes torch's ``(F, Cg, *k)`` in the
   memory format the input runs in (a permuting copy). The copy is cached (:class:`_WeightCache`:
   keyed on the data pointer, shape, strides, dtype, device and the tensor's version
@@ -23,7 +27,9 @@ becomes a dependency of fmtarray); :mod:`._cupy` reuses :func:`forward_tensors` 
   In-place updates through the tensor (``w.add_(…)``, ``optimizer.step()``) bump the
   version counter and invalidate the entry; writes that bypass it (through ``w.data``
   or a NumPy/DLPack alias of the memory) are not seen: call :func:`clear_weight_cache`
-  after those.
+  after those. Wrapper and fake tensors (``torch.compile``, functorch), inference
+  tensors and weights over a quarter of the cache's byte budget are converted on
+  every call instead.
 * **Padding.** Zero padding that torch's symmetric ``padding=`` reproduces (the windows
   read the same values) goes to the convolution; the rest (asymmetric zero padding,
   other constants, the mirror modes) is applied first by ``F.pad`` (constant,
