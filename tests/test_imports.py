@@ -209,17 +209,7 @@ def test_every_module_imports_as_a_module(name):
     assert isinstance(mod, types.ModuleType) and mod.__name__ == name
 
 
-# Known shadowing still to fix (none now; list "module.name" entries here with a reason).
-KNOWN_SHADOWED: set = set()
-
-
-def _shadow_param(name):
-    if name in KNOWN_SHADOWED:
-        return pytest.param(name, marks=pytest.mark.xfail(reason="known shadowing, see KNOWN_SHADOWED"))
-    return name
-
-
-@pytest.mark.parametrize("name", [_shadow_param(n) for n in sorted(MODULES) if "." in n])
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if "." in n))
 def test_submodule_attribute_is_the_module(name):
     """``fmtarray.training``, ``fmtarray.ops.convolution``, ... are modules: no
     function or class re-exported by the parent package hides a submodule."""
