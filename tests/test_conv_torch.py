@@ -7,7 +7,6 @@ autograd through ``fa.conv``."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import numpy as np
@@ -22,7 +21,8 @@ from fmtarray._kernels.conv.spec import ConvSpec, Layout  # noqa: E402
 from fmtarray._kernels.pad import PAD_MODES  # noqa: E402
 from kernel_calls import conv_backward, conv_forward, nsc_dims  # noqa: E402
 
-from conv_reference import NUMPY_MODE, ref_conv, ref_pad  # noqa: E402
+from conv_reference import ref_conv  # noqa: E402
+from test_numpy_algos import ref_conv_vjp as ref_vjp  # noqa: E402  (exact direct-loop VJP)
 
 import array_api_compat.torch as tns  # noqa: E402  (the namespace fmtarray uses for torch)
 
@@ -42,50 +42,6 @@ def rel_err(y, ref):
 
 def _per_dim(v, d):
     return (v,) * d if np.isscalar(v) else tuple(v)
-
-
-def _index_map(n, before, after, value):
-    """Source index of every padded position (-1: a constant)."""
-    idx = np.arange(n)
-    if isinstance(value, str):
-        return np.pad(idx, (before, after), mode=NUMPY_MODE[value])
-    return np.pad(idx, (before, after), mode="constant", constant_values=-1)
-
-
-def ref_vjp(x, w, gy, stride, dilation, before, after, value):
-    """Exact VJP of :func:`ref_conv` by direct loops (float64): the cotangent scattered
-    onto the padded input and the weights, then the padding's adjoint through the
-    index maps ``numpy.pad`` gives (padding is separable: one map per axis)."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    d = x.ndim - 2
-    stride, dilation, before, after = (_per_dim(v, d) for v in (stride, dilation, before, after))
-    k = w.shape[:d]
-    cg, fg, g = w.shape[d:]
-    xp = ref_pad(x, before, after, tuple(range(1, d + 1)), value)
-    gxp = np.zeros_like(xp)
-    gw = np.zeros_like(w)
-    out = gy.shape[1:-1]
-    for pos in itertools.product(*(range(o) for o in out)):
-        for grp in range(g):
-            gg = gy[(slice(None),) + pos + (slice(grp * fg, (grp + 1) * fg),)]  # (n, fg)
-            for off in itertools.product(*(range(kk) for kk in k)):
-                idx = tuple(p * s + o * dl for p, s, o, dl in zip(pos, stride, off, dilation))
-                sl = (slice(None),) + idx + (slice(grp * cg, (grp + 1) * cg),)
-                gw[off + (slice(None), slice(None), grp)] += xp[sl].T @ gg
-                gxp[sl] += gg @ w[off + (slice(None), slice(None), grp)].T
-    gx = gxp
-    for ax in range(d):
-        m = _index_map(x.shape[ax + 1], before[ax], after[ax], value)
-        shape = list(gx.shape)
-        shape[ax + 1] = x.shape[ax + 1]
-        acc = np.moveaxis(np.zeros(shape), ax + 1, 0)
-        src = np.moveaxis(gx, ax + 1, 0)
-        for p, i in enumerate(m):
-            if i >= 0:
-                acc[i] += src[p]
-        gx = np.moveaxis(acc, 0, ax + 1)
-    return gx, gw
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,7 +249,8 @@ def test_layouts_through_the_op(dtype):
 
         gx, gw, gb = fa.grad(loss, argnums=(0, 1, 2))(x, FormattedArray(t(w)),
                                                       FormattedArray(t(b)))
-        gx_ref, gw_ref = ref_vjp(xk, w[..., None], r, 1, 1, 1, 1, 0.0)
+        one = (1,) * (xk.ndim - 2)
+        gx_ref, gw_ref = ref_vjp(xk, w[..., None], r, one, one, one, one, 0.0)
         if fmt == "SSCBT":
             gx_got = np.transpose(gx.data.numpy(), (3, 4, 0, 1, 2)).reshape(gx_ref.shape)
         else:

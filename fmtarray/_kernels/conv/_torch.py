@@ -276,18 +276,24 @@ def _matlab_weights(gw, spec):
 # forward and backward on tensors in layout.dims order
 
 
-def forward_tensors(spec, dims, x, w, b, cache=True):
-    """``y`` (``dims`` order, a view of torch's output) of ``x`` and MATLAB weights ``w``."""
-    d = spec.d
+def _operands(spec, dims, x, w, cache):
+    """``(dtype, conv_padding, pre_pad, xn, wt)``: torch's ``N, C, *sp`` input (in the
+    memory format it runs fastest, padded beforehand where torch's ``padding=`` cannot
+    express the padding) and the matching ``(F, Cg, *k)`` weights."""
     dtype = DTYPES[spec.dtype]
     conv_pad, pre_b, pre_a = _geometry(spec)
-    xn, fmt = _input(_to_nc(x, dims), d, dtype)
+    xn, fmt = _input(_to_nc(x, dims), spec.d, dtype)
     if pre_b is not None:
         xn = _pre_pad(xn, spec, pre_b, pre_a)
-    wt = torch_weights(w, spec, dtype, fmt, cache)
+    return dtype, conv_pad, (pre_b, pre_a), xn, torch_weights(w, spec, dtype, fmt, cache)
+
+
+def forward_tensors(spec, dims, x, w, b, cache=True):
+    """``y`` (``dims`` order, a view of torch's output) of ``x`` and MATLAB weights ``w``."""
+    dtype, conv_pad, _, xn, wt = _operands(spec, dims, x, w, cache)
     if b is not None and b.dtype != dtype:
         b = b.to(dtype)
-    y = _CONV[d](xn, wt, b, spec.stride, conv_pad, spec.dilation, spec.G)
+    y = _CONV[spec.d](xn, wt, b, spec.stride, conv_pad, spec.dilation, spec.G)
     return _from_nc(y, dims)
 
 
@@ -295,15 +301,10 @@ def backward_tensors(spec, dims, gy, x, w, needs, cache=True):
     """``(gx, gw)`` (``None`` where ``needs`` is false): ``gx`` in ``dims`` order,
     ``gw`` in MATLAB's layout."""
     d = spec.d
-    dtype = DTYPES[spec.dtype]
-    conv_pad, pre_b, pre_a = _geometry(spec)
-    xn, fmt = _input(_to_nc(x, dims), d, dtype)
-    if pre_b is not None:
-        xn = _pre_pad(xn, spec, pre_b, pre_a)
+    dtype, conv_pad, (pre_b, pre_a), xn, wt = _operands(spec, dims, x, w, cache)
     gn = _to_nc(gy, dims)
     if gn.dtype != dtype:
         gn = gn.to(dtype)
-    wt = torch_weights(w, spec, dtype, fmt, cache)
     gx, gw, _ = torch.ops.aten.convolution_backward(
         gn, xn, wt, None, spec.stride, conv_pad, spec.dilation, False, (0,) * d, spec.G,
         (bool(needs[0]), bool(needs[1]), False))
