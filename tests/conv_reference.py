@@ -76,3 +76,13 @@ def numeric_grad(f, x, eps=1e-6):
         x[i] = old
         g[i] = (fp - fm) / (2 * eps)
     return g
+
+
+def make(cfg, seed=0):
+    """Random channels-last ``x``, MATLAB-layout weights ``(*k, Cg, Fg, G)`` and a bias for a
+    config dict with ``n``, ``sp``, ``k``, ``cg``, ``fg``, ``groups``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((cfg["n"], *cfg["sp"], cfg["groups"] * cfg["cg"]))
+    w = rng.standard_normal((*cfg["k"], cfg["cg"], cfg["fg"], cfg["groups"]))
+    b = rng.standard_normal(cfg["groups"] * cfg["fg"])
+    return x, w, b

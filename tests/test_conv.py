@@ -20,7 +20,7 @@ from fmtarray._kernels.conv.spec import same_padding
 from fmtarray._kernels.pad import PAD_MODES
 from kernel_calls import conv_backward, conv_forward
 
-from conv_reference import numeric_grad, ref_conv
+from conv_reference import make, numeric_grad, ref_conv
 from test_numpy_algos import ref_conv_vjp, selected
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -61,14 +61,6 @@ def kernel_config(draw, max_d=3):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     return dict(d=d, k=k, dil=dil, stride=stride, pb=pb, pa=pa, value=value, sp=tuple(sp),
                 groups=groups, cg=cg, fg=fg, n=n, dtype=dtype)
-
-
-def make(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((cfg["n"], *cfg["sp"], cfg["groups"] * cfg["cg"]))
-    w = rng.standard_normal((*cfg["k"], cfg["cg"], cfg["fg"], cfg["groups"]))
-    b = rng.standard_normal(cfg["groups"] * cfg["fg"])
-    return x, w, b
 
 
 def kw_of(cfg):

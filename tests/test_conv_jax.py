@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fmtarray as fa  # noqa: E402
-from conv_reference import ref_conv, ref_pad  # noqa: E402
+from conv_reference import make, ref_conv, ref_pad  # noqa: E402
 from fmtarray import FormattedArray  # noqa: E402
 from fmtarray._kernels import conv as kconv  # noqa: E402
 from fmtarray._kernels.pad import PAD_MODES  # noqa: E402
@@ -119,14 +119,6 @@ def kernel_config(draw):
     return cfg_of(sp, k, cg=draw(st.integers(1, 3)), fg=draw(st.integers(1, 3)),
                   groups=groups, n=draw(st.integers(1, 3)), stride=stride, dil=dil, pb=pb,
                   pa=pa, value=draw(st.sampled_from(VALUES)), lhs=lhs)
-
-
-def make(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((cfg["n"], *cfg["sp"], cfg["groups"] * cfg["cg"]))
-    w = rng.standard_normal((*cfg["k"], cfg["cg"], cfg["fg"], cfg["groups"]))
-    b = rng.standard_normal(cfg["groups"] * cfg["fg"])
-    return x, w, b
 
 
 def kw_of(cfg):
