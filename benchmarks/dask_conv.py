@@ -16,13 +16,13 @@ For Dask, **build** is the time to call the function (it only builds the lazy gr
 and **compute** the time of ``dask.compute`` of both gradients; NumPy runs eagerly.
 Each figure is the median of interleaved repeats (NumPy, Dask build, Dask compute,
 NumPy, ...), so each ratio compares timings taken under the same conditions. The
-schedulers compared: Dask's threaded scheduler (default: one thread per core) with the
-adapter's turn-taking for the blocks' kernel calls (the default; see
-:mod:`fmtarray._kernels.conv._dask`), the threaded scheduler with one thread, the
-synchronous scheduler, and last the threaded scheduler without turn-taking (every
-scheduler thread calls the NumPy kernels at once, on top of their own pool; this
-leaves BLAS held at one thread, which the benchmark reports and undoes). Task counts
-are those of the graphs of both gradients together.
+schedulers compared: Dask's threaded scheduler (default: one thread per core) as the
+adapter runs it by default (with enough batch blocks, each block on its scheduler
+thread alone; see :mod:`fmtarray._kernels.conv._dask`), the threaded scheduler with the
+blocks taking turns, each spread over every core by the NumPy kernels' own pool (what
+the adapter does with fewer blocks than cores), the threaded scheduler with one thread,
+and the synchronous scheduler. Task counts are those of the graphs of both gradients
+together.
 
 Options: ``--repeats 9``, ``--batch 64``, ``--chunks 4``, ``--float64``,
 ``--no-variants`` (the default scheduler only).
@@ -69,22 +69,21 @@ def n_tasks(*arrays):
 
 
 @contextlib.contextmanager
-def no_turns():
-    """The adapter without turn-taking: kernel calls of every scheduler thread at once."""
-    saved = dask_conv._POOL_TURN
-    dask_conv._POOL_TURN = contextlib.nullcontext()
+def turns():
+    """Graphs built meanwhile have their blocks take turns, each over every core."""
+    saved = dask_conv._one_per_core
+    dask_conv._one_per_core = lambda cxp, n_blocks: False
     try:
         yield
     finally:
-        dask_conv._POOL_TURN = saved
+        dask_conv._one_per_core = saved
 
 
 VARIANTS = {
-    "threads (default), turns": (dict(scheduler="threads"), contextlib.nullcontext),
+    "threads (default)": (dict(scheduler="threads"), contextlib.nullcontext),
+    "threads, blocks take turns": (dict(scheduler="threads"), turns),
     "threads, 1 worker": (dict(scheduler="threads", num_workers=1), contextlib.nullcontext),
     "synchronous": (dict(scheduler="synchronous"), contextlib.nullcontext),
-    # last: concurrent kernel calls leave BLAS held at one thread (restored after it)
-    "threads (default), no turns": (dict(scheduler="threads"), no_turns),
 }
 
 
@@ -96,17 +95,6 @@ def blas_threads():
                 if i["user_api"] == "blas"}
     except ImportError:
         return {}
-
-
-def restore_blas(saved):
-    """Put BLAS's thread counts back (after the no-turns variant left them at one)."""
-    if not saved:
-        return
-    from threadpoolctl import ThreadpoolController
-
-    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-        if lib.filepath in saved:
-            lib.set_num_threads(saved[lib.filepath])
 
 
 def blas_info():
@@ -197,25 +185,24 @@ def main(argv=None):
           f"(inputs: {n_tasks(xd, wd, gyd)})")
 
     variants = VARIANTS if not args.no_variants else {
-        k: v for k, v in VARIANTS.items() if k.startswith("threads (default), turns")}
+        k: v for k, v in VARIANTS.items() if k == "threads (default)"}
     header = (f"\n{'measure':8} {'scheduler':30} {'numpy ms':>9} {'build ms':>9} "
               f"{'compute ms':>11} {'dask/numpy':>11} {'(with build)':>13}")
     print(header)
     saved = blas_threads()
     for measure, np_fn, build in (("kernel", np_kernel, dask_kernel_build),
                                   ("grad", np_grad, dask_grad_build)):
-        built = build()
         for vname, (cfg, ctx) in variants.items():
             with dask.config.set(**cfg), ctx():
+                built = build()
                 t_np, t_build, t_compute = median_interleaved(
                     [np_fn, build, lambda built=built: dask.compute(*built)], args.repeats)
             left = blas_threads()
-            restore_blas(saved)
             print(f"{measure:8} {vname:30} {t_np * 1e3:9.2f} {t_build * 1e3:9.2f} "
                   f"{t_compute * 1e3:11.2f} {t_compute / t_np:11.2f} "
                   f"{(t_compute + t_build) / t_np:13.2f}"
                   + ("" if left == saved else f"  (BLAS threads left at {sorted(set(left.values()))})"))
-    print(f"\nafter the runs (BLAS restored after each variant): {blas_info()}")
+    print(f"\nafter the runs: {blas_info()}")
 
 
 if __name__ == "__main__":

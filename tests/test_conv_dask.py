@@ -47,6 +47,7 @@ def ref_conv_vjp(x, w, gy, stride, dilation, before, after, value):
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 DXP = _backend.namespace(da.zeros(1))
+NXP = _backend.namespace(np.zeros(1))
 
 # ---------------------------------------------------------------------------------------
 # kernel-level cases: kernel dims, filter, stride, dilation, pads, value, groups, sizes
@@ -439,9 +440,15 @@ def test_autodiff_through_conv_on_dask():
         np.testing.assert_allclose(g.data.compute(), r.data, rtol=1e-10, atol=1e-13)
 
 
-def test_blocks_leave_blas_threads_alone():
-    """The blocks' NumPy kernels take turns: concurrent ones would save and restore
-    BLAS's (process-wide) thread limit over each other and leave BLAS at one thread."""
+@pytest.mark.parametrize("one_per_core", [True, False])
+def test_blocks_leave_blas_threads_alone(monkeypatch, one_per_core):
+    """Whether the blocks run one per scheduler thread (concurrent kernel calls, each
+    holding BLAS at one thread through the runtime's shared, counted limit) or take
+    turns, BLAS's process-wide thread count is what it was, and the values are the same
+    bit for bit on every compute."""
+    from fmtarray._kernels.conv import _dask
+
+    monkeypatch.setattr(_dask, "_one_per_core", lambda cxp, n_blocks: one_per_core)
     threadpoolctl = pytest.importorskip("threadpoolctl")
 
     def blas():
@@ -456,6 +463,59 @@ def test_blocks_leave_blas_threads_alone():
     gx, gw, _ = K.backward(DXP, spec, K.Layout.of("01CN", xd, xd), xd, xd,
                            da.from_array(w), (True, True, False))
     before = blas()
+    first = dask.compute(gx, gw, scheduler="threads", num_workers=4)
     for _ in range(10):
-        dask.compute(gx, gw, scheduler="threads", num_workers=4)
+        again = dask.compute(gx, gw, scheduler="threads", num_workers=4)
+        for a, b in zip(again, first):
+            np.testing.assert_array_equal(a, b)
     assert blas() == before
+
+
+@pytest.mark.parametrize("cores, blocks, expected", [
+    (2, 4, True), (2, 2, True), (2, 5, False), (2, 3, False), (2, 1, False),
+    (4, 7, True), (4, 6, False), (1, 8, False)])
+def test_blocks_run_one_per_core_only_when_they_fill_the_cores(monkeypatch, cores, blocks,
+                                                               expected):
+    """Blocks of NumPy chunks run on their scheduler thread alone when every round of
+    blocks keeps at least ``MIN_LAST_ROUND`` of the cores busy; otherwise they take
+    turns, each spread over every core by the kernels' own pool."""
+    from fmtarray._kernels.conv import _dask
+    from fmtarray._kernels.conv._numpy import _runtime
+
+    monkeypatch.setattr(_runtime, "n_workers", lambda: cores)
+    assert _dask._one_per_core(NXP, blocks) is expected
+    try:
+        import array_api_strict as xs
+    except ImportError:
+        return
+    assert _dask._one_per_core(xs, blocks) is False  # another chunk library: turns
+
+
+def test_one_block_per_core_runs_on_the_scheduler_threads(monkeypatch):
+    """With 4 batch blocks on 2 kernel workers, each block enters the runtime's
+    calling-thread mode (no pool, BLAS at one thread) and the values match NumPy's."""
+    from fmtarray._kernels.conv._numpy import _runtime
+
+    monkeypatch.setattr(_runtime, "n_workers", lambda: 2)
+    entered = []
+    real = _runtime.on_calling_thread
+
+    def spy():
+        entered.append(threading.get_ident())
+        return real()
+
+    monkeypatch.setattr(_runtime, "on_calling_thread", spy)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 12, 8, 8), dtype=np.float64)  # 01CN, 4 blocks of 2
+    gy = rng.standard_normal((12, 12, 8, 8), dtype=np.float64)
+    w = rng.standard_normal((3, 3, 8, 8, 1), dtype=np.float64)
+    spec = K.ConvSpec(8, (12, 12), 8, (3, 3), 8, 8, 1, (1, 1), (1, 1), (1, 1), (1, 1),
+                      0.0, (), "float64")
+    xd, gyd = da.from_array(x, chunks=(12, 12, 8, 2)), da.from_array(gy, chunks=(12, 12, 8, 2))
+    gx, gw, _ = K.backward(DXP, spec, K.Layout.of("01CN", xd, gyd), gyd, xd,
+                           da.from_array(w), (True, True, False))
+    got = dask.compute(gx, gw, scheduler="threads", num_workers=2)
+    ref = K.backward(NXP, spec, K.Layout.of("01CN", x, gy), gy, x, w, (True, True, False))
+    assert len(entered) == 4
+    for a, r in zip(got, ref[:2]):
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)

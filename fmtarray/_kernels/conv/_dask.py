@@ -26,16 +26,19 @@ block to take out the input gradient when both gradients are wanted, about one i
 in force when the graph is built (:func:`.tuning.current`) are the ones the blocks run
 with, whichever thread of the scheduler runs them.
 
-Threads. The blocks' kernel calls take turns (:data:`_POOL_TURN`, one process-wide
-lock). The NumPy kernels already spread one call over every core (their own worker
-pool, BLAS held at one thread meanwhile), so several blocks at once on Dask's threaded
-scheduler only compete for the same cores: taking turns was as fast or faster in
-``benchmarks/dask_conv.py``. It is needed for the process state too: the NumPy kernels
-hold BLAS at one thread with ``threadpoolctl``'s limit, a process-wide setting saved
-and restored per call, and concurrent calls leave BLAS at one thread for good
-(measured: 2 → 1 after a few unsynchronised computes). The price is that small blocks
-(run serially inside the kernel) do not overlap either. Dask's synchronous scheduler
-or one worker thread give about the same times.
+Threads. Dask's threaded scheduler runs one task per core at once, and the NumPy
+kernels spread one call over every core too (their own worker pool, BLAS held at one
+thread meanwhile), so the two must not both be the parallelism. When the chunks are
+NumPy arrays and there are enough batch blocks to keep every core busy (at least one
+per kernel worker, and the last round of blocks at least :data:`MIN_LAST_ROUND` full),
+each block runs on its scheduler thread alone (``_numpy._runtime.on_calling_thread``:
+no pool, BLAS at one thread) and Dask's threads are the parallelism: the way Dask
+recommends running BLAS-backed tasks. Otherwise (few blocks, or another chunk library
+with threads of its own) the blocks' kernel calls take turns (:data:`_POOL_TURN`, one
+process-wide lock), each spread over every core by its own library. The choice is made
+when the graph is built, so a graph computes the same values (bit for bit) each time.
+Measured in ``benchmarks/dask_conv.py``. Dask's synchronous scheduler or one worker
+thread, asked for explicitly, run the blocks on that one thread.
 """
 
 from __future__ import annotations
@@ -56,8 +59,13 @@ __all__ = ["SPLIT_EVERY", "forward", "backward"]
 #: partial weight gradients added per task of the tree reduction
 SPLIT_EVERY = 8
 
-#: the blocks' kernel calls run one at a time (see the module docstring)
+#: the blocks' kernel calls run one at a time when they use every core each (see the
+#: module docstring)
 _POOL_TURN = threading.Lock()
+
+#: blocks run one per core only if the last round of blocks keeps at least this share of
+#: the cores busy (4 blocks on 2 cores: 1.0; 3 blocks: 0.5, so they take turns instead)
+MIN_LAST_ROUND = 0.75
 
 
 def _new_lock_in_child():  # a fork while another thread held the lock leaves it held
@@ -129,25 +137,45 @@ class _Grads:
         self.gx, self.gw = gx, gw
 
 
-def _run(spec, dims, settings, kernel, *arrays):
-    """Run ``kernel`` on a block's arrays with the block's spec, settings and turn."""
+def _one_per_core(cxp, n_blocks):
+    """Whether each of ``n_blocks`` blocks of chunk namespace ``cxp`` runs on its
+    scheduler thread alone (see the module docstring)."""
+    if registry.library_of(cxp) != "numpy":
+        return False
+    from ._numpy._runtime import n_workers
+
+    cores = n_workers()
+    last = n_blocks % cores or cores
+    return cores > 1 and n_blocks >= cores and last >= MIN_LAST_ROUND * cores
+
+
+def _threads(one_per_core):
+    if not one_per_core:
+        return _POOL_TURN
+    from ._numpy._runtime import on_calling_thread
+
+    return on_calling_thread()
+
+
+def _run(spec, dims, settings, one_per_core, kernel, *arrays):
+    """Run ``kernel`` on a block's arrays with the block's spec, settings and threads."""
     n = arrays[0].shape[dims.index("N")]
     bspec = spec if n == spec.N else spec.replace(N=n)
-    with tuning(**settings), _POOL_TURN:
+    with tuning(**settings), _threads(one_per_core):
         return kernel(bspec, *arrays)
 
 
-def _forward_block(x, w, b, *, spec, dims, settings):
+def _forward_block(x, w, b, *, spec, dims, settings, one_per_core):
     x, w, b = _unwrap(x), _unwrap(w), _unwrap(b)
     cxp = _backend.namespace(x)
 
     def kernel(bspec, x):
         return registry.forward(cxp, bspec, Layout.of(dims, x), x, w, b)
 
-    return _run(spec, dims, settings, kernel, x)
+    return _run(spec, dims, settings, one_per_core, kernel, x)
 
 
-def _backward_block(gy, x, w, *, spec, dims, settings, needs):
+def _backward_block(gy, x, w, *, spec, dims, settings, one_per_core, needs):
     gy, x, w = _unwrap(gy), _unwrap(x), _unwrap(w)
     cxp = _backend.namespace(x)
 
@@ -156,7 +184,7 @@ def _backward_block(gy, x, w, *, spec, dims, settings, needs):
                                       (needs[0], needs[1], False))
         return gx, gw
 
-    gx, gw = _run(spec, dims, settings, kernel, gy, x)
+    gx, gw = _run(spec, dims, settings, one_per_core, kernel, gy, x)
     return gx if not needs[1] else _Grads(gx, gw)
 
 
@@ -213,11 +241,12 @@ def forward(xp, spec, layout, x, w, b):
     adjust = {x_ind[dims.index(str(i))]: (o,) for i, o in enumerate(spec.out)}
     adjust["c"] = (spec.F,)
     settings = _settings()
+    one = _one_per_core(cxp, x.numblocks[n_axis])
     return da.blockwise(
         _forward_block, x_ind, *args, adjust_chunks=adjust, dtype=dt,
         meta=cxp.empty((0,) * len(dims), dtype=dt), concatenate=False,
-        name="conv-forward-" + _token(x, w, b, spec, dims, settings),
-        spec=spec, dims=dims, settings=settings)
+        name="conv-forward-" + _token(x, w, b, spec, dims, settings, one),
+        spec=spec, dims=dims, settings=settings, one_per_core=one)
 
 
 def backward(xp, spec, layout, gy, x, w, needs):
@@ -230,8 +259,9 @@ def backward(xp, spec, layout, gy, x, w, needs):
     gy = _batch_blocks(gy, n_axis, x.chunks[n_axis])
     w = _one_block(w)
     cxp, dt = _out_dtype(spec, x)
-    kw = dict(spec=spec, dims=dims, settings=_settings(), needs=tuple(bool(v) for v in needs))
-    name = _token(gy, x, w, spec, dims, kw["needs"], kw["settings"])
+    kw = dict(spec=spec, dims=dims, settings=_settings(), needs=tuple(bool(v) for v in needs),
+              one_per_core=_one_per_core(cxp, x.numblocks[n_axis]))
+    name = _token(gy, x, w, spec, dims, kw["needs"], kw["settings"], kw["one_per_core"])
     meta = cxp.empty((0,) * len(dims), dtype=dt)
     only_gx = not needs[1]
     # one kernel task per block: gx (only_gx), else a _Grads holding gx and/or gw

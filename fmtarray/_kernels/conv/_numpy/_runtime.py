@@ -33,8 +33,8 @@ import numpy as np
 from ...pad import fill_border_numpy
 from ..thresholds import current
 
-__all__ = ["workers", "single_threaded_blas", "serial_if_small", "parallel", "parallel_sum",
-           "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch",
+__all__ = ["workers", "single_threaded_blas", "serial_if_small", "on_calling_thread",
+           "parallel", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch",
            "copy_blocked", "parallel_copy", "Chunked"]
 
 _lock = threading.Lock()
@@ -185,6 +185,19 @@ def serial_if_small(spec):
     token = _SERIAL.set(True)
     try:
         yield
+    finally:
+        _SERIAL.reset(token)
+
+
+@contextlib.contextmanager
+def on_calling_thread():
+    """Within the block, every convolution runs on the calling thread alone, BLAS held
+    at one thread: for callers that are the parallelism themselves (Dask's threaded
+    scheduler running one block per core)."""
+    token = _SERIAL.set(True)
+    try:
+        with single_threaded_blas():
+            yield
     finally:
         _SERIAL.reset(token)
 
