@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 from collections.abc import Callable
@@ -22,15 +23,124 @@ _DEFAULT_LR = {"sgdm": 0.01, "adam": 0.001, "rmsprop": 0.001}
 _DEFAULT_SQ = {"adam": 0.999, "rmsprop": 0.9}
 
 
+_O = "TrainingOptions"
+
+
+def _schedule(sch):
+    if callable(sch):
+        return sch
+    if not isinstance(sch, str) or sch.lower() not in LEARN_RATE_SCHEDULES:
+        raise _bad(_O, "learn_rate_schedule", sch, "legal values: 'none', 'piecewise' or a "
+                   "callable f(initial_learn_rate, iteration, epoch) -> learn rate")
+    return sch.lower()
+
+
+def _validation_data(vd):
+    if vd is not None and not (isinstance(vd, (tuple, list)) and len(vd) == 2):
+        raise _bad(_O, "validation_data", type(vd).__name__,
+                   "give a tuple (inputs, targets) like the training data, or None")
+    return vd
+
+
+def _flag(name):
+    def check(v):
+        if not isinstance(v, bool):
+            raise _bad(_O, name, v, "it must be True or False")
+        return v
+    return check
+
+
+def _seed(v):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
+        raise _bad(_O, "seed", v, "it must be a non-negative integer or None")
+    return v
+
+
+def _progress(v):
+    if not (isinstance(v, bool) or v == "auto"):
+        raise _bad(_O, "progress", v, "legal values: 'auto', True, False")
+    return v
+
+
+def _plots(v):
+    if v is None:
+        return "none"
+    if not isinstance(v, str) or not (v.lower() in ("none", "training-progress")
+                                      or v.lower().endswith(".png")):
+        raise _bad(_O, "plots", v, "legal values: 'none', 'training-progress' (saves "
+                   "training-progress.png) or a path ending in .png")
+    return v
+
+
+def _output_fcn(v):
+    if v is not None and not callable(v):
+        raise _bad(_O, "output_fcn", v, "it must be a callable or None")
+    return v
+
+
+def _real(name, **kw):
+    return lambda v: _check_real(_O, name, v, **kw)
+
+
+def _int(name, **kw):
+    return lambda v: _check_int(_O, name, v, **kw)
+
+
+def _choice(name, choices):
+    return lambda v: _check_choice(_O, name, v, choices)
+
+
+# one validator per option, applied at construction and at every assignment
+_CHECKS = {
+    "solver": _choice("solver", SOLVERS),
+    "initial_learn_rate": _real("initial_learn_rate", lo=0, lo_open=True),
+    "learn_rate_schedule": _schedule,
+    "learn_rate_drop_period": _int("learn_rate_drop_period"),
+    "learn_rate_drop_factor": _real("learn_rate_drop_factor", lo=0, hi=1),
+    "mini_batch_size": _int("mini_batch_size"),
+    "max_epochs": _int("max_epochs"),
+    "shuffle": _choice("shuffle", SHUFFLE_MODES),
+    "l2_regularization": _real("l2_regularization", lo=0),
+    "momentum": _real("momentum", lo=0, hi=1),
+    "gradient_decay_factor": _real("gradient_decay_factor", lo=0, hi=1, hi_open=True),
+    "squared_gradient_decay_factor": _real("squared_gradient_decay_factor", lo=0, hi=1,
+                                           hi_open=True),
+    "epsilon": _real("epsilon", lo=0, lo_open=True),
+    "gradient_threshold": _real("gradient_threshold", lo=0, lo_open=True, allow_inf=True),
+    "gradient_threshold_method": _choice("gradient_threshold_method",
+                                         GRADIENT_THRESHOLD_METHODS),
+    "validation_data": _validation_data,
+    "validation_frequency": _int("validation_frequency"),
+    "validation_patience": _int("validation_patience", allow_inf=True),
+    "output_network": _choice("output_network", OUTPUT_NETWORKS),
+    "reset_input_normalization": _flag("reset_input_normalization"),
+    "seed": _seed,
+    "verbose": _flag("verbose"),
+    "verbose_frequency": _int("verbose_frequency"),
+    "progress": _progress,
+    "plots": _plots,
+    "output_fcn": _output_fcn,
+}
+
+# options whose None means "the solver's default"
+_SOLVER_DEFAULTS = {
+    "initial_learn_rate": lambda solver: _DEFAULT_LR[solver],
+    "squared_gradient_decay_factor": lambda solver: _DEFAULT_SQ.get(solver, 0.999),
+}
+
+
 @dataclasses.dataclass
 class TrainingOptions:
     """Options for :func:`train`, MATLAB's ``trainingOptions`` in snake_case.
 
-    Every field is validated at construction (and by :meth:`replace`); an invalid
-    value raises ``ValueError`` naming the option, the value and the legal values.
+    Every field is validated at construction, by :meth:`replace` and at every
+    assignment (``options.mini_batch_size = 0`` raises the constructor's error and
+    leaves the options unchanged); an invalid value raises ``ValueError`` naming the
+    option, the value and the legal values, and an unknown option name (a typo) is an
+    ``AttributeError``.
     ``None`` for ``initial_learn_rate`` / ``squared_gradient_decay_factor`` means
     MATLAB's solver-dependent default (0.01 for sgdm, 0.001 otherwise; 0.999 for
-    adam, 0.9 for rmsprop).  See ``docs/training.md`` for the MATLAB name of each.
+    adam, 0.9 for rmsprop), and such a default follows later changes of ``solver``.  See ``docs/training.md`` for the MATLAB name of each.
     """
 
     solver: str = "sgdm"
@@ -60,77 +170,38 @@ class TrainingOptions:
     plots: str | None = "none"
     output_fcn: Callable | None = None
 
-    def __post_init__(self):
-        o = "TrainingOptions"
-        self.solver = _check_choice(o, "solver", self.solver, SOLVERS)
-        if self.initial_learn_rate is None:
-            self.initial_learn_rate = _DEFAULT_LR[self.solver]
-        self.initial_learn_rate = _check_real(o, "initial_learn_rate", self.initial_learn_rate,
-                                              lo=0, lo_open=True)
-        if not callable(self.learn_rate_schedule):
-            sch = self.learn_rate_schedule
-            if not isinstance(sch, str) or sch.lower() not in LEARN_RATE_SCHEDULES:
-                raise _bad(o, "learn_rate_schedule", sch, "legal values: 'none', 'piecewise' or "
-                           "a callable f(initial_learn_rate, iteration, epoch) -> learn rate")
-            self.learn_rate_schedule = sch.lower()
-        self.learn_rate_drop_period = _check_int(o, "learn_rate_drop_period",
-                                                 self.learn_rate_drop_period)
-        self.learn_rate_drop_factor = _check_real(o, "learn_rate_drop_factor",
-                                                  self.learn_rate_drop_factor, lo=0, hi=1)
-        self.mini_batch_size = _check_int(o, "mini_batch_size", self.mini_batch_size)
-        self.max_epochs = _check_int(o, "max_epochs", self.max_epochs)
-        self.shuffle = _check_choice(o, "shuffle", self.shuffle, SHUFFLE_MODES)
-        self.l2_regularization = _check_real(o, "l2_regularization", self.l2_regularization, lo=0)
-        self.momentum = _check_real(o, "momentum", self.momentum, lo=0, hi=1)
-        self.gradient_decay_factor = _check_real(o, "gradient_decay_factor",
-                                                 self.gradient_decay_factor, lo=0, hi=1,
-                                                 hi_open=True)
-        if self.squared_gradient_decay_factor is None:
-            self.squared_gradient_decay_factor = _DEFAULT_SQ.get(self.solver, 0.999)
-        self.squared_gradient_decay_factor = _check_real(
-            o, "squared_gradient_decay_factor", self.squared_gradient_decay_factor, lo=0, hi=1,
-            hi_open=True)
-        self.epsilon = _check_real(o, "epsilon", self.epsilon, lo=0, lo_open=True)
-        self.gradient_threshold = _check_real(o, "gradient_threshold", self.gradient_threshold,
-                                              lo=0, lo_open=True, allow_inf=True)
-        self.gradient_threshold_method = _check_choice(
-            o, "gradient_threshold_method", self.gradient_threshold_method,
-            GRADIENT_THRESHOLD_METHODS)
-        if self.validation_data is not None:
-            vd = self.validation_data
-            if not (isinstance(vd, (tuple, list)) and len(vd) == 2):
-                raise _bad(o, "validation_data", type(vd).__name__,
-                           "give a tuple (inputs, targets) like the training data, or None")
-        self.validation_frequency = _check_int(o, "validation_frequency", self.validation_frequency)
-        self.validation_patience = _check_int(o, "validation_patience", self.validation_patience,
-                                              allow_inf=True)
-        self.output_network = _check_choice(o, "output_network", self.output_network,
-                                            OUTPUT_NETWORKS)
-        if not isinstance(self.reset_input_normalization, bool):
-            raise _bad(o, "reset_input_normalization", self.reset_input_normalization,
-                       "it must be True or False")
-        if self.seed is not None and (isinstance(self.seed, bool)
-                                      or not isinstance(self.seed, numbers.Integral)
-                                      or self.seed < 0):
-            raise _bad(o, "seed", self.seed, "it must be a non-negative integer or None")
-        if not isinstance(self.verbose, bool):
-            raise _bad(o, "verbose", self.verbose, "it must be True or False")
-        self.verbose_frequency = _check_int(o, "verbose_frequency", self.verbose_frequency)
-        if not (isinstance(self.progress, bool) or self.progress == "auto"):
-            raise _bad(o, "progress", self.progress, "legal values: 'auto', True, False")
-        if self.plots is None:
-            self.plots = "none"
-        if not isinstance(self.plots, str) or not (
-                self.plots.lower() in ("none", "training-progress")
-                or self.plots.lower().endswith(".png")):
-            raise _bad(o, "plots", self.plots,
-                       "legal values: 'none', 'training-progress' (saves training-progress.png) "
-                       "or a path ending in .png")
-        if self.output_fcn is not None and not callable(self.output_fcn):
-            raise _bad(o, "output_fcn", self.output_fcn, "it must be a callable or None")
+    def __setattr__(self, name, value):
+        check = _CHECKS.get(name)
+        if check is None:
+            if name.startswith("_"):
+                object.__setattr__(self, name, value)
+                return
+            close = difflib.get_close_matches(name, _CHECKS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise AttributeError(f"TrainingOptions has no option {name!r}{hint} (the options "
+                                 f"are {', '.join(_CHECKS)})")
+        if name in _SOLVER_DEFAULTS:
+            defaulted = self.__dict__.setdefault("_defaulted", set())
+            if value is None:
+                defaulted.add(name)
+                value = _SOLVER_DEFAULTS[name](self.__dict__.get("solver", "sgdm"))
+            else:
+                value = check(value)
+                defaulted.discard(name)
+            object.__setattr__(self, name, value)
+            return
+        value = check(value)
+        object.__setattr__(self, name, value)
+        if name == "solver":  # solver-dependent defaults follow the solver
+            for dep in self.__dict__.get("_defaulted", ()):
+                if dep in self.__dict__:
+                    object.__setattr__(self, dep, _SOLVER_DEFAULTS[dep](value))
 
     def replace(self, **changes) -> TrainingOptions:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); options that hold the
+        solver's default keep following the solver."""
+        for name in self.__dict__.get("_defaulted", ()):
+            changes.setdefault(name, None)
         return dataclasses.replace(self, **changes)
 
     def make_solver(self) -> Solver:
