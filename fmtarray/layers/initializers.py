@@ -31,6 +31,7 @@ __all__ = [
     "WEIGHTS_INITIALIZERS",
     "BIAS_INITIALIZERS",
     "check_initializer",
+    "check_seed",
     "initialize_array",
     "sub_seed",
 ]
@@ -60,6 +61,29 @@ def check_initializer(value, prop: str, legal: tuple[str, ...]):
         f"{prop} must be one of {', '.join(repr(n) for n in legal)} or a callable "
         f"f(shape) -> array, got {type(value).__name__} {value!r}"
     )
+
+
+_SEED_LEGAL = "legal values: a non-negative integer, a numpy.random.Generator or None"
+
+
+def check_seed(seed, who: str = "initialize"):
+    """Return ``seed`` if it is a legal random seed, else raise naming ``who``'s argument.
+
+    Legal: ``None`` (fresh entropy), a ``numpy.random.Generator``, a non-negative
+    integer, or the ``[seed, k]`` lists :func:`sub_seed` derives from one.
+    """
+    import numpy as np
+
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, list) and seed and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seed):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{who}: invalid seed={seed!r} ({type(seed).__name__}); {_SEED_LEGAL}")
+    if seed < 0:
+        raise ValueError(f"{who}: invalid seed={seed!r}; {_SEED_LEGAL}")
+    return seed
 
 
 def sub_seed(seed, k: int):
@@ -93,6 +117,7 @@ def initialize_array(init, shape, *, fan_in=None, fan_out=None, seed=None, xp=No
     prop
         The property name for error messages.
     """
+    check_seed(seed)
     shape = tuple(int(s) for s in shape)
     xp = xp if xp is not None else _backend.namespace()
     dtype = dtype if dtype is not None else xp.float32

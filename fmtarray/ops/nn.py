@@ -16,6 +16,7 @@ order); the result is then unformatted too, in the caller's dim order.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import _backend, _format, _tape
 from .._kernels import elementwise as _kernels
@@ -437,25 +438,54 @@ def batch_norm(x, offset, scale, mean=None, var=None, epsilon=1e-5, training=Fal
 # one_hot ----------------------------------------------------------------------------------
 
 
+def _num_classes(k, fn):
+    """``k`` as an int >= 1; integral floats are fine, anything else is an error."""
+    legal = "it must be a positive integer (the number of classes)"
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise TypeError(f"{fn}: invalid num_classes={k!r} ({type(k).__name__}); {legal}")
+    if isinstance(k, numbers.Integral):
+        n = int(k)
+    else:
+        f = float(k)
+        if not (math.isfinite(f) and f.is_integer()):
+            raise ValueError(f"{fn}: invalid num_classes={k!r}; {legal}")
+        n = int(f)
+    if n < 1:
+        raise ValueError(f"{fn}: invalid num_classes={k!r}; {legal}")
+    return n
+
+
 def one_hot(labels, num_classes, *, dtype=None):
     """``CB`` one-hot targets from integer class labels ``0 … num_classes-1``.
 
     ``labels`` is a 1-D integer array (any array-API library, or a FormattedArray
     of format ``B``); the result lives in the same library and device, with
-    ``dtype`` (default ``float32``).
+    ``dtype`` (default ``float32``). ``num_classes`` must be a positive integer (a
+    float only when it is integral) and every label must lie in
+    ``0 … num_classes-1``: anything else is an error naming the value (a label out of
+    range would otherwise become an all-zero column).
     """
+    fn = "one_hot"
     ld = labels._data if isinstance(labels, FormattedArray) else labels
     if not _backend.is_array(ld):
         raise TypeError(
-            f"one_hot: labels must be a 1-D integer array, got {type(labels).__name__}"
+            f"{fn}: labels must be a 1-D integer array, got {type(labels).__name__}"
         )
     xp = _backend.namespace(ld)
     if ld.ndim != 1 or not xp.isdtype(ld.dtype, "integral"):
         raise ValueError(
-            f"one_hot: labels must be a 1-D integer array, got shape {tuple(ld.shape)} and "
+            f"{fn}: labels must be a 1-D integer array, got shape {tuple(ld.shape)} and "
             f"dtype {ld.dtype}"
         )
-    num_classes = int(num_classes)
+    num_classes = _num_classes(num_classes, fn)
+    if ld.shape[0]:
+        lo, hi = int(xp.min(ld)), int(xp.max(ld))
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{fn}: invalid labels: label {bad} is out of range; labels must be in "
+                f"0..{num_classes - 1} (num_classes={num_classes}); got values in {lo}..{hi}"
+            )
     dev = _backend.device(ld)
     classes = xp.arange(num_classes, dtype=ld.dtype, device=dev)
     hot = xp.reshape(ld, (1, -1)) == xp.reshape(classes, (-1, 1))
