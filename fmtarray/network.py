@@ -10,118 +10,41 @@ Learnables are addressed by layer name and parameter name::
     {"conv": {"weights": FormattedArray, "bias": FormattedArray}, "fc": {...}}
 
 ``forward``/``predict`` accept such a tree (e.g. the traced arguments of
-:func:`fmtarray.value_and_grad`) and swap the values into the layers for the
-call, so gradients flow through each layer's plain ``predict`` with no
-backward code.
+:func:`fmtarray.value_and_grad`) and evaluate each layer with those values (on a
+shallow copy of the layer: nothing shared is changed, so threads may evaluate
+one network with different learnables at once), so gradients flow through each
+layer's plain ``predict`` with no backward code.
+
+A floating input of another float dtype than the network's learnables is cast
+to the network's dtype on entry (SPEC §4): a float32 network computes in
+float32 whatever float data it is given.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import numbers
 from typing import NamedTuple
 
 from .array import FormattedArray
+from .layers._protocol import as_fa as _as_fa
+from .layers._protocol import bound as _bound
+from .layers._protocol import cast_input as _cast_input
+from .layers._protocol import default_name as _default_name
+from .layers._protocol import description as _description
+from .layers._protocol import detach as _detach
+from .layers._protocol import factor as _factor
+from .layers._protocol import fmt_of as _fmt_of
+from .layers._protocol import layer_seed as _layer_seed
+from .layers._protocol import learnable_names as _learnable_names
+from .layers._protocol import network_dtype as _network_dtype
+from .layers._protocol import set_values as _set_values
+from .layers._protocol import state_names as _state_names
+from .layers._protocol import takes_seed as _takes_seed
+from .layers._protocol import type_name as _type_name
+from .layers.base import own_value as _own_value
 
 __all__ = ["Network", "LearnablesTable", "LearnableRow"]
 
 _X = "\u00d7"
-
-# default names of layers without a ``default_name`` attribute, by class name
-_DEFAULT_NAMES = {"Convolution2DLayer": "conv"}
-
-
-# helpers for objects that follow only part of the layer protocol ------------------------
-
-
-def _learnable_names(layer) -> tuple[str, ...]:
-    return tuple(getattr(layer, "learnable_names", ()) or ())
-
-
-def _state_names(layer) -> tuple[str, ...]:
-    return tuple(getattr(layer, "state_names", ()) or ())
-
-
-def _type_name(layer) -> str:
-    f = getattr(layer, "type_name", None)
-    return str(f()) if callable(f) else type(layer).__name__
-
-
-def _description(layer) -> str:
-    f = getattr(layer, "description", None)
-    return str(f()) if callable(f) else type(layer).__name__
-
-
-def _default_name(layer) -> str:
-    n = getattr(layer, "default_name", None)
-    if isinstance(n, str) and n:
-        return n
-    cls = type(layer).__name__
-    if cls in _DEFAULT_NAMES:
-        return _DEFAULT_NAMES[cls]
-    base = cls[:-5] if cls.endswith("Layer") and len(cls) > 5 else cls
-    return base.lower()
-
-
-def _factor(layer, pname: str, kind: str) -> float:
-    f = getattr(layer, kind, None)
-    if callable(f):
-        return float(f(pname))
-    stem = pname[:-1] if pname.endswith("s") else pname
-    for s in (pname, stem):
-        v = getattr(layer, f"{s}_{kind}", None)
-        if v is not None:
-            return float(v)
-    return 1.0
-
-
-def _as_fa(v):
-    return v if isinstance(v, FormattedArray) else FormattedArray(v)
-
-
-def _detach(v):
-    if isinstance(v, FormattedArray) and v._node is not None:
-        return FormattedArray._wrap(v._data, v._fmt)
-    return v
-
-
-@contextlib.contextmanager
-def _swap(layer, params):
-    """Generic ``using`` for layers that do not define it."""
-    saved = {n: getattr(layer, n, None) for n in params}
-    try:
-        for n, v in params.items():
-            setattr(layer, n, v)
-        yield layer
-    finally:
-        for n, v in saved.items():
-            setattr(layer, n, v)
-
-
-def _layer_seed(seed, i):
-    """An independent, reproducible int seed for layer ``i`` from the network seed."""
-    if seed is None or not isinstance(seed, numbers.Integral):
-        return seed  # None (fresh entropy) or a Generator shared along the layers
-    z = (int(seed) * 0x9E3779B97F4A7C15 + (i + 1) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
-    return (z ^ (z >> 31)) & (2**63 - 1)
-
-
-def _takes_seed(f) -> bool:
-    try:
-        params = inspect.signature(f).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == "seed" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _fmt_of(x) -> str:
-    if isinstance(x, FormattedArray):
-        return f"format {x.format!r} and shape {x.shape}" if x.format else f"unformatted, shape {x.shape}"
-    shape = getattr(x, "shape", None)
-    return f"a raw {type(x).__name__} of shape {tuple(shape)}" if shape is not None else type(x).__name__
 
 
 # the learnables table ----------------------------------------------------------------------
@@ -223,6 +146,12 @@ class Network:
             raise ValueError("Network needs at least one layer")
         seen = {}
         for i, layer in enumerate(layers):
+            if isinstance(layer, Network):
+                raise TypeError(
+                    f"layer {i + 1} is a Network: a Network cannot be nested as a layer of "
+                    "another Network; put its layers in instead, e.g. "
+                    "Network([..., *inner.layers, ...])"
+                )
             if not callable(getattr(layer, "predict", None)):
                 raise TypeError(
                     f"layer {i + 1} ({type(layer).__name__}) is not a layer: a layer is an object "
@@ -343,6 +272,9 @@ class Network:
         (e.g. a convolution after a fully connected layer, whose output is
         ``CB``) is a ``ValueError`` naming both layers and the format.
         """
+        from .layers.initializers import check_seed
+
+        check_seed(seed, "Network.initialize")
         if x is None:
             first = self._layers[0]
             make = getattr(first, "example_input", None)
@@ -398,11 +330,9 @@ class Network:
             if k not in self._names:
                 raise ValueError(f"learnables has an unknown layer {k!r}; the layers are {self._names}")
 
-    def _using(self, layer, params):
-        if not params:
-            return contextlib.nullcontext()
-        u = getattr(layer, "using", None)
-        return u(params) if callable(u) else _swap(layer, params)
+    def _entry(self, x, learnables):
+        """The network input cast to the network's float dtype (the input rule)."""
+        return _cast_input(x, _network_dtype(self._layers, self._names, learnables))
 
     def forward(self, x, learnables=None):
         """Training-time evaluation (MATLAB ``forward``): returns ``(y, state)``.
@@ -410,14 +340,17 @@ class Network:
         ``state`` is ``{layer_name: {state_name: value}}`` with the updated
         non-learnable state (batch-norm running statistics); apply it with
         :meth:`update_state`. ``learnables`` (optional, a tree like
-        :meth:`learnables`) replaces the layers' values for this call.
+        :meth:`learnables`) replaces the layers' values for this call, without
+        changing the layers (safe from several threads at once). A floating ``x`` of
+        another float dtype is cast to the network's dtype first.
         """
         self._check_tree(learnables)
+        x = self._entry(x, learnables)
         state = {}
         for i, layer in enumerate(self._layers):
             params = self._params(i, learnables)
             try:
-                with self._using(layer, params):
+                with _bound(layer, params) as layer:
                     fwd = getattr(layer, "forward", None)
                     if callable(fwd):
                         out = fwd(x)
@@ -437,10 +370,11 @@ class Network:
     def predict(self, x, learnables=None):
         """Inference-time evaluation (MATLAB ``predict``); ``learnables`` as in :meth:`forward`."""
         self._check_tree(learnables)
+        x = self._entry(x, learnables)
         for i, layer in enumerate(self._layers):
             params = self._params(i, learnables)
             try:
-                with self._using(layer, params):
+                with _bound(layer, params) as layer:
                     x_next = layer.predict(x)
             except (ValueError, TypeError) as e:
                 self._context(i, x, e)
@@ -473,7 +407,8 @@ class Network:
     def set_learnables(self, tree) -> None:
         """Store new values (a tree like :meth:`learnables`; a subset is fine).
 
-        Each value must have the shape of the value it replaces.
+        Each value must have the shape of the value it replaces. The layers store
+        copies: later edits of the given arrays do not change the network.
         """
         self._check_tree(tree)
         for i, (name, layer) in enumerate(zip(self._names, self._layers)):
@@ -489,12 +424,7 @@ class Network:
                         f"{self._label(i)}: new {k} has shape {tuple(v.shape)}, the current one "
                         f"{tuple(old.shape)}"
                     )
-            f = getattr(layer, "set_learnables", None)
-            if callable(f):
-                f(vals)
-            else:
-                for k, v in vals.items():
-                    setattr(layer, k, v.data if isinstance(v, FormattedArray) and not v.format else v)
+            _set_values(layer, vals)
 
     def learn_rate_factors(self) -> dict:
         """``{layer_name: {parameter: float}}``, the same structure as :meth:`learnables`."""
@@ -553,7 +483,7 @@ class Network:
                 f(st)
             else:
                 for k, v in st.items():
-                    setattr(layer, k, v)
+                    setattr(layer, k, _own_value(v))
 
     set_state = update_state
 

@@ -165,11 +165,12 @@ def test_initializers_only_fill_empty_properties():
     W = np.ones((3, 3, 2, 4))
     layer = convolution2d_layer(3, 4, weights=W, bias_initializer="ones")
     layer.initialize(((5, 5, 2, 1), "SSCB"), seed=0)
-    assert layer.weights is W  # used as it is
+    w = layer.weights
+    np.testing.assert_array_equal(w, W)  # used as it is (the layer's own copy, issue 11)
     np.testing.assert_array_equal(layer.bias, np.ones((1, 1, 4), np.float32))
     b = layer.bias
     layer.initialize(((5, 5, 2, 1), "SSCB"), seed=1)  # nothing empty: nothing changes
-    assert layer.weights is W and layer.bias is b
+    assert layer.weights is w and layer.bias is b
 
 
 def test_initializer_names_and_errors():

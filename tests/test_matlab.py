@@ -41,7 +41,9 @@ def test_every_matlab_option_maps_to_its_property():
     }
     W, b = np.ones((3, 2, 3, 4)), np.ones((1, 1, 4))
     layer = ml.convolution2dLayer([3, 2], 4, Weights=W, Bias=b)
-    assert layer.weights is W and layer.bias is b and layer.num_channels == 3
+    np.testing.assert_array_equal(layer.weights, W)  # the layer's own copies (issue 11)
+    np.testing.assert_array_equal(layer.bias, b)
+    assert layer.num_channels == 3
 
 
 def test_matlab_positional_pairs_and_case_insensitive_names():
@@ -59,7 +61,7 @@ def test_matlab_option_errors():
         ml.convolution2dLayer(3, 4, "Stride")
     with pytest.raises(TypeError, match="given twice"):
         ml.convolution2dLayer(3, 4, "Stride", 2, stride=3)
-    with pytest.raises(ValueError, match=r"convolution2dLayer: Stride \(stride\) must be a positive"):
+    with pytest.raises(ValueError, match=r"convolution2dLayer: Stride \(stride\)=0: .*expected a positive integer"):
         ml.convolution2dLayer(3, 4, Stride=0)
     with pytest.raises(ValueError, match=r"FilterSize \(filter_size\)"):
         ml.convolution2dLayer(0, 4)

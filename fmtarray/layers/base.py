@@ -16,14 +16,51 @@ and the solvers:
   the network with ``update_state``;
 * ``using(params)``: a context manager that temporarily replaces the
   learnables with (traced) values, so that gradients flow through a plain
-  ``predict`` with no backward code.
+  ``predict`` with no backward code. It changes the layer for the duration of
+  the block; :class:`fmtarray.Network` never calls it on a shared layer but on a
+  shallow copy, so evaluation with explicit learnables mutates nothing shared.
+
+Layers own their values (MATLAB's value semantics): assigning a learnable or a
+state attribute (``layer.weights = w``, the constructor, ``set_learnables``,
+``update_state``) stores a copy, so later in-place edits of the caller's array
+do not reach the layer.  Traced values (inside :func:`fmtarray.grad`) are kept as
+they are, so that gradients flow.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from .. import _backend
 from ..array import FormattedArray
+
+
+def _copy_data(a):
+    lib = _backend.library_name(a)
+    if lib in ("jax", "dask"):
+        return a  # immutable arrays (a Dask graph is never written in place)
+    if lib == "torch":
+        return a.detach().clone() if not a.requires_grad else a.clone()
+    xp = _backend.namespace(a)
+    try:
+        return xp.asarray(a, copy=True)
+    except (TypeError, ValueError, NotImplementedError):
+        return a.copy()
+
+
+def own_value(v):
+    """A copy of the array value ``v`` that later edits of ``v`` cannot reach.
+
+    FormattedArrays keep their format; traced FormattedArrays (being
+    differentiated) and non-arrays are returned as they are.
+    """
+    if isinstance(v, FormattedArray):
+        if v._node is not None:
+            return v
+        return FormattedArray._wrap(_copy_data(v._data), v._fmt)
+    if _backend.is_array(v):
+        return _copy_data(v)
+    return v
 
 
 def check_name(name):
@@ -43,6 +80,12 @@ class Layer:
     input_names = ("in",)
     num_outputs = 1
     output_names = ("out",)
+
+    def __setattr__(self, name, value):
+        # layers own their values: learnables and state are stored as copies
+        if value is not None and (name in self.learnable_names or name in self.state_names):
+            value = own_value(value)
+        object.__setattr__(self, name, value)
 
     # protocol ---------------------------------------------------------------
     def initialize(self, x, *, seed=None):  # noqa: B027  (optional hook)
