@@ -440,7 +440,10 @@ def test_output_fcn_stops_and_nan_loss_stops():
     with pytest.warns(RuntimeWarning, match="loss is NaN at iteration 1"):
         _, h = fa.train(_mlp(), _sscb(x), y, TrainingOptions(max_epochs=2, mini_batch_size=10,
                                                              **_QUIET), loss=nan_loss)
-    assert h.stop_reason == "nan-loss" and h.training_loss == []
+    # the stopping iteration is in the history (its loss NaN); the network is the one
+    # before it
+    assert h.stop_reason == "nan-loss" and h.iteration == [1] and math.isnan(h.training_loss[0])
+    assert h.output_network_iteration == 0 and h.epoch_training_loss == []
 
 
 def test_custom_loss_callable():

@@ -22,6 +22,13 @@ class TrainingHistory:
     the epoch's mini-batches) and ``epoch_validation_loss`` /
     ``epoch_validation_accuracy`` (on the whole validation set at the end of the
     epoch; NaN without validation data).
+
+    ``stop_reason`` is ``"max-epochs"``, ``"validation-patience"``, ``"output-fcn"``,
+    or, when a non-finite value stopped training, ``"nan-loss"`` (the loss is NaN or
+    infinite), ``"non-finite-gradient"`` or ``"non-finite-update"`` (the solver step
+    overflowed). Then the last row of the per-iteration lists is the iteration that
+    stopped training (its loss as computed), the network keeps the values from before
+    it and ``output_network_iteration`` is the iteration before.
     """
 
     iteration: list = dataclasses.field(default_factory=list)

@@ -10,7 +10,8 @@ import numpy as _np
 
 from .. import _backend
 from ..array import FormattedArray, finddim
-from ..autodiff import _flatten, value_and_grad
+from ..autodiff import _flatten, _unflatten, value_and_grad
+from ..layers._protocol import cast_input, float_dtype
 from .data import _as_inputs, _as_targets, _batch, _correct, _detach
 from .history import TrainingHistory, plot_training
 from .options import TrainingOptions, learn_rate_at
@@ -102,6 +103,11 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
     if n == 0:
         raise ValueError("inputs have no observations (size 0 along 'B')")
 
+    # an initialised network keeps its dtype: float inputs of another dtype are cast to it
+    # before anything (the input layer's statistics included) is computed from them
+    if _is_initialized(net):
+        x = cast_input(x, _net_dtype(net))
+
     # input-layer statistics from the whole training set, then initialisation
     layers = _layers_of(net)
     first = layers[0] if layers else None
@@ -117,6 +123,8 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
         net.initialize(_batch(x, None, 0, 1), seed=0 if options.seed is None else options.seed)
 
     _check_same_library(net, x)
+    net_dtype = _net_dtype(net)
+    x = cast_input(x, net_dtype)
 
     k_cache = []
 
@@ -129,12 +137,13 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
             k_cache.append(y.size("C"))
         return k_cache[0]
 
-    t = _as_targets(targets, n, x, num_classes, "targets")
+    t = cast_input(_as_targets(targets, n, x, num_classes, "targets"), net_dtype)
     val = None
     if options.validation_data is not None:
-        vx = _as_inputs(options.validation_data[0], input_format, "validation inputs")
-        vt = _as_targets(options.validation_data[1], vx.size("B"), vx, num_classes,
-                         "validation targets")
+        vx = cast_input(_as_inputs(options.validation_data[0], input_format,
+                                   "validation inputs"), net_dtype)
+        vt = cast_input(_as_targets(options.validation_data[1], vx.size("B"), vx, num_classes,
+                                    "validation targets"), net_dtype)
         val = (vx, vt)
 
     solver = options.make_solver()
@@ -185,14 +194,21 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
                 tb = _batch(t, order, b * bs, (b + 1) * bs)
                 (lval, (y, state)), grads = vg(params, xb, tb)
                 lv = float(lval.data)
-                if math.isnan(lv):
-                    stop = "nan-loss"
-                    warnings.warn(f"training stopped: the training loss is NaN at iteration {it} "
-                                  f"(epoch {epoch}); the network keeps its last finite values. "
-                                  "Check the data for NaN and lower initial_learn_rate or set "
+                reason, why, new_params = _step(solver, params, grads, lrf, l2f, lr, lv)
+                if reason is not None:
+                    stop = reason
+                    # the history shows the iteration that stopped training
+                    acc = math.nan
+                    if math.isfinite(lv):
+                        c = _correct(_detach(y), tb)
+                        acc = math.nan if c is None else 100.0 * c[0] / c[1]
+                    _record(hist, it, epoch, lv, acc, math.nan, math.nan, lr)
+                    warnings.warn(f"training stopped: {why} at iteration {it} (epoch {epoch}); "
+                                  "the network keeps its last finite values. Check the data "
+                                  "for NaN and lower initial_learn_rate or set "
                                   "gradient_threshold", RuntimeWarning, stacklevel=2)
                     raise _Stop
-                params = solver.update(params, grads, lrf, l2f, learn_rate=lr)
+                params = new_params
                 net.set_learnables(params)
                 if state:
                     net.update_state(_detach(state))
@@ -209,13 +225,7 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
                 if val is not None and (it % options.validation_frequency == 0 or it == 1
                                         or it == total):
                     vl, va = validate(it)
-                hist.iteration.append(it)
-                hist.epoch.append(epoch)
-                hist.training_loss.append(lv)
-                hist.training_accuracy.append(acc)
-                hist.validation_loss.append(vl)
-                hist.validation_accuracy.append(va)
-                hist.base_learn_rate.append(lr)
+                _record(hist, it, epoch, lv, acc, vl, va, lr)
                 if bar is not None:
                     bar.update(1)
                     post = f"epoch {epoch}/{options.max_epochs} loss {lv:.4f}"
@@ -258,7 +268,7 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
         if bar is not None:
             bar.close()
 
-    hist.output_network_iteration = it
+    hist.output_network_iteration = it - 1 if stop in _NONFINITE else it
     if options.output_network == "best-validation-loss" and best[1] is not None:
         net.set_learnables(best[1][0])
         _restore_state(net, best[1][1])
@@ -270,7 +280,10 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
     hist.elapsed_s = time.perf_counter() - t0
     if options.verbose:
         msg = {"max-epochs": "Training finished: Max epochs completed.",
-               "nan-loss": "Training stopped: Training loss is NaN.",
+               "nan-loss": "Training stopped: Training loss is not finite.",
+               "non-finite-gradient": "Training stopped: A gradient is not finite.",
+               "non-finite-update": "Training stopped: A solver step made a learnable "
+                                    "non-finite.",
                "validation-patience": "Training stopped: Met validation criterion.",
                "output-fcn": "Training stopped: Stopped by OutputFcn."}[stop]
         print(msg + f" ({it} iterations, {hist.elapsed_s:.1f} s)")
@@ -283,6 +296,69 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
 
 class _Stop(Exception):
     pass
+
+
+# stop reasons of a non-finite loss, gradient or solver step (SPEC §4)
+_NONFINITE = ("nan-loss", "non-finite-gradient", "non-finite-update")
+
+
+def _record(hist, it, epoch, loss, acc, vl, va, lr):
+    hist.iteration.append(it)
+    hist.epoch.append(epoch)
+    hist.training_loss.append(loss)
+    hist.training_accuracy.append(acc)
+    hist.validation_loss.append(vl)
+    hist.validation_accuracy.append(va)
+    hist.base_learn_rate.append(lr)
+
+
+def _nonfinite(v):
+    """'NaN', 'inf' or '' for a raw array or FormattedArray."""
+    d = v.data if isinstance(v, FormattedArray) else v
+    xp = _backend.namespace(d)
+    if bool(xp.all(xp.isfinite(d))):
+        return ""
+    return "NaN" if bool(xp.any(xp.isnan(d))) else "inf"
+
+
+def _step(solver, params, grads, lrf, l2f, lr, loss):
+    """One checked solver step: ``(stop reason, why, new params)``; the reason is
+    ``"nan-loss"`` (a NaN or infinite loss), ``"non-finite-gradient"`` or
+    ``"non-finite-update"`` (the step itself overflowed), else ``None``."""
+    if not math.isfinite(loss):
+        return "nan-loss", f"the training loss is {'NaN' if math.isnan(loss) else loss}", None
+    p_flat = _flatten(params, "learnables")
+    g_flat = _flatten(grads, "learnables")
+    f_flat = dict(_flatten(lrf, "learnables"))
+    cast = []
+    for (path, w), (_, g) in zip(p_flat, g_flat):
+        if f_flat.get(path, 1.0) != 0.0:  # frozen parameters do not learn from it
+            bad = _nonfinite(g)
+            if bad:
+                return ("non-finite-gradient",
+                        f"the gradient of {path} is non-finite ({bad})", None)
+        # learnables keep their dtype: a gradient promoted by the loss is cast back
+        if isinstance(w, FormattedArray) and isinstance(g, FormattedArray) \
+                and g.dtype != w.dtype and float_dtype(w) is not None:
+            g = FormattedArray._wrap(w.xp.astype(g.data, w.dtype), g.format)
+        cast.append(g)
+    new = solver.update(params, _unflatten(grads, cast), lrf, l2f, learn_rate=lr)
+    for (path, w), (_, v) in zip(p_flat, _flatten(new, "learnables")):
+        if v is not w:
+            bad = _nonfinite(v)
+            if bad:
+                return ("non-finite-update",
+                        f"the solver step made {path} non-finite ({bad})", None)
+    return None, "", new
+
+
+def _net_dtype(net):
+    """``(library, dtype)`` of the network's first floating learnable, or None."""
+    for _, w in _flatten(net.learnables(), "learnables"):
+        ld = float_dtype(w)
+        if ld is not None:
+            return ld
+    return None
 
 
 def _is_initialized(net) -> bool:
