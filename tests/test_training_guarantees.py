@@ -291,6 +291,16 @@ def test_options_solver_dependent_defaults_follow_the_solver():
     assert o.replace(solver="adam").initial_learn_rate == 0.5
 
 
+def test_options_copies_do_not_share_the_defaults_bookkeeping():
+    import copy
+
+    o = TrainingOptions()
+    c = copy.copy(o)
+    c.initial_learn_rate = 0.5  # the copy's learn rate is now explicit, not the original's
+    o.solver = "adam"
+    assert o.initial_learn_rate == 0.001 and c.initial_learn_rate == 0.5
+
+
 def test_options_unknown_attribute_is_refused():
     o = TrainingOptions()
     with pytest.raises(AttributeError, match="max_epochs"):

@@ -181,14 +181,16 @@ class TrainingOptions:
             raise AttributeError(f"TrainingOptions has no option {name!r}{hint} (the options "
                                  f"are {', '.join(_CHECKS)})")
         if name in _SOLVER_DEFAULTS:
-            defaulted = self.__dict__.setdefault("_defaulted", set())
+            # a frozenset, replaced (never changed in place): copies do not share it
+            defaulted = self.__dict__.get("_defaulted", frozenset())
             if value is None:
-                defaulted.add(name)
                 value = _SOLVER_DEFAULTS[name](self.__dict__.get("solver", "sgdm"))
+                defaulted = defaulted | {name}
             else:
                 value = check(value)
-                defaulted.discard(name)
+                defaulted = defaulted - {name}
             object.__setattr__(self, name, value)
+            object.__setattr__(self, "_defaulted", defaulted)
             return
         value = check(value)
         object.__setattr__(self, name, value)
