@@ -13,13 +13,33 @@ _RANK = {"S": 0, "C": 1, "B": 2, "T": 3, "U": 4}
 _SINGLE = "CBT"
 
 
-@lru_cache(maxsize=1024)
+def as_format(fmt, name: str = "format"):
+    """A format given as a str, or as a list/tuple of one-letter labels (``["S", "S",
+    "C", "B"]``, MATLAB's cell array of labels), as a validated str; ``None`` stays
+    ``None``. Anything else is a ``TypeError`` naming ``name``."""
+    if fmt is None or isinstance(fmt, str):
+        return fmt if fmt is None else validate(fmt)
+    if isinstance(fmt, (list, tuple)) and all(isinstance(c, str) for c in fmt):
+        return validate("".join(fmt))
+    raise TypeError(
+        f"{name} must be a str of the labels 'S', 'C', 'B', 'T', 'U' (e.g. 'SSCB'), or a "
+        f"list of them, got {type(fmt).__name__} {fmt!r}"
+    )
+
+
 def validate(fmt: str) -> str:
-    """Return ``fmt`` if it is a legal format string, else raise ``ValueError``."""
+    """Return ``fmt`` if it is a legal format string, else raise ``ValueError``
+    (``TypeError`` for a non-str, instead of an "unhashable type" from the cache)."""
     if not isinstance(fmt, str):
         raise TypeError(
-            f"format must be a str of the labels 'S', 'C', 'B', 'T', 'U', got {type(fmt).__name__} {fmt!r}"
+            f"format must be a str of the labels 'S', 'C', 'B', 'T', 'U' (e.g. 'SSCB'; a list "
+            f"of labels is accepted where a format is given), got {type(fmt).__name__} {fmt!r}"
         )
+    return _validate(fmt)
+
+
+@lru_cache(maxsize=1024)
+def _validate(fmt: str) -> str:
     for ch in fmt:
         if ch not in _RANK:
             raise ValueError(
@@ -35,13 +55,19 @@ def validate(fmt: str) -> str:
     return fmt
 
 
-@lru_cache(maxsize=1024)
 def canonicalize(fmt: str) -> tuple[str, tuple[int, ...]]:
     """Canonical format of ``fmt`` and the permutation that takes data in ``fmt``
     order to canonical order (``canonical_axis[i] = perm[i]``).
 
     The sort is stable, so repeated ``S`` (and ``U``) keep their relative order.
     """
+    if not isinstance(fmt, str):
+        validate(fmt)  # the TypeError, not "unhashable type" from the cache
+    return _canonicalize(fmt)
+
+
+@lru_cache(maxsize=1024)
+def _canonicalize(fmt: str) -> tuple[str, tuple[int, ...]]:
     validate(fmt)
     perm = tuple(sorted(range(len(fmt)), key=lambda i: _RANK[fmt[i]]))
     return "".join(fmt[i] for i in perm), perm

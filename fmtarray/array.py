@@ -113,14 +113,63 @@ class FormattedArray:
         For ``C``/``B``/``T`` this is an int (1 when the label is absent, as in
         MATLAB); for ``S``/``U`` a tuple with one size per such dim.
         """
-        pos = _format.finddim(self._fmt, label)
+        pos = _format.finddim(self._fmt, _label(label))
         shape = self.shape
         if label in "SU":
             return tuple(shape[i] for i in pos)
         return shape[pos[0]] if pos else 1
 
     def __len__(self):
+        """Size of the first (canonical) dim; a 0-d array has no length (``TypeError``,
+        as in NumPy and torch)."""
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d FormattedArray (it has no dims); use x.shape")
         return self.shape[0]
+
+    # hand-offs to other libraries: the data in canonical order, as x.data gives it
+    __array_ufunc__ = None  # NumPy ufuncs do not strip the labels: ndarray + x uses ours
+
+    def _export(self, how):
+        if self._node is not None:
+            raise TypeError(
+                f"{how} of a traced FormattedArray (inside grad / value_and_grad) would drop it "
+                "from the gradient (its gradient would silently be zero); use fmtarray ops on "
+                "it, or extractdata(x) outside the differentiated function"
+            )
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        """``numpy.asarray(x)``: the data in canonical order (as ``x.data``); the library's
+        own ``__array__`` converts it (a GPU array refuses, a Dask array computes)."""
+        import numpy as np
+
+        data = self._export("numpy.asarray")
+        if isinstance(data, np.ndarray):
+            if copy:
+                return np.array(data, dtype=dtype, copy=True)
+            return data if dtype is None else data.astype(dtype, copy=False)
+        kw = {} if copy is None else {"copy": copy}
+        return np.asarray(data, dtype=dtype, **kw) if kw else np.asarray(data, dtype=dtype)
+
+    def __dlpack__(self, **kwargs):
+        """DLPack export of the data in canonical order (``torch.as_tensor(x)``,
+        ``numpy.from_dlpack(x)``), zero-copy where the library allows it."""
+        data = self._export("DLPack export")
+        if not hasattr(data, "__dlpack__"):
+            raise TypeError(
+                f"the {_backend.library_name(data)} array in this FormattedArray does not support "
+                "DLPack; use extractdata(x) (or x.data) and convert it with its library"
+            )
+        return data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        data = self._data
+        if not hasattr(data, "__dlpack_device__"):
+            raise TypeError(
+                f"the {_backend.library_name(data)} array in this FormattedArray does not support "
+                "DLPack; use extractdata(x) (or x.data) and convert it with its library"
+            )
+        return data.__dlpack_device__()
 
     def __repr__(self) -> str:
         shape = self.shape
@@ -247,7 +296,7 @@ def _dtype_name(dt) -> str:
 
 
 def _apply_format(data, fmt):
-    _format.validate(fmt)
+    fmt = _format.as_format(fmt) or ""
     nd = data.ndim
     if len(fmt) < nd:
         if fmt == "":
@@ -280,14 +329,21 @@ def dims(x) -> str:
 
 def finddim(x, label: str) -> tuple[int, ...]:
     """Positions of ``label`` in the format of ``x`` (empty tuple when absent)."""
-    return _format.finddim(dims(x), label)
+    return _format.finddim(dims(x), _label(label))
+
+
+def _label(label):
+    if not isinstance(label, str):
+        raise TypeError(f"label must be one of 'S', 'C', 'B', 'T', 'U', got "
+                        f"{type(label).__name__} {label!r}")
+    return label
 
 
 def stripdims(x, fmt: str | None = None):
     """Remove the labels of ``x``; with ``fmt`` (a permutation of ``dims(x)``),
     first permute the data to that order.  Stays differentiable."""
     x = as_formatted(x)
-    return (_ew or _ops())._relabel_strip(x, fmt)
+    return (_ew or _ops())._relabel_strip(x, _format.as_format(fmt, "fmt"))
 
 
 def extractdata(x):

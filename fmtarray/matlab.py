@@ -102,20 +102,6 @@ _DLCONV_OPTIONS = {
 }
 
 
-def _matlab_padding(p):
-    """MATLAB's ``dlconv`` ``2×d`` padding matrix ``[before; after]`` → ``(b1, a1, b2, a2…)``."""
-    shape = getattr(p, "shape", None)
-    if shape is not None and len(shape) == 2 and shape[0] == 2 and shape[1] > 1:
-        p = p.tolist()
-    if (isinstance(p, (list, tuple)) and len(p) == 2
-            and all(isinstance(r, (list, tuple)) for r in p) and len(p[0]) == len(p[1])):
-        out = []
-        for b, a in zip(p[0], p[1]):
-            out += [int(b), int(a)]
-        return tuple(out)
-    return p
-
-
 def dlconv(X, weights, bias, *args, **kwargs):
     """MATLAB ``dlconv(X, weights, bias, Name=Value...)``: :func:`fmtarray.conv`.
 
@@ -123,9 +109,7 @@ def dlconv(X, weights, bias, *args, **kwargs):
     ``[before; after]`` matrix), ``PaddingValue``, ``WeightsFormat``, ``DataFormat``.
     """
     opts = _options("dlconv", args, kwargs, _DLCONV_OPTIONS)
-    if "padding" in opts:
-        opts["padding"] = _matlab_padding(opts["padding"])
-    try:
+    try:  # the arguments are checked by fa.conv's normalisers (fmtarray._validate)
         return conv(X, weights, bias, **opts)
     except (TypeError, ValueError) as e:
         _reraise("dlconv", e, _DLCONV_OPTIONS)

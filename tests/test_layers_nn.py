@@ -188,7 +188,7 @@ def test_pool_layers():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(pool_size=0), "pool_size"), (dict(pool_size=(2, 2, 2)), "pool_size"),
     (dict(pool_size=2, stride=0), "stride"), (dict(pool_size=2, padding=-1), "padding"),
-    (dict(pool_size=2, padding="valid"), "padding"), (dict(pool_size=2, padding=2), "smaller"),
+    (dict(pool_size=2, padding="full"), "padding"), (dict(pool_size=2, padding=2), "smaller"),
     (dict(pool_size=2.5), "pool_size"), (dict(pool_size=2, name=3), "name"),
 ])
 def test_pool_layer_validation(kwargs, match):

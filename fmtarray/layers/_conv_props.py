@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .. import _backend, _format
+from .. import _backend, _format, _validate
 from ..array import FormattedArray
 
 #: legal string values of ``padding_value``
@@ -21,60 +21,18 @@ PADDING_MODES = ("manual", "same")
 _X = "\u00d7"  # ×
 
 
-# validation helpers ------------------------------------------------------------------
+# validation helpers: thin wrappers over the shared normalisers (fmtarray._validate) ---
 
 
 def _flat_numbers(value, prop, legal):
     """``value`` (a number, a list/tuple, or a 1-D-like array) as a flat list of numbers."""
-    if isinstance(value, bool):
-        raise TypeError(f"{prop} must be {legal}, got the bool {value!r}")
-    if isinstance(value, numbers.Number):
-        return [value]
-    shape = getattr(value, "shape", None)
-    if shape is not None and hasattr(value, "tolist"):
-        # NumPy / torch arrays, e.g. MATLAB row vectors read by scipy.io.loadmat (1×2)
-        if sum(1 for n in shape if n != 1) > 1:
-            raise ValueError(f"{prop} must be {legal}, got an array of shape {tuple(shape)}")
-        value = value.tolist()
-        while isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-            value = value[0]
-        if isinstance(value, list) and value and isinstance(value[0], list):
-            value = [v[0] for v in value]  # column vector
-        return value if isinstance(value, list) else [value]
-    if isinstance(value, (list, tuple)):
-        out = list(value)
-        for v in out:
-            if isinstance(v, bool) or not isinstance(v, numbers.Number):
-                raise TypeError(f"{prop} must be {legal}, got {value!r}")
-        return out
-    raise TypeError(f"{prop} must be {legal}, got {type(value).__name__} {value!r}")
+    return _validate.numbers_list(prop, value, legal)
 
 
 def _ints(value, prop, *, lengths, low, legal):
-    """Validate a scalar or vector of integers ``>= low``; returns a tuple.
-
-    ``lengths``: accepted numbers of values (the first is also what a scalar expands to
-    when it is absent, e.g. ``(2,)`` expands a scalar to a pair).
-    """
-    vals = _flat_numbers(value, prop, legal)
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{prop} must be {legal}, got {value!r}")
-        if isinstance(v, numbers.Integral):
-            iv = int(v)
-        elif math.isfinite(float(v)) and float(v).is_integer():
-            iv = int(v)
-        else:
-            raise ValueError(f"{prop} must be {legal}, got {value!r} (not an integer)")
-        if iv < low:
-            raise ValueError(f"{prop} must be {legal}, got {value!r}")
-        out.append(iv)
-    if len(out) == 1 and 1 not in lengths:
-        out = out * lengths[0]
-    if len(out) not in lengths:
-        raise ValueError(f"{prop} must be {legal}, got {value!r} ({len(out)} values)")
-    return tuple(out)
+    """A scalar or vector of integers ``>= low`` as a tuple whose length is in ``lengths``
+    (a scalar expands to ``lengths[0]`` values when 1 is not legal)."""
+    return _validate.int_list(prop, value, lengths, low, legal)
 
 
 def _pos_int(value, prop):
@@ -92,42 +50,19 @@ def _factor(value, prop):
     return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
-def _padding(value):
-    """``(mode, (t, b, l, r))`` from any ``padding`` form (SPEC §3.3)."""
-    if isinstance(value, str):
-        if value.lower() == "same":
-            return "same", (0, 0, 0, 0)
-        raise ValueError(
-            f"padding must be 'same', a nonnegative integer p, a pair (a, b) (top/bottom, "
-            f"left/right) or four values (t, b, l, r), got {value!r}"
-        )
-    p = _ints(
-        value, "padding", lengths=(1, 2, 4), low=0,
-        legal="'same', a nonnegative integer p, a pair (a, b) (top/bottom, left/right) "
-              "or four nonnegative integers (t, b, l, r)",
-    )
-    if len(p) == 1:
-        p = p * 4
-    elif len(p) == 2:
-        p = (p[0], p[0], p[1], p[1])
-    return "manual", p
+def _padding(value, prop="padding"):
+    """``(mode, (t, b, l, r))`` from any ``padding`` form (SPEC §3.3): ``p``, ``(a, b)``
+    (top/bottom, left/right), ``(t, b, l, r)``, a ``2×2`` matrix ``[[t, l], [b, r]]``,
+    ``"same"`` or ``"valid"`` (any case), as :func:`fmtarray.conv` takes them."""
+    p = _validate.padding(value, 2, "(height, width)", strings=("same", "valid"), name=prop)
+    if p == "same":
+        return "same", (0, 0, 0, 0)
+    (t, left), (b, r) = p
+    return "manual", (t, b, left, r)
 
 
 def _padding_value(value):
-    if isinstance(value, str):
-        v = value.lower()
-        if v in PADDING_VALUE_MODES:
-            return v
-        raise ValueError(
-            f"padding_value must be a number or one of "
-            f"{', '.join(repr(m) for m in PADDING_VALUE_MODES)}, got {value!r}"
-        )
-    legal = "a number or one of " + ", ".join(repr(m) for m in PADDING_VALUE_MODES)
-    vals = _flat_numbers(value, "padding_value", legal)
-    if len(vals) != 1 or isinstance(vals[0], bool) or not isinstance(vals[0], numbers.Real):
-        raise TypeError(f"padding_value must be {legal}, got {value!r}")
-    v = vals[0]
-    return int(v) if isinstance(v, numbers.Integral) else float(v)
+    return _validate.padding_value(value)
 
 
 def _is_traced(v) -> bool:
@@ -194,14 +129,21 @@ def _layout(x):
         a, b = x
         fmt, shape = (a, b) if isinstance(a, str) else (b, a)
         if isinstance(fmt, str) and isinstance(shape, (tuple, list)):
-            return fmt, tuple(int(n) for n in shape), None, None, None
+            return fmt, _layout_shape(shape), None, None, None
     fmt = getattr(x, "format", None)
     shape = getattr(x, "shape", None)
     if isinstance(fmt, str) and shape is not None:
-        return fmt, tuple(int(n) for n in shape), None, None, None
+        return fmt, _layout_shape(shape), None, None, None
     if _backend.is_array(x):
         _format.conv2d_layer_dims("")  # raises: unformatted input, lists the accepted formats
     raise TypeError(
         "initialize needs an example input: a FormattedArray, a layout with .format and "
         f".shape, or a pair (shape, format); got {type(x).__name__}"
     )
+
+
+def _layout_shape(shape):
+    """The sizes of a layout, as ints (2.7 channels is an error, not 2)."""
+    shape = tuple(shape)
+    return _validate.int_list("shape", shape, (len(shape),), 0,
+                              "non-negative integer sizes, one per label of the format")

@@ -213,7 +213,7 @@ class Convolution2DLayer(Layer):
 
     @padding_size.setter
     def padding_size(self, value):
-        mode, p = _padding(value)
+        mode, p = _padding(value, "padding_size")
         if mode == "same":
             raise ValueError("padding_size must be numbers (t, b, l, r); use padding='same'")
         self._padding_mode, self._padding_size = mode, p

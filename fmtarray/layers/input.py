@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from .. import _backend
+from .. import _backend, _validate
 from ..array import FormattedArray
 from ..ops.elementwise import astype
 from .base import Layer, check_name
@@ -287,17 +287,13 @@ class ImageInputLayer(Layer):
 
 
 def _input_size(v):
-    try:
-        t = tuple(v)
-    except TypeError:
-        raise TypeError(f"input_size must be (h, w) or (h, w, c), got {v!r}") from None
-    if len(t) == 2:
-        t = t + (1,)
-    if len(t) != 3 or any(
-        isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in t
-    ):
-        raise ValueError(f"input_size must be (h, w) or (h, w, c) of positive integers, got {v!r}")
-    return tuple(int(n) for n in t)
+    """``(h, w)`` or ``(h, w, c)`` of positive integers (the shared normaliser: lists,
+    tuples, NumPy rows, integral floats; 2.7 is an error, not 2)."""
+    legal = "(h, w) or (h, w, c) of positive integers"
+    if _validate.scalar(v) is not None:
+        raise TypeError(f"input_size={v!r}: expected {legal}")
+    t = _validate.int_list("input_size", v, (2, 3), 1, legal)
+    return t + (1,) if len(t) == 2 else t
 
 
 def image_input_layer(input_size, **properties) -> ImageInputLayer:

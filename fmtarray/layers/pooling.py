@@ -9,9 +9,8 @@ They pool over the same dims a 2-D convolution layer convolves (SPEC §3.2):
 
 from __future__ import annotations
 
-import numbers
-
-from ..ops.pool import avg_pool, max_pool
+from ..ops.pool import _count_pad, avg_pool, max_pool
+from ._conv_props import _ints, _padding
 from .base import Layer
 
 __all__ = [
@@ -25,48 +24,6 @@ _SS = ("SSCB", "SSC", "SSCBT", "SSCT", "SSB", "SS", "SSBT")
 _ST = ("SCBT", "SCT", "SBT", "ST")
 
 
-def _ints(value, prop, lengths, low, legal):
-    if isinstance(value, bool):
-        raise TypeError(f"{prop} must be {legal}, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        vals = [value]
-    elif hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
-        v = value.tolist()
-        vals = v if isinstance(v, list) else [v]
-    elif isinstance(value, (list, tuple)):
-        vals = list(value)
-    else:
-        raise TypeError(f"{prop} must be {legal}, got {type(value).__name__} {value!r}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{prop} must be {legal}, got {value!r}")
-        if float(v) != int(v) or int(v) < low:
-            raise ValueError(f"{prop} must be {legal}, got {value!r}")
-        out.append(int(v))
-    if len(out) == 1 and 1 not in lengths:
-        out = out * lengths[0]
-    if len(out) not in lengths:
-        raise ValueError(f"{prop} must be {legal}, got {value!r} ({len(out)} values)")
-    return tuple(out)
-
-
-def _padding(value):
-    """``(mode, (t, b, l, r))`` from ``p``, ``(a, b)``, ``(t, b, l, r)`` or ``"same"``."""
-    legal = ("'same', a nonnegative integer p, a pair (a, b) (top/bottom, left/right) or four "
-             "nonnegative integers (t, b, l, r)")
-    if isinstance(value, str):
-        if value.lower() == "same":
-            return "same", (0, 0, 0, 0)
-        raise ValueError(f"padding must be {legal}, got {value!r}")
-    p = _ints(value, "padding", (1, 2, 4), 0, legal)
-    if len(p) == 1:
-        p = p * 4
-    elif len(p) == 2:
-        p = (p[0], p[0], p[1], p[1])
-    return "manual", p
-
-
 def _vec(v) -> str:
     return "[" + " ".join(str(a) for a in v) + "]"
 
@@ -78,10 +35,10 @@ class _Pooling2DLayer(Layer):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
         self.name = name
-        self.pool_size = _ints(pool_size, "pool_size", (2,), 1,
-                               "a positive integer or a pair (h, w) of positive integers")
-        self.stride = _ints(stride, "stride", (2,), 1,
-                            "a positive integer or a pair (a, b) of positive integers")
+        self.pool_size = _ints(pool_size, "pool_size", lengths=(2,), low=1,
+                               legal="a positive integer or a pair (h, w) of positive integers")
+        self.stride = _ints(stride, "stride", lengths=(2,), low=1,
+                            legal="a positive integer or a pair (a, b) of positive integers")
         self.padding = padding
 
     @property
@@ -179,10 +136,10 @@ class AveragePooling2DLayer(_Pooling2DLayer):
 
     def __init__(self, pool_size, *, stride=1, padding=0, padding_value=0, name=""):
         super().__init__(pool_size, stride=stride, padding=padding, name=name)
-        if padding_value == "mean" or (not isinstance(padding_value, str) and padding_value == 0):
-            self.padding_value = padding_value
-        else:
-            raise ValueError(f"padding_value must be 0 or 'mean', got {padding_value!r}")
+        try:
+            self.padding_value = 0 if _count_pad(padding_value, "") else "mean"
+        except ValueError:
+            raise ValueError(f"padding_value must be 0 or 'mean', got {padding_value!r}") from None
 
     def type_name(self) -> str:
         return "2-D Average Pooling"

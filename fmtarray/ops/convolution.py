@@ -16,6 +16,7 @@ import numbers
 from dataclasses import dataclass
 
 from .. import _backend, _format, _tape, _validate
+from . import _conv_args as _ca
 from .._kernels import conv as _k
 from .._kernels.conv.spec import resolve_padding
 from ..array import FormattedArray
@@ -23,19 +24,8 @@ from ..array import FormattedArray
 __all__ = ["conv", "conv_plan", "ConvPlan", "resolve_padding"]
 
 
-def _keys(fmt):
-    """One key per dim: ``('S', i)``, ``('C', 0)``, ..., numbering repeated labels."""
-    seen = {}
-    out = []
-    for ch in fmt:
-        i = seen.get(ch, 0)
-        seen[ch] = i + 1
-        out.append((ch, i))
-    return out
-
-
-def _perm(src_keys, dst_keys):
-    return tuple(src_keys.index(k) for k in dst_keys)
+_keys = _ca.keys
+_perm = _ca.perm
 
 
 def _maybe_permute(xp, a, perm):
@@ -47,48 +37,6 @@ def _inverse(perm):
     for i, p in enumerate(perm):
         inv[p] = i
     return tuple(inv)
-
-
-def _weights_layout(xp, w, wfmt, n_s, conv_t, nconv):
-    """Permutation/reshape of raw weights to the kernel's ``(*k, Cg, Fg, G)``.
-
-    Returns ``(perm, shape_after_perm, kernel_shape)``.
-    """
-    if wfmt is None:
-        if w.ndim not in (nconv + 2, nconv + 3):
-            raise ValueError(
-                f"weights of shape {tuple(w.shape)} have rank {w.ndim}; for {nconv} convolved "
-                f"dim(s) they must have rank {nconv + 2} [k1..k{nconv}, channelsPerGroup, "
-                f"filtersPerGroup] or {nconv + 3} [..., numGroups]"
-            )
-        shape = tuple(w.shape) + ((1,) if w.ndim == nconv + 2 else ())
-        return tuple(range(w.ndim)), tuple(w.shape), shape
-    _format.validate(wfmt)
-    if len(wfmt) < w.ndim:
-        raise ValueError(
-            f"weights_format={wfmt!r} has {len(wfmt)} labels but the weights have {w.ndim} "
-            f"dims (shape {tuple(w.shape)})"
-        )
-    bad = [c for c in wfmt if c == "B"]
-    nu = wfmt.count("U")
-    want = "S" * n_s + ("T" if conv_t else "")
-    if (wfmt.count("S") != n_s or bad or "C" not in wfmt or nu not in (1, 2)
-            or ("T" in wfmt) != conv_t):
-        raise ValueError(
-            f"weights_format={wfmt!r} does not describe filters for input with {n_s} S dim(s)"
-            f"{' and a convolved T' if conv_t else ''}: use {want}C U (filters) or "
-            f"{want}CUU (filters per group, groups), e.g. {want + 'CU'!r}"
-        )
-    shape = tuple(w.shape) + (1,) * (len(wfmt) - w.ndim)
-    keys = _keys(wfmt)
-    order = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else []) + [("C", 0)]
-    order += [("U", i) for i in range(nu)]
-    perm = _perm(keys, order)
-    after = tuple(shape[p] for p in perm)
-    kshape = after + ((1,) if nu == 1 else ())
-    if len(shape) != w.ndim:
-        perm = None  # caller reshapes first
-    return perm, after, kshape
 
 
 _CONV_DOC = """
@@ -162,6 +110,7 @@ class _Call:
     kshape_in: tuple = ()
     kshape_w: tuple = ()
     b_single: bool = False
+    dtype: object = None
 
 
 def _kernel_dims(cfmt, n_s, conv_t):
@@ -241,7 +190,8 @@ def _rebind(plan, x, weights, bias, weights_format):
     wd = weights._data if W is not None else weights
     B = bias if isinstance(bias, FormattedArray) else None
     bd = bias._data if B is not None else bias
-    b_is_array = bd is not None and not isinstance(bd, numbers.Real)
+    b_weak = _ca.weak_scalar(bd)
+    b_is_array = bd is not None and b_weak is None
     _backend.check_same_device(xd, wd, bd if b_is_array else None)
     # x: canonical order, batch-like dims merged
     if plan.data_format is not None:
@@ -252,25 +202,26 @@ def _rebind(plan, x, weights, bias, weights_format):
     else:
         xc = xd
     kin = plan.kshape_in
-    xk = xc if plan.cshape == kin else xp.reshape(xc, kin)
+    xk = _ca.cast(xp, xc if plan.cshape == kin else xp.reshape(xc, kin), plan.dtype)
     # weights: MATLAB layout (*k, Cg, Fg, G)
     wsrc = wd
-    w_fmt = W._fmt if W is not None and W._fmt else weights_format
+    w_fmt = W._fmt if W is not None and W._fmt else _format.as_format(weights_format)
     if w_fmt is not None and len(w_fmt) > wd.ndim:
         wsrc = xp.reshape(wd, tuple(wd.shape) + (1,) * (len(w_fmt) - wd.ndim))
     wk = _maybe_permute(xp, wsrc, plan.perm_w)
     if tuple(wk.shape) != plan.kshape_w:
         wk = xp.reshape(wk, plan.kshape_w)
+    wk = _ca.cast(xp, wk, plan.dtype)
     # bias: F values
     F = plan.spec.F
     if bd is None:
         b_arr = None
     elif not b_is_array:
-        b_arr = xp.full((F,), float(bd), dtype=xd.dtype, device=_backend.device(xd))
+        b_arr = xp.full((F,), b_weak, dtype=plan.dtype, device=_backend.device(xd))
     elif plan.b_single:
-        b_arr = xp.broadcast_to(xp.reshape(bd, (1,)), (F,))
+        b_arr = xp.broadcast_to(xp.reshape(_ca.cast(xp, bd, plan.dtype), (1,)), (F,))
     else:
-        b_arr = xp.reshape(bd, (F,))
+        b_arr = xp.reshape(_ca.cast(xp, bd, plan.dtype), (F,))
     return _dc.replace(plan, xk=xk, wk=wk, b=b_arr, X=X, W=W, B=B, xd=xd, wd=wd, bd=bd)
 
 
@@ -285,15 +236,14 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
             f"{type(x).__module__}.{type(x).__name__}"
         )
     fmt_in = X._fmt if X is not None else ""
+    data_format = _format.as_format(data_format, "data_format")
+    weights_format = _format.as_format(weights_format, "weights_format")
     if data_format is not None:
         if fmt_in:
             raise ValueError(
                 f"conv: data_format={data_format!r} given for x that already has format "
                 f"{fmt_in!r}; data_format is only for unformatted input"
             )
-        if not isinstance(data_format, str):
-            raise TypeError(f"conv: data_format must be a str of labels, got {data_format!r}")
-        _format.validate(data_format)
         if len(data_format) < xd.ndim:
             raise ValueError(
                 f"conv: data_format={data_format!r} has {len(data_format)} labels but x has "
@@ -321,8 +271,6 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
                 f"conv: weights have format {W._fmt!r} but weights_format={weights_format!r}"
             )
         w_fmt_given = W._fmt
-    if w_fmt_given is not None and not isinstance(w_fmt_given, str):
-        raise TypeError(f"conv: weights_format must be a str of labels, got {w_fmt_given!r}")
     conv_t = w_fmt_given is not None and "T" in w_fmt_given
     n_s = user_fmt.count("S")
     if conv_t and "T" not in user_fmt:
@@ -339,19 +287,23 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
         )
     B = bias if isinstance(bias, FormattedArray) else None
     bd = bias._data if B is not None else bias
-    if bd is not None and not (_backend.is_array(bd) or isinstance(bd, numbers.Real)):
-        raise TypeError(f"conv: bias must be None, a scalar or an array, got {type(bd).__name__}")
+    b_weak = _ca.weak_scalar(bd)
+    b_src = bd if b_weak is None else None  # an array bias, or None
+    if b_src is not None and not _backend.is_array(b_src):
+        raise TypeError(f"conv: bias must be None, a real number or an array, got "
+                        f"{type(bd).__name__} {bd!r}")
     if not _backend.is_array(wd):
         raise TypeError(
             f"conv: weights must be an array of x's library or a FormattedArray, got "
             f"{type(wd).__module__}.{type(wd).__name__}"
         )
-    xp = _backend.namespace(xd, wd, bd if _backend.is_array(bd) else None)
-    _backend.check_same_device(xd, wd, bd if _backend.is_array(bd) else None)
+    xp = _backend.namespace(xd, wd, b_src)
+    _backend.check_same_device(xd, wd, b_src)
     _validate.check_float(xp, xd, "x")
     _validate.check_float(xp, wd, "weights")
-    if _backend.is_array(bd):
-        _validate.check_float(xp, bd, "bias")
+    if b_src is not None:
+        _validate.check_float(xp, b_src, "bias")
+    dtype = _ca.result_dtype(xp, xd, wd, b_src)
 
     # ---- canonical layout of x
     p1 = None
@@ -377,7 +329,8 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
     labels = "".join(k[0] for k in conv_keys)
 
     # ---- weights
-    perm_w, w_after, kshape = _weights_layout(xp, wd, w_fmt_given, n_s, conv_t, nconv)
+    perm_w, w_after, kshape = _ca.weights_layout(wd, w_fmt_given, n_s, conv_t, nconv,
+                                                 user_fmt, C)
     wsrc = wd
     if perm_w is None:  # weights_format longer than the data: trailing singletons
         wsrc = xp.reshape(wsrc, tuple(wsrc.shape) + (1,) * (len(w_fmt_given) - wsrc.ndim))
@@ -387,6 +340,7 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
     wk = _maybe_permute(xp, wsrc, perm_w)
     if tuple(wk.shape) != kshape:
         wk = xp.reshape(wk, kshape)
+    wk = _ca.cast(xp, wk, dtype)
     ksz = kshape[:nconv]
     Cg, Fg, G = kshape[nconv:]
     if min(kshape) < 1:
@@ -395,26 +349,28 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
         raise ValueError(
             f"conv: groups={G} (last weights dim) does not divide the {C} input channels of x "
             f"(format {user_fmt!r}, shape {tuple(xd.shape)})"
+            + _ca.weights_hint(wd, w_fmt_given, user_fmt, C, nconv)
         )
     if Cg * G != C:
         raise ValueError(
             f"conv: channel mismatch: the weights (shape {tuple(wd.shape)}) expect "
             f"{Cg} channels per group x {G} group(s) = {Cg * G} input channels, but x "
             f"(format {user_fmt!r}, shape {tuple(xd.shape)}) has {C}"
+            + _ca.weights_hint(wd, w_fmt_given, user_fmt, C, nconv)
         )
     F = Fg * G
 
     # ---- bias
     b_arr = None
     if bd is not None:
-        if isinstance(bd, numbers.Real):
-            b_arr = xp.full((F,), float(bd), dtype=xd.dtype, device=_backend.device(xd))
+        if b_src is None:
+            b_arr = xp.full((F,), b_weak, dtype=dtype, device=_backend.device(xd))
         else:
             nb = _size(bd.shape)
             if nb == 1:
-                b_arr = xp.broadcast_to(xp.reshape(bd, (1,)), (F,))
+                b_arr = xp.broadcast_to(xp.reshape(_ca.cast(xp, bd, dtype), (1,)), (F,))
             elif nb == F and sum(1 for s in bd.shape if s != 1) <= 1:
-                b_arr = xp.reshape(bd, (F,))
+                b_arr = xp.reshape(_ca.cast(xp, bd, dtype), (F,))
             else:
                 raise ValueError(
                     f"conv: bias of shape {tuple(bd.shape)} has {nb} values; it must be a scalar "
@@ -438,16 +394,16 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
         )
     if any(s == 0 for s in sp) and isinstance(pval, str) and (any(before) or any(after)):
         raise ValueError(f"conv: padding_value={pval!r} cannot pad an empty dim (sizes {sp})")
-    dtype = xp.result_type(xd.dtype, wd.dtype)
     spec = _k.ConvSpec(N, sp, C, tuple(ksz), Cg, Fg, G, stride, dilation, before, after, pval,
                        (1,) * nconv, _k.spec.dtype_name(dtype))
+    _ca.check_memory(spec, xd, labels, padding)
 
     # ---- the kernel array: batch-like dims merged, missing N / C inserted (no permutation)
     dims = _kernel_dims(cfmt, n_s, conv_t)
     role_size = {str(i): n for i, n in enumerate(sp)}
     role_size.update(C=C, N=N)
     kshape_in = tuple(role_size[r] for r in dims)
-    xk = xc if cshape == kshape_in else xp.reshape(xc, kshape_in)
+    xk = _ca.cast(xp, xc if cshape == kshape_in else xp.reshape(xc, kshape_in), dtype)
     role_size.update({str(i): n for i, n in enumerate(out_sz)}, C=F)
     kshape_out = tuple(role_size[r] for r in dims)
     ofmt = cfmt if has_c else _insert_c(cfmt)
@@ -458,8 +414,7 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
     oshape = tuple(osize[k] for k in _keys(ofmt))
     return _Call(xp, spec, dims, xk, wk, b_arr, kshape_out, oshape, ofmt, cfmt, cshape, p1,
                  user_fmt, data_format, has_c, w_after, perm_w, X, W, B, xd, wd, bd,
-                 kshape_in, kshape, b_arr is not None and _backend.is_array(bd)
-                 and _size(bd.shape) == 1)
+                 kshape_in, kshape, b_src is not None and _size(bd.shape) == 1, dtype)
 
 
 def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, padding_value=0,
@@ -510,7 +465,9 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
                     rb = xp.reshape(gb, tuple(c.bd.shape))
                 else:  # a scalar bias broadcast over the F channels
                     rb = xp.reshape(xp.sum(gb), tuple(c.bd.shape))
-            return rx, rw, rb
+            # each gradient in its operand's dtype (the op computed in the promoted one)
+            return (_ca.cast(xp, rx, c.xd.dtype), _ca.cast(xp, rw, c.wd.dtype),
+                    _ca.cast(xp, rb, None if rb is None else c.bd.dtype))
 
         _tape.record(out, (c.X, c.W, c.B), back, "conv")
     return out

@@ -10,9 +10,8 @@ are restored. The output has the input's format.
 from __future__ import annotations
 
 import math
-import numbers
 
-from .. import _backend, _tape
+from .. import _backend, _tape, _validate
 from .._kernels import pool as _k
 from ..array import FormattedArray
 from .nn import _as_input, _identity, _inverse, _to_caller
@@ -42,47 +41,30 @@ def _pooled_axes(fmt, dims, fn):
 def pool_padding(padding, sizes, pool_size, stride, fn="pooling"):
     """``(before, after)`` tuples from a padding spec.
 
-    ``padding`` is a non-negative int (every edge), ``"same"``, a sequence of
-    one int per pooled dim (both edges of that dim), or a pair
-    ``(before_seq, after_seq)`` (MATLAB's ``2×d`` matrix, row 1 = top/left).
-    ``sizes`` are the input sizes of the pooled dims (used by ``"same"``).
+    ``padding`` takes the forms of :func:`fmtarray.conv`'s (one shared normaliser,
+    :func:`fmtarray._validate.padding`): a non-negative int (every edge), one int per
+    pooled dim, ``2·d`` ints (before/after per dim), a ``2×d`` matrix ``(before_seq,
+    after_seq)``, ``"same"`` or ``"valid"`` (any case). ``sizes`` are the input sizes of
+    the pooled dims (used by ``"same"``).
     """
     d = len(sizes)
-    if isinstance(padding, str):
-        if padding != "same":
-            raise ValueError(
-                f"{fn}: padding={padding!r}; use 'same', a non-negative integer, one integer per "
-                "pooled dim, or (before, after) sequences"
-            )
+    p = _validate.padding(padding, d, "pooled dims", strings=("same", "valid"))
+    if p == "same":
         pairs = [_k.same_padding(n, k, s) for n, k, s in zip(sizes, pool_size, stride)]
-        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-        return (int(padding),) * d, (int(padding),) * d
-    try:
-        p = list(padding)
-    except TypeError:
-        raise TypeError(f"{fn}: padding={padding!r} is not a valid padding") from None
-    if len(p) == 2 and all(not isinstance(a, numbers.Integral) for a in p):
-        before, after = (tuple(a) for a in p)
-        if len(before) != d or len(after) != d:
-            raise ValueError(f"{fn}: padding={padding!r} needs {d} values before and {d} after")
-        return before, after
-    if len(p) == d:
-        return tuple(p), tuple(p)
-    raise ValueError(
-        f"{fn}: padding={padding!r} must be an int, 'same', {d} ints, or ({d} before, {d} after)"
-    )
+        return tuple(q[0] for q in pairs), tuple(q[1] for q in pairs)
+    return p
 
 
-def _expand(v, d, fn, name):
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return (int(v),) * d
-    v = tuple(v)
-    if len(v) == 1:
-        v = v * d
-    if len(v) != d:
-        raise ValueError(f"{fn}: {name}={v} must be one int or {d} ints (one per pooled dim)")
-    return v
+def _count_pad(padding_value, fn):
+    """``avg_pool``'s ``padding_value``: 0 (padding counts as zeros) or ``"mean"`` (any
+    case; padding is left out of each average)."""
+    v = padding_value.lower() if isinstance(padding_value, str) else _validate.scalar(
+        padding_value)
+    if v == "mean":
+        return False
+    if not isinstance(v, (str, bool)) and v is not None and v == 0:
+        return True
+    raise ValueError(f"{fn}: padding_value must be 0 or 'mean', got {padding_value!r}")
 
 
 def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn):
@@ -93,10 +75,13 @@ def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn)
     shape = tuple(xd.shape)
     pooled = _pooled_axes(fmt, dims, fn)
     d = len(pooled)
-    pool_size = _expand(pool_size, d, fn, "pool_size")
-    stride = _expand(stride, d, fn, "stride")
     sizes = tuple(shape[i] for i in pooled)
-    pb, pa = pool_padding(padding, sizes, pool_size, stride, fn)
+    try:
+        pool_size = _validate.ints("pool_size", pool_size, d, "pooled dim", 1)
+        stride = _validate.ints("stride", stride, d, "pooled dim", 1)
+        pb, pa = pool_padding(padding, sizes, pool_size, stride, fn)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{fn}: {e}") from None
     c = fmt.find("C")
     rest = tuple(i for i in range(len(fmt)) if i not in pooled and i != c)
     perm = rest + pooled + ((c,) if c >= 0 else ())
@@ -156,10 +141,5 @@ def avg_pool(x, pool_size, *, stride=1, padding=0, padding_value=0, dims="S", da
     ``padding_value=0`` (default) averages padding as zeros (every window is
     divided by the pool size); ``"mean"`` excludes padding from the average.
     """
-    if padding_value == "mean":
-        count_pad = False
-    elif not isinstance(padding_value, str) and padding_value == 0:
-        count_pad = True
-    else:
-        raise ValueError(f"avg_pool: padding_value must be 0 or 'mean', got {padding_value!r}")
+    count_pad = _count_pad(padding_value, "avg_pool")
     return _pool(x, "average", pool_size, stride, padding, count_pad, dims, data_format, "avg_pool")
