@@ -72,6 +72,12 @@ def value_and_grad(fn, argnums=0, has_aux=False):
     arguments to differentiate; each may be a FormattedArray or a dict/list/tuple
     of them (e.g. a network's learnables).  Gradients come back in the same
     structure, with the same formats, dtype and device.
+
+    Only fmtarray operations on FormattedArrays are recorded: a value computed from
+    ``x.data`` / ``extractdata(x)`` or with NumPy/torch on the backend array is a
+    constant, so the gradient through it is silently zero (``np.asarray(x)`` and
+    ``torch.as_tensor(x)`` of a traced array raise a ``TypeError`` instead). See
+    ``docs/custom_layers.md``, "Gradients through .data or NumPy are zero".
     """
     single = isinstance(argnums, int)
     nums = (argnums,) if single else tuple(argnums)
