@@ -212,10 +212,6 @@ def imageInputLayer(inputSize, *args, **kwargs):  # noqa: N802, N803
     ``NormalizationDimension``, ``Mean``, ``StandardDeviation``, ``Min``, ``Max``, ``Name``."""
     from .layers.input import ImageInputLayer
 
-    if hasattr(inputSize, "tolist"):
-        inputSize = inputSize.tolist()  # noqa: N806
-        while isinstance(inputSize, list) and len(inputSize) == 1 and isinstance(inputSize[0], list):
-            inputSize = inputSize[0]  # noqa: N806
     return _make("imageInputLayer", ImageInputLayer, args, kwargs, _IMAGE_INPUT_OPTIONS, inputSize,
                  pos_table={"InputSize": "input_size"})
 

@@ -259,6 +259,11 @@ def test_non_integer_sizes_in_a_layout_are_refused():
         Convolution2DLayer(3, 4).initialize(((5, 5, 2.7, 2), "SSCB"))
     assert Convolution2DLayer(3, 4).initialize(((5, 5, 2.0, 2), "SSCB")).num_channels == 2
     assert ImageInputLayer((28.0, 28, np.int64(3))).input_size == (28, 28, 3)
+    assert matlab.imageInputLayer(np.array([[28, 28, 3]])).input_size == (28, 28, 3)
+    with pytest.raises(ValueError, match=r"input_size=\(8, 2.5\).*not an integer"):
+        Convolution2DLayer(3, 4).output_size((8, 2.5))
+    with pytest.raises(ValueError, match=r"stride=2.5.*not an integer"):
+        fa._kernels.conv.ConvSpec.make((1, 5, 5, 1), (3, 3, 1, 1, 1), stride=2.5)
     with pytest.raises(ValueError, match=r"input_size=.*2.7 is not an integer"):
         ImageInputLayer((28, 28, 2.7))
 

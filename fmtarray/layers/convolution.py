@@ -370,7 +370,8 @@ class Convolution2DLayer(Layer):
 
     def output_size(self, input_size):
         """Output ``(H', W')`` for convolved input sizes ``(H, W)`` (may be < 1)."""
-        sizes = tuple(int(n) for n in input_size)
+        sizes = _ints(input_size, "input_size", lengths=(2,), low=0,
+                      legal="the sizes (H, W) of the convolved dims, non-negative integers")
         return resolve_padding(sizes, self._filter_size, self._stride, self._dilation_factor,
                                self._padding_arg())[0]
 

@@ -73,10 +73,10 @@ def dtype_name(dtype) -> str:
 
 
 def _tuple(v, d, name, low):
-    v = (int(v),) * d if isinstance(v, int) else tuple(int(a) for a in v)
-    if len(v) != d or any(a < low for a in v):
-        raise ValueError(f"conv kernel: {name}={v} must be {d} integers >= {low}")
-    return v
+    from ... import _validate  # the shared normaliser (2.5 is an error, not 2)
+
+    return _validate.int_list(f"conv kernel: {name}", v, (d,), low,
+                              f"one integer or {d} integers >= {low}")
 
 
 @dataclass(frozen=True)
