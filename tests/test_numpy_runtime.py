@@ -1,4 +1,5 @@
-"""The NumPy kernels' runtime under concurrency: BLAS's process-global thread limit."""
+"""The NumPy kernels' runtime: BLAS's process-global thread limit under concurrency, the
+worker count from the environment (threads, re-entry and fork: test_concurrency.py)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,23 @@ def test_concurrent_convolutions_leave_blas_threads_as_they_were():
         t.join()
     assert not errors
     assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "2.5"])
+def test_bad_thread_count_in_the_environment_names_it(monkeypatch, value):
+    """``FMTARRAY_NUM_THREADS`` that is not a positive whole number is a ValueError that
+    names the variable, the value and the legal values (the pool starts on first use)."""
+    from fmtarray._kernels.conv._numpy import _runtime
+
+    saved = dict(_runtime._state)
+    _runtime._state.clear()  # as in a fresh process: the next convolution starts the pool
+    monkeypatch.setenv("FMTARRAY_NUM_THREADS", value)
+    x = fa.FormattedArray(np.ones((5, 5, 2, 2), np.float32), "SSCB")
+    try:
+        with pytest.raises(ValueError, match=rf"FMTARRAY_NUM_THREADS='{value}'.*positive whole "
+                                             r"number.*unset"):
+            fa.conv(x, np.ones((3, 3, 2, 2), np.float32))
+    finally:
+        _runtime._state.clear()
+        _runtime._state.update(saved)
+    assert _runtime.threads_from_env(" 2 ") == 2 and _runtime.threads_from_env("") is None

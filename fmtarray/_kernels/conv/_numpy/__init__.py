@@ -17,14 +17,12 @@ input dilation (the portable entry materialises it) and computes a batch of 0 it
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from ..registry import Algo, register
 from . import batch_innermost, depthwise, gemm, last_innermost, winograd
 from ._common import data_dtypes_match, plain
-from ._runtime import release_scratch, serial_if_small, single_threaded_blas
+from ._runtime import kernel_call, release_scratch
 
 __all__ = ["to_channels_last", "from_channels_last", "release_scratch"]
 
@@ -40,14 +38,6 @@ def from_channels_last(a, layout):
     return np.transpose(a, layout.inverse(layout.channels_last))
 
 
-def _threads(spec, blas1):
-    stack = contextlib.ExitStack()
-    stack.enter_context(serial_if_small(spec))
-    if blas1:
-        stack.enter_context(single_threaded_blas())
-    return stack
-
-
 def _forward(kernel, blas1):
     def run(xp, spec, layout, x, w, b):
         x = plain(to_channels_last(x, layout))
@@ -57,7 +47,7 @@ def _forward(kernel, blas1):
             y = np.empty((0, *spec.out, spec.F), dtype=dtype)
         else:
             bias = None if b is None else np.asarray(b, dtype=dtype).reshape(spec.F)
-            with _threads(spec, blas1):
+            with kernel_call(spec, blas1):
                 y = kernel(x, w, bias, spec, dtype)
         return from_channels_last(y, layout)
 
@@ -74,7 +64,7 @@ def _backward(kernel, blas1):
             gx = np.zeros(x.shape, dtype) if needs[0] else None
             gw = np.zeros(w.shape, dtype) if needs[1] else None
         else:
-            with _threads(spec, blas1):
+            with kernel_call(spec, blas1):
                 gx, gw = kernel(gy, x, w, spec, needs, dtype)
         gx = from_channels_last(gx, layout) if needs[0] and gx is not None else None
         return gx, (gw if needs[1] else None)

@@ -8,12 +8,20 @@
   of the caller's :mod:`contextvars` context, so :func:`~fmtarray._kernels.conv.tuning`
   settings reach the worker threads.
 * **Small problems** (fewer multiply-adds than ``Tuning.serial_macs``) run on the
-  calling thread alone (:func:`serial_if_small`): waking a pool thread costs more than
+  calling thread alone (:class:`kernel_call`): waking a pool thread costs more than
   it saves.
 * **Scratch.** Buffers of ``Tuning.scratch_keep_bytes`` and more (chunk copies, chunk
-  columns, transposed cotangents) are kept per thread and role for the next call — at
-  most ``2 · workspace_bytes`` — since faulting in fresh pages costs about 0.1 ms per
-  MiB; :func:`release_scratch` drops them.
+  columns, transposed cotangents) are checked out of a per-thread free list for one
+  kernel call (:class:`kernel_call`) and returned to it when the call ends — at most
+  ``2 · workspace_bytes`` stay there for the next call, since faulting in fresh pages
+  costs about 0.1 ms per MiB; :func:`release_scratch` drops them. A buffer belongs to
+  one call while it is checked out, so a call made while another is running on the
+  same thread (a signal handler, a finaliser, a trace hook) or on other threads never
+  sees it.
+* **Re-entry.** A convolution started on a thread that is already inside one (see
+  above), or on one of the pool's threads, runs on the calling thread alone and leaves
+  BLAS's limit to the outer call; it hands its items to the same worker numbers as a
+  pooled call, so its sums, hence its results, are bit-identical to one.
 * **Fork safety.** A forked child starts its own pool on first use.
 * **Copies** in cache-sized blocks cut along the source's outermost dim, split over
   the workers; :class:`Chunked` pads chunks of a batch into one reusable buffer.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import math
 import os
 import threading
@@ -33,26 +42,33 @@ import numpy as np
 from ...pad import fill_border_numpy
 from ..thresholds import current
 
-__all__ = ["workers", "single_threaded_blas", "serial_if_small", "on_calling_thread",
-           "parallel", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch",
-           "copy_blocked", "parallel_copy", "Chunked"]
+__all__ = ["workers", "threads_from_env", "single_threaded_blas", "kernel_call",
+           "serial_if_small", "on_calling_thread", "parallel", "parallel_sum", "parallel_add",
+           "row_blocks", "scratch", "release_scratch", "cached_scratch", "copy_blocked",
+           "parallel_copy", "Chunked"]
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _state: dict = {}
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter = None
 _tls = threading.local()
-_SERIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("fmtarray_conv_serial",
-                                                               default=False)
+#: ``False``: pooled; ``True``: on the calling thread (small problems, Dask blocks);
+#: ``_REENTRANT``: on the calling thread, items handed out as the pool would
+_SERIAL: contextvars.ContextVar = contextvars.ContextVar("fmtarray_conv_serial", default=False)
+_REENTRANT = "reentrant"
+#: the running kernel call's scratch checkouts (:class:`kernel_call`)
+_SESSION: contextvars.ContextVar = contextvars.ContextVar("fmtarray_conv_scratch", default=None)
 _END = object()
+_KEYS = itertools.count()  # free-list keys (``next`` is atomic under the GIL)
+ENV_THREADS = "FMTARRAY_NUM_THREADS"
 
 
 def _after_fork_in_child():
     """A forked child has none of the parent's pool threads: start a fresh pool (and
     fresh locks) on first use instead of waiting on threads that do not exist."""
     global _lock, _blas_lock, _blas_users, _blas_limiter
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _state.clear()
     _blas_lock = threading.Lock()
     if _blas_limiter is not None:  # forked inside a convolution: give BLAS its threads back
@@ -64,30 +80,52 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def threads_from_env(value):
+    """The worker count ``FMTARRAY_NUM_THREADS`` asks for (``None``: unset or empty)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{ENV_THREADS}={value!r}: expected a positive whole number of "
+                         "worker threads (1, 2, ...), or leave it unset (or empty) for "
+                         "one per core that BLAS would use")
+    return n
+
+
+def _mark_pool_thread():
+    _tls.pool_thread = True
+
+
 def workers():
     """``(pool, n, controller)``: one worker per core that BLAS would use."""
-    if "pool" not in _state:
-        with _lock:
-            if "pool" not in _state:
-                n = os.cpu_count() or 1
-                ctl = None
-                try:
-                    from threadpoolctl import ThreadpoolController
+    got = _state.get("workers")
+    if got is not None:
+        return got
+    with _lock:  # re-entrant: a signal handler may convolve while this one builds
+        if "workers" not in _state:
+            n = os.cpu_count() or 1
+            ctl = None
+            try:
+                from threadpoolctl import ThreadpoolController
 
-                    ctl = ThreadpoolController()
-                    blas = [i["num_threads"] for i in ctl.info() if i["user_api"] == "blas"]
-                    if blas:
-                        n = max(1, min(n, max(blas)))
-                except Exception:  # pragma: no cover - threadpoolctl missing
-                    # BLAS cannot be held at one thread: no worker threads on top of it
-                    ctl, n = None, 1
-                env = os.environ.get("FMTARRAY_NUM_THREADS")
-                if env:
-                    n = max(1, int(env))
-                _state["n"] = n
-                _state["ctl"] = ctl
-                _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fmtarray")
-    return _state["pool"], _state["n"], _state["ctl"]
+                ctl = ThreadpoolController()
+                blas = [i["num_threads"] for i in ctl.info() if i["user_api"] == "blas"]
+                if blas:
+                    n = max(1, min(n, max(blas)))
+            except Exception:  # pragma: no cover - threadpoolctl missing
+                # BLAS cannot be held at one thread: no worker threads on top of it
+                ctl, n = None, 1
+            env = threads_from_env(os.environ.get(ENV_THREADS))
+            if env is not None:
+                n = env
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fmtarray",
+                                      initializer=_mark_pool_thread)
+            # one store: a nested call sees either nothing or the whole triple
+            _state.setdefault("workers", (pool, n, ctl))
+    return _state["workers"]
 
 
 def n_workers() -> int:
@@ -100,24 +138,75 @@ def single_threaded_blas():
 
     BLAS's thread count is process-global: concurrent convolutions share one limit,
     set by the first to enter and restored by the last to leave, so any number of
-    overlapping calls leave BLAS exactly as they found it."""
+    overlapping calls leave BLAS exactly as they found it. A thread that holds it
+    already (an outer call, which a signal handler may have interrupted anywhere,
+    even within the counter's lock) leaves it to that call."""
     global _blas_users, _blas_limiter
     _, n, ctl = workers()
-    if n <= 1 or ctl is None:
+    if n <= 1 or ctl is None or getattr(_tls, "blas", False):
         yield
         return
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = ctl.limit(limits=1, user_api="blas")
-        _blas_users += 1
+    _tls.blas = True
     try:
-        yield
-    finally:
         with _blas_lock:
-            _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+                _blas_limiter = ctl.limit(limits=1, user_api="blas")
+            _blas_users += 1
+        try:
+            yield
+        finally:
+            with _blas_lock:
+                _blas_users -= 1
+                if _blas_users == 0:
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
+    finally:
+        _tls.blas = False
+
+
+class kernel_call:
+    """Context of one NumPy kernel call: its scratch checkouts (returned when it ends),
+    BLAS held at one thread (``blas1``), and where its :func:`parallel` phases run —
+    on the pool, or on the calling thread when the problem is small (``N·P·K·C/groups·F``
+    below ``Tuning.serial_macs``) or when the call is re-entrant (the thread is inside
+    another kernel call, or is one of the pool's threads)."""
+
+    __slots__ = ("spec", "blas1", "depth", "session", "tokens", "blas")
+
+    def __init__(self, spec, blas1=True):
+        self.spec, self.blas1 = spec, blas1
+
+    def __enter__(self):
+        depth = getattr(_tls, "depth", 0)
+        self.depth, self.tokens, self.session, self.blas = depth, [], None, None
+        _tls.depth = depth + 1
+        try:
+            if depth or getattr(_tls, "pool_thread", False):
+                self.tokens.append(_SERIAL.set(_REENTRANT))
+            elif not _SERIAL.get() and self.spec.macs < current().serial_macs:
+                self.tokens.append(_SERIAL.set(True))
+            self.session = _Session(_free_list())
+            self.tokens.append(_SESSION.set(self.session))
+            if self.blas1:
+                blas = single_threaded_blas()
+                blas.__enter__()
+                self.blas = blas
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.blas is not None:
+                self.blas.__exit__(*exc)
+        finally:
+            for tok in reversed(self.tokens):
+                tok.var.reset(tok)
+            if self.session is not None:
+                self.session.close()
+            _tls.depth = self.depth
+        return False
 
 
 def row_blocks(m):
@@ -143,11 +232,17 @@ def parallel(fn, items, dynamic=False):
     the whole phase."""
     pool, n, _ = workers()
     items = list(items)
-    if n == 1 or len(items) <= 1 or _SERIAL.get():
+    mode = _SERIAL.get()
+    if n == 1 or len(items) <= 1 or mode is True:
         for it in items:
             fn(0, it)
         return
     n = min(n, len(items))
+    if mode is _REENTRANT:  # on this thread, each worker's items in the pool's order
+        for w in range(n):
+            for it in items[w::n]:
+                fn(w, it)
+        return
 
     if dynamic:
         nxt = iter(items)
@@ -244,43 +339,92 @@ def parallel_add(out, bias):
 # scratch
 
 
+def _free_list() -> dict:
+    """The calling thread's free scratch buffers, ``key -> buffer`` (oldest first)."""
+    free = getattr(_tls, "free", None)
+    if free is None:
+        free = _tls.free = {}
+    return free
+
+
+class _Session:
+    """The scratch buffers one kernel call has checked out of its thread's free list.
+
+    Only single dict operations (``pop``, store), each atomic under the GIL, move a
+    buffer between the free list and a call: whatever runs in between — another call on
+    this thread from a signal handler, the call's own workers — never gets a buffer
+    that is checked out."""
+
+    __slots__ = ("free", "out")
+
+    def __init__(self, free):
+        self.free, self.out = free, []
+
+    def checkout(self, nbytes, cap):
+        free = self.free
+        while True:
+            best = None
+            for key, b in list(free.items()):
+                if b.nbytes >= nbytes and (best is None or b.nbytes < best[1].nbytes):
+                    best = (key, b)
+            if best is None:
+                break
+            buf = free.pop(best[0], None)
+            if buf is not None:  # else taken in between: look again
+                self.out.append(buf)
+                return buf
+        if nbytes + sum(b.nbytes for b in list(free.values())) > cap:
+            free.clear()  # free the smaller ones first
+        buf = np.empty(nbytes, dtype=np.uint8)
+        self.out.append(buf)
+        return buf
+
+    def close(self):
+        """Return the buffers; at most ``2 · workspace_bytes`` stay (newer ones first)."""
+        out, self.out = self.out, []
+        cap = 2 * current().workspace_bytes
+        free = self.free
+        for buf in out:
+            if buf.nbytes > cap:
+                continue
+            total = sum(b.nbytes for b in list(free.values()))
+            for key in list(free):
+                if total + buf.nbytes <= cap:
+                    break
+                old = free.pop(key, None)
+                total -= 0 if old is None else old.nbytes
+            free[next(_KEYS)] = buf
+
+
 def scratch(role, shape, dtype, keep=False):
     """Uninitialised scratch array for one role (``"chunk"``, ``"cols"``, ``"gy"``, ``"li"``).
 
-    Large ones come from a per-thread cache, reused by the next call with the same
-    role (a role is never in use twice at once within a thread; other threads have
-    their own cache). The cache holds at most ``2 · workspace_bytes``: a buffer that
-    would exceed it evicts the others (still valid where in use). Never used for
-    anything returned to the caller. :func:`release_scratch` empties it.
+    Large ones (``Tuning.scratch_keep_bytes``, or ``keep``) are checked out of the
+    thread's free list for the running :class:`kernel_call` (the smallest one that is
+    large enough, else a new one) and go back when the call ends; outside a kernel call
+    they are plain new arrays. ``role`` only names the use: a checked-out buffer is the
+    call's alone, whatever the role. Never used for anything returned to the caller.
+    :func:`release_scratch` empties the free list.
     """
     t = current()
-    cap = 2 * t.workspace_bytes
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < t.scratch_keep_bytes and not keep:
+    session = _SESSION.get() if keep or nbytes >= t.scratch_keep_bytes else None
+    if session is None:
         return np.empty(shape, dtype=dtype)
-    cache = getattr(_tls, "bufs", None)
-    if cache is None:
-        cache = _tls.bufs = {}
-    buf = cache.pop(role, None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = None  # free the smaller one first
-        if nbytes + sum(b.nbytes for b in cache.values()) > cap:
-            cache.clear()
-        buf = np.empty(nbytes, dtype=np.uint8)
-    if nbytes + sum(b.nbytes for b in cache.values()) <= cap:
-        cache[role] = buf
+    buf = session.checkout(nbytes, 2 * t.workspace_bytes)
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def release_scratch():
-    """Drop the calling thread's cached scratch buffers."""
-    getattr(_tls, "bufs", {}).clear()
+    """Drop the calling thread's free scratch buffers (those of running calls stay theirs)."""
+    _free_list().clear()
 
 
 def cached_scratch() -> dict:
-    """The calling thread's cached scratch buffers by role (for tests and diagnostics)."""
-    return dict(getattr(_tls, "bufs", {}))
+    """The calling thread's free scratch buffers, ``key -> buffer`` (for tests and
+    diagnostics)."""
+    return dict(_free_list())
 
 
 # ---------------------------------------------------------------------------------------
