@@ -235,3 +235,50 @@ def test_non_finite_values_keep_direct_semantics(bad):
             g, e = np.asarray(g), np.asarray(e)
             np.testing.assert_array_equal(np.isnan(g), np.isnan(e))
             np.testing.assert_array_equal(np.isinf(g), np.isinf(e))
+
+
+def _checkerboard(shape, big, dtype, seed):
+    """Small noise, and ±``big`` alternating over a 6×6 patch of one sample and channel
+    of ``(N, H, W, C)``: the patch sums to 0 (a summing guard sees nothing) while the
+    input transform of a tile inside it reaches ±4·big."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape)
+    sign = np.where((np.arange(6)[:, None] + np.arange(6)[None, :]) % 2 == 0, 1.0, -1.0)
+    a[1, :6, :6, 2] = big * sign
+    return batch_innermost(a.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_near_the_dtype_limit_keep_direct_results(dtype):
+    """Finite values near the dtype's largest (±0.3·max in a checkerboard: sums cancel,
+    the transforms would reach 1.2·max): forward and both gradients equal the direct path's
+    (forced ``numpy.gemm`` / ``numpy.col2im``) and the float64 direct-loop reference,
+    finite everywhere; forcing a Winograd entry names the reason."""
+    big = 0.3 * float(np.finfo(dtype).max)
+    rng = np.random.default_rng(1)
+    x = _checkerboard((4, 6, 7, 8), big, dtype, 2)
+    wt = (1e-3 * rng.standard_normal((3, 3, 8, 8, 1))).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    kw = dict(pad_before=1, pad_after=1)
+    small = batch_innermost(rng.standard_normal((4, 6, 7, 8)).astype(dtype))
+    assert selected("forward", small, wt, **kw) == "numpy.winograd"  # ordinary values
+    with pytest.raises(ValueError, match="numpy.winograd.*values up to.*overflow"):
+        selected("forward", x, wt, force="numpy.winograd", **kw)
+    y = np.asarray(conv_forward(cnp, x, wt, b, **kw))
+    direct = np.asarray(conv_forward(cnp, x, wt, b, force="numpy.gemm", **kw))
+    ref = ref_conv(x, wt, b, 1, 1, 1, 1, 0.0)
+    assert np.isfinite(y).all() and np.isfinite(ref).all()
+    assert rel_err(y, direct) <= TOL[dtype] and rel_err(y, ref) <= TOL[dtype]
+    # the input gradient (Winograd of the cotangent) and the weight gradient
+    gy = _checkerboard((4, 6, 7, 8), big, dtype, 3)
+    assert selected("input_grad", small, wt, gy=small, **kw) == "numpy.winograd_input_grad"
+    assert selected("weight_grad", small, wt, gy=small, **kw) == "numpy.winograd_weight_grad"
+    for op, direct_name in (("input_grad", "numpy.col2im"), ("weight_grad", "numpy.gemm")):
+        i, (g, xx) = (0, (gy, small)) if op == "input_grad" else (1, (small * 1e-3, x))
+        needs = (i == 0, i == 1, False)
+        got = np.asarray(conv_backward(cnp, g, xx, wt, needs=needs, **kw)[i])
+        want = np.asarray(conv_backward(cnp, g, xx, wt, needs=needs, force={op: direct_name},
+                                        **kw)[i])
+        assert np.isfinite(got).all() and np.isfinite(want).all(), op
+        assert rel_err(got, want) <= 4 * TOL[dtype], op
+

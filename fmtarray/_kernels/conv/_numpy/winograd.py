@@ -29,7 +29,8 @@ copied (runs of ``N``) into the canonical ``(Ho, Wo, F, N)`` output.
 
 The weight gradient is the adjoint (``F(3×3, 2×2)``): the cotangent's 2×2 tiles go to
 4×4 by ``A ∂Y Aᵀ`` and 16 GEMMs contract ``V`` with them over tiles and batch.
-Inputs holding a non-finite value are left to the direct path (:func:`finite`).
+Inputs holding a non-finite value, or values large enough for the transforms to
+overflow, are left to the direct path (:func:`_why_not_values`).
 
 Dilation ``dl`` splits the problem into ``dl_h · dl_w`` phases: the outputs whose
 row ≡ p (mod dl_h) and column ≡ q (mod dl_w) read only the padded input rows and
@@ -54,7 +55,7 @@ from ._common import cl_strides, grad_conv, grad_input, itemsize, unpad
 from ._runtime import n_workers, parallel, parallel_sum
 
 __all__ = ["applies_forward", "applies_weight_grad", "applies_input_grad", "accepts_forward",
-           "accepts_weight_grad", "accepts_input_grad", "finite", "forward",
+           "accepts_weight_grad", "accepts_input_grad", "forward",
            "transformed_filters", "weight_grad", "run_forward", "run_weight_grad",
            "run_input_grad"]
 
@@ -125,34 +126,48 @@ def applies_input_grad(spec, layout):
     return _why_not(grad_conv(spec)[1], cl_strides(spec, layout, "gy"))
 
 
-def _non_finite(*arrays):
-    if not finite(*arrays):
+def _max_abs(a) -> float:
+    """``max |a|`` (NaN when a value is NaN): two reductions, no temporary."""
+    if a.size == 0:
+        return 0.0
+    hi, lo = float(np.max(a)), float(np.min(a))
+    return max(hi, -lo) if hi == hi and lo == lo else float("nan")
+
+
+def _why_not_values(spec, a, b, gain_a, gain_b, gain_ab):
+    """``None`` when no value the transforms compute can overflow, else the reason.
+
+    The transforms add and subtract values (``|Bᵀ d B| ≤ 4·max|d|``, ``|G g Gᵀ| ≤
+    2.25·max|g|``, ``|A ∂Y Aᵀ| ≤ 4·max|∂Y|``, ``Aᵀ M A`` sums 9 products): ``gain_a``,
+    ``gain_b`` bound the transformed operands, ``gain_ab · max|a| · max|b|`` every sum of
+    products; all must stay below a quarter of the dtype's largest value. Beyond that
+    (values near the limit, e.g. ±1e38 in float32, which the direct sum handles) the
+    call goes to the direct path, as do non-finite values: an infinite input would give
+    NaN where the direct sum gives ±inf."""
+    ma, mb = _max_abs(a), _max_abs(b)
+    if not (np.isfinite(ma) and np.isfinite(mb)):
         return ("a non-finite value: the transforms would turn ±inf into NaN (the direct "
                 "sum keeps it)")
+    limit = float(np.finfo(spec.dtype).max) / 4
+    if max(ma * gain_a, mb * gain_b, ma * mb * gain_ab) > limit:
+        return (f"values up to {ma:.3g} and {mb:.3g}: the transforms' intermediate values "
+                f"could overflow {spec.dtype} where the direct sum does not")
     return None
 
 
 def accepts_forward(spec, layout, x, w):
-    return _non_finite(x, w)
+    return _why_not_values(spec, x, w, 4.0, 2.25, 81.0 * spec.C)
 
 
 def accepts_weight_grad(spec, layout, gy, x):
     if np.dtype(gy.dtype) != np.dtype(spec.dtype):
         return f"the cotangent is {gy.dtype}, the result {spec.dtype}"
-    return _non_finite(gy, x)
+    # Σ over (tile, sample) of the 4×4 products, then Gᵀ·G over 16 of them (≤ 4×)
+    return _why_not_values(spec, gy, x, 4.0, 4.0, 64.0 * _tiles_total(spec) * spec.N)
 
 
 def accepts_input_grad(spec, layout, gy, w):
-    return _non_finite(gy, w)
-
-
-def finite(*arrays) -> bool:
-    """Whether every value is finite (one summing pass per array; a sum that overflows
-    reads as non-finite, which only sends the call to the direct path). The transforms
-    subtract input values from each other: an infinite input would give NaN where the
-    direct sum gives ±inf, so such calls take the direct path."""
-    with np.errstate(all="ignore"):
-        return all(np.isfinite(np.sum(a)) for a in arrays)
+    return _why_not_values(spec, gy, w, 4.0, 2.25, 81.0 * spec.F)
 
 
 def _tiles_total(geo):
