@@ -240,3 +240,179 @@ def test_numpy_in_place_sigmoid_matches_formula():
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(gg), before)
+
+
+# the convolution's gradients next to non-finite weights --------------------------------------
+
+
+def _torch_conv_grads(x, w, gy, stride, dil, pb, pa, value):
+    """Gradients of ``sum(conv(x, w) * gy)`` by torch autograd in float64: channels-last
+    ``x`` ``(N, *sp, C)``, MATLAB weights ``(*k, Cg, Fg, G)``; mirror padding gathers
+    indices (autograd scatters them back), constant padding is ``F.pad``."""
+    import torch
+
+    from conv_reference import ref_pad
+
+    d = x.ndim - 2
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    xc = xt.movedim(-1, 1)
+    if isinstance(value, str):
+        for ax in range(d):
+            idx = ref_pad(np.arange(x.shape[ax + 1]), (pb[ax],), (pa[ax],), (0,), value)
+            xc = torch.index_select(xc, 2 + ax, torch.tensor(idx))
+    else:
+        pads = [p for ax in reversed(range(d)) for p in (pb[ax], pa[ax])]
+        xc = torch.nn.functional.pad(xc, pads, value=value)
+    k, (cg, fg, g) = w.shape[:d], w.shape[d:]
+    wc = wt.permute(d + 2, d + 1, d, *range(d)).reshape(g * fg, cg, *k).contiguous()
+    y = getattr(torch.nn.functional, f"conv{d}d")(xc, wc, stride=stride, dilation=dil, groups=g)
+    (y * torch.tensor(gy, dtype=torch.float64).movedim(-1, 1)).sum().backward()
+    return xt.grad.numpy(), wt.grad.numpy()
+
+
+def _same_pattern(ours, ref, tol, what):
+    """Same NaN, +inf and -inf positions; the finite values within ``tol`` of the largest."""
+    ours = np.asarray(ours, dtype=np.float64)
+    assert ours.shape == ref.shape, what
+    for f in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(f(ours), f(ref), err_msg=f"{what}: {f.__name__}")
+    fin = np.isfinite(ref)
+    if fin.any():
+        scale = max(float(np.max(np.abs(ref[fin]))), 1e-30)
+        assert float(np.max(np.abs(ours[fin] - ref[fin]))) <= tol * scale, what
+
+
+def _with_non_finite_weights(cfg, seed):
+    import test_numpy_algos as T
+
+    x, w, _ = T._arrays(cfg)
+    rng = np.random.default_rng(seed)
+    w = w.copy()
+    for v in (nan, inf, -inf)[: 1 + seed % 3]:
+        w.reshape(-1)[rng.integers(w.size)] = v
+    return x, w, rng
+
+
+def _conv_grad_cases():
+    import test_numpy_algos as T
+
+    return {name: spec for name, spec in T.DOMAINS.items()
+            if set(spec[0]) & {"input_grad", "weight_grad"}}
+
+
+GRAD_ENTRIES = ["numpy.depthwise_bi", "numpy.depthwise", "numpy.flat_shift",
+                "numpy.winograd_weight_grad", "numpy.last_innermost", "numpy.input_grad_bi",
+                "numpy.winograd_input_grad", "numpy.last_innermost_input_grad",
+                "numpy.gemm_wide", "numpy.gemm", "numpy.grad_as_conv", "numpy.col2im"]
+
+
+def test_every_numpy_gradient_entry_is_checked():
+    assert sorted(GRAD_ENTRIES) == sorted(_conv_grad_cases())
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is the reference for gradient patterns")
+@pytest.mark.parametrize("name", GRAD_ENTRIES)
+def test_conv_gradients_next_to_non_finite_weights_numpy_entries(name):
+    """Each NumPy entry serving a gradient, forced by name over its domain, with NaN
+    and ±inf weights: NaN and ±inf exactly where torch autograd has them (a stride-1
+    input gradient that convolves the zero-padded cotangent would put ``0·inf = NaN``
+    where no tap reaches); the Winograd input gradient declines them instead."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import array_api_compat.numpy as cnp
+
+    import test_numpy_algos as T
+    from fmtarray._kernels.conv import tuning
+    from fmtarray._kernels.conv.registry import _by_name
+    from fmtarray._kernels.conv.spec import Layout
+    from kernel_calls import conv_backward, nsc_dims, spec_of
+
+    ops, strategy = T.DOMAINS[name]
+    grads = [op for op in ops if op != "forward"]
+    ran = []
+
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        cfg = data.draw(strategy, label="config")
+        x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        kw = T._kw(cfg)
+        xl = T.laid_out(x, cfg["layout"], cfg["reverse"])
+        with tuning(**cfg["tuning"]):
+            spec = spec_of(cnp, x, w, **kw)
+            gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(cfg["dtype"])
+            gyl = T.laid_out(gy, cfg["layout"], cfg["reverse"])
+            if _by_name(name).applies(spec, Layout.of(nsc_dims(spec.d), xl, gyl)) is not None:
+                return
+            needs = ("input_grad" in grads, "weight_grad" in grads, False)
+            force = {op: name for op in grads}
+            if name == "numpy.winograd_input_grad":
+                with pytest.raises(ValueError, match="non-finite"):
+                    conv_backward(cnp, gyl, xl, w, needs=needs, force=force, **kw)
+                ran.append(name)
+                return
+            gx, gw, _ = conv_backward(cnp, gyl, xl, w, needs=needs, force=force, **kw)
+        rx, rw = _torch_conv_grads(x, w, gy, cfg["stride"], cfg["dil"], cfg["pb"], cfg["pa"],
+                                   cfg["value"])
+        tol = 1e-4 if cfg["dtype"] == np.float32 else 1e-10
+        if needs[0]:
+            _same_pattern(gx, rx, tol, f"{name} input gradient, {cfg}")
+        if needs[1]:
+            _same_pattern(gw, rw, tol, f"{name} weight gradient, {cfg}")
+        ran.append(name)
+
+    with np.errstate(all="ignore"):
+        check()
+    assert len(ran) >= 3, f"{name}: too few configurations inside the domain"
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is the reference for gradient patterns")
+@pytest.mark.parametrize("lib", ["portable", "array_api_strict", "torch", "jax"])
+def test_conv_gradients_next_to_non_finite_weights_libraries(lib):
+    """The same on each library's own entry (and the portable one, forced on NumPy and
+    run by ``array_api_strict``), float64, over strides, dilations, groups, 1-3 dims
+    and every padding form."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import test_numpy_algos as T
+    from kernel_calls import conv_backward, spec_of
+
+    if lib == "portable":
+        import array_api_compat.numpy as xp
+        conv, force = np.asarray, "portable.im2col"
+    elif lib == "array_api_strict":
+        xp = pytest.importorskip("array_api_strict")
+        conv, force = xp.asarray, None
+    elif lib == "torch":
+        import array_api_compat.torch as xp
+        import torch
+
+        conv, force = torch.from_numpy, None
+    else:
+        xp = pytest.importorskip("jax.numpy")
+        conv, force = xp.asarray, None
+    ran = []
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        cfg = dict(data.draw(T.config(layouts="cl"), label="config"), dtype=np.float64)
+        x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        kw = T._kw(cfg)
+        spec = spec_of(np, x, w, **kw)
+        gy = rng.standard_normal((spec.N, *spec.out, spec.F))
+        gx, gw, _ = conv_backward(xp, conv(gy), conv(x), conv(w), needs=(True, True, False),
+                                  force=force, **kw)
+        rx, rw = _torch_conv_grads(x, w, gy, cfg["stride"], cfg["dil"], cfg["pb"], cfg["pa"],
+                                   cfg["value"])
+        _same_pattern(np.asarray(gx), rx, 1e-10, f"{lib} input gradient, {cfg}")
+        _same_pattern(np.asarray(gw), rw, 1e-10, f"{lib} weight gradient, {cfg}")
+        ran.append(cfg)
+
+    with np.errstate(all="ignore"):
+        check()

@@ -9,7 +9,9 @@ multiply it by the ``(G, K·Cg, Fg)`` weight matrix; the batch is cut into chunk
 the column buffer stays below the workspace (:mod:`.tuning`) whatever ``N``. The weight
 gradient is ``columnsᵀ · gy`` per chunk; the input gradient the convolution of the
 stride-dilated cotangent with the flipped, transposed kernel, then the adjoint of the
-padding. Input dilation is materialised (zeros inserted) first.
+padding (with a non-finite weight, a scatter of ``gy·Wᵀ`` over the taps instead: the
+inserted and padded zeros would meet it as ``0·inf = NaN``). Input dilation is
+materialised (zeros inserted) first.
 """
 
 from __future__ import annotations
@@ -134,7 +136,9 @@ def backward_nsc(xp, gy, x, w, spec, needs):
             acc = part if acc is None else acc + part
         gw = xp.reshape(acc, (spec.G, *spec.k, spec.Cg, spec.Fg))
         gw = xp.permute_dims(gw, tuple(range(1, d + 1)) + (d + 1, d + 2, 0))
-    if needs[0]:
+    if needs[0] and _maybe_non_finite(xp, w):
+        gxpad = _input_grad_scatter(xp, gy, w, spec)
+    elif needs[0]:
         # transposed convolution: the stride-dilated gy with the flipped kernel
         full = tuple((k - 1) * dl for k, dl in zip(spec.k, spec.dilation))
         wt = transposed_weights(xp, w, d)
@@ -144,10 +148,52 @@ def backward_nsc(xp, gy, x, w, spec, needs):
         extra = tuple(p - u for p, u in zip(spec.padded, spec.used))
         if any(extra):
             gxpad = pad(xp, gxpad, (0,) * d, extra, tuple(range(1, d + 1)), 0.0)
+    if needs[0]:
         gx = pad_vjp(xp, gxpad, spec.pb, spec.pa, tuple(range(1, d + 1)), spec.value)
         if any(s > 1 for s in spec0.lhs_dilation):  # the input dilation's adjoint
             gx = gx[(slice(None),) + tuple(slice(None, None, s) for s in spec0.lhs_dilation)]
     return gx, gw
+
+
+def _maybe_non_finite(xp, w) -> bool:
+    """Whether a weight may be ±inf or NaN (true when the values cannot be read, e.g.
+    inside a trace: the exact path is right for every value)."""
+    try:
+        return not bool(xp.all(xp.isfinite(w)))
+    except Exception:
+        return True
+
+
+def _input_grad_scatter(xp, gy, w, spec):
+    """The gradient of the padded input ``(N, *padded, C)`` as a sum over the taps of
+    ``gy·Wᵀ`` placed by stride and dilation (zeros inserted and padded around: added,
+    never multiplied), so only the (output, tap) pairs that exist meet: the transposed
+    convolution would multiply its zero padding and inserted zeros by the weights, and
+    ``0·inf`` puts NaN where no tap reaches."""
+    d, axes = spec.d, tuple(range(1, spec.d + 1))
+    wm = _weight_matrix(xp, w, spec)  # (G, K·Cg, Fg)
+    per_sample = (spec.P * spec.K + math.prod(spec.padded)) * spec.C * _itemsize(gy)
+    nb = max(1, current().workspace_bytes // max(per_sample, 1))
+    parts = []
+    for n0 in range(0, spec.N, nb):
+        n = min(nb, spec.N - n0)
+        g = gy[n0:n0 + n, ...]
+        g = xp.permute_dims(xp.reshape(g, (n * spec.P, spec.G, spec.Fg)), (1, 0, 2))
+        cols = xp.matmul(g, xp.matrix_transpose(wm))  # (G, n·P, K·Cg)
+        cols = xp.reshape(cols, (spec.G, n, *spec.out, spec.K, spec.Cg))
+        cols = xp.permute_dims(cols, tuple(range(1, d + 3)) + (0, d + 3))
+        cols = xp.reshape(cols, (n, *spec.out, spec.K, spec.C))
+        acc = None
+        for i, off in enumerate(spec.offsets()):
+            c = cols[..., i, :]
+            for ax, s in zip(axes, spec.stride):
+                c = dilate(xp, c, ax, s)
+            before = tuple(o * dl for o, dl in zip(off, spec.dilation))
+            after = tuple(p - b - m for p, b, m in zip(spec.padded, before, c.shape[1:-1]))
+            c = pad(xp, c, before, after, axes, 0.0)
+            acc = c if acc is None else acc + c
+        parts.append(acc)
+    return xp.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
 def _to_nsc(xp, a, layout):

@@ -13,6 +13,8 @@ that applies runs); each ``applies`` reads the strides the path relies on from t
 built from assumed strides), ``accepts`` checks the values where the path needs it
 (dtypes of arrays read in place, Winograd's finite inputs). Every entry declines
 input dilation (the portable entry materialises it) and computes a batch of 0 itself.
+Entries whose input gradient convolves the zero-padded cotangent hand it to an exact
+scatter when a weight is non-finite (:func:`_exact_near_non_finite_weights`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..registry import Algo, register
 from . import batch_innermost, depthwise, gemm, last_innermost, winograd
-from ._common import data_dtypes_match, plain
+from ._common import all_finite, data_dtypes_match, plain
 from ._runtime import kernel_call, release_scratch
 
 __all__ = ["to_channels_last", "from_channels_last", "release_scratch"]
@@ -72,6 +74,22 @@ def _backward(kernel, blas1):
     return run
 
 
+def _exact_near_non_finite_weights(kernel, exact):
+    """``kernel``, whose input gradient convolves the zero-padded (or gathers through
+    zero-filled) cotangent, with the input gradient from ``exact`` (a scatter of
+    ``gy·Wᵀ`` over the (output, tap) pairs that exist) when a weight is ±inf or NaN:
+    ``0·inf`` would put NaN where no tap reaches (torch's and the definition's
+    gradient have none there). One summing pass over the weights per call."""
+    def run(gy, x, w, geo, needs, dtype):
+        if not needs[0] or all_finite(w):
+            return kernel(gy, x, w, geo, needs, dtype)
+        gx = exact(gy, x, w, geo, (True, False), dtype)[0]
+        gw = kernel(gy, x, w, geo, (False, True), dtype)[1] if needs[1] else None
+        return gx, gw
+
+    return run
+
+
 def _no_input_dilation(applies):
     def check(spec, layout):
         if max(spec.lhs_dilation) > 1:
@@ -104,7 +122,8 @@ _entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
 _entry("depthwise_bi", ALL, depthwise.applies_bi,
        "channel-wise, one channel and one filter per group, on batch-innermost data whose "
        "(C, N) values are one run (x and cotangent), N ≥ 2: fused einsum per row block",
-       forward=depthwise.forward_bi, backward=depthwise.backward_bi,
+       forward=depthwise.forward_bi,
+       backward=_exact_near_non_finite_weights(depthwise.backward_bi, depthwise.backward),
        accepts=data_dtypes_match, blas1=False)
 _entry("depthwise", ALL, depthwise.applies,
        "channel-wise (one channel per group, any filters per group), any layout: "
@@ -114,7 +133,8 @@ _entry("flat_shift", GRADS, batch_innermost.applies_flat,
        "both gradients of a 2-d stride-1 one-group convolution on batch-innermost x and "
        "cotangent, channels and filters within flat_channels, N ≥ flat_min_n, Wo·N ≥ "
        "flat_min_row, finite constant padding: flat shifts of channel-major copies",
-       backward=batch_innermost.backward_flat)
+       backward=_exact_near_non_finite_weights(batch_innermost.backward_flat,
+                                               gemm.input_grad_col2im))
 _entry("winograd_weight_grad", ("weight_grad",), winograd.applies_weight_grad,
        "Winograd's adjoint F(3×3, 2×2): numpy.winograd's domain, batch-innermost cotangent "
        "of the result dtype, 16·C·F values < winograd_wide_u_bytes",
@@ -137,7 +157,9 @@ _entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
 _entry("last_innermost_input_grad", ("input_grad",), last_innermost.applies_input_grad,
        "stride-1 input gradient with constant padding as a last-dim-innermost convolution "
        "of the cotangent (numpy.last_innermost's domain, read on the cotangent)",
-       backward=last_innermost.input_grad, accepts=data_dtypes_match)
+       backward=_exact_near_non_finite_weights(last_innermost.input_grad,
+                                               gemm.input_grad_col2im),
+       accepts=data_dtypes_match)
 _entry("gemm_wide", ("forward", "weight_grad"), gemm.applies_wide,
        "im2col GEMM, weight matrix ≥ wide_weight_bytes: chunk-sized GEMMs split by rows "
        "over the workers",
@@ -147,7 +169,8 @@ _entry("gemm", ("forward", "weight_grad"), lambda spec, layout: None,
        forward=gemm.forward_tiles, backward=gemm.weight_grad_tiles)
 _entry("grad_as_conv", ("input_grad",), gemm.applies_grad_as_conv,
        "stride-1 input gradient: im2col convolution of the cotangent with the flipped kernel",
-       backward=gemm.input_grad_as_conv)
+       backward=_exact_near_non_finite_weights(gemm.input_grad_as_conv,
+                                               gemm.input_grad_col2im))
 _entry("col2im", ("input_grad",), lambda spec, layout: None,
        "every NumPy input gradient: gy·Wᵀ per tile scatter-added into padded samples "
        "(col2im)",

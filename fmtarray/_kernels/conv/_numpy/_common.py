@@ -20,7 +20,8 @@ from ...pad import pad_vjp
 from ..spec import ConvSpec
 from ..thresholds import current
 
-__all__ = ["plain", "cl_strides", "has_gy", "itemsize", "data_dtypes_match", "weight_matrix",
+__all__ = ["plain", "cl_strides", "has_gy", "itemsize", "all_finite", "data_dtypes_match",
+           "weight_matrix",
            "gemm", "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size",
            "padded_bytes"]
 
@@ -76,6 +77,13 @@ def has_gy(layout) -> bool:
 
 def itemsize(spec) -> int:
     return np.dtype(spec.dtype).itemsize
+
+
+def all_finite(a) -> bool:
+    """Whether every value of ``a`` is finite: one summing pass (a sum that overflows reads
+    as non-finite, which only sends the caller to its exact path)."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(np.sum(a)))
 
 
 def data_dtypes_match(spec, layout, *arrays):
