@@ -10,7 +10,7 @@ EXTRAS ?= test,docs,dask,scipy,plot,progress
 WITH_TORCH ?= auto
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint docs unit bench clean venv
+.PHONY: demo test lint docs unit unit-no-numba bench clean venv
 
 venv: $(STAMP)
 
@@ -38,7 +38,12 @@ docs: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: lint docs unit
+# the convolution tests again with the compiled (Numba) kernels off: the BLAS/NumPy
+# entries must serve every case on their own
+unit-no-numba: $(STAMP)
+	FMTARRAY_NUMBA=0 $(PY) -m pytest tests/test_conv.py tests/test_numpy_algos.py tests/test_numba.py
+
+test: lint docs unit unit-no-numba
 
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/overhead.py

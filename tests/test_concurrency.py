@@ -39,6 +39,8 @@ CASES = {
     "numpy.batch_innermost": ("bi", 3, (6, 5), 2, 3, 1, (2, 3), {}, {"bi_max_run": 10**6}),
     "numpy.depthwise_bi": ("bi", 3, (6, 6), 1, 1, 4, (3, 3), dict(pad_before=1), {}),
     "numpy.depthwise": ("cl", 2, (7, 6), 1, 2, 3, (3, 2), dict(stride=(2, 1)), {}),
+    "numba.depthwise": ("cl", 3, (7, 6), 1, 2, 5, (3, 2), dict(stride=(2, 1), pad_before=1),
+                        {}),
     "numpy.flat_shift": ("bi", 3, (6, 7), 3, 4, 1, (3, 3), dict(pad_before=1, pad_after=1),
                          dict(flat_channels=(1, 32), flat_min_n=2, flat_min_row=1,
                               workspace_bytes=20000)),
@@ -101,7 +103,8 @@ def _identical(got, ref):
 
 
 def test_every_numpy_entry_has_a_case():
-    names = [a.name for a in K.algorithms("numpy") if a.name.startswith("numpy.")]
+    names = [a.name for a in K.algorithms("numpy")
+             if a.name.startswith(("numpy.", "numba."))]
     assert sorted(names) == sorted(CASES)
 
 
@@ -126,7 +129,10 @@ def test_threads_give_bit_identical_results(cases):
 
 
 def _reference_cases():
-    cs = {name: _case(name) for name in CASES}
+    from fmtarray._kernels.conv._numba import unavailable
+
+    numba_off = unavailable() is not None  # FMTARRAY_NUMBA=0 or no numba: NumPy entries only
+    cs = {name: _case(name) for name in CASES if not (numba_off and name.startswith("numba."))}
     for name, c in cs.items():  # each case inside its entry's domain
         with tuning(**c["tuning"]):
             assert _by_name(name).applies(c["spec"], c["layout"]) is None, name

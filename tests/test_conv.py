@@ -152,12 +152,14 @@ def test_kernel_needs_subset():
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("value", [0.0, "symmetric-exclude-edge"])
 @pytest.mark.parametrize("groups,cg", [(1, 3), (2, 2), (4, 1)])
-def test_tiled_and_chunked_paths(value, groups, cg, wide):
+def test_tiled_and_chunked_paths(value, groups, cg, wide, monkeypatch):
     """Tiny workspace and tiles: row tiles inside a sample and many batch chunks give
-    the same numbers (forward and backward, NumPy and portable)."""
+    the same numbers (forward and backward, NumPy and portable). The compiled kernels
+    are off: they neither tile nor chunk (tests/test_numba.py checks them)."""
     import array_api_compat.numpy as cnp
     import array_api_strict
 
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
     cfg = dict(d=2, k=(3, 2), dil=(1, 2), stride=(2, 1), pb=(1, 2), pa=(2, 0), value=value,
                sp=(9, 7), groups=groups, cg=cg, fg=2, n=5, dtype=np.float64)
     x, w, b = make(cfg)

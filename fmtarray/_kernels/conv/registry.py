@@ -29,9 +29,9 @@ __all__ = ["OPS", "Algo", "register", "algorithms", "select", "explain", "forwar
 
 OPS = ("forward", "input_grad", "weight_grad")
 
-#: library key -> module registering its entries (relative to this package)
+#: library key -> module(s) registering its entries (relative to this package)
 ADAPTERS = {
-    "numpy": "._numpy",
+    "numpy": ("._numpy", "._numba"),
     "torch": "._torch",
     "jax": "._jax",
     "cupy": "._cupy",
@@ -66,11 +66,14 @@ class Algo:
 
 _lock = threading.Lock()
 _entries: dict[str, list[Algo]] = {}
+_front: dict[str, int] = {}  # entries registered with front=True, per library
 _loaded: set[str] = set()
 
 
-def register(algo: Algo) -> Algo:
-    """Add ``algo`` after its library's existing entries (earlier entries win)."""
+def register(algo: Algo, *, front: bool = False) -> Algo:
+    """Add ``algo`` after its library's existing entries (earlier entries win), or with
+    ``front=True`` after the entries registered with ``front`` so far and before the
+    others (compiled kernels ahead of the NumPy ones they beat)."""
     bad = [op for op in algo.ops if op not in OPS]
     if bad or not algo.ops:
         raise ValueError(f"register: {algo.name!r} has ops {algo.ops}; legal ops are {OPS}")
@@ -82,16 +85,21 @@ def register(algo: Algo) -> Algo:
         lst = _entries.setdefault(algo.library, [])
         if any(a.name == algo.name for a in lst):
             raise ValueError(f"register: an algorithm named {algo.name!r} is registered already")
-        lst.append(algo)
+        if front:
+            lst.insert(_front.get(algo.library, 0), algo)
+            _front[algo.library] = _front.get(algo.library, 0) + 1
+        else:
+            lst.append(algo)
     return algo
 
 
 def _load(library: str) -> None:
     if library in _loaded:
         return
-    mod = ADAPTERS.get(library)
-    if mod is not None and importlib.util.find_spec(__package__ + mod) is not None:
-        importlib.import_module(mod, __package__)
+    mods = ADAPTERS.get(library, ())
+    for mod in (mods,) if isinstance(mods, str) else mods:
+        if importlib.util.find_spec(__package__ + mod) is not None:
+            importlib.import_module(mod, __package__)
     _loaded.add(library)
 
 

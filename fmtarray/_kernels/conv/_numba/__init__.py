@@ -1,0 +1,77 @@
+"""Compiled NumPy convolution kernels (Numba), registered ahead of the NumPy entries.
+
+The entries run on NumPy arrays (registry library ``"numpy"``) and are named
+``numba.*``. Each one applies only when
+
+* its domain matches (``applies``), and then
+* Numba can be used: ``FMTARRAY_NUMBA`` is unset or ``1`` (``0`` turns every compiled
+  kernel off, the BLAS/NumPy entries then serve) and ``import numba`` works. Numba is
+  imported here, on the first NumPy convolution that a compiled kernel would run, never
+  at ``import fmtarray``.
+
+Kernels are compiled on first use for each dtype and cached on disk (``cache=True``,
+in ``__pycache__`` next to this package, or ``NUMBA_CACHE_DIR``): the first call in a
+fresh environment pays the compilation, later processes load it.
+
+Threads: the kernels are ``nogil`` functions over a range of rows, and the NumPy
+runtime's own workers (:mod:`.._numpy._runtime`) split a call over the cores, as they
+do for the NumPy entries. Numba's ``parallel=True`` is not used: its default ``omp``
+threading layer aborts a forked child that calls a parallel function after the parent
+did (``multiprocessing``'s default start method on Linux), the ``workqueue`` layer
+refuses concurrent callers (threads, Dask's threaded scheduler), and the ``tbb`` layer
+would be one more dependency. The runtime's workers already give fork safety, a
+calling-thread mode for Dask blocks, reproducible sums and no oversubscription.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..registry import Algo, register
+from .._numpy import ALL, _backward, _forward, _no_input_dilation
+from .._numpy._common import data_dtypes_match
+from . import depthwise
+
+__all__ = ["unavailable"]
+
+_import_error: list = []  # [reason] once ``import numba`` failed
+
+
+def unavailable():
+    """``None`` when the compiled kernels can run, else why not."""
+    env = os.environ.get("FMTARRAY_NUMBA", "").strip()
+    if env == "0":
+        return "FMTARRAY_NUMBA=0"
+    if env not in ("", "1"):
+        raise ValueError(f"FMTARRAY_NUMBA={env!r}: expected 0 (compiled kernels off) or 1 "
+                         "(on, the default when numba is installed)")
+    if _import_error:
+        return _import_error[0]
+    try:
+        import numba  # noqa: F401
+    except Exception as e:  # ImportError, or numba refusing this NumPy
+        _import_error.append(f"numba cannot be imported ({type(e).__name__}: {e})")
+        return _import_error[0]
+    return None
+
+
+def _when_compiled(applies):
+    def check(spec, layout):
+        return applies(spec, layout) or unavailable()
+
+    return check
+
+
+def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None):
+    register(Algo(f"numba.{name}", "numpy", ops,
+                  _no_input_dilation(_when_compiled(applies)),
+                  forward=None if forward is None else _forward(forward, False),
+                  backward=None if backward is None else _backward(backward, False),
+                  accepts=accepts, domain=domain), front=True)
+
+
+_entry("depthwise", ALL, depthwise.applies,
+       "channel-wise (one channel per group, any filters per group), 1 or 2 convolved dims, "
+       "input (and cotangent) channels-innermost C-contiguous, any stride, dilation and "
+       "padding; compiled row kernels, constant padding never materialised",
+       forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)

@@ -1,0 +1,123 @@
+"""Compiled channel-wise convolution kernels (Numba ``njit``, ``nogil``, ``cache``).
+
+Imported on the first run of a ``numba.*`` entry (this imports Numba). Each kernel
+works on a range of rows and releases the GIL, so :mod:`.._numpy._runtime`'s workers
+split one call over the cores (see :mod:`.` for why not ``parallel=True``).
+
+Arrays: ``x`` ``(N, H, W, C)`` C-contiguous, ``w`` ``(kh, kw, C, M)`` C-contiguous (``M``
+filters per channel), ``y``/``gy`` ``(N, Ho, Wo, C·M)`` C-contiguous, filter ``f`` of
+channel ``c`` at ``c·M + f``. Padding is virtual: a tap that reads outside the input
+reads the constant ``v`` (the caller materialises mirror/replicate padding and passes
+zero pads). Sums run over the taps in C order, as the direct loop does; no fast-math,
+so inf/NaN follow IEEE arithmetic exactly like the direct path.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+
+_JIT = dict(nogil=True, cache=True, fastmath=False, boundscheck=False, error_model="numpy")
+
+
+@nb.njit(**_JIT)
+def forward_rows(x, w, bias, y, r0, r1, sh, sw, dh, dw, ph, pw, v, has_bias):
+    """``y[n, i]`` for the rows ``t = n·Ho + i`` in ``[r0, r1)``."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    Ho, Wo, F = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw, M = w.shape[0], w.shape[1], w.shape[3]
+    for t in range(r0, r1):
+        n = t // Ho
+        i = t - n * Ho
+        for j in range(Wo):
+            if has_bias:
+                for f in range(F):
+                    y[n, i, j, f] = bias[f]
+            else:
+                for f in range(F):
+                    y[n, i, j, f] = 0
+            for p in range(kh):
+                yy = i * sh + p * dh - ph
+                row_in = yy >= 0 and yy < H
+                for q in range(kw):
+                    xx = j * sw + q * dw - pw
+                    if row_in and xx >= 0 and xx < W:
+                        if M == 1:
+                            for c in range(C):
+                                y[n, i, j, c] += x[n, yy, xx, c] * w[p, q, c, 0]
+                        else:
+                            for c in range(C):
+                                xv = x[n, yy, xx, c]
+                                for m in range(M):
+                                    y[n, i, j, c * M + m] += xv * w[p, q, c, m]
+                    else:
+                        for c in range(C):
+                            for m in range(M):
+                                y[n, i, j, c * M + m] += v * w[p, q, c, m]
+
+
+@nb.njit(**_JIT)
+def input_grad_rows(gy, w, gx, r0, r1, sh, sw, dh, dw, ph, pw):
+    """``gx[n, a]`` for the rows ``t = n·H + a`` in ``[r0, r1)``: each input element
+    gathers the cotangent of the outputs whose taps read it (taps that read padding
+    touch no input element, so a non-finite weight reaches only what it multiplies)."""
+    H, W, C = gx.shape[1], gx.shape[2], gx.shape[3]
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    kh, kw, M = w.shape[0], w.shape[1], w.shape[3]
+    for t in range(r0, r1):
+        n = t // H
+        a = t - n * H
+        for b in range(W):
+            for c in range(C):
+                gx[n, a, b, c] = 0
+            for p in range(kh):
+                u = a + ph - p * dh
+                if u < 0 or u % sh != 0:
+                    continue
+                i = u // sh
+                if i >= Ho:
+                    continue
+                for q in range(kw):
+                    s = b + pw - q * dw
+                    if s < 0 or s % sw != 0:
+                        continue
+                    j = s // sw
+                    if j >= Wo:
+                        continue
+                    if M == 1:
+                        for c in range(C):
+                            gx[n, a, b, c] += gy[n, i, j, c] * w[p, q, c, 0]
+                    else:
+                        for c in range(C):
+                            for m in range(M):
+                                gx[n, a, b, c] += gy[n, i, j, c * M + m] * w[p, q, c, m]
+
+
+@nb.njit(**_JIT)
+def weight_grad_rows(gy, x, acc, r0, r1, sh, sw, dh, dw, ph, pw, v):
+    """``acc[p, q, c, m] += Σ gy[n, i, j, c·M + m] · x(n, i·sh + p·dh - ph, …, c)`` over
+    the output rows ``t = n·Ho + i`` in ``[r0, r1)`` (padding reads ``v``)."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    Ho, Wo = gy.shape[1], gy.shape[2]
+    kh, kw, M = acc.shape[0], acc.shape[1], acc.shape[3]
+    for t in range(r0, r1):
+        n = t // Ho
+        i = t - n * Ho
+        for j in range(Wo):
+            for p in range(kh):
+                yy = i * sh + p * dh - ph
+                row_in = yy >= 0 and yy < H
+                for q in range(kw):
+                    xx = j * sw + q * dw - pw
+                    if row_in and xx >= 0 and xx < W:
+                        if M == 1:
+                            for c in range(C):
+                                acc[p, q, c, 0] += gy[n, i, j, c] * x[n, yy, xx, c]
+                        else:
+                            for c in range(C):
+                                xv = x[n, yy, xx, c]
+                                for m in range(M):
+                                    acc[p, q, c, m] += gy[n, i, j, c * M + m] * xv
+                    else:
+                        for c in range(C):
+                            for m in range(M):
+                                acc[p, q, c, m] += gy[n, i, j, c * M + m] * v

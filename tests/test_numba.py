@@ -1,0 +1,166 @@
+"""The compiled (Numba) NumPy convolution entries: each one, forced by name, against the
+direct-loop reference over its domain (forward, both gradients, float32 and float64,
+inf/NaN patterns), which entry runs with and without ``FMTARRAY_NUMBA=0``, and the
+reasons they decline. Skipped where numba cannot be imported (the NumPy entries serve
+there, and the rest of the suite checks them)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import array_api_compat.numpy as cnp
+
+import fmtarray as fa
+from fmtarray import FormattedArray
+from fmtarray._kernels import conv as K
+from fmtarray._kernels.conv import _numba
+from fmtarray._kernels.conv.registry import _by_name
+from fmtarray._kernels.conv.spec import Layout
+from kernel_calls import conv_backward, conv_forward, nsc_dims, spec_of
+from test_numpy_algos import TOL, _arrays, _kw, config, laid_out, ref_conv_vjp, rel_err
+
+from conv_reference import ref_conv
+
+needs_numba = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
+                                 or _numba.unavailable() is not None,
+                                 reason="numba unavailable or FMTARRAY_NUMBA=0")
+
+#: entry -> (ops it serves, strategy of configurations inside its domain)
+DOMAINS = {
+    "numba.depthwise": (("forward", "input_grad", "weight_grad"), config(
+        d=(1, 2), G=(2, 3, 5), Cg=1, Fg=(1, 2, 3), N=(1, 2, 3), stride=(1, 2, 3),
+        dil=(1, 2), layouts="cl")),
+}
+
+
+def test_every_numba_entry_has_a_domain():
+    names = [a.name for a in K.algorithms("numpy") if a.name.startswith("numba.")]
+    assert sorted(names) == sorted(DOMAINS)
+    numpy_names = [a.name for a in K.algorithms("numpy") if a.library == "numpy"]
+    assert numpy_names[:len(names)] == names  # ahead of the NumPy entries
+
+
+@needs_numba
+@pytest.mark.parametrize("name", list(DOMAINS))
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_entry_matches_reference(name, data):
+    ops, strategy = DOMAINS[name]
+    cfg = data.draw(strategy, label="config")
+    x, w, b = _arrays(cfg)
+    kw = _kw(cfg)
+    args = (cfg["stride"], cfg["dil"], cfg["pb"], cfg["pa"], cfg["value"])
+    tol = TOL[cfg["dtype"]]
+    xl = laid_out(x, cfg["layout"], cfg["reverse"])
+    spec = spec_of(cnp, x, w, **kw)
+    gy = np.random.default_rng(3).standard_normal((spec.N, *spec.out, spec.F))
+    gy = gy.astype(cfg["dtype"])
+    gyl = laid_out(gy, cfg["layout"], cfg["reverse"])
+    assume(_by_name(name).applies(spec, Layout.of(nsc_dims(spec.d), xl, gyl)) is None)
+    with_bias = data.draw(st.booleans(), label="bias")
+    y = conv_forward(cnp, xl, w, b if with_bias else None, force=name, **kw)
+    assert y.dtype == cfg["dtype"]
+    assert rel_err(y, ref_conv(x, w, b if with_bias else None, *args)) <= tol
+    gx_ref, gw_ref = ref_conv_vjp(x, w, gy, *args)
+    gx, gw, _ = conv_backward(cnp, gyl, xl, w, needs=(True, True, False), force=name, **kw)
+    assert gx.dtype == gw.dtype == cfg["dtype"]
+    assert rel_err(gx, gx_ref) <= tol and rel_err(gw, gw_ref) <= tol
+    one = data.draw(st.sampled_from([0, 1]), label="single")
+    single = conv_backward(cnp, gyl, xl, w, needs=(one == 0, one == 1, False), force=name, **kw)
+    assert single[1 - one] is None
+    np.testing.assert_array_equal(single[one], (gx, gw)[one])
+    np.testing.assert_array_equal(xl, x)
+
+
+def _nhwc_case(n=2, hw=(7, 6), c=4, m=1, k=(3, 3), dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *hw, c)).astype(dtype)
+    w = rng.standard_normal((*k, 1, m, c)).astype(dtype)
+    return x, w
+
+
+def _torch_reference(x, w, gy, stride, pad):
+    """``(y, gx, gw)`` by torch autograd (float64) on NHWC ``x``, MATLAB channel-wise ``w``."""
+    torch = pytest.importorskip("torch")
+    C, M = x.shape[-1], w.shape[3]
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tw = torch.tensor(np.ascontiguousarray(w[:, :, 0].transpose(3, 2, 0, 1)).reshape(
+        C * M, 1, *w.shape[:2]), requires_grad=True)
+    y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad, groups=C)
+    y.backward(torch.tensor(gy.transpose(0, 3, 1, 2)))
+    gw = tw.grad.numpy().reshape(C, M, *w.shape[:2]).transpose(2, 3, 1, 0)[:, :, None]
+    return (y.detach().numpy().transpose(0, 2, 3, 1), tx.grad.numpy().transpose(0, 2, 3, 1), gw)
+
+
+@needs_numba
+@pytest.mark.parametrize("where", ["x", "w", "gy"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_pattern_is_torchs(where, bad):
+    """One inf or NaN in the input, the weights or the cotangent: the result and both
+    gradients have inf/NaN exactly where torch autograd puts them (zero padding 1,
+    stride 2 along the rows: some taps read only padding, some inputs no tap reads)."""
+    x, w = _nhwc_case(m=2)
+    kw = dict(stride=(2, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
+              pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = np.random.default_rng(1).standard_normal((spec.N, *spec.out, spec.F))
+    {"x": x, "w": w, "gy": gy}[where][(0, 1, 1, 1) if where != "w" else (0, 1, 0, 1, 1)] = bad
+    refs = _torch_reference(x, w, gy, (2, 1), (1, 1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = conv_forward(cnp, x, w, None, force="numba.depthwise", **kw)
+        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False),
+                                  force="numba.depthwise", **kw)
+    for got, ref in zip((y, gx, gw), refs):
+        assert got.shape == ref.shape
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(ref))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+        fin = np.isfinite(ref)
+        np.testing.assert_allclose(np.asarray(got)[fin], ref[fin], rtol=1e-12, atol=1e-12)
+
+
+def _plan(fmt, data, weights, **kw):
+    return fa.conv_plan(FormattedArray(data, fmt), weights, **kw).chosen()
+
+
+@needs_numba
+def test_channels_innermost_depthwise_selects_the_compiled_kernel():
+    x, w = _nhwc_case(n=4, hw=(9, 9), c=8, dtype=np.float32)
+    assert set(_plan("BSSC", x, w, padding=1).values()) == {"numba.depthwise"}
+    # canonical batch-innermost data keeps the NumPy entry made for it
+    xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    assert set(_plan("SSCB", xs, w, padding=1).values()) == {"numpy.depthwise_bi"}
+
+
+def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):
+    x, w = _nhwc_case(n=4, hw=(9, 9), c=8, dtype=np.float32)
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+    plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
+    assert set(plan.chosen().values()) == {"numpy.depthwise"}
+    assert "FMTARRAY_NUMBA=0" in str(plan)
+    with pytest.raises(ValueError, match="FMTARRAY_NUMBA=0"):
+        fa.conv(FormattedArray(x, "BSSC"), w, padding=1, algorithm="numba.depthwise")
+
+
+def test_fmtarray_numba_bad_value_names_the_variable(monkeypatch):
+    x, w = _nhwc_case(n=4, hw=(9, 9), c=8, dtype=np.float32)
+    monkeypatch.setenv("FMTARRAY_NUMBA", "yes")
+    with pytest.raises(ValueError, match=r"FMTARRAY_NUMBA='yes'.*expected 0"):
+        fa.conv(FormattedArray(x, "BSSC"), w, padding=1)
+
+
+@pytest.mark.parametrize("shape,wshape,fmt,reason", [
+    ((2, 5, 5, 4), (3, 3, 4, 4), "BSSC", "channel-wise only"),
+    ((5, 5, 4, 2), (3, 3, 1, 1, 4), "SSCB", "not channels-innermost"),
+    ((2, 4, 4, 4, 3), (2, 2, 2, 1, 1, 3), "BSSSC", "1 or 2 only"),
+])
+def test_forced_outside_the_domain_names_the_reason(shape, wshape, fmt, reason):
+    x = FormattedArray(np.zeros(shape), fmt)
+    with pytest.raises(ValueError, match=reason):
+        fa.conv(x, np.zeros(wshape), algorithm="numba.depthwise")
