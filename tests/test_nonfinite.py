@@ -312,8 +312,9 @@ def test_every_numpy_gradient_entry_is_checked():
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is the reference for gradient patterns")
+@pytest.mark.parametrize("where", ["w", "x", "gy"])
 @pytest.mark.parametrize("name", GRAD_ENTRIES)
-def test_conv_gradients_next_to_non_finite_weights_numpy_entries(name):
+def test_conv_gradients_next_to_non_finite_weights_numpy_entries(name, where):
     """Each NumPy entry serving a gradient, forced by name over its domain, with NaN
     and ±inf weights: NaN and ±inf exactly where torch autograd has them (a stride-1
     input gradient that convolves the zero-padded cotangent would put ``0·inf = NaN``
@@ -338,18 +339,30 @@ def test_conv_gradients_next_to_non_finite_weights_numpy_entries(name):
     @given(data=st.data())
     def check(data):
         cfg = data.draw(strategy, label="config")
-        x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        if where == "w":
+            x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        else:
+            x, w, _ = T._arrays(cfg)
+            rng = np.random.default_rng(len(ran))
+            if where == "x":
+                x = x.copy()
+                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
+                    x.reshape(-1)[rng.integers(x.size)] = v
         kw = T._kw(cfg)
         xl = T.laid_out(x, cfg["layout"], cfg["reverse"])
         with tuning(**cfg["tuning"]):
             spec = spec_of(cnp, x, w, **kw)
             gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(cfg["dtype"])
+            if where == "gy":
+                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
+                    gy.reshape(-1)[rng.integers(gy.size)] = v
             gyl = T.laid_out(gy, cfg["layout"], cfg["reverse"])
             if _by_name(name).applies(spec, Layout.of(nsc_dims(spec.d), xl, gyl)) is not None:
                 return
             needs = ("input_grad" in grads, "weight_grad" in grads, False)
             force = {op: name for op in grads}
-            if name == "numpy.winograd_input_grad":
+            if name.startswith("numpy.winograd") and (
+                    where == "gy" or where == ("w" if "input" in name else "x")):
                 with pytest.raises(ValueError, match="non-finite"):
                     conv_backward(cnp, gyl, xl, w, needs=needs, force=force, **kw)
                 ran.append(name)
@@ -395,6 +408,7 @@ def test_conv_gradients_next_to_non_finite_weights_libraries(lib):
     else:
         xp = pytest.importorskip("jax.numpy")
         conv, force = xp.asarray, None
+    where = "w"  # non-finite weights (the NumPy entries test x and gy too)
     ran = []
 
     @settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -402,7 +416,15 @@ def test_conv_gradients_next_to_non_finite_weights_libraries(lib):
     @given(data=st.data())
     def check(data):
         cfg = dict(data.draw(T.config(layouts="cl"), label="config"), dtype=np.float64)
-        x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        if where == "w":
+            x, w, rng = _with_non_finite_weights(cfg, len(ran))
+        else:
+            x, w, _ = T._arrays(cfg)
+            rng = np.random.default_rng(len(ran))
+            if where == "x":
+                x = x.copy()
+                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
+                    x.reshape(-1)[rng.integers(x.size)] = v
         kw = T._kw(cfg)
         spec = spec_of(np, x, w, **kw)
         gy = rng.standard_normal((spec.N, *spec.out, spec.F))

@@ -90,6 +90,24 @@ def _exact_near_non_finite_weights(kernel, exact):
     return run
 
 
+def _exact_wgrad_near_non_finite_data(kernel, exact, data, padded_only):
+    """``kernel``, whose weight gradient leaves out (or reorders) some products that are
+    ``0·inf`` when the data hold ±inf or NaN, with the weight gradient from ``exact``
+    (an im2col-style sum over every (output, tap) pair, padding included, as torch's)
+    when ``data`` (``"gy"`` or ``"x"``) is not all finite — only for padded convolutions
+    when ``padded_only``. One summing pass over that array per weight gradient."""
+    def run(gy, x, w, geo, needs, dtype):
+        a = gy if data == "gy" else x
+        if (not needs[1] or (padded_only and not any(geo.pb + geo.pa))
+                or all_finite(a)):
+            return kernel(gy, x, w, geo, needs, dtype)
+        gw = exact(gy, x, w, geo, (False, True), dtype)[1]
+        gx = kernel(gy, x, w, geo, (True, False), dtype)[0] if needs[0] else None
+        return gx, gw
+
+    return run
+
+
 def _no_input_dilation(applies):
     def check(spec, layout):
         if max(spec.lhs_dilation) > 1:
@@ -123,7 +141,9 @@ _entry("depthwise_bi", ALL, depthwise.applies_bi,
        "channel-wise, one channel and one filter per group, on batch-innermost data whose "
        "(C, N) values are one run (x and cotangent), N ≥ 2: fused einsum per row block",
        forward=depthwise.forward_bi,
-       backward=_exact_near_non_finite_weights(depthwise.backward_bi, depthwise.backward),
+       backward=_exact_wgrad_near_non_finite_data(
+           _exact_near_non_finite_weights(depthwise.backward_bi, depthwise.backward),
+           depthwise.backward, "gy", padded_only=True),
        accepts=data_dtypes_match, blas1=False)
 _entry("depthwise", ALL, depthwise.applies,
        "channel-wise (one channel per group, any filters per group), any layout: "
@@ -143,7 +163,9 @@ _entry("last_innermost", ("forward", "weight_grad"), last_innermost.applies,
        "last convolved dim innermost in memory (e.g. SCBT over S and T), stride 1 along it, "
        "one group, C ≤ li_max_c, N·Wp ≥ li_min_run, padded input within the workspace: "
        "flat-shift columns, row ring",
-       forward=last_innermost.forward, backward=last_innermost.weight_grad,
+       forward=last_innermost.forward,
+       backward=_exact_wgrad_near_non_finite_data(last_innermost.weight_grad,
+                                                  gemm.weight_grad_tiles, "x", padded_only=False),
        accepts=data_dtypes_match)
 _entry("input_grad_bi", ("input_grad",), batch_innermost.applies_input_grad,
        "input gradient on batch-innermost x and cotangent, one group, N ≥ 2, C < F, one "
