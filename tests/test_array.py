@@ -271,3 +271,15 @@ def test_readonly_numpy_inputs_are_not_written():
     g = fa.grad(lambda x: fa.sum(fa.square(x)))(x)
     np.testing.assert_allclose(g.data, 2 * a)
     assert y.shape == (3, 4)
+
+
+@pytest.mark.parametrize("scalar", [np.float64(2.5), np.float32(2.5), np.int64(3), 2.5, 3])
+def test_numpy_scalars_are_weak_like_python_scalars(xp, scalar):
+    """A NumPy scalar operand keeps the array's dtype, as a Python scalar does (NumPy's
+    own rules would make ``float32 * np.float64`` float64) — SPEC §2, on every library."""
+    a = rand(2, 3).astype(np.float32)
+    x = FormattedArray(xp.asarray(a), "SB")
+    for y in (x * scalar, scalar * x, x + scalar, x - scalar, x / scalar):
+        got = xp.to_numpy(y)
+        assert got.dtype == np.float32
+    np.testing.assert_allclose(xp.to_numpy(x * scalar), a * np.float32(float(scalar)), rtol=1e-6)

@@ -29,6 +29,8 @@ def _parts(v):
     if isinstance(v, FormattedArray):
         return v._data, v._fmt, v
     if _is_scalar(v):
+        if type(v) not in (int, float, complex) and hasattr(v, "item"):
+            v = v.item()  # a NumPy scalar is weak, like a Python scalar (SPEC §2)
         return v, None, None
     if _backend.is_array(v):
         if v.ndim == 0:
