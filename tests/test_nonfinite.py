@@ -283,14 +283,25 @@ def _same_pattern(ours, ref, tol, what):
         assert float(np.max(np.abs(ours[fin] - ref[fin]))) <= tol * scale, what
 
 
-def _with_non_finite_weights(cfg, seed):
+def _spoil(a, rng, seed):
+    """A copy of ``a`` with NaN (and, for some seeds, +inf and -inf) at random places."""
+    a = a.copy()
+    for v in (nan, inf, -inf)[: 1 + seed % 3]:
+        a.reshape(-1)[rng.integers(a.size)] = v
+    return a
+
+
+def _with_non_finite(cfg, seed, where="w"):
+    """``(x, w, rng)`` of the configuration, the weights (``where="w"``) or the input
+    (``"x"``) spoiled by :func:`_spoil`; ``rng`` then draws the cotangent."""
     import test_numpy_algos as T
 
     x, w, _ = T._arrays(cfg)
     rng = np.random.default_rng(seed)
-    w = w.copy()
-    for v in (nan, inf, -inf)[: 1 + seed % 3]:
-        w.reshape(-1)[rng.integers(w.size)] = v
+    if where == "w":
+        w = _spoil(w, rng, seed)
+    elif where == "x":
+        x = _spoil(x, rng, seed)
     return x, w, rng
 
 
@@ -339,23 +350,14 @@ def test_conv_gradients_next_to_non_finite_weights_numpy_entries(name, where):
     @given(data=st.data())
     def check(data):
         cfg = data.draw(strategy, label="config")
-        if where == "w":
-            x, w, rng = _with_non_finite_weights(cfg, len(ran))
-        else:
-            x, w, _ = T._arrays(cfg)
-            rng = np.random.default_rng(len(ran))
-            if where == "x":
-                x = x.copy()
-                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
-                    x.reshape(-1)[rng.integers(x.size)] = v
+        x, w, rng = _with_non_finite(cfg, len(ran), where)
         kw = T._kw(cfg)
         xl = T.laid_out(x, cfg["layout"], cfg["reverse"])
         with tuning(**cfg["tuning"]):
             spec = spec_of(cnp, x, w, **kw)
             gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(cfg["dtype"])
             if where == "gy":
-                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
-                    gy.reshape(-1)[rng.integers(gy.size)] = v
+                gy = _spoil(gy, rng, len(ran))
             gyl = T.laid_out(gy, cfg["layout"], cfg["reverse"])
             if _by_name(name).applies(spec, Layout.of(nsc_dims(spec.d), xl, gyl)) is not None:
                 return
@@ -408,7 +410,6 @@ def test_conv_gradients_next_to_non_finite_weights_libraries(lib):
     else:
         xp = pytest.importorskip("jax.numpy")
         conv, force = xp.asarray, None
-    where = "w"  # non-finite weights (the NumPy entries test x and gy too)
     ran = []
 
     @settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -416,15 +417,7 @@ def test_conv_gradients_next_to_non_finite_weights_libraries(lib):
     @given(data=st.data())
     def check(data):
         cfg = dict(data.draw(T.config(layouts="cl"), label="config"), dtype=np.float64)
-        if where == "w":
-            x, w, rng = _with_non_finite_weights(cfg, len(ran))
-        else:
-            x, w, _ = T._arrays(cfg)
-            rng = np.random.default_rng(len(ran))
-            if where == "x":
-                x = x.copy()
-                for v in (nan, inf, -inf)[: 1 + len(ran) % 3]:
-                    x.reshape(-1)[rng.integers(x.size)] = v
+        x, w, rng = _with_non_finite(cfg, len(ran))
         kw = T._kw(cfg)
         spec = spec_of(np, x, w, **kw)
         gy = rng.standard_normal((spec.N, *spec.out, spec.F))
