@@ -1,27 +1,13 @@
-"""MATLAB-named functions for porting Deep Learning Toolbox code.
+"""The original MATLAB names: data (``dlarray`` and its accessors), ``dlconv``, the
+layers of the seed's layer array, ``dlnetwork`` and training."""
 
-Each function here has MATLAB's name and MATLAB's argument names and returns
-the same objects as its Python-named counterpart::
-
-    from fmtarray.matlab import convolution2dLayer, dlarray
-    layer = convolution2dLayer(3, 16, Padding="same")          # name=value ...
-    layer = convolution2dLayer(11, 96, "Stride", 4)           # ... or MATLAB's pairs
-    X = dlarray(images, "SSCB")
-
-Option names are matched case-insensitively, as MATLAB does.  Weights saved from
-MATLAB load directly: ``W`` (``h×w×C×F``) and ``b`` (``1×1×F``) read with
-``scipy.io.loadmat`` go straight into ``Weights=``/``Bias=``.
-
-Sections: data (``dlarray`` and its accessors), functions (``dlconv``), layers
-(``convolution2dLayer``).  Add new MATLAB names to the matching section and to
-the name table in ``docs/layers.md``.
-"""
 
 from __future__ import annotations
 
-from .array import FormattedArray, dims, extractdata, finddim, stripdims
-from .layers.convolution import Convolution2DLayer
-from .ops.convolution import conv
+from ..array import FormattedArray, dims, extractdata, finddim, stripdims
+from ..layers.convolution import Convolution2DLayer
+from ..ops.convolution import conv
+from ._common import _make, _options, _reraise
 
 __all__ = [
     # data
@@ -35,47 +21,6 @@ __all__ = [
     # training
     "trainingOptions", "trainnet", "trainNetwork",
 ]
-
-
-# helpers ------------------------------------------------------------------------------
-
-
-def _options(func: str, args: tuple, kwargs: dict, table: dict) -> dict:
-    """Translate MATLAB ``Name,Value`` pairs (positional) and ``Name=Value`` keywords.
-
-    ``table`` maps MATLAB names to Python names.  Unknown names raise a ``TypeError``
-    listing the legal ones.
-    """
-    if len(args) % 2:
-        raise TypeError(
-            f"{func}: options must come in Name, Value pairs; got an odd number of extra "
-            f"arguments {args!r}"
-        )
-    pairs = list(zip(args[0::2], args[1::2])) + list(kwargs.items())
-    lower = {k.lower(): v for k, v in table.items()}
-    out = {}
-    for name, value in pairs:
-        if not isinstance(name, str) or name.lower() not in lower:
-            raise TypeError(
-                f"{func}: unknown option {name!r}; the options are " + ", ".join(table)
-            )
-        py = lower[name.lower()]
-        if py in out:
-            raise TypeError(f"{func}: option {name!r} given twice")
-        out[py] = value
-    return out
-
-
-def _reraise(func: str, err: Exception, table: dict):
-    """Re-raise a property error with the MATLAB option name alongside the Python one."""
-    msg = str(err)
-    for ml, py in table.items():
-        if msg.startswith(py + " ") or msg.startswith(py + "="):
-            msg = f"{func}: {ml} ({py}){msg[len(py):]}"
-            break
-    else:
-        msg = f"{func}: {msg}"
-    raise type(err)(msg) from err
 
 
 # data ---------------------------------------------------------------------------------
@@ -198,19 +143,11 @@ _BN_OPTIONS = {
 }
 
 
-def _make(func, cls, args, kwargs, table, *pos, pos_table=None):
-    opts = _options(func, args, kwargs, table)
-    try:
-        return cls(*pos, **opts)
-    except (TypeError, ValueError) as e:
-        _reraise(func, e, {**(pos_table or {}), **table})
-
-
 def imageInputLayer(inputSize, *args, **kwargs):  # noqa: N802, N803
     """MATLAB ``imageInputLayer(inputSize, Name=Value...)``: an
     :class:`fmtarray.layers.ImageInputLayer`. Options: ``Normalization``,
     ``NormalizationDimension``, ``Mean``, ``StandardDeviation``, ``Min``, ``Max``, ``Name``."""
-    from .layers.input import ImageInputLayer
+    from ..layers.input import ImageInputLayer
 
     return _make("imageInputLayer", ImageInputLayer, args, kwargs, _IMAGE_INPUT_OPTIONS, inputSize,
                  pos_table={"InputSize": "input_size"})
@@ -218,14 +155,14 @@ def imageInputLayer(inputSize, *args, **kwargs):  # noqa: N802, N803
 
 def reluLayer(*args, **kwargs):  # noqa: N802
     """MATLAB ``reluLayer(Name=...)``: a :class:`fmtarray.layers.ReLULayer`."""
-    from .layers.activation import ReLULayer
+    from ..layers.activation import ReLULayer
 
     return _make("reluLayer", ReLULayer, args, kwargs, _NAME_ONLY)
 
 
 def softmaxLayer(*args, **kwargs):  # noqa: N802
     """MATLAB ``softmaxLayer(Name=...)``: a :class:`fmtarray.layers.SoftmaxLayer`."""
-    from .layers.activation import SoftmaxLayer
+    from ..layers.activation import SoftmaxLayer
 
     return _make("softmaxLayer", SoftmaxLayer, args, kwargs, _NAME_ONLY)
 
@@ -234,7 +171,7 @@ def maxPooling2dLayer(poolSize, *args, **kwargs):  # noqa: N802, N803
     """MATLAB ``maxPooling2dLayer(poolSize, Name=Value...)``: a
     :class:`fmtarray.layers.MaxPooling2DLayer`. Options: ``Stride`` (default 1),
     ``Padding`` (``p``, ``[a b]``, ``[t b l r]`` or ``"same"``), ``Name``."""
-    from .layers.pooling import MaxPooling2DLayer
+    from ..layers.pooling import MaxPooling2DLayer
 
     return _make("maxPooling2dLayer", MaxPooling2DLayer, args, kwargs, _POOL_OPTIONS, poolSize,
                  pos_table={"PoolSize": "pool_size"})
@@ -244,7 +181,7 @@ def averagePooling2dLayer(poolSize, *args, **kwargs):  # noqa: N802, N803
     """MATLAB ``averagePooling2dLayer(poolSize, Name=Value...)``: a
     :class:`fmtarray.layers.AveragePooling2DLayer`. Options: ``Stride``, ``Padding``,
     ``PaddingValue`` (``0`` or ``"mean"``), ``Name``."""
-    from .layers.pooling import AveragePooling2DLayer
+    from ..layers.pooling import AveragePooling2DLayer
 
     return _make("averagePooling2dLayer", AveragePooling2DLayer, args, kwargs, _AVG_POOL_OPTIONS,
                  poolSize, pos_table={"PoolSize": "pool_size"})
@@ -256,7 +193,7 @@ def fullyConnectedLayer(outputSize, *args, **kwargs):  # noqa: N802, N803
     ``WeightsInitializer``, ``BiasInitializer``, ``Weights`` (``outputSize×inputSize``),
     ``Bias``, ``WeightLearnRateFactor``, ``BiasLearnRateFactor``, ``WeightL2Factor``,
     ``BiasL2Factor``, ``Name``."""
-    from .layers.fully_connected import FullyConnectedLayer
+    from ..layers.fully_connected import FullyConnectedLayer
 
     return _make("fullyConnectedLayer", FullyConnectedLayer, args, kwargs, _FC_OPTIONS,
                  outputSize, pos_table={"OutputSize": "output_size"})
@@ -269,7 +206,7 @@ def batchNormalizationLayer(*args, **kwargs):  # noqa: N802
     ``TrainedVariance``, ``OffsetInitializer``, ``ScaleInitializer``,
     ``OffsetLearnRateFactor``, ``ScaleLearnRateFactor``, ``OffsetL2Factor``,
     ``ScaleL2Factor``, ``Name``."""
-    from .layers.normalization import BatchNormalizationLayer
+    from ..layers.normalization import BatchNormalizationLayer
 
     return _make("batchNormalizationLayer", BatchNormalizationLayer, args, kwargs, _BN_OPTIONS)
 
@@ -277,7 +214,7 @@ def batchNormalizationLayer(*args, **kwargs):  # noqa: N802
 def dlnetwork(layers, *args, Initialize=True, **kwargs):  # noqa: N802, N803
     """MATLAB ``dlnetwork(layers)``: a :class:`fmtarray.Network`, initialised when the first
     layer is an input layer (``Initialize=False`` leaves it uninitialised)."""
-    from .network import Network
+    from ..network import Network
 
     net = Network(list(layers))
     if Initialize and callable(getattr(net[0], "example_input", None)):
@@ -334,7 +271,7 @@ def trainingOptions(solverName="sgdm", *args, **kwargs):  # noqa: N802
     ``.png`` path), ``OutputFcn``; and two fmtarray extensions, ``Seed`` and
     ``Progress``.  Defaults are MATLAB's.
     """
-    from .training import TrainingOptions
+    from ..training import TrainingOptions
 
     opts = _options("trainingOptions", args, kwargs, _TRAINING_OPTIONS)
     for k in ("verbose", "reset_input_normalization"):
@@ -358,7 +295,7 @@ def trainingOptions(solverName="sgdm", *args, **kwargs):  # noqa: N802
 
 
 def _as_network(net_or_layers):
-    from .network import Network
+    from ..network import Network
 
     if isinstance(net_or_layers, Network):
         return net_or_layers
@@ -375,7 +312,7 @@ def trainnet(X, T, net, lossFcn="crossentropy", options=None):  # noqa: N803
     array in MATLAB's layout (``h×w×c×N`` images); ``T``: one-hot targets (``CB``) or
     integer class labels.  Returns ``(net, info)`` (a :class:`fmtarray.TrainingHistory`).
     """
-    from .training import train
+    from ..training import train
 
     if options is None:
         options = trainingOptions("sgdm")

@@ -1,0 +1,23 @@
+"""MATLAB-named functions for porting Deep Learning Toolbox code.
+
+Each function here has MATLAB's name and MATLAB's argument names and returns
+the same objects as its Python-named counterpart::
+
+    from fmtarray.matlab import convolution2dLayer, dlarray
+    layer = convolution2dLayer(3, 16, Padding="same")          # name=value ...
+    layer = convolution2dLayer(11, 96, "Stride", 4)           # ... or MATLAB's pairs
+    X = dlarray(images, "SSCB")
+
+Option names are matched case-insensitively, as MATLAB does.  Weights saved from
+MATLAB load directly: ``W`` (``h×w×C×F``) and ``b`` (``1×1×F``) read with
+``scipy.io.loadmat`` go straight into ``Weights=``/``Bias=``.
+
+One module per family: ``_core`` (``dlarray``, ``dlconv``, the seed's layers,
+``dlnetwork``, training).  Add new MATLAB names to the matching module (its
+``__all__``) and to the name table in ``docs/layers.md``.
+"""
+
+from ._core import *  # noqa: F401,F403
+from . import _core
+
+__all__ = [*_core.__all__]
