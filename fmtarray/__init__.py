@@ -14,6 +14,7 @@ from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, o
 from .ops import conv, conv_plan
 from ._kernels.conv.thresholds import tuning
 from .network import Network
+from .io import from_xarray, from_zarr, to_xarray, to_zarr
 from . import layers
 from . import matlab  # MATLAB-named constructors and aliases
 from .training import (  # the package is fmtarray.training; fmtarray.train is the function
@@ -32,5 +33,6 @@ __all__ = [
     "conv", "conv_plan", "tuning",
     "avg_pool", "batch_norm", "cross_entropy", "fully_connect", "max_pool", "one_hot", "softmax",
     "Network", "layers", "matlab",
+    "to_zarr", "from_zarr", "to_xarray", "from_xarray",
     "train", "TrainingOptions", "TrainingHistory", "sgdm", "adam", "rmsprop", "plot_training",
 ]
