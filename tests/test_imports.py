@@ -165,9 +165,9 @@ LAYERS = [
     ("fmtarray._format", "fmtarray._backend", "fmtarray._tape"),
     ("fmtarray._kernels", "fmtarray._validate"),
     ("fmtarray.array", "fmtarray._jax_pytree"),
-    ("fmtarray.ops",),
+    ("fmtarray.ops", "fmtarray.io"),
     ("fmtarray.autodiff", "fmtarray.layers"),
-    ("fmtarray.network",),
+    ("fmtarray.network", "fmtarray._layer_graph", "fmtarray._move", "fmtarray.persistence"),
     ("fmtarray.training",),
     ("fmtarray.matlab",),
 ]
