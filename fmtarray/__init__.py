@@ -12,6 +12,8 @@ from .ops import (
 )
 from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, one_hot, softmax
 from .ops import conv, conv_plan
+from .ops import transposed_conv
+from .ops import concat, flatten
 from ._kernels.conv.thresholds import tuning
 from .network import Network
 from .io import from_xarray, from_zarr, to_xarray, to_zarr
@@ -36,3 +38,5 @@ __all__ = [
     "to_zarr", "from_zarr", "to_xarray", "from_xarray",
     "train", "TrainingOptions", "TrainingHistory", "sgdm", "adam", "rmsprop", "plot_training",
 ]
+__all__ += ["concat", "flatten"]
+__all__ += ["transposed_conv"]

@@ -1,7 +1,9 @@
-"""``Network``: a layer array, MATLAB ``dlnetwork`` style.
+"""``Network``: a layer graph, MATLAB ``dlnetwork`` style.
 
-A network is a list of layers applied in order. Any object with ``predict(x)``
-is a layer; the rest of the protocol (:mod:`fmtarray.layers.base`) is optional:
+Built from a list, a network is a chain of layers applied in order; ``add_layers``,
+``connect_layers`` & co. (:mod:`fmtarray._layer_graph`) make any acyclic graph, with
+several inputs and outputs, evaluated in a topological order. Any object with
+``predict(x)`` (``predict(*xs)`` for several inputs) is a layer; the rest of the protocol (:mod:`fmtarray.layers.base`) is optional:
 ``learnable_names``, ``initialize(x, seed=...)``, ``forward(x) -> (y, state)``,
 ``update_state``, ``using``, factors, ``type_name()``/``description()``.
 
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._layer_graph import LayerGraph
+from ._layer_graph import in_ports as _in_ports
+from ._layer_graph import out_ports as _out_ports
 from .array import FormattedArray
 from .layers._protocol import as_fa as _as_fa
 from .layers._protocol import bound as _bound
 from .layers._protocol import cast_input as _cast_input
-from .layers._protocol import default_name as _default_name
-from .layers._protocol import description as _description
 from .layers._protocol import detach as _detach
 from .layers._protocol import factor as _factor
 from .layers._protocol import fmt_of as _fmt_of
@@ -40,6 +43,7 @@ from .layers._protocol import set_values as _set_values
 from .layers._protocol import state_names as _state_names
 from .layers._protocol import takes_seed as _takes_seed
 from .layers._protocol import type_name as _type_name
+from .layers.base import Layer as _Layer
 from .layers.base import own_value as _own_value
 
 __all__ = ["Network", "LearnablesTable", "LearnableRow"]
@@ -110,18 +114,25 @@ class LearnablesTable:
 # the network ------------------------------------------------------------------------------
 
 
-class Network:
-    """A layer array (MATLAB ``dlnetwork`` built from a ``Layer`` array).
+class Network(LayerGraph):
+    """A layer graph (MATLAB ``dlnetwork``); built from a list of layers it is a chain.
 
     Parameters
     ----------
     layers
-        Layers in order: built-in layers or any object with ``predict(x)``.
-        Unnamed layers are named as MATLAB does: the layer's base name
-        (``imageinput``, ``conv``, ``relu``, ``maxpool``, ``fc``, ``softmax``…) when
-        only one unnamed layer has it, else ``conv_1``, ``conv_2``…; names must be
-        unique. The layers' own ``name`` attributes are left as they are; the
-        resolved names are :attr:`layer_names`.
+        Layers in order (built-in layers or any object with ``predict(x)``), connected in
+        sequence: each layer's (first) output to the next layer's (first) input. ``None``
+        or ``[]`` makes an empty network to build with :meth:`add_layers` and
+        :meth:`connect_layers`. Unnamed layers are named as MATLAB does: the layer's base
+        name (``imageinput``, ``conv``, ``relu``, ``addition``…) when only one unnamed
+        layer has it, else ``conv_1``, ``conv_2``…; names must be unique. The layers' own
+        ``name`` attributes are left as they are; the resolved names are
+        :attr:`layer_names`.
+
+    A network input is an unconnected layer input, a network output an unconnected layer
+    output (:attr:`input_names`, :attr:`output_names`); :meth:`predict` and
+    :meth:`forward` take one value per input and return one per output (a tuple when
+    there are several). See ``docs/graphs.md``.
 
     Examples
     --------
@@ -135,83 +146,15 @@ class Network:
     ('imageinput', 'conv', 'relu', 'maxpool', 'fc', 'softmax')
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers=None):
         if isinstance(layers, Network):
             layers = layers.layers
-        try:
-            layers = list(layers)
-        except TypeError:
-            raise TypeError(f"Network needs a list of layers, got {type(layers).__name__}") from None
-        if not layers:
-            raise ValueError("Network needs at least one layer")
-        seen = {}
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Network):
-                raise TypeError(
-                    f"layer {i + 1} is a Network: a Network cannot be nested as a layer of "
-                    "another Network; put its layers in instead, e.g. "
-                    "Network([..., *inner.layers, ...])"
-                )
-            if not callable(getattr(layer, "predict", None)):
-                raise TypeError(
-                    f"layer {i + 1} ({type(layer).__name__}) is not a layer: a layer is an object "
-                    "with a predict(x) method (see fmtarray.layers.Layer)"
-                )
-            if id(layer) in seen:
-                raise ValueError(
-                    f"layers {seen[id(layer)] + 1} and {i + 1} are the same {type(layer).__name__} "
-                    "object; create a separate layer for each position"
-                )
-            seen[id(layer)] = i
-        self._layers = layers
-        self._names = self._resolve_names(layers)
-        self._initialized = False
-
-    @staticmethod
-    def _resolve_names(layers):
-        given = []
-        for i, layer in enumerate(layers):
-            n = getattr(layer, "name", "") or ""
-            if not isinstance(n, str):
-                raise TypeError(f"layer {i + 1} has a name that is not a str: {n!r}")
-            given.append(n)
-        where = {}
-        for i, n in enumerate(given):
-            if n:
-                if n in where:
-                    raise ValueError(
-                        f"layer names must be unique: {n!r} is the name of layers {where[n] + 1} "
-                        f"and {i + 1}"
-                    )
-                where[n] = i
-        taken = set(where)
-        counts = {}
-        for i, n in enumerate(given):
-            if not n:
-                b = _default_name(layers[i])
-                counts[b] = counts.get(b, 0) + 1
-        names = list(given)
-        next_k = {}
-        for i, n in enumerate(given):
-            if n:
-                continue
-            b = _default_name(layers[i])
-            if counts[b] == 1 and b not in taken:
-                cand = b
-            else:
-                k = next_k.get(b, 1)
-                while f"{b}_{k}" in taken:
-                    k += 1
-                cand = f"{b}_{k}"
-                next_k[b] = k + 1
-            taken.add(cand)
-            names[i] = cand
-        return tuple(names)
+        self._graph_init(layers)
 
     # access ---------------------------------------------------------------------------
     @property
     def layers(self) -> tuple:
-        """The layers, in order."""
+        """The layers, in the order they were added."""
         return tuple(self._layers)
 
     @property
@@ -221,7 +164,7 @@ class Network:
 
     @property
     def initialized(self) -> bool:
-        """True once :meth:`initialize` has run."""
+        """True once :meth:`initialize` has run (an edit of the graph resets it)."""
         return self._initialized
 
     def __len__(self):
@@ -242,68 +185,144 @@ class Network:
     def _label(self, i) -> str:
         return f"layer {i + 1} {self._names[i]!r} ({_type_name(self._layers[i])})"
 
-    def _context(self, i, x, err):
-        """Re-raise ``err`` (from layer ``i`` on input ``x``) naming the layers and formats."""
+    def _source(self, src, multi_in) -> str:
+        if src[0] == "net":
+            name = self.input_names[src[1]]
+            return "the network input" if not multi_in else f"the network input {name!r}"
+        j, q = src[1], src[2]
+        ports = _out_ports(self._layers[j])
+        port = "" if len(ports) == 1 else f" {ports[q]!r}"
+        return f"the output{port} of {self._label(j)}"
+
+    def _context(self, i, xs, err):
+        """Re-raise ``err`` (from layer ``i`` on inputs ``xs``) naming the layers and formats."""
         if type(err) not in (ValueError, TypeError):
             raise err
-        src = "the network input" if i == 0 else f"the output of {self._label(i - 1)}"
+        _, sources, _ = self._plan()
+        multi_in = len(self.input_names) > 1
         verb = "cannot take" if isinstance(err, ValueError) else "failed on"
-        msg = f"{self._label(i)} {verb} {src} ({_fmt_of(x)}): {err}"
-        raise type(err)(msg) from err
+        srcs = sources[i]
+        if len(srcs) == 1:
+            what = f"{self._source(srcs[0], multi_in)} ({_fmt_of(xs[0])})"
+        else:
+            ports = _in_ports(self._layers[i])
+            what = "its inputs: " + "; ".join(
+                f"{p!r} = {self._source(s, multi_in)} ({_fmt_of(x)})"
+                for p, s, x in zip(ports, srcs, xs))
+        raise type(err)(f"{self._label(i)} {verb} {what}: {err}") from err
 
     # initialisation -----------------------------------------------------------------------
+    def _unconnected(self, ports):
+        lines = [
+            f"  Layer {self._names[k]!r}: Unconnected input. Each layer input must be connected "
+            f"to the output of another layer. (input {shown!r})"
+            for k, _, shown in ports
+        ]
+        return "\n".join(lines)
+
+    def _examples(self, x, xp, dtype, device):
+        free = self._free_ports("in")
+        n = len(free)
+        given = x if isinstance(x, tuple) else (None,) * n if x is None else (x,)
+        if len(given) != n:
+            need = [f for f in free if not callable(getattr(self._layers[f[0]], "example_input", None))]
+            raise ValueError(
+                f"initialize() got {len(given)} example input(s) but the network has {n} inputs "
+                f"{self.input_names}; give a tuple with one example per input, in input_names "
+                "order (None for an input layer that knows its size)"
+                + ("; the layer inputs that are not input layers:\n" + self._unconnected(need)
+                   if need else "")
+            )
+        out, missing = [], []
+        for (k, _, shown), v in zip(free, given):
+            if v is None:
+                make = getattr(self._layers[k], "example_input", None)
+                if not callable(make):
+                    missing.append((k, _, shown))
+                    continue
+                v = make(xp=xp, dtype=dtype, device=device)
+            out.append(v)
+        if missing:
+            if n == 1:
+                raise ValueError(
+                    f"initialize() needs an example input x: the first layer, "
+                    f"{self._label(missing[0][0])}, is not an input layer that knows the input "
+                    "size (e.g. image_input_layer)"
+                )
+            raise ValueError(
+                "initialize() needs an example input for every network input that is not an input "
+                "layer (a tuple in input_names order, None where an input layer knows its size), "
+                "or connect these inputs:\n" + self._unconnected(missing)
+            )
+        return out
+
     def initialize(self, x=None, seed=0, *, xp=None, dtype=None, device=None):
-        """Initialise every layer from an example input and check that formats connect.
+        """Initialise every layer from example inputs and check that the formats connect.
 
         Parameters
         ----------
         x
-            An example input (a mini-batch; only its first observation goes past
-            the first layer). Optional when the first layer is an input layer
-            that knows its size (:class:`~fmtarray.layers.ImageInputLayer`).
+            An example input (a mini-batch; only its first observation goes past the
+            first layer), or a tuple with one per network input in :attr:`input_names`
+            order (``None`` entries for input layers that know their size). Optional when
+            every network input is an input layer that knows its size
+            (:class:`~fmtarray.layers.ImageInputLayer`).
         seed
-            int (default 0), ``numpy.random.Generator`` or None: each layer draws
-            its initial values from its own stream derived from it.
+            int (default 0), ``numpy.random.Generator`` or None: each layer draws its
+            initial values from its own stream derived from it and its position.
         xp, dtype, device
-            Where to create the example when ``x`` is None (default NumPy,
-            float32).
+            Where to create the examples an input layer makes (default NumPy, float32).
 
-        Returns ``self``. A layer that cannot take its predecessor's output
-        (e.g. a convolution after a fully connected layer, whose output is
-        ``CB``) is a ``ValueError`` naming both layers and the format.
+        Returns ``self``. A layer that cannot take its inputs (a convolution after a fully
+        connected layer, whose output is ``CB``; an addition of ``SSCB`` and ``CB``) is a
+        ``ValueError`` naming the layers and the formats; a network input that is not an
+        input layer and has no example is reported as MATLAB reports unconnected inputs.
         """
         from .layers.initializers import check_seed
 
         check_seed(seed, "Network.initialize")
-        if x is None:
-            first = self._layers[0]
-            make = getattr(first, "example_input", None)
-            if not callable(make):
-                raise ValueError(
-                    f"initialize() needs an example input x: the first layer, {self._label(0)}, "
-                    "is not an input layer that knows the input size (e.g. image_input_layer)"
-                )
-            x = make(xp=xp, dtype=dtype, device=device)
-        for i, layer in enumerate(self._layers):
+        if not self._layers:
+            raise ValueError(
+                "cannot initialize an empty network: it has no layers; add them with "
+                "net.add_layers(layers) (and connect them with net.connect_layers)"
+            )
+        order, sources, _ = self._plan()
+        examples = self._examples(x, xp, dtype, device)
+        vals = {}
+        for i in order:
+            layer = self._layers[i]
+            xs = [examples[s[1]] if s[0] == "net" else vals[(s[1], s[2])] for s in sources[i]]
             try:
                 init = getattr(layer, "initialize", None)
-                if callable(init):
+                if callable(init) and getattr(type(layer), "initialize", None) is not _Layer.initialize:
                     if _takes_seed(init):
-                        init(x, seed=_layer_seed(seed, i))
+                        init(*xs, seed=_layer_seed(seed, i))
                     else:
-                        init(x)  # a user layer whose initialize takes no seed
-                y = layer.predict(x)
+                        init(*xs)  # a user layer whose initialize takes no seed
+                ys = self._outputs(i, layer.predict(*xs))
             except (ValueError, TypeError) as e:
-                self._context(i, x, e)
-            if isinstance(y, FormattedArray) and y.format and "B" in y.format:
-                b = y.format.index("B")
-                if y.shape[b] > 1:
-                    y = y[(slice(None),) * b + (slice(0, 1),)]
-            x = _detach(y)
+                self._context(i, xs, e)
+            for q, y in enumerate(ys):
+                if isinstance(y, FormattedArray) and y.format and "B" in y.format:
+                    b = y.format.index("B")
+                    if y.shape[b] > 1:
+                        y = y[(slice(None),) * b + (slice(0, 1),)]
+                vals[(i, q)] = _detach(y)
         self._initialized = True
         return self
 
     # evaluation ---------------------------------------------------------------------------
+    def _outputs(self, i, y):
+        n = len(_out_ports(self._layers[i]))
+        if n == 1:
+            return (y,)
+        if not isinstance(y, tuple) or len(y) != n:
+            raise TypeError(
+                f"{self._label(i)} has {n} outputs {_out_ports(self._layers[i])} and must return a "
+                f"tuple of {n} values, got {type(y).__name__}"
+            )
+        return y
+
     def _params(self, i, learnables):
         if not learnables:
             return None
@@ -330,58 +349,99 @@ class Network:
             if k not in self._names:
                 raise ValueError(f"learnables has an unknown layer {k!r}; the layers are {self._names}")
 
-    def _entry(self, x, learnables):
-        """The network input cast to the network's float dtype (the input rule)."""
-        return _cast_input(x, _network_dtype(self._layers, self._names, learnables))
-
-    def forward(self, x, learnables=None):
-        """Training-time evaluation (MATLAB ``forward``): returns ``(y, state)``.
-
-        ``state`` is ``{layer_name: {state_name: value}}`` with the updated
-        non-learnable state (batch-norm running statistics); apply it with
-        :meth:`update_state`. ``learnables`` (optional, a tree like
-        :meth:`learnables`) replaces the layers' values for this call, without
-        changing the layers (safe from several threads at once). A floating ``x`` of
-        another float dtype is cast to the network's dtype first.
-        """
+    def _args(self, xs, learnables, who):
+        """The inputs and the learnables of a ``predict``/``forward`` call; the learnables
+        may follow the inputs positionally (the chain's ``forward(x, learnables)``)."""
+        n = len(self.input_names)
+        if len(xs) == n + 1 and learnables is None and (xs[-1] is None or isinstance(xs[-1], dict)):
+            xs, learnables = xs[:-1], xs[-1]
+        if not self._layers:
+            raise ValueError(f"{who}: the network has no layers")
+        if len(xs) != n:
+            raise TypeError(
+                f"{who} takes {n} input(s), one per network input {self.input_names}, got {len(xs)}"
+            )
         self._check_tree(learnables)
-        x = self._entry(x, learnables)
-        state = {}
-        for i, layer in enumerate(self._layers):
-            params = self._params(i, learnables)
+        ld = _network_dtype(self._layers, self._names, learnables)
+        return [_cast_input(x, ld) for x in xs], learnables
+
+    def _run(self, xs, learnables, training):
+        order, sources, outputs = self._plan()
+        uses = {}
+        for srcs in sources:
+            for s in srcs:
+                if s[0] == "layer":
+                    uses[(s[1], s[2])] = uses.get((s[1], s[2]), 0) + 1
+        for o in outputs:
+            uses[o] = uses.get(o, 0) + 1
+        vals, state = {}, {}
+        for i in order:
+            layer = self._layers[i]
+            ins = []
+            for s in sources[i]:
+                if s[0] == "net":
+                    ins.append(xs[s[1]])
+                    continue
+                key = (s[1], s[2])
+                ins.append(vals[key])
+                uses[key] -= 1
+                if not uses[key]:
+                    del vals[key]  # free intermediate values as soon as they are used
+            st = {}
             try:
-                with _bound(layer, params) as layer:
-                    fwd = getattr(layer, "forward", None)
+                with _bound(layer, self._params(i, learnables)) as lay:
+                    fwd = getattr(lay, "forward", None) if training else None
+                    if getattr(type(lay), "forward", None) is _Layer.forward:
+                        fwd = None  # the base class's forward is predict (for any number of inputs)
                     if callable(fwd):
-                        out = fwd(x)
+                        out = fwd(*ins)
                         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
                             y, st = out
                         else:
-                            y, st = out, {}
+                            y = out
                     else:
-                        y, st = layer.predict(x), {}
+                        y = lay.predict(*ins)
+                    ys = self._outputs(i, y)
             except (ValueError, TypeError) as e:
-                self._context(i, x, e)
+                self._context(i, ins, e)
             if st:
                 state[self._names[i]] = dict(st)
-            x = y
-        return x, state
+            for q, y in enumerate(ys):
+                if uses.get((i, q)):
+                    vals[(i, q)] = y
+        res = tuple(vals[o] for o in outputs)
+        return (res[0] if len(res) == 1 else res), state
 
-    def predict(self, x, learnables=None):
-        """Inference-time evaluation (MATLAB ``predict``); ``learnables`` as in :meth:`forward`."""
-        self._check_tree(learnables)
-        x = self._entry(x, learnables)
-        for i, layer in enumerate(self._layers):
-            params = self._params(i, learnables)
-            try:
-                with _bound(layer, params) as layer:
-                    x_next = layer.predict(x)
-            except (ValueError, TypeError) as e:
-                self._context(i, x, e)
-            x = x_next
-        return x
+    def forward(self, *xs, learnables=None):
+        """Training-time evaluation (MATLAB ``forward``): returns ``(y, state)``.
+
+        ``xs``: one value per network input (:attr:`input_names` order); ``y`` is the
+        output, or a tuple of outputs (:attr:`output_names` order). ``state`` is
+        ``{layer_name: {state_name: value}}`` with the updated non-learnable state
+        (batch-norm running statistics); apply it with :meth:`update_state`.
+        ``learnables`` (optional, a tree like :meth:`learnables`; it may also follow the
+        inputs positionally) replaces the layers' values for this call without changing
+        the layers (safe from several threads at once). A floating input of another float
+        dtype is cast to the network's dtype first.
+        """
+        xs, learnables = self._args(xs, learnables, "forward")
+        return self._run(xs, learnables, True)
+
+    def predict(self, *xs, learnables=None):
+        """Inference-time evaluation (MATLAB ``predict``); arguments as in :meth:`forward`,
+        returns the output (a tuple for several outputs)."""
+        xs, learnables = self._args(xs, learnables, "predict")
+        return self._run(xs, learnables, False)[0]
 
     __call__ = predict
+
+    def to(self, library, device=None):
+        """This network with its learnables, state and input statistics moved to ``library``
+        (``"numpy"``, ``"torch"``, a module…) and ``device``; see ``docs/devices.md``."""
+        from ._move import to_library
+
+        return to_library(self, library, device)
+
 
     # learnables ---------------------------------------------------------------------------
     def _layer_learnables(self, layer):
@@ -489,17 +549,20 @@ class Network:
 
     # display ----------------------------------------------------------------------------
     def __repr__(self):
-        rows = [
-            (str(i + 1), repr(getattr(layer, "name", "") or ""), _type_name(layer),
-             _description(layer))
-            for i, layer in enumerate(self._layers)
-        ]
-        w = [max(len(r[k]) for r in rows) for k in range(3)]
-        lines = [f"{len(rows)}x1 Layer array with layers:", ""]
-        for r in rows:
-            lines.append(
-                f"  {r[0].rjust(w[0] + 2)}   {r[1].ljust(w[1])}   {r[2].ljust(w[2])}   {r[3]}".rstrip()
-            )
-        return "\n".join(lines)
+        return self._display()
 
     __str__ = __repr__
+
+    # MATLAB property names -----------------------------------------------------------------
+    Layers = property(lambda self: self.layers, doc="MATLAB ``net.Layers``: :attr:`layers`.")
+    Connections = property(lambda self: self.connections,
+                           doc="MATLAB ``net.Connections``: :attr:`connections`.")
+    Learnables = property(lambda self: self.learnables(),
+                          doc="MATLAB ``net.Learnables``: the tree of :meth:`learnables`.")
+    State = property(lambda self: self.state(), doc="MATLAB ``net.State``: :meth:`state`.")
+    InputNames = property(lambda self: self.input_names,
+                          doc="MATLAB ``net.InputNames``: :attr:`input_names`.")
+    OutputNames = property(lambda self: self.output_names,
+                           doc="MATLAB ``net.OutputNames``: :attr:`output_names`.")
+    Initialized = property(lambda self: self._initialized,
+                           doc="MATLAB ``net.Initialized``: :attr:`initialized`.")

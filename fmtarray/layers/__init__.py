@@ -9,3 +9,9 @@ from .normalization import BatchNormalizationLayer, batch_normalization_layer  #
 from .pooling import (  # noqa: F401
     AveragePooling2DLayer, MaxPooling2DLayer, average_pooling2d_layer, max_pooling2d_layer,
 )
+from .combination import (  # noqa: F401
+    AdditionLayer, ConcatenationLayer, DepthConcatenationLayer, MultiplicationLayer,
+    addition_layer, concatenation_layer, depth_concatenation_layer, multiplication_layer,
+)
+from .flatten import FlattenLayer, flatten_layer  # noqa: F401
+from .transposed_convolution import TransposedConvolution2DLayer, transposed_conv2d_layer  # noqa: F401,E501
