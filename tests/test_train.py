@@ -355,7 +355,10 @@ def test_train_same_numbers_on_every_backend(xp):
     net, h = fa.train(_mlp(bn=True), _sscb(x, xp.ns) if xp.name != "numpy" else _sscb(x), y, opts)
     np.testing.assert_allclose(h.training_loss, ref.training_loss, rtol=1e-9)
     w = net.learnables()["fc_2"]["weights"]
-    assert fa._backend.library_name(w.data) == fa._backend.library_name(xp.asarray([0.0]))
+    # Dask-backed data is streamed one computed mini-batch at a time into a network that
+    # lives in the chunks' library (NumPy here); every other library trains in place
+    lib = "numpy" if xp.name == "dask" else fa._backend.library_name(xp.asarray([0.0]))
+    assert fa._backend.library_name(w.data) == lib
 
 
 def test_one_hot_targets_equal_integer_labels():

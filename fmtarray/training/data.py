@@ -75,6 +75,76 @@ def _batch(a: FormattedArray, order, start, stop):
     return FormattedArray._wrap(data, a.format)
 
 
+#: chunk-aware shuffling mixes the observations of this many consecutive (shuffled)
+#: chunks, so one mini-batch reads at most about this many chunks of a store
+SHUFFLE_WINDOW_CHUNKS = 4
+
+
+def is_streamed(a) -> bool:
+    """True for Dask-backed data: it is read one mini-batch at a time."""
+    return isinstance(a, FormattedArray) and _backend.library_name(a.data) == "dask"
+
+
+class Batches:
+    """Mini-batches of one FormattedArray along ``B``.
+
+    In-memory data is sliced (or gathered with ``take``) in its own library. Dask-backed
+    data (a Zarr store, a memory map, a lazy pipeline) is read one mini-batch at a time:
+    the batch's observations are gathered in sorted order (so each chunk is read once),
+    computed, put back in the requested order, and moved to the network's library and
+    device by ``to`` (set once the network exists; identity before). No task graph
+    outlives a batch, so every iteration costs the same.
+    """
+
+    def __init__(self, a: FormattedArray):
+        self.a = a
+        self.streamed = is_streamed(a)
+        self.to = None
+
+    def get(self, order, start, stop) -> FormattedArray:
+        if not self.streamed:
+            return _batch(self.a, order, start, stop)
+        a = self.a
+        ax = finddim(a, "B")[0]
+        if order is None:
+            host = a.data[(slice(None),) * ax + (slice(start, stop),)].compute()
+        else:
+            idx = _np.asarray(order[start:stop])
+            perm = _np.argsort(idx, kind="stable")
+            got = a.data[(slice(None),) * ax + (idx[perm],)].compute()
+            host = _np.take(_np.asarray(got), _np.argsort(perm, kind="stable"), axis=ax)
+        if self.to is not None:
+            host = self.to(host)
+        return FormattedArray._wrap(host, a.format)
+
+    def chunks(self):
+        """The sizes of the data's chunks along ``B`` (one chunk for in-memory data)."""
+        ax = finddim(self.a, "B")[0]
+        if self.streamed:
+            return tuple(int(c) for c in self.a.data.chunks[ax])
+        return (int(self.a.shape[ax]),)
+
+
+def permutation(rng, chunks) -> _np.ndarray:
+    """A random order of ``sum(chunks)`` observations that stays near the data's chunks.
+
+    One chunk (in-memory data): ``rng.permutation(n)``. Several: the chunks are
+    shuffled, then the observations of each window of :data:`SHUFFLE_WINDOW_CHUNKS`
+    consecutive shuffled chunks are shuffled together; a mini-batch then reads a few
+    chunks instead of one chunk per observation.
+    """
+    if len(chunks) <= 1:
+        return rng.permutation(int(sum(chunks)))
+    starts = _np.concatenate([[0], _np.cumsum(chunks)[:-1]]).astype(_np.int64)
+    corder = rng.permutation(len(chunks))
+    out = []
+    for w in range(0, len(corder), SHUFFLE_WINDOW_CHUNKS):
+        sel = corder[w:w + SHUFFLE_WINDOW_CHUNKS]
+        idx = _np.concatenate([_np.arange(starts[c], starts[c] + chunks[c]) for c in sel])
+        out.append(idx[rng.permutation(idx.size)])
+    return _np.concatenate(out)
+
+
 def _detach(tree):
     if isinstance(tree, FormattedArray):
         return FormattedArray._wrap(tree._data, tree._fmt) if tree._node is not None else tree

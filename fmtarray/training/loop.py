@@ -12,7 +12,7 @@ from .. import _backend
 from ..array import FormattedArray, finddim
 from ..autodiff import _flatten, _unflatten, value_and_grad
 from ..layers._protocol import cast_input, float_dtype
-from .data import _as_inputs, _as_targets, _batch, _correct, _detach
+from .data import Batches, _as_inputs, _as_targets, _correct, _detach, permutation
 from .history import TrainingHistory, plot_training
 from .options import TrainingOptions, learn_rate_at
 from .progress import _HEADER, _make_bar, _row
@@ -36,13 +36,14 @@ def _layers_of(net):
 
 
 def _evaluate(net, x, t, loss_fn, batch_size):
-    """(mean loss, accuracy %) of ``net.predict`` over ``x`` in mini-batches."""
-    n = x.size("B")
+    """(mean loss, accuracy %) of ``net.predict`` over ``x`` in mini-batches (``x``, ``t``:
+    :class:`~.data.Batches`)."""
+    n = x.a.size("B")
     tot_loss, hits, count = 0.0, 0.0, 0
     acc_ok = True
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
-        xb, tb = _batch(x, None, s, e), _batch(t, None, s, e)
+        xb, tb = x.get(None, s, e), t.get(None, s, e)
         y = net.predict(xb)
         tot_loss += float(loss_fn(y, tb).data) * (e - s)
         c = _correct(y, tb)
@@ -119,39 +120,55 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
             needed = getattr(first, "_needed", lambda: ())()
             if any(getattr(first, p, None) is None for p in needed):
                 first.compute_statistics(x)
+    xs = Batches(x)
+    if first is not None and getattr(first, "statistics_computed", False):
+        # statistics of Dask-backed inputs: computed once, kept where the network lives
+        _compute_lazy_values(first, _mover(net) if xs.streamed else None)
     if not _is_initialized(net):
-        net.initialize(_batch(x, None, 0, 1), seed=0 if options.seed is None else options.seed)
+        net.initialize(xs.get(None, 0, 1), seed=0 if options.seed is None else options.seed)
 
-    _check_same_library(net, x)
+    mover = _mover(net) if xs.streamed else None
+    xs.to = mover
+    _check_same_library(net, xs.get(None, 0, 1) if xs.streamed else x)
     net_dtype = _net_dtype(net)
     x = cast_input(x, net_dtype)
+    xs = Batches(x)
+    xs.to = mover
+
+    def source(a):
+        b = Batches(a)
+        b.to = mover
+        return b
 
     k_cache = []
 
     def num_classes():
         if not k_cache:
-            y = net.predict(_batch(x, None, 0, 1))
+            y = net.predict(xs.get(None, 0, 1))
             if not finddim(y, "C"):
                 raise ValueError(f"integer class labels need a network output with a 'C' dim, the "
                                  f"output has format {y.format!r}")
             k_cache.append(y.size("C"))
         return k_cache[0]
 
-    t = cast_input(_as_targets(targets, n, x, num_classes, "targets"), net_dtype)
+    like = xs.get(None, 0, 1) if xs.streamed else x
+    t = source(cast_input(_as_targets(targets, n, like, num_classes, "targets"), net_dtype))
     val = None
     if options.validation_data is not None:
         vx = cast_input(_as_inputs(options.validation_data[0], input_format,
                                    "validation inputs"), net_dtype)
-        vt = cast_input(_as_targets(options.validation_data[1], vx.size("B"), vx, num_classes,
+        vxs = source(vx)
+        vlike = vxs.get(None, 0, 1) if vxs.streamed else vx
+        vt = cast_input(_as_targets(options.validation_data[1], vx.size("B"), vlike, num_classes,
                                     "validation targets"), net_dtype)
-        val = (vx, vt)
+        val = (vxs, source(vt))
 
     solver = options.make_solver()
     bs = min(options.mini_batch_size, n)
     per_epoch = n // bs
     total = per_epoch * options.max_epochs
     rng = _np.random.default_rng(options.seed)
-    order = rng.permutation(n) if options.shuffle == "once" else None
+    order = permutation(rng, xs.chunks()) if options.shuffle == "once" else None
 
     def loss_and_state(params, xb, tb):
         y, state = net.forward(xb, learnables=params)
@@ -182,7 +199,7 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
     try:
         for epoch in range(1, options.max_epochs + 1):
             if options.shuffle == "every-epoch":
-                order = rng.permutation(n)
+                order = permutation(rng, xs.chunks())
             e_loss = e_hits = e_count = 0.0
             e_acc_ok = True
             lr = learn_rate_at(options, epoch, it + 1)
@@ -190,8 +207,8 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
                 it += 1
                 if callable(options.learn_rate_schedule):
                     lr = learn_rate_at(options, epoch, it)
-                xb = _batch(x, order, b * bs, (b + 1) * bs)
-                tb = _batch(t, order, b * bs, (b + 1) * bs)
+                xb = xs.get(order, b * bs, (b + 1) * bs)
+                tb = t.get(order, b * bs, (b + 1) * bs)
                 (lval, (y, state)), grads = vg(params, xb, tb)
                 lv = float(lval.data)
                 reason, why, new_params = _step(solver, params, grads, lrf, l2f, lr, lv)
@@ -370,6 +387,32 @@ def _is_initialized(net) -> bool:
     if flag is not None:
         return bool(flag)
     return bool(_flatten(net.learnables()))
+
+
+def _compute_lazy_values(layer, mover):
+    """Compute the Dask-valued attributes of ``layer`` (input statistics taken from
+    Dask-backed training data) in one pass, so the layer holds plain arrays (moved by
+    ``mover`` to the network's library, when it is not NumPy)."""
+    lazy = {k: v for k, v in vars(layer).items() if _backend.is_array(v)
+            and _backend.library_name(v) == "dask"}
+    if lazy:
+        import dask
+
+        for k, v in zip(lazy, dask.compute(*lazy.values())):
+            v = _np.asarray(v)
+            setattr(layer, k, v if mover is None else mover(v))
+
+
+def _mover(net):
+    """Host arrays → the network's library and device (None when that is NumPy): what
+    Dask-backed training data is converted to, one mini-batch at a time."""
+    for _, w in _flatten(net.learnables(), "learnables"):
+        if isinstance(w, FormattedArray):
+            if _backend.library_name(w.data) == "numpy":
+                return None
+            xp, dev = w.xp, w.device
+            return lambda h: _backend._from_host(h, xp, None, dev)
+    return None
 
 
 def _check_same_library(net, x):
