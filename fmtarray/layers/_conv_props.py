@@ -1,4 +1,5 @@
-"""Property normalisers and display helpers of :class:`~fmtarray.layers.Convolution2DLayer`.
+"""Property normalisers and display helpers of the convolution layers
+(:class:`~fmtarray.layers.convolution.ConvolutionLayerBase` and its subclasses).
 
 MATLAB-flavoured: numbers arrive as scalars, lists or the 1×n arrays that
 ``scipy.io.loadmat`` gives; every error names the property, the value and the legal
@@ -147,3 +148,64 @@ def _layout_shape(shape):
     shape = tuple(shape)
     return _validate.int_list("shape", shape, (len(shape),), 0,
                               "non-negative integer sizes, one per label of the format")
+
+
+# shared by the convolution layers ------------------------------------------------
+
+#: the keyword properties every convolution layer constructor takes
+COMMON_PROPERTIES = (
+    "stride", "dilation_factor", "padding", "padding_value", "weights_initializer",
+    "bias_initializer", "weights", "bias", "weight_learn_rate_factor", "bias_learn_rate_factor",
+    "weight_l2_factor", "bias_l2_factor", "name",
+)
+
+
+def _sizes_legal(nd, names):
+    if nd == 1:
+        return "a positive integer"
+    return f"a positive integer or a {'pair' if nd == 2 else 'triple'} {names} of positive integers"
+
+
+def check_properties(func, properties, legal):
+    """``TypeError`` listing ``legal`` when ``properties`` has an unknown key."""
+    for k in properties:
+        if k not in legal:
+            raise TypeError(
+                f"{func} got an unknown property {k!r}; the properties are " + ", ".join(legal)
+            )
+
+
+def factor_property(prop):
+    """A property that stores a learn-rate or L2 factor (a nonnegative number)."""
+    attr = "_" + prop
+
+    def get(self):
+        return getattr(self, attr)
+
+    def set_(self, value):
+        setattr(self, attr, _factor(value, prop))
+
+    return property(get, set_, doc=f"{prop}: nonnegative number")
+
+
+def _pad_matrix_str(p) -> str:
+    """``[a b …]``, or ``[t l f; b r k]`` for a 2×d matrix (3-D ``PaddingSize``)."""
+    if p and isinstance(p[0], tuple):
+        return "[" + "; ".join(" ".join(str(v) for v in row) for row in p) + "]"
+    return _vec(p)
+
+
+def display(cls_name, rows) -> str:
+    """MATLAB's property display: ``rows`` of ``(name, shown value)``, section titles
+    (str) and blank lines (None); names right-aligned."""
+    width = max([18] + [len(r[0]) + 4 for r in rows if isinstance(r, tuple)])
+    lines = [f"{cls_name} with properties:", ""]
+    for r in rows:
+        if r is None:
+            lines.append("")
+        elif isinstance(r, str):
+            lines.append(f"   {r}")
+        else:
+            lines.append(f"{r[0]:>{width}}: {r[1]}")
+    lines += ["", "  Use layer.properties() to see all properties."]
+    return "\n".join(lines)
