@@ -10,4 +10,3 @@ from .nn import batch_norm, cross_entropy, fully_connect, one_hot, softmax  # no
 from .pool import avg_pool, max_pool  # noqa: F401
 from .convolution import conv, conv_plan  # noqa: F401
 from .shape import concat, flatten  # noqa: F401
-from .transposed_conv import transposed_conv  # noqa: F401
