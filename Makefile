@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fmtarray-installed
-EXTRAS ?= test,docs,dask,zarr,xarray,scipy,plot,progress
+EXTRAS ?= test,docs,dask,zarr,xarray,cluster,scipy,plot,progress
 # torch is an optional test oracle and benchmark baseline.  It is installed only
 # when pip's local wheel directory holds the CPU build (an unpinned or remote
 # torch would pull a multi-GB CUDA build); set WITH_TORCH=0 to skip it.
