@@ -429,8 +429,16 @@ class Network(LayerGraph):
 
     def predict(self, *xs, learnables=None):
         """Inference-time evaluation (MATLAB ``predict``); arguments as in :meth:`forward`,
-        returns the output (a tuple for several outputs)."""
+        returns the output (a tuple for several outputs).
+
+        On Dask-backed inputs (and learnables that are not) it stays lazy and runs the
+        network once per block of batch-like chunks (``B``; ``T`` when the network treats
+        frames independently): see ``docs/scaling.md``."""
         xs, learnables = self._args(xs, learnables, "predict")
+        from . import _blockwise
+
+        if _blockwise.applies(self, xs, learnables):
+            return _blockwise.predict(self, xs, learnables)
         return self._run(xs, learnables, False)[0]
 
     __call__ = predict

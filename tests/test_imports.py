@@ -167,7 +167,8 @@ LAYERS = [
     ("fmtarray.array", "fmtarray._jax_pytree"),
     ("fmtarray.ops", "fmtarray.io"),
     ("fmtarray.autodiff", "fmtarray.layers"),
-    ("fmtarray.network", "fmtarray._layer_graph", "fmtarray._move", "fmtarray.persistence"),
+    ("fmtarray.network", "fmtarray._layer_graph", "fmtarray._move", "fmtarray.persistence",
+     "fmtarray._blockwise"),
     ("fmtarray.training",),
     ("fmtarray.matlab",),
 ]
