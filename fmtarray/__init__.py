@@ -12,6 +12,7 @@ from .ops import (
 )
 from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, one_hot, softmax
 from .ops import conv, conv_plan
+from .ops.transposed_conv import transposed_conv
 from .ops import concat, flatten
 from ._kernels.conv.thresholds import tuning
 from .network import Network
@@ -38,3 +39,4 @@ __all__ = [
     "train", "TrainingOptions", "TrainingHistory", "sgdm", "adam", "rmsprop", "plot_training",
 ]
 __all__ += ["concat", "flatten"]
+__all__ += ["transposed_conv"]

@@ -14,3 +14,4 @@ from .combination import (  # noqa: F401
     addition_layer, concatenation_layer, depth_concatenation_layer, multiplication_layer,
 )
 from .flatten import FlattenLayer, flatten_layer  # noqa: F401
+from .transposed_convolution import TransposedConvolution2DLayer, transposed_conv2d_layer  # noqa: F401,E501

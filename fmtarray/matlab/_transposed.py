@@ -2,4 +2,63 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ..layers.transposed_convolution import TransposedConvolution2DLayer
+from ..ops.transposed_conv import transposed_conv
+from ._common import _make, _options, _reraise
+
+__all__ = ["dltranspconv", "transposedConv2dLayer"]
+
+_DLTRANSPCONV_OPTIONS = {
+    "Stride": "stride",
+    "DilationFactor": "dilation_factor",
+    "Cropping": "cropping",
+    "WeightsFormat": "weights_format",
+    "DataFormat": "data_format",
+}
+
+
+def dltranspconv(X, weights, bias, *args, **kwargs):
+    """MATLAB ``dltranspconv(X, weights, bias, Name=Value...)``: :func:`fmtarray.transposed_conv`.
+
+    ``weights`` in MATLAB's layout ``filterSize × numFilters × numChannels`` (grouped:
+    ``filterSize × numFiltersPerGroup × numChannelsPerGroup × numGroups``). Options:
+    ``Stride``, ``DilationFactor``, ``Cropping`` (a number, one per dim, ``[t b l r]``,
+    a ``2×d`` ``[before; after]`` matrix or ``"same"``), ``WeightsFormat``,
+    ``DataFormat``.
+    """
+    opts = _options("dltranspconv", args, kwargs, _DLTRANSPCONV_OPTIONS)
+    try:
+        return transposed_conv(X, weights, bias, **opts)
+    except (TypeError, ValueError) as e:
+        _reraise("dltranspconv", e, _DLTRANSPCONV_OPTIONS)
+
+
+_LAYER_OPTIONS = {
+    "Stride": "stride",
+    "Cropping": "cropping",
+    "NumChannels": "num_channels",
+    "WeightsInitializer": "weights_initializer",
+    "BiasInitializer": "bias_initializer",
+    "Weights": "weights",
+    "Bias": "bias",
+    "WeightLearnRateFactor": "weight_learn_rate_factor",
+    "BiasLearnRateFactor": "bias_learn_rate_factor",
+    "WeightL2Factor": "weight_l2_factor",
+    "BiasL2Factor": "bias_l2_factor",
+    "Name": "name",
+}
+
+
+def transposedConv2dLayer(filterSize, numFilters, *args, **kwargs):  # noqa: N802
+    """MATLAB ``transposedConv2dLayer(filterSize, numFilters, Name=Value...)``.
+
+    Options (``Name=Value`` or positional pairs, case-insensitive): ``Stride``,
+    ``Cropping`` (a number, ``[a b]``, ``[t b l r]`` or ``"same"``), ``NumChannels``,
+    ``WeightsInitializer``, ``BiasInitializer``, ``Weights`` (``h×w×F×C``), ``Bias``
+    (``1×1×F``), ``WeightLearnRateFactor``, ``BiasLearnRateFactor``, ``WeightL2Factor``,
+    ``BiasL2Factor``, ``Name``. Returns a
+    :class:`fmtarray.layers.TransposedConvolution2DLayer`.
+    """
+    return _make("transposedConv2dLayer", TransposedConvolution2DLayer, args, kwargs,
+                 _LAYER_OPTIONS, filterSize, numFilters,
+                 pos_table={"FilterSize": "filter_size", "NumFilters": "num_filters"})
