@@ -16,6 +16,7 @@ from .ops.transposed_conv import transposed_conv
 from .ops import concat, flatten
 from ._kernels.conv.thresholds import tuning
 from .network import Network
+from .persistence import load, save
 from .io import from_xarray, from_zarr, to_xarray, to_zarr
 from . import layers
 from . import matlab  # MATLAB-named constructors and aliases
@@ -40,3 +41,4 @@ __all__ = [
 ]
 __all__ += ["concat", "flatten"]
 __all__ += ["transposed_conv"]
+__all__ += ["save", "load"]

@@ -4,6 +4,11 @@ It turns raw images into ``SSCB`` FormattedArrays and normalises them. The
 normalisation statistics are computed from the training data, as MATLAB does,
 by :meth:`ImageInputLayer.compute_statistics` (the training loop calls it on the
 whole training set before training).
+
+The statistics (``mean``, ``standard_deviation``, ``min``, ``max``) are the layer's
+non-learnable *state* (``state_names``): :meth:`fmtarray.Network.state` reports them,
+:meth:`fmtarray.Network.update_state` sets them (checked against ``input_size``),
+``Network.to`` moves them and :func:`fmtarray.save` stores them.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class ImageInputLayer(Layer):
     """
 
     default_name = "imageinput"
+    #: the normalisation statistics are non-learnable state (moved and saved with it)
+    state_names = ("mean", "standard_deviation", "min", "max")
 
     def __init__(self, input_size, *, normalization="zerocenter", normalization_dimension="auto",
                  mean=None, standard_deviation=None, min=None, max=None, name=""):
@@ -158,6 +165,17 @@ class ImageInputLayer(Layer):
             self.max = red(xp.max)
         self.statistics_computed = True
         return self
+
+    def update_state(self, state: dict) -> None:
+        """Set statistics (``{"mean": ..., ...}``), each checked against ``input_size``
+        as the constructor checks them (a scalar, ``c``, ``1×1×c`` or ``h×w×c`` values)."""
+        for k, v in state.items():
+            if k not in self.state_names:
+                raise ValueError(
+                    f"image input layer {self.name!r} has no state {k!r}; its state is "
+                    f"{', '.join(self.state_names)}"
+                )
+            setattr(self, k, self._stat(v, k))
 
     # protocol ------------------------------------------------------------------------
     def example_input(self, *, xp=None, dtype=None, device=None):
