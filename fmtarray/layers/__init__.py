@@ -15,3 +15,11 @@ from .combination import (  # noqa: F401
 )
 from .flatten import FlattenLayer, flatten_layer  # noqa: F401
 from .transposed_convolution import TransposedConvolution2DLayer, transposed_conv2d_layer  # noqa: F401,E501
+from .convolution import ConvolutionLayerBase  # noqa: F401
+from .convolution_nd import (  # noqa: F401
+    Convolution1DLayer, Convolution3DLayer, convolution1d_layer, convolution3d_layer,
+)
+from .grouped_convolution import GroupedConvolution2DLayer, grouped_conv2d_layer  # noqa: F401
+from .dropout import DropoutLayer, dropout_layer  # noqa: F401
+from .activation import LeakyReLULayer, leaky_relu_layer  # noqa: F401
+from .pooling import GlobalAveragePooling2DLayer, global_average_pooling2d_layer  # noqa: F401

@@ -195,10 +195,16 @@ def _pad_matrix_str(p) -> str:
     return _vec(p)
 
 
+def matlab_number(v) -> str:
+    """A real number as MATLAB's ``format short`` shows it: ``0``, ``3``, ``0.5000``."""
+    v = float(v)
+    return str(int(v)) if v.is_integer() else f"{v:.4f}"
+
+
 def display(cls_name, rows) -> str:
     """MATLAB's property display: ``rows`` of ``(name, shown value)``, section titles
-    (str) and blank lines (None); names right-aligned."""
-    width = max([18] + [len(r[0]) + 4 for r in rows if isinstance(r, tuple)])
+    (str) and blank lines (None); names right-aligned, four spaces before the longest."""
+    width = max(len(r[0]) + 4 for r in rows if isinstance(r, tuple))
     lines = [f"{cls_name} with properties:", ""]
     for r in rows:
         if r is None:

@@ -1,13 +1,19 @@
-"""Activation layers: ``ReLULayer`` (MATLAB ``reluLayer``) and ``SoftmaxLayer``
-(MATLAB ``softmaxLayer``). No learnables; any format (softmax needs ``C``)."""
+"""Activation layers: ``ReLULayer`` (MATLAB ``reluLayer``), ``LeakyReLULayer``
+(MATLAB ``leakyReluLayer``) and ``SoftmaxLayer`` (MATLAB ``softmaxLayer``). No
+learnables; any format (softmax needs ``C``)."""
 
 from __future__ import annotations
 
-from ..ops.elementwise import relu
+import math
+import numbers
+
+from ..ops.elementwise import leaky_relu, relu
 from ..ops.nn import softmax
+from ._conv_props import display, matlab_number
 from .base import Layer, check_name
 
-__all__ = ["ReLULayer", "SoftmaxLayer", "relu_layer", "softmax_layer"]
+__all__ = ["ReLULayer", "SoftmaxLayer", "relu_layer", "softmax_layer", "LeakyReLULayer",
+           "leaky_relu_layer"]
 
 
 class ReLULayer(Layer):
@@ -67,3 +73,62 @@ def relu_layer(*, name="") -> ReLULayer:
 def softmax_layer(*, name="") -> SoftmaxLayer:
     """Create a :class:`SoftmaxLayer` (MATLAB ``softmaxLayer``)."""
     return SoftmaxLayer(name=name)
+
+
+def _scale(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"scale must be a finite real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"scale must be a finite real number, got {value!r}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+class LeakyReLULayer(Layer):
+    """Leaky rectified linear unit (MATLAB ``leakyReluLayer``): ``x`` where ``x > 0``,
+    else ``scale · x``, elementwise (:func:`fmtarray.leaky_relu`); keeps the format.
+
+    Parameters
+    ----------
+    scale
+        The slope for negative inputs, a finite real number; default 0.01.
+    name
+        Layer name, default ``""``.
+    """
+
+    default_name = "leakyrelu"
+
+    def __init__(self, scale=0.01, *, name=""):
+        self.name = check_name(name)
+        self.scale = scale
+
+    @property
+    def scale(self):
+        """The slope for negative inputs (MATLAB ``Scale``)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value):
+        self._scale = _scale(value)
+
+    def predict(self, x):
+        return leaky_relu(x, self._scale)
+
+    def type_name(self) -> str:
+        return "Leaky ReLU"
+
+    def description(self) -> str:
+        return f"Leaky ReLU with scale {self._scale:g}"
+
+    def properties(self) -> dict:
+        """Every property, by its Python name (MATLAB's ``properties``)."""
+        return {"name": self.name, "scale": self._scale, "num_inputs": 1, "input_names": ("in",),
+                "num_outputs": 1, "output_names": ("out",)}
+
+    def __repr__(self):
+        return display("LeakyReLULayer", [("Name", repr(self.name)), None, "Hyperparameters",
+                                          ("Scale", matlab_number(self._scale))])
+
+
+def leaky_relu_layer(scale=0.01, *, name="") -> LeakyReLULayer:
+    """Create a :class:`LeakyReLULayer` (MATLAB ``leakyReluLayer``)."""
+    return LeakyReLULayer(scale, name=name)

@@ -1,4 +1,5 @@
-"""2-D pooling layers: MATLAB's ``maxPooling2dLayer`` and ``averagePooling2dLayer``.
+"""2-D pooling layers: MATLAB's ``maxPooling2dLayer``, ``averagePooling2dLayer`` and
+``globalAveragePooling2dLayer``.
 
 They pool over the same dims a 2-D convolution layer convolves (SPEC §3.2):
 ``SSCB``, ``SSC``, ``SSCBT``, ``SSCT``, ``SSB``, ``SS``, ``SSBT`` pool over the two
@@ -10,12 +11,13 @@ They pool over the same dims a 2-D convolution layer convolves (SPEC §3.2):
 from __future__ import annotations
 
 from ..ops.pool import _count_pad, avg_pool, max_pool
-from ._conv_props import _ints, _padding
-from .base import Layer
+from ..ops.reductions import mean
+from ._conv_props import _ints, _padding, display
+from .base import Layer, check_name
 
 __all__ = [
     "MaxPooling2DLayer", "AveragePooling2DLayer", "max_pooling2d_layer",
-    "average_pooling2d_layer",
+    "average_pooling2d_layer", "GlobalAveragePooling2DLayer", "global_average_pooling2d_layer",
 ]
 
 _X = "\u00d7"
@@ -155,3 +157,55 @@ def average_pooling2d_layer(pool_size, *, stride=1, padding=0, padding_value=0,
     """Create an :class:`AveragePooling2DLayer` (MATLAB ``averagePooling2dLayer``)."""
     return AveragePooling2DLayer(pool_size, stride=stride, padding=padding,
                                  padding_value=padding_value, name=name)
+
+
+class GlobalAveragePooling2DLayer(Layer):
+    """2-D global average pooling (MATLAB ``globalAveragePooling2dLayer``): the mean over
+    the dims a 2-D convolution layer convolves (both ``S`` of ``SSCB``, ``SSCBT``, …;
+    ``S`` and ``T`` of ``SCBT``, …), which stay in the output with size 1 (``SSCB``
+    ``h×w×C×N`` gives ``1×1×C×N``). No learnables; ``name`` only."""
+
+    default_name = "gapool"
+
+    def __init__(self, *, name=""):
+        self.name = check_name(name)
+
+    def _pooled(self, x):
+        fmt = getattr(x, "format", "")
+        if fmt in _SS:
+            return "S"
+        if fmt in _ST:
+            return "ST"
+        who = f"{self.type_name().lower()} layer"
+        who = f"{who} {self.name!r}" if self.name else who
+        shown = fmt if fmt else "'' (unformatted)"
+        raise ValueError(
+            f"a {who} cannot take input of format {shown!r}; accepted formats are "
+            + ", ".join(_SS + _ST)
+        )
+
+    def initialize(self, x, *, seed=None):
+        self._pooled(x)  # format check
+        return self
+
+    def predict(self, x):
+        return mean(x, self._pooled(x), keepdims=True)
+
+    def type_name(self) -> str:
+        return "2-D Global Average Pooling"
+
+    def description(self) -> str:
+        return "2-D global average pooling"
+
+    def properties(self) -> dict:
+        """Every property, by its Python name (MATLAB's ``properties``)."""
+        return {"name": self.name, "num_inputs": 1, "input_names": ("in",), "num_outputs": 1,
+                "output_names": ("out",)}
+
+    def __repr__(self):
+        return display("GlobalAveragePooling2DLayer", [("Name", repr(self.name))])
+
+
+def global_average_pooling2d_layer(*, name="") -> GlobalAveragePooling2DLayer:
+    """Create a :class:`GlobalAveragePooling2DLayer` (MATLAB ``globalAveragePooling2dLayer``)."""
+    return GlobalAveragePooling2DLayer(name=name)

@@ -10,3 +10,4 @@ from .nn import batch_norm, cross_entropy, fully_connect, one_hot, softmax  # no
 from .pool import avg_pool, max_pool  # noqa: F401
 from .convolution import conv, conv_plan  # noqa: F401
 from .shape import concat, flatten  # noqa: F401
+from .elementwise import leaky_relu  # noqa: F401

@@ -14,6 +14,7 @@ __all__ = [
     "add", "subtract", "multiply", "divide", "pow", "negative",
     "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
     "abs", "exp", "log", "sqrt", "square", "tanh", "sigmoid", "relu", "sin", "cos",
+    "leaky_relu",
     "maximum", "minimum", "where", "clip", "astype", "to_device", "getitem",
 ]
 
@@ -285,6 +286,32 @@ cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x))
 # relu: the library's own relu / maximum (NaN in, NaN out); the VJP reads only the
 # output and is torch's threshold_backward: 0 where y <= 0, else g (NaN y included)
 relu = _unary("relu", _k.relu, lambda xp, g, x, y: _k.relu_vjp(xp, g, y))
+
+
+def leaky_relu(x, scale=0.01):
+    """Leaky ReLU (MATLAB ``leakyrelu``): ``x`` where ``x > 0``, else ``scale · x``;
+    keeps the format. The VJP is torch's: ``g`` where ``x > 0``, else ``scale · g``
+    (so a NaN input gives ``scale · g``); NaN in, NaN out."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) \
+            or not math.isfinite(float(scale)):
+        raise TypeError(f"leaky_relu: scale must be a finite real number, got {scale!r}")
+    s = float(scale)
+    if not isinstance(x, FormattedArray):
+        if _is_scalar(x):
+            raise TypeError(f"leaky_relu expects an array, got the scalar {x!r}")
+        x = FormattedArray(x)
+    xd = x._data
+    xp = _backend.namespace(xd)
+    if not _is_float(xp, xd.dtype):
+        raise TypeError(
+            f"leaky_relu needs a floating-point array, got dtype {xd.dtype}; "
+            "convert with astype() first (fmtarray never casts silently)"
+        )
+    pos = xd > 0
+    out = FormattedArray._wrap(xp.where(pos, xd, xd * s), x._fmt)
+    if x._node is not None:
+        _tape.record(out, (x,), lambda g, needs: (xp.where(pos, g, g * s),), "leaky_relu")
+    return out
 
 
 # where / clip ------------------------------------------------------------------
