@@ -135,6 +135,7 @@ def concat(xs, dim):
             start += x.shape[ax]
         dtypes = [r.dtype for r in raws]
         lead = (slice(None),) * ax
+        tail = (slice(None),) * (nd - ax - 1)  # a full index: the array API has no implicit tail
 
         def back(g, needs):
             out_g = []
@@ -142,7 +143,7 @@ def concat(xs, dim):
                 if not need:
                     out_g.append(None)
                     continue
-                part = g[lead + (slice(a, b),)]
+                part = g[lead + (slice(a, b),) + tail]
                 out_g.append(part if part.dtype == dt else xp.astype(part, dt))
             return tuple(out_g)
 
