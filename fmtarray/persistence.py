@@ -537,7 +537,7 @@ def _build(manifest, arrays):
 
 
 def _assemble(Network, layers, names, conns):
-    """The network: its layers added at once (MATLAB's names resolved as when it was
+    """The network: its layers added (in groups that give MATLAB's names as when it was
     built), then its connections made equal to the saved ones."""
     if conns is None:  # a file from a chain-only network
         return Network(layers)
@@ -546,14 +546,9 @@ def _assemble(Network, layers, names, conns):
             for c in conns):
         raise _Damaged(f"the manifest's network.connections is not a list of [source, "
                        f"destination] names: {conns!r:.120}")
-    net = Network(layers)
-    if tuple(net.layer_names) != tuple(names):
-        # the layers were added in several groups, so MATLAB's automatic names differ from
-        # one addition of them all: give the unnamed layers their saved names
-        for layer, n in zip(layers, names):
-            if not getattr(layer, "name", ""):
-                layer.name = n
-        net = Network(layers)
+    net = Network()
+    for group in _groups(layers, list(names)):
+        net.add_layers(group)
     want = [tuple(c) for c in conns]
     for c in net.connections:
         if c not in want:
@@ -565,6 +560,32 @@ def _assemble(Network, layers, names, conns):
     if list(net.connections) != want:
         raise _Damaged(f"the rebuilt connections {net.connections} differ from the saved ones")
     return net
+
+
+def _groups(layers, names):
+    """Split ``layers`` into the fewest consecutive groups whose MATLAB names, resolved as
+    ``add_layers`` resolves them group by group, are the saved ``names`` (a network built
+    by several ``add_layers`` calls names its unnamed layers per call)."""
+    from ._layer_graph import _resolve_names
+
+    groups, taken, i, n = [], {}, 0, len(layers)
+    while i < n:
+        for k in range(n - i, 0, -1):
+            try:
+                got = _resolve_names(layers[i:i + k], taken, i)
+            except (TypeError, ValueError):
+                continue
+            if list(got) == names[i:i + k]:
+                break
+        else:  # no grouping gives these names (a file edited by hand): name the layers
+            for layer, name in zip(layers[i:], names[i:]):
+                if not getattr(layer, "name", ""):
+                    layer.name = name
+            k = n - i
+        groups.append(layers[i:i + k])
+        taken.update({m: i + j + 1 for j, m in enumerate(names[i:i + k])})
+        i += k
+    return groups
 
 
 def _mark_initialized(net, info):
