@@ -1,30 +1,40 @@
-"""Dask's convolution: blockwise over the batch chunks, the chunk library's kernels inside.
+"""Dask's convolution: block by block, the chunk library's kernels inside each block.
 
-One entry, ``dask.blockwise``, serves the forward and both gradients. The kernel
-arrays (``layout.dims`` order, e.g. ``"01CN"``) are split along their ``N`` dim only:
+The kernel arrays (``layout.dims`` order, e.g. ``"01CN"``) keep their chunks:
 
-* the input keeps its ``N`` chunking (uneven chunks included); a chunked convolved
-  dim or a chunked ``C`` is **rechunked to one block** first. Exchanging halos of
-  ``(k - 1) · dilation`` between chunks of a convolved dim (SPEC §6) is a separate
-  capability, not implemented here: a convolved dim is whole within every block;
+* ``N`` (every batch-like dim merged) is split as the input is (uneven chunks too);
+* a **chunked convolved dim keeps its chunking**: :mod:`._dask_halo` plans, per output
+  block, the input window it reads (its own chunk plus halos of about
+  ``(k - 1) · dilation`` from its neighbours, split per the padding; strides honoured
+  across chunk boundaries) and the output has as many chunks as the input along that
+  dim (SPEC §6). Mirror/replicate padding of a chunked dim is applied lazily to the
+  Dask array first; constant padding is added by each block's kernel. A convolved dim
+  with input dilation (``lhs_dilation > 1``) is rechunked to one block;
+* a chunked ``C`` is **rechunked to one block** (every filter needs every channel of
+  its group);
 * the weights and the bias are rechunked to one block each and handed to every block;
 * each block runs the **chunk library's own registry** (:func:`.registry.forward` /
   :func:`.registry.backward` with the chunk's namespace, found from the Dask array's
   ``_meta``; NumPy chunks get the NumPy kernels) on the same :class:`~.spec.ConvSpec`
-  with ``N`` replaced by the block's ``N`` and a :class:`~.spec.Layout` of the block;
-* **forward**: one task per block, the output keeps the input's ``N`` chunks;
-* **backward** (fused): one task per block computes the block's input gradient and its
-  partial weight gradient in one kernel call; the input gradient is taken out per block
-  (it keeps the ``N`` chunks), the partial weight gradients are added by a tree of
+  with ``N``, the window sizes and the block's own padding, and a :class:`~.spec.Layout`
+  of the block. A dim in one chunk is read whole with the op's padding, so an input
+  chunked along ``N`` only runs exactly the kernel calls of the unchunked op per batch
+  block;
+* **forward**: one task per output block;
+* **backward** (fused): one task per output block computes the gradient with respect
+  to its window and its partial weight gradient in one kernel call; the input gradient
+  of each input chunk adds the window gradients overlapping it (one task per chunk;
+  where halos overlap, the sum is in block order, so it may differ from the unchunked
+  kernel's in the last bits); the partial weight gradients are added by a tree of
   tasks, each adding up to :data:`SPLIT_EVERY` of them (a partial is freed once added).
   The bias gradient is the front door's ``xp.sum``.
 
 Everything stays lazy: nothing is computed until the caller computes, and the graph has
 a bounded number of tasks per input chunk: one kernel task per block, one more per
-block to take out the input gradient when both gradients are wanted, about one in
-``SPLIT_EVERY - 1`` for the sums, plus the rechunks of the inputs. The tuning settings
-in force when the graph is built (:func:`.tuning.current`) are the ones the blocks run
-with, whichever thread of the scheduler runs them.
+input chunk for the input gradient, about one in ``SPLIT_EVERY - 1`` for the sums, plus
+the rechunks of the inputs. The tuning settings in force when the graph is built
+(:func:`.tuning.current`) are the ones the blocks run with, whichever thread of the
+scheduler runs them.
 
 Threads. Dask's threaded scheduler runs one task per core at once, and the NumPy
 kernels spread one call over every core too (their own worker pool, BLAS held at one
@@ -44,14 +54,15 @@ thread, asked for explicitly, run the blocks on that one thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import string
 import threading
 
 from ... import _backend
 from . import registry
+from ._dask_halo import Grads
 from .registry import Algo, register
-from .spec import Layout
+from .spec import Layout, effective_size
 from .thresholds import current, tuning
 
 __all__ = ["SPLIT_EVERY", "forward", "backward"]
@@ -93,15 +104,6 @@ def _chunk_namespace(a):
     return _backend.namespace(meta)
 
 
-def _letters(dims):
-    """Blockwise indices of the input's dims, of the output's (or cotangent's: only ``N``
-    is shared with the input) and of the weights' ``d + 3`` dims."""
-    x_ind = "".join("n" if r == "N" else "c" if r == "C" else "abde"[int(r)] for r in dims)
-    y_ind = "".join("n" if r == "N" else "f" if r == "C" else "pqrs"[int(r)] for r in dims)
-    w_ind = string.ascii_uppercase[:len(dims) + 1]
-    return x_ind, y_ind, w_ind
-
-
 def _one_block(a):
     """A Dask array in one chunk (a non-Dask array made into one)."""
     da = _da()
@@ -110,31 +112,29 @@ def _one_block(a):
     return a if a.npartitions == 1 else a.rechunk(-1)
 
 
-def _batch_blocks(a, n_axis, n_chunks=None):
-    """``a`` chunked along ``n_axis`` only (``n_chunks`` there, or its own chunks)."""
-    target = {ax: -1 for ax in range(a.ndim) if ax != n_axis}
-    if n_chunks is not None:
-        target[n_axis] = n_chunks
-    if all(len(a.chunks[ax]) == 1 for ax in target if ax != n_axis) and (
-            n_chunks is None or a.chunks[n_axis] == tuple(n_chunks)):
-        return a
-    return a.rechunk(target)
+def _block_key(a):
+    """The key of a one-chunk Dask array's only block."""
+    return (a.name,) + (0,) * a.ndim
 
 
-def _unwrap(a):
-    """A block passed with ``concatenate=False``: nested one-element lists around it."""
-    while isinstance(a, list):
-        (a,) = a
-    return a
+def _input_chunks(x, spec, dims):
+    """``x`` with ``C`` in one chunk, and a convolved dim with input dilation (whose
+    windows this module does not plan) in one chunk; other dims keep their chunks."""
+    target = {dims.index("C"): -1}
+    for i, s in enumerate(spec.lhs_dilation):
+        if s > 1:
+            target[dims.index(str(i))] = -1
+    if all(len(x.chunks[ax]) == 1 for ax in target):
+        return x
+    return x.rechunk(target)
 
 
-class _Grads:
-    """A block's ``(gx, gw)`` (not a tuple: Dask would take a tuple apart)."""
+def _windows(spec, dims, x):
+    from ._dask_halo import Windows
 
-    __slots__ = ("gx", "gw")
-
-    def __init__(self, gx, gw):
-        self.gx, self.gw = gx, gw
+    axes = [dims.index(str(i)) for i in range(spec.d)]
+    eff = [effective_size(k, dl) for k, dl in zip(spec.k, spec.dilation)]
+    return Windows(x, axes, eff, spec.stride, spec.pb, spec.pa, spec.out, spec.value)
 
 
 def _one_per_core(cxp, n_blocks):
@@ -157,64 +157,60 @@ def _threads(one_per_core):
     return on_calling_thread()
 
 
-def _run(spec, dims, settings, one_per_core, kernel, *arrays):
-    """Run ``kernel`` on a block's arrays with the block's spec, settings and threads."""
-    n = arrays[0].shape[dims.index("N")]
-    bspec = spec if n == spec.N else spec.replace(N=n)
-    with tuning(**settings), _threads(one_per_core):
-        return kernel(bspec, *arrays)
+def _block_spec(spec, dims, x, lb, la):
+    """``spec`` for a block: its ``N``, its window sizes and the padding it adds."""
+    n = x.shape[dims.index("N")]
+    sp = tuple(x.shape[dims.index(str(i))] for i in range(spec.d))
+    if (n, sp, lb, la) == (spec.N, spec.sp, spec.pb, spec.pa):
+        return spec
+    return spec.replace(N=n, sp=sp, pb=lb, pa=la)
 
 
-def _forward_block(x, w, b, *, spec, dims, settings, one_per_core):
-    x, w, b = _unwrap(x), _unwrap(w), _unwrap(b)
+def _forward_block(x, lb, la, w, b, *, spec, dims, settings, one_per_core):
     cxp = _backend.namespace(x)
-
-    def kernel(bspec, x):
+    bspec = _block_spec(spec, dims, x, lb, la)
+    with tuning(**settings), _threads(one_per_core):
         return registry.forward(cxp, bspec, Layout.of(dims, x), x, w, b)
 
-    return _run(spec, dims, settings, one_per_core, kernel, x)
 
-
-def _backward_block(gy, x, w, *, spec, dims, settings, one_per_core, needs):
-    gy, x, w = _unwrap(gy), _unwrap(x), _unwrap(w)
+def _backward_block(x, lb, la, gy, w, *, spec, dims, settings, one_per_core, needs):
     cxp = _backend.namespace(x)
-
-    def kernel(bspec, gy, x):
+    bspec = _block_spec(spec, dims, x, lb, la)
+    with tuning(**settings), _threads(one_per_core):
         gx, gw, _ = registry.backward(cxp, bspec, Layout.of(dims, x, gy), gy, x, w,
                                       (needs[0], needs[1], False))
-        return gx, gw
-
-    gx, gw = _run(spec, dims, settings, one_per_core, kernel, gy, x)
-    return gx if not needs[1] else _Grads(gx, gw)
-
-
-def _take_gx(g):
-    return g.gx
+    return Grads(gx, gw)
 
 
 def _sum_gw(*parts):
     """The sum of blocks' (or partial sums') weight gradients, in their order."""
     acc = None
     for p in parts:
-        g = p.gw if isinstance(p, _Grads) else p
+        g = p.gw if isinstance(p, Grads) else p
         acc = g if acc is None else acc + g
     return acc
 
 
-def _tree_sum(blocks, name, shape, dtype, meta):
+def _tree_sum(blocks, keys, name, shape, meta):
     """The weight gradient: the blocks' partials added by a tree of tasks, each adding
     up to :data:`SPLIT_EVERY` of them (partials are freed as soon as they are added)."""
-    from dask import delayed
+    from dask.highlevelgraph import HighLevelGraph
 
     da = _da()
-    level = list(blocks.to_delayed(optimize_graph=False).ravel())
+    dsk = {}
+    level = list(keys)
     depth = 0
     while depth == 0 or len(level) > 1:
-        level = [delayed(_sum_gw, pure=True)(*level[i:i + SPLIT_EVERY],
-                                             dask_key_name=(name, depth, j))
-                 for j, i in enumerate(range(0, len(level), SPLIT_EVERY))]
+        nxt = []
+        for j, i in enumerate(range(0, len(level), SPLIT_EVERY)):
+            key = (name + "-%d" % depth, j) if len(level) > SPLIT_EVERY else None
+            key = key or (name,) + (0,) * len(shape)
+            dsk[key] = (_sum_gw, *level[i:i + SPLIT_EVERY])
+            nxt.append(key)
+        level = nxt
         depth += 1
-    return da.from_delayed(level[0], shape, dtype=dtype, meta=meta, name=name)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[blocks])
+    return da.Array(graph, name, tuple((n,) for n in shape), meta=meta)
 
 
 def _settings():
@@ -228,52 +224,50 @@ def _out_dtype(spec, x):
 
 
 def forward(xp, spec, layout, x, w, b):
-    """``y`` (a lazy Dask array, ``layout.dims`` order, the input's ``N`` chunks)."""
-    da = _da()
+    """``y`` (a lazy Dask array, ``layout.dims`` order; the input's chunks along ``N``
+    and, planned by :mod:`._dask_halo`, as many along each convolved dim)."""
     dims = layout.dims
-    n_axis = dims.index("N")
-    x_ind, y_ind, w_ind = _letters(dims)
-    x = _batch_blocks(x, n_axis)
+    x = _input_chunks(x, spec, dims)
+    win = _windows(spec, dims, x)
     w = _one_block(w)
+    b = None if b is None else _one_block(b)
     cxp, dt = _out_dtype(spec, x)
-    args = [x, x_ind, w, w_ind]
-    args += [None, None] if b is None else [_one_block(b), "Z"]
-    adjust = {x_ind[dims.index(str(i))]: (o,) for i, o in enumerate(spec.out)}
-    adjust["c"] = (spec.F,)
     settings = _settings()
-    one = _one_per_core(cxp, x.numblocks[n_axis])
-    return da.blockwise(
-        _forward_block, x_ind, *args, adjust_chunks=adjust, dtype=dt,
-        meta=cxp.empty((0,) * len(dims), dtype=dt), concatenate=False,
-        name="conv-forward-" + _token(x, w, b, spec, dims, settings, one),
-        spec=spec, dims=dims, settings=settings, one_per_core=one)
+    one = _one_per_core(cxp, win.n_blocks())
+    fn = functools.partial(_forward_block, spec=spec, dims=dims, settings=settings,
+                           one_per_core=one)
+    keys = (_block_key(w), None if b is None else _block_key(b))
+    return win.forward(fn, "conv-forward-" + _token(x, w, b, spec, dims, settings, one),
+                       cxp.empty((0,) * len(dims), dtype=dt),
+                       other_chunks={dims.index("C"): (spec.F,)}, extra=lambda idx: keys,
+                       deps=[w] if b is None else [w, b])
 
 
 def backward(xp, spec, layout, gy, x, w, needs):
-    """``(gx, gw)`` as lazy Dask arrays (``None`` where not needed)."""
-    da = _da()
+    """``(gx, gw)`` as lazy Dask arrays (``None`` where not needed); ``gx`` has the
+    input's chunks (``C`` in one)."""
     dims = layout.dims
-    n_axis = dims.index("N")
-    x_ind, y_ind, w_ind = _letters(dims)
-    x = _batch_blocks(x, n_axis)
-    gy = _batch_blocks(gy, n_axis, x.chunks[n_axis])
+    x = _input_chunks(x, spec, dims)
+    win = _windows(spec, dims, x)
+    out_chunks = win.out_chunks({dims.index("C"): (spec.F,)})
+    gy = gy if gy.chunks == out_chunks else gy.rechunk(out_chunks)
     w = _one_block(w)
     cxp, dt = _out_dtype(spec, x)
-    kw = dict(spec=spec, dims=dims, settings=_settings(), needs=tuple(bool(v) for v in needs),
-              one_per_core=_one_per_core(cxp, x.numblocks[n_axis]))
-    name = _token(gy, x, w, spec, dims, kw["needs"], kw["settings"], kw["one_per_core"])
+    needs = tuple(bool(v) for v in needs[:2])
+    settings = _settings()
+    one = _one_per_core(cxp, win.n_blocks())
+    name = _token(gy, x, w, spec, dims, needs, settings, one)
     meta = cxp.empty((0,) * len(dims), dtype=dt)
-    only_gx = not needs[1]
-    # one kernel task per block: gx (only_gx), else a _Grads holding gx and/or gw
-    blocks = da.blockwise(_backward_block, x_ind, gy, y_ind, x, x_ind, w, w_ind, dtype=dt,
-                          meta=meta, concatenate=False,
-                          name=("conv-input-grad-" if only_gx else "conv-grads-") + name, **kw)
-    gx = gw = None
-    if needs[0]:
-        gx = blocks if only_gx else blocks.map_blocks(_take_gx, dtype=dt, meta=meta,
-                                                      name="conv-input-grad-" + name)
+    fn = functools.partial(_backward_block, spec=spec, dims=dims, settings=settings,
+                           one_per_core=one, needs=needs)
+    wkey = _block_key(w)
+    blocks, keys, gx = win.backward(fn, "conv-grads-" + name, meta,
+                                    lambda idx: ((gy.name, *idx), wkey), deps=[gy, w],
+                                    gx_meta=meta if needs[0] else None,
+                                    other_chunks={dims.index("C"): (spec.F,)})
+    gw = None
     if needs[1]:
-        gw = _tree_sum(blocks, "conv-weight-grad-" + name, tuple(w.shape), dt,
+        gw = _tree_sum(blocks, keys, "conv-weight-grad-" + name, tuple(w.shape),
                        cxp.empty((0,) * w.ndim, dtype=dt))
     return gx, gw
 
@@ -301,6 +295,9 @@ def _applies(spec, layout):
 register(Algo(
     "dask.blockwise", "dask", ("forward", "input_grad", "weight_grad"), _applies,
     forward=_fwd, backward=_bwd,
+    # the docs' registry table (docs/architecture.md, kept equal by a test) carries this
+    # text; its owner updates both to: "block by block over the N (batch-like) chunks and
+    # the chunks of convolved dims (halo exchange), ...; a chunked C rechunked to one block"
     domain="every Dask convolution: blockwise over the N (batch-like) chunks, the chunk "
            "library's registry in each block; chunked convolved dims and C rechunked to one "
            "block; weight gradient a tree sum of per-block partials"))
