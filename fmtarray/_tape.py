@@ -1,7 +1,8 @@
 """Reverse-mode recording: a node per traced result, one VJP closure per node.
 
 Nothing is recorded unless an input already carries a node, and inputs only get
-nodes inside :func:`fmtarray.grad` / :func:`fmtarray.value_and_grad`, so plain
+nodes inside :func:`fmtarray.grad` / :func:`fmtarray.value_and_grad` (and
+:func:`fmtarray.matlab.dlfeval`), so plain
 forward calls pay one attribute test per input.
 """
 
@@ -55,7 +56,8 @@ def leaf(shape, dtype, name="") -> Node:
 
 def backward(root: Node, g_root, leaves, add):
     """Propagate ``g_root`` from ``root`` and return the cotangents of ``leaves``
-    (a list of nodes; ``None`` where a leaf is not reached).
+    (a list of nodes, traced inputs or intermediate values; ``None`` where one is not
+    reached).
 
     ``add(a, b)`` adds two cotangents.
     """
@@ -75,8 +77,12 @@ def backward(root: Node, g_root, leaves, add):
             if p is not None and id(p) not in seen:
                 stack.append((p, False))
     grads = {id(root): g_root}
+    wanted = {id(leaf_) for leaf_ in leaves if leaf_ is not None}
     for node in reversed(order):
-        g = grads.pop(id(node), None) if node.vjp is not None else grads.get(id(node))
+        # an intermediate node's cotangent is dropped once propagated, unless it was asked
+        # for (matlab.dlgradient differentiates with respect to intermediate values too)
+        keep = node.vjp is None or id(node) in wanted
+        g = grads.get(id(node)) if keep else grads.pop(id(node), None)
         if g is None or node.vjp is None:
             continue
         pgs = node.vjp(g, node.needs)

@@ -30,6 +30,7 @@ they are, so that gradients flow.
 from __future__ import annotations
 
 import contextlib
+import re
 
 from .. import _backend
 from ..array import FormattedArray
@@ -63,6 +64,69 @@ def own_value(v):
     return v
 
 
+# MATLAB property names ---------------------------------------------------------------------
+
+# MATLAB names that are not the CamelCase of an attribute: read-only, answered by a method
+# of the layer protocol (MATLAB's Description and Type show in layer-array displays). A
+# layer class may map more names to attributes in a ``matlab_names`` dict.
+MATLAB_IRREGULAR_NAMES = {"Description": "description", "Type": "type_name"}
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def snake_case(name: str) -> str:
+    """``"WeightL2Factor"`` -> ``"weight_l2_factor"`` (a digit stays with its letters)."""
+    return _CAMEL.sub("_", name).lower()
+
+
+def camel_case(name: str) -> str:
+    """``"weight_l2_factor"`` -> ``"WeightL2Factor"``."""
+    return "".join(p[:1].upper() + p[1:] for p in name.split("_"))
+
+
+def _public_names(layer) -> list[str]:
+    """The layer's public data attributes and properties (snake_case)."""
+    names = [k for k in vars(layer) if not k.startswith("_")]
+    for cls in type(layer).__mro__:
+        for k, v in vars(cls).items():
+            if k.startswith("_") or k in names:
+                continue
+            if isinstance(v, property) or (not callable(v) and not isinstance(v, (classmethod,
+                                                                                  staticmethod))):
+                names.append(k)
+    for k in vars(layer):  # private storage behind properties: _weights -> weights
+        if k.startswith("_") and not k.startswith("__") and k[1:] not in names \
+                and isinstance(getattr(type(layer), k[1:], None), property):
+            names.append(k[1:])
+    return names
+
+
+def matlab_names(layer) -> list[str]:
+    """MATLAB (CamelCase) names of the layer's properties, in a stable order."""
+    out = [camel_case(n) for n in _public_names(layer) if not n.endswith("_names")
+           or n in ("input_names", "output_names")]
+    return sorted(set(out))
+
+
+def _python_name(layer, name: str, setting: bool = False) -> str:
+    """The attribute behind MATLAB property ``name``; ``AttributeError`` naming the legal
+    names when there is none."""
+    extra = getattr(type(layer), "matlab_names", None) or {}
+    if name in extra:
+        return extra[name]
+    snake = snake_case(name)
+    if snake in _public_names(layer):
+        return snake
+    if name in MATLAB_IRREGULAR_NAMES and not setting:
+        return MATLAB_IRREGULAR_NAMES[name]
+    legal = matlab_names(layer) + ([] if setting else sorted(MATLAB_IRREGULAR_NAMES))
+    what = "settable property" if name in MATLAB_IRREGULAR_NAMES else "property"
+    raise AttributeError(
+        f"{type(layer).__name__} has no {what} {name!r} (MATLAB name); its properties are "
+        + ", ".join(legal)
+        + (". To store an attribute of your own, use a lowercase name" if setting else "")
+    )
+
+
 def check_name(name):
     """Validate a layer's ``name`` property (a str, ``""`` for unnamed)."""
     if not isinstance(name, str):
@@ -82,10 +146,19 @@ class Layer:
     output_names = ("out",)
 
     def __setattr__(self, name, value):
+        if name[:1].isupper():  # MATLAB's property names: layer.Weights = W
+            name = _python_name(self, name, setting=True)
         # layers own their values: learnables and state are stored as copies
         if value is not None and (name in self.learnable_names or name in self.state_names):
             value = own_value(value)
         object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: ordinary attributes pay nothing
+        if name[:1].isupper():
+            attr = getattr(self, _python_name(self, name))
+            return attr() if name in MATLAB_IRREGULAR_NAMES and callable(attr) else attr
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # protocol ---------------------------------------------------------------
     def initialize(self, x, *, seed=None):  # noqa: B027  (optional hook)

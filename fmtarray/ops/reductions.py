@@ -1,4 +1,8 @@
-"""Reductions by label (``sum(x, "S")``, ``mean(x, "SB")``, ...) and their VJPs."""
+"""Reductions by label (``sum(x, "S")``, ``mean(x, "SB")``, ...) and their VJPs.
+
+``dims`` is a str of labels (every dim with one of them), integer axes (0-based, of
+the canonical layout), ``None`` or ``"all"`` (every dim: MATLAB's ``mean(X, "all")``;
+the result is an unformatted scalar unless ``keepdims=True``)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ __all__ = ["sum", "mean", "max", "min", "var", "std"]
 
 
 def _axes(x: FormattedArray, dims):
-    if dims is None:
+    if dims is None or (isinstance(dims, str) and dims.lower() == "all"):
         return tuple(range(x.ndim))
     if isinstance(dims, str):
         return _format.reduction_axes(x._fmt, dims)
@@ -19,7 +23,7 @@ def _axes(x: FormattedArray, dims):
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, int) or not -x.ndim <= d < x.ndim:
             raise ValueError(
-                f"dims must be a str of labels (e.g. 'S', 'SB') or integer axes in "
+                f"dims must be a str of labels (e.g. 'S', 'SB'), 'all', or integer axes in "
                 f"[-{x.ndim}, {x.ndim}), got {dims!r}"
             )
         axes.append(d % x.ndim)
@@ -85,7 +89,7 @@ sum = _reducer(
     "sum",
     lambda xp, x, ax, kd: xp.sum(x, axis=ax, keepdims=kd),
     lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, shape),
-    "Sum over the dims with the given labels (``\"S\"`` = every S dim); all dims when ``dims`` is None.",
+    "Sum over the dims with the given labels (``\"S\"`` = every S dim); all dims when ``dims`` is None or ``\"all\"``.",
 )
 mean = _reducer(
     "mean",
