@@ -15,10 +15,19 @@ what does not fit at the bottom/right is ignored (as MATLAB does).
   input (non-padding) elements in the window.
 
 The portable path uses strided slicing, ``maximum``/``where``, ``stack``,
-``reshape`` and ``concat`` only, so it runs on every array-API library (Dask stays
-lazy). NumPy gets an in-place path for the adjoint (slice ``+=`` into one
-buffer); its forward is the same code, which is already one pass per window
-offset.
+``reshape`` and ``concat`` only, so it runs on every array-API library. NumPy gets an
+in-place path for the adjoint (slice ``+=`` into one buffer); its forward is the same
+code, which is already one pass per window offset.
+
+Dask arrays are pooled block by block (:func:`_pool_dask`): ``N`` and ``C`` chunks
+pass through, a chunked pooled dim exchanges halos with its neighbours
+(:mod:`fmtarray._kernels.conv._dask_halo`: each output block pools its own chunk plus
+the ``k - stride`` (or so) elements its windows reach into the next ones, strides
+honoured across chunk boundaries, padding added by the blocks at the array's edges),
+so the output keeps the input's chunk count along every dim and is lazy; the chunks'
+own library (NumPy's in-place adjoint included) runs each block. The gradient is one
+task per output block plus one per input chunk (overlapping windows' contributions
+added in block order).
 """
 
 from __future__ import annotations
@@ -147,6 +156,8 @@ def pool_forward(xp, x, mode, pool_size, *, stride=1, pad_before=0, pad_after=0,
     geo = PoolGeometry(x.shape, pool_size, stride, pad_before, pad_after)
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"pooling needs a real floating-point array, got dtype {x.dtype}")
+    if _is_dask(xp):
+        return _pool_dask(x, geo, mode, count_pad)
     xpad = _pad_input(xp, x, geo, float("-inf") if mode == "max" else 0.0)
     y = None
     for off in geo.offsets():
@@ -178,6 +189,8 @@ def pool_backward(xp, gy, x, y, mode, pool_size, *, stride=1, pad_before=0, pad_
         raise ValueError(
             f"pool_backward: gy has shape {tuple(gy.shape)}, expected {(geo.N, *geo.out, geo.C)}"
         )
+    if _is_dask(xp):
+        return _pool_dask(x, geo, mode, count_pad, gy, y)
     if mode == "average":
         if count_pad or not (any(geo.pb) or any(geo.pa)):
             g = gy / geo.K
@@ -252,3 +265,54 @@ def _place_portable(xp, contribs, geo, gy):
         c = pad(xp, c, off, after, axes, 0.0)
         acc = c if acc is None else acc + c
     return acc
+
+
+# ---------------------------------------------------------------------------------------
+# Dask: block by block, halos across chunked pooled dims
+
+
+def _is_dask(xp) -> bool:
+    return _backend.library_key(xp) == "dask"
+
+
+def _pool_block(x, lb, la, *, mode, k, stride, count_pad):
+    return pool_forward(_backend.namespace(x), x, mode, k, stride=stride, pad_before=lb,
+                        pad_after=la, count_pad=count_pad)
+
+
+def _pool_grad_block(x, lb, la, gy, y, *, mode, k, stride, count_pad):
+    from .conv._dask_halo import Grads
+
+    return Grads(pool_backward(_backend.namespace(x), gy, x, y, mode, k, stride=stride,
+                               pad_before=lb, pad_after=la, count_pad=count_pad))
+
+
+def _pool_dask(x, geo, mode, count_pad, gy=None, y=None):
+    """The pooling of the Dask array ``x`` (``gy is None``) or its input gradient."""
+    import functools
+
+    from dask.base import tokenize
+
+    from .conv._dask_halo import Windows
+
+    value = float("-inf") if mode == "max" else 0.0
+    win = Windows(x, tuple(range(1, geo.d + 1)), geo.k, geo.stride, geo.pb, geo.pa,
+                  geo.out, value)
+    meta = getattr(x, "_meta", None)
+    meta = meta[(slice(0, 0),) * x.ndim] if meta is not None and meta.ndim == x.ndim else None
+    if meta is None:
+        import numpy as np
+
+        meta = np.empty((0,) * x.ndim, dtype=x.dtype)
+    kw = dict(mode=mode, k=geo.k, stride=geo.stride, count_pad=count_pad)
+    if gy is None:
+        name = "pool-" + tokenize(x, kw, geo.pb, geo.pa)
+        return win.forward(functools.partial(_pool_block, **kw), name, meta)
+    out = win.out_chunks()
+    gy = gy if gy.chunks == out else gy.rechunk(out)
+    y = y if y.chunks == out else y.rechunk(out)
+    name = "pool-grad-" + tokenize(x, gy, y, kw, geo.pb, geo.pa)
+    _, _, gx = win.backward(functools.partial(_pool_grad_block, **kw), name, meta,
+                            lambda idx: ((gy.name, *idx), (y.name, *idx)), deps=[gy, y],
+                            gx_meta=meta)
+    return gx
