@@ -30,6 +30,7 @@ import numbers
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as _np
 
@@ -420,7 +421,7 @@ def _read(path):
                                    "not hold") from None
                 try:
                     a = _np.load(io.BytesIO(data), allow_pickle=False)
-                except (ValueError, OSError, EOFError) as e:
+                except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError) as e:
                     raise _Damaged(f"array {member!r} is not a readable .npy array without "
                                    f"pickle ({e})") from None
                 if not isinstance(a, _np.ndarray) or a.dtype.kind not in _ARRAY_KINDS:
@@ -430,13 +431,15 @@ def _read(path):
                     raise _Damaged(f"array {member!r} is {a.dtype.name} {list(a.shape)}, the "
                                    f"manifest says {dtype} {shape}")
                 arrays[member] = a
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
+    except (_Damaged, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            NotImplementedError) as e:
         raise _Damaged(f"it is not a readable ZIP archive ({e}); it may be truncated or not a "
                        "saved network") from None
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, FileNotFoundError | IsADirectoryError | PermissionError):
-            raise
-        raise _Damaged(f"reading it failed ({e})") from None
+    except Exception as e:  # whatever a damaged archive makes zipfile/NumPy raise
+        raise _Damaged(f"reading it failed ({type(e).__name__}: {e}); it may be damaged") \
+            from None
     return manifest, arrays
 
 
@@ -510,17 +513,17 @@ def _build(manifest, arrays):
                     layer.update_state(vals) if hasattr(layer, "update_state") else \
                         [setattr(layer, k, v) for k, v in vals.items()]
             _restore_instance(layer, _need(e, "instance", dict, f"layers[{i}]."), arrays, who)
-        except (TypeError, ValueError, KeyError) as err:
-            if isinstance(err, _Damaged):
-                raise
+        except _Damaged:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever a layer raises on a tampered value
             raise _Damaged(f"{who} cannot be rebuilt from its saved properties: {err}") from None
         layers.append(layer)
     conns = info.get("connections")
     try:
         net = _assemble(Network, layers, names, conns)
-    except (TypeError, ValueError, KeyError) as err:
-        if isinstance(err, _Damaged):
-            raise
+    except _Damaged:
+        raise
+    except Exception as err:  # noqa: BLE001
         raise _Damaged(f"the network cannot be rebuilt from its layers and connections: {err}") \
             from None
     if tuple(net.layer_names) != tuple(names):

@@ -392,6 +392,25 @@ def test_empty_garbage_and_truncated_files(saved, tmp_path):
         fa.load(tmp_path / "missing.fmtnet")
 
 
+def test_any_flipped_byte_is_an_error_or_changes_nothing(saved, tmp_path):
+    data = saved.read_bytes()
+    x, _ = _digits_like(n=3)
+    ref = fa.load(saved)
+    rng = np.random.default_rng(7)
+    errors = 0
+    for k, i in enumerate(rng.choice(len(data), size=60, replace=False)):
+        path = tmp_path / f"flip{k}.fmtnet"
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:])
+        try:
+            back = fa.load(path)
+        except ValueError as e:
+            assert type(e) is ValueError and str(path) in str(e)
+            errors += 1
+        else:  # a byte nothing reads (a timestamp): the very same network
+            assert_same_network(ref, back, x)
+    assert errors > 30
+
+
 def test_newer_version_and_foreign_files(saved, tmp_path):
     def newer(m):
         m["format_version"] = persistence.FORMAT_VERSION + 1
