@@ -14,6 +14,7 @@ from .ops import avg_pool, batch_norm, cross_entropy, fully_connect, max_pool, o
 from .ops import conv, conv_plan
 from .ops.transposed_conv import transposed_conv
 from .ops import concat, flatten
+from .ops import leaky_relu
 from ._kernels.conv.thresholds import tuning
 from .network import Network
 from .persistence import load, save
@@ -42,3 +43,4 @@ __all__ = [
 __all__ += ["concat", "flatten"]
 __all__ += ["transposed_conv"]
 __all__ += ["save", "load"]
+__all__ += ["leaky_relu"]
