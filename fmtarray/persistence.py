@@ -35,10 +35,12 @@ import zlib
 import numpy as _np
 
 from . import _backend
+from ._move import _dtype_name
 from .array import FormattedArray
 from .layers._protocol import factor as _factor
 from .layers._protocol import learnable_names as _learnable_names
 from .layers._protocol import network_dtype as _network_dtype
+from .layers._protocol import set_values as _set_values
 from .layers._protocol import state_names as _state_names
 from .layers.base import Layer
 
@@ -345,11 +347,13 @@ def save(net, path) -> None:
     _write_atomically(target, text, w.arrays)
 
 
-def _dtype_name(dt) -> str:
-    s = str(dt)
-    for pre in ("torch.", "array_api_strict.", "dtype('"):
-        s = s.replace(pre, "")
-    return s.rstrip("')")
+def _set_state(layer, vals):
+    f = getattr(layer, "update_state", None)
+    if callable(f):
+        f(vals)
+    else:
+        for k, v in vals.items():
+            setattr(layer, k, v)
 
 
 def _write_atomically(target, text, arrays):
@@ -506,12 +510,8 @@ def _build(manifest, arrays):
                     if isinstance(v, dict) and set(v) == {"property"}:
                         continue  # passed to the constructor
                     vals[n] = _decode(v, arrays, f"{who} {group} {n!r}")
-                if vals and group == "learnables":
-                    layer.set_learnables(vals) if hasattr(layer, "set_learnables") else \
-                        [setattr(layer, k, v) for k, v in vals.items()]
-                elif vals:
-                    layer.update_state(vals) if hasattr(layer, "update_state") else \
-                        [setattr(layer, k, v) for k, v in vals.items()]
+                if vals:
+                    (_set_values if group == "learnables" else _set_state)(layer, vals)
             _restore_instance(layer, _need(e, "instance", dict, f"layers[{i}]."), arrays, who)
         except _Damaged:
             raise
