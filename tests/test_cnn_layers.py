@@ -88,6 +88,7 @@ def test_grouped_against_torch(C, fg, groups):
     assert layer.num_groups == g and layer.num_channels_per_group == C // g
     assert layer.weights.shape == (3, 2, C // g, fg, g) and layer.bias.shape == (1, 1, fg, g)
     assert layer.num_parameters == 3 * 2 * (C // g) * fg * g + fg * g
+    assert (layer.num_filters, layer.num_channels) == (fg * g, C)
 
 
 def test_grouped_same_padding_and_st_format():

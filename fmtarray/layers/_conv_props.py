@@ -215,3 +215,72 @@ def display(cls_name, rows) -> str:
             lines.append(f"{r[0]:>{width}}: {r[1]}")
     lines += ["", "  Use layer.properties() to see all properties."]
     return "\n".join(lines)
+
+
+class ConvDisplay:
+    """MATLAB's display of a convolution layer (``repr``), its one-line description and
+    ``properties()``; mixed into :class:`~fmtarray.layers.convolution.ConvolutionLayerBase`,
+    whose attributes it reads."""
+
+    def _pad_str(self) -> str:
+        if self._padding_mode != "manual":
+            return repr(self._padding_mode)
+        return _pad_matrix_str(self.padding_size)
+
+    def description(self) -> str:
+        fs = _X.join(str(k) for k in self._filter_size)
+        dil = ("" if set(self._dilation_factor) == {1}
+               else f", dilation factor {self._vec_str(self._dilation_factor)}")
+        return (
+            f"{self._num_filters} {fs} convolutions with stride {self._vec_str(self._stride)}"
+            f"{dil} and padding {self._pad_str()}"
+        )
+
+    _property_names = (
+        "name", "filter_size", "num_channels", "num_filters", "stride", "dilation_factor",
+        "padding_mode", "padding_size", "padding_value", "weights_initializer",
+        "bias_initializer", "weights", "bias", "weight_learn_rate_factor",
+        "bias_learn_rate_factor", "weight_l2_factor", "bias_l2_factor", "num_inputs",
+        "input_names", "num_outputs", "output_names",
+    )
+
+    def properties(self) -> dict:
+        """Every property, by its Python name (MATLAB's ``properties``)."""
+        return {n: getattr(self, n) for n in self._property_names}
+
+    @staticmethod
+    def _param_str(v) -> str:
+        if v is None:
+            return "[]"
+        return f"[{_shape_str(v.shape)} {_dtype_str(v.dtype)}]"
+
+    def _padding_value_str(self) -> str:
+        pv = self._padding_value
+        if isinstance(pv, str):
+            return repr(pv)
+        return str(int(pv)) if float(pv).is_integer() else repr(pv)  # MATLAB shows 0
+
+    def _channel_rows(self):
+        nc = "'auto'" if self._num_channels == "auto" else str(self._num_channels)
+        return [("NumChannels", nc), ("NumFilters", str(self._num_filters))]
+
+    def __repr__(self) -> str:
+        rows = [
+            ("Name", repr(self._name)),
+            None,
+            "Hyperparameters",
+            ("FilterSize", self._vec_str(self._filter_size)),
+            *self._channel_rows(),
+            ("Stride", self._vec_str(self._stride)),
+            ("DilationFactor", self._vec_str(self._dilation_factor)),
+            ("PaddingMode", repr(self._padding_mode)),
+            ("PaddingSize", _pad_matrix_str(self.padding_size)),
+            ("PaddingValue", self._padding_value_str()),
+            None,
+            "Learnable Parameters",
+            ("Weights", self._param_str(self._weights)),
+            ("Bias", self._param_str(self._bias)),
+        ]
+        return display(type(self).__name__, rows)
+
+    __str__ = __repr__

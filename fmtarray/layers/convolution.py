@@ -27,10 +27,10 @@ from .. import _backend, _format, _validate
 from ..array import FormattedArray
 from ..ops.convolution import conv, resolve_padding
 from ._conv_props import (
-    _X, PADDING_VALUE_MODES, _check_param, _dtype_str, _ints, _is_traced, _layout,
-    _pad_matrix_str, _padding, _padding_value, _pos_int, _reshape_param, _shape_str, _sizes_legal,
+    _X, PADDING_VALUE_MODES, _check_param, _ints, _is_traced, _layout,
+    _padding, _padding_value, _pos_int, _reshape_param, _shape_str, _sizes_legal,
     _vec,
-    COMMON_PROPERTIES, check_properties, display, factor_property,
+    COMMON_PROPERTIES, ConvDisplay, check_properties, factor_property,
 )
 from .base import Layer
 from .initializers import (
@@ -44,12 +44,14 @@ from .initializers import (
 __all__ = ["ConvolutionLayerBase", "Convolution2DLayer", "convolution2d_layer",
            "PADDING_VALUE_MODES"]
 
-class ConvolutionLayerBase(Layer):
+class ConvolutionLayerBase(ConvDisplay, Layer):
     """What MATLAB's convolution layers share, for ``_nd`` convolved dims.
 
     Subclasses set the class attributes below and implement :meth:`_dispatch`
-    (format -> weights format, or a ``ValueError``); the grouped layer also overrides
-    the weights/bias layout hooks. Not a layer by itself.
+    (format -> weights format, or a ``ValueError``). The constructor is the plain
+    layers' (``filter_size, num_filters``, ``num_channels``; see
+    :class:`Convolution2DLayer`); the grouped layer has its own and overrides the
+    weights/bias layout hooks. Not a layer by itself.
     """
 
     learnable_names = ("weights", "bias")
@@ -59,6 +61,31 @@ class ConvolutionLayerBase(Layer):
     _weights_layout = f"h{_X}w{_X}C{_X}F"
     _pad_strings = ("same", "valid")
     _type_name = ""
+
+    def __init__(self, filter_size, num_filters, *, stride=1, dilation_factor=1, padding=0,
+                 padding_value=0, num_channels="auto", weights_initializer="glorot",
+                 bias_initializer="zeros", weights=None, bias=None, weight_learn_rate_factor=1,
+                 bias_learn_rate_factor=1, weight_l2_factor=1, bias_l2_factor=0, name=""):
+        self._num_filters = _pos_int(num_filters, "num_filters")
+        self._init_common(
+            filter_size, stride=stride, dilation_factor=dilation_factor, padding=padding,
+            padding_value=padding_value, weights_initializer=weights_initializer,
+            bias_initializer=bias_initializer, weight_learn_rate_factor=weight_learn_rate_factor,
+            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
+            bias_l2_factor=bias_l2_factor, name=name)
+        self._num_channels = self._num_channels_arg(num_channels)
+        self.weights = weights
+        self.bias = bias
+
+    @property
+    def num_filters(self) -> int:
+        """Number of filters (output channels); read-only."""
+        return self._num_filters
+
+    @property
+    def num_channels(self):
+        """``"auto"`` until resolved, else the number of input channels; read-only."""
+        return self._num_channels
 
     def _init_common(self, filter_size, *, stride, dilation_factor, padding, padding_value,
                      weights_initializer, bias_initializer, weight_learn_rate_factor,
@@ -464,72 +491,10 @@ class ConvolutionLayerBase(Layer):
                 "channels"
             )
 
-    # display ---------------------------------------------------------------------------
+    # display: ConvDisplay (MATLAB's property display, description, properties())
+
     def type_name(self) -> str:
         return self._type_name
-
-    def _pad_str(self) -> str:
-        if self._padding_mode != "manual":
-            return repr(self._padding_mode)
-        return _pad_matrix_str(self.padding_size)
-
-    def description(self) -> str:
-        fs = _X.join(str(k) for k in self._filter_size)
-        dil = ("" if set(self._dilation_factor) == {1}
-               else f", dilation factor {self._vec_str(self._dilation_factor)}")
-        return (
-            f"{self._num_filters} {fs} convolutions with stride {self._vec_str(self._stride)}"
-            f"{dil} and padding {self._pad_str()}"
-        )
-
-    _property_names = (
-        "name", "filter_size", "num_channels", "num_filters", "stride", "dilation_factor",
-        "padding_mode", "padding_size", "padding_value", "weights_initializer",
-        "bias_initializer", "weights", "bias", "weight_learn_rate_factor",
-        "bias_learn_rate_factor", "weight_l2_factor", "bias_l2_factor", "num_inputs",
-        "input_names", "num_outputs", "output_names",
-    )
-
-    def properties(self) -> dict:
-        """Every property, by its Python name (MATLAB's ``properties``)."""
-        return {n: getattr(self, n) for n in self._property_names}
-
-    @staticmethod
-    def _param_str(v) -> str:
-        if v is None:
-            return "[]"
-        return f"[{_shape_str(v.shape)} {_dtype_str(v.dtype)}]"
-
-    def _padding_value_str(self) -> str:
-        pv = self._padding_value
-        if isinstance(pv, str):
-            return repr(pv)
-        return str(int(pv)) if float(pv).is_integer() else repr(pv)  # MATLAB shows 0
-
-    def _channel_rows(self):
-        nc = "'auto'" if self._num_channels == "auto" else str(self._num_channels)
-        return [("NumChannels", nc), ("NumFilters", str(self._num_filters))]
-
-    def __repr__(self) -> str:
-        rows = [
-            ("Name", repr(self._name)),
-            None,
-            "Hyperparameters",
-            ("FilterSize", self._vec_str(self._filter_size)),
-            *self._channel_rows(),
-            ("Stride", self._vec_str(self._stride)),
-            ("DilationFactor", self._vec_str(self._dilation_factor)),
-            ("PaddingMode", repr(self._padding_mode)),
-            ("PaddingSize", _pad_matrix_str(self.padding_size)),
-            ("PaddingValue", self._padding_value_str()),
-            None,
-            "Learnable Parameters",
-            ("Weights", self._param_str(self._weights)),
-            ("Bias", self._param_str(self._bias)),
-        ]
-        return display(type(self).__name__, rows)
-
-    __str__ = __repr__
 
 
 # the 2-D layer -----------------------------------------------------------------------
@@ -589,31 +554,6 @@ class Convolution2DLayer(ConvolutionLayerBase):
     _nd = 2
     _type_name = "2-D Convolution"
     _pad_form = "(t, b, l, r)"
-
-    def __init__(self, filter_size, num_filters, *, stride=1, dilation_factor=1, padding=0,
-                 padding_value=0, num_channels="auto", weights_initializer="glorot",
-                 bias_initializer="zeros", weights=None, bias=None, weight_learn_rate_factor=1,
-                 bias_learn_rate_factor=1, weight_l2_factor=1, bias_l2_factor=0, name=""):
-        self._num_filters = _pos_int(num_filters, "num_filters")
-        self._init_common(
-            filter_size, stride=stride, dilation_factor=dilation_factor, padding=padding,
-            padding_value=padding_value, weights_initializer=weights_initializer,
-            bias_initializer=bias_initializer, weight_learn_rate_factor=weight_learn_rate_factor,
-            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
-            bias_l2_factor=bias_l2_factor, name=name)
-        self._num_channels = self._num_channels_arg(num_channels)
-        self.weights = weights
-        self.bias = bias
-
-    @property
-    def num_filters(self) -> int:
-        """Number of filters (output channels); read-only."""
-        return self._num_filters
-
-    @property
-    def num_channels(self):
-        """``"auto"`` until resolved, else the number of input channels; read-only."""
-        return self._num_channels
 
     def _parse_padding(self, value, prop):
         mode, p = _padding(value, prop)  # SPEC §3.3's forms, incl. a 2×2 matrix

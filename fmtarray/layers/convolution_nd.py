@@ -24,7 +24,7 @@ sequences (``SSCBT``) by a 3-D layer over ``S``, ``S`` and ``T``.
 
 from __future__ import annotations
 
-from ._conv_props import _X, COMMON_PROPERTIES, _pos_int, check_properties
+from ._conv_props import _X, COMMON_PROPERTIES, check_properties
 from .convolution import ConvolutionLayerBase
 
 __all__ = ["Convolution1DLayer", "Convolution3DLayer", "convolution1d_layer",
@@ -51,36 +51,7 @@ def _dispatch(table, kind, fmt):
         ) from None
 
 
-class _PlainConvLayer(ConvolutionLayerBase):
-    """A convolution layer with ``num_filters`` and ``num_channels`` (k… × C × F weights)."""
-
-    def __init__(self, filter_size, num_filters, *, stride=1, dilation_factor=1, padding=0,
-                 padding_value=0, num_channels="auto", weights_initializer="glorot",
-                 bias_initializer="zeros", weights=None, bias=None, weight_learn_rate_factor=1,
-                 bias_learn_rate_factor=1, weight_l2_factor=1, bias_l2_factor=0, name=""):
-        self._num_filters = _pos_int(num_filters, "num_filters")
-        self._init_common(
-            filter_size, stride=stride, dilation_factor=dilation_factor, padding=padding,
-            padding_value=padding_value, weights_initializer=weights_initializer,
-            bias_initializer=bias_initializer, weight_learn_rate_factor=weight_learn_rate_factor,
-            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
-            bias_l2_factor=bias_l2_factor, name=name)
-        self._num_channels = self._num_channels_arg(num_channels)
-        self.weights = weights
-        self.bias = bias
-
-    @property
-    def num_filters(self) -> int:
-        """Number of filters (output channels); read-only."""
-        return self._num_filters
-
-    @property
-    def num_channels(self):
-        """``"auto"`` until resolved, else the number of input channels; read-only."""
-        return self._num_channels
-
-
-class Convolution1DLayer(_PlainConvLayer):
+class Convolution1DLayer(ConvolutionLayerBase):
     """1-D convolutional layer (MATLAB ``convolution1dLayer``).
 
     Convolves over the one ``S`` or ``T`` dim the format offers (see the module
@@ -129,7 +100,7 @@ class Convolution1DLayer(_PlainConvLayer):
         return _dispatch(_FORMATS_1D, "1-D", fmt)
 
 
-class Convolution3DLayer(_PlainConvLayer):
+class Convolution3DLayer(ConvolutionLayerBase):
     """3-D convolutional layer (MATLAB ``convolution3dLayer``).
 
     Convolves ``SSSCB`` input over its three ``S`` dims and ``SSCBT`` input over

@@ -130,6 +130,18 @@ class GroupedConvolution2DLayer(ConvolutionLayerBase):
         return self._cg
 
     @property
+    def num_filters(self):
+        """All the filters, ``num_filters_per_group · num_groups`` (the output channels),
+        or ``None`` while ``num_groups`` is unresolved; read-only."""
+        return None if self._groups is None else self._fg * self._groups
+
+    @property
+    def num_channels(self):
+        """``"auto"`` until resolved, else the input channels
+        (``num_channels_per_group · num_groups``); read-only."""
+        return "auto" if self._cg == "auto" or self._groups is None else self._cg * self._groups
+
+    @property
     def num_parameters(self):
         if self._cg == "auto" or self._groups is None:
             return None
