@@ -256,7 +256,8 @@ def _eval_args(fn, net, xs, kwargs):
 def predict(net, *X, **options):
     """MATLAB ``Y = predict(net, X1,...,XM)``: inference-time outputs
     (:meth:`fmtarray.Network.predict`; a tuple for several outputs)."""
-    return net.predict(*_eval_args("predict", net, X, options))
+    xs = _eval_args("predict", net, X, options)
+    return net.predict(*xs)
 
 
 def forward(net, *X, **options):
@@ -267,7 +268,8 @@ def forward(net, *X, **options):
     has no ``nargout``. Apply the state with ``net.update_state(state)`` (MATLAB
     ``net.State = state``).
     """
-    y, state = net.forward(*_eval_args("forward", net, X, options))
+    xs = _eval_args("forward", net, X, options)
+    y, state = net.forward(*xs)
     return (*y, state) if isinstance(y, tuple) else (y, state)
 
 
