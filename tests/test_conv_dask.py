@@ -1,6 +1,7 @@
 """The Dask convolution entry (``dask.blockwise``): forced by name against the direct-loop
 reference (forward, input and weight gradients, float32/float64, strides, dilation,
-groups, padding forms and values) with the input chunked in several ways; laziness,
+groups, padding forms and values) with the input chunked in several ways (a chunked
+convolved dim keeps its chunks: tests/test_dask_halo.py covers the halo exchange); laziness,
 bounded graphs, selection (no silent fall-back to the portable path) and autodiff
 through ``fa.conv`` on Dask data."""
 
@@ -163,6 +164,8 @@ def test_forward_forced(case, chunking, dtype):
     assert isinstance(y, da.Array)
     assert y.dtype == dtype
     assert y.chunks[dims.index("N")] == xd.chunks[dims.index("N")]  # the N chunks are kept
+    # a chunked convolved dim keeps its chunk count (halo exchange, not one block)
+    assert len(y.chunks[dims.index("0")]) == len(xd.chunks[dims.index("0")])
     new = _tasks(y) - _tasks(xd, wd, bd)
     assert new <= 4 * (xd.npartitions + wd.npartitions + bd.npartitions) + 8, new
     ref = ref_conv(x, w, b, c["stride"], c["dil"], c["pb"], c["pa"], c["value"])
@@ -192,6 +195,7 @@ def test_backward_forced(case, chunking, dtype):
     assert all(isinstance(a, da.Array) for a in (gx, gw, gb))
     assert gx.dtype == dtype and gw.dtype == dtype
     assert gx.chunks[dims.index("N")] == xd.chunks[dims.index("N")]
+    assert gx.chunks[dims.index("0")] == xd.chunks[dims.index("0")]
     new = _tasks(gx, gw) - _tasks(xd, gyd, wd)
     assert new <= 6 * (xd.npartitions + gyd.npartitions + wd.npartitions) + 12, new
     gx_ref, gw_ref = ref_conv_vjp(x, w, gy, c["stride"], c["dil"], c["pb"], c["pa"],
