@@ -5,15 +5,16 @@ the padded input ``[j·stride, j·stride + effective)``. When that dim of a Dask
 is chunked, each output block is computed from its own input chunk plus halos taken
 from its neighbours, in one task; this module plans the windows and builds the graph.
 
-**Which outputs a block computes.** Along each windowed dim, output ``j`` (whose window
-starts at input position ``t = j·stride - before``) belongs to input chunk ``i`` when
-``t`` lies in chunk ``i``; windows starting in the padding before the data belong to the
-first chunk, those starting after the data to the last. So the output has exactly as
-many chunks as the input along that dim, no output is computed twice and none is lost,
-whatever the chunk offsets and the stride (chunk offsets need not be multiples of the
-stride: each block's first window starts where its first output's window starts).
-A chunk in which no window starts (a stride larger than the chunk) gets an empty
-output chunk; Dask carries zero-length chunks.
+**Which outputs a block computes.** Along each windowed dim, output ``j`` belongs to
+input chunk ``i`` when input position ``j·stride`` lies in chunk ``i`` (outputs past the
+data, possible with large padding after it, belong to the last chunk). So the output
+has exactly as many chunks as the input along that dim, no output is computed twice
+and none is lost, whatever the chunk offsets and the stride (chunk offsets need not be
+multiples of the stride: each block's first window starts where its first output's
+window starts), and at stride 1 with ``"same"`` or ``"causal"`` padding the output
+chunks *are* the input chunks (output ``j`` is centred, or ends, on input ``j``).
+A chunk holding no multiple of the stride (a stride larger than the chunk) gets an
+empty output chunk; Dask carries zero-length chunks.
 
 **What a block reads.** Its outputs ``[j0, j1)`` read input ``[j0·s - before,
 (j1-1)·s - before + effective)``; the part inside the data is gathered from every chunk
@@ -108,18 +109,19 @@ def plan_dim(src_chunks, bounds, n_out, stride, eff, before, after) -> DimPlan:
     """Plan one windowed dim.
 
     ``src_chunks``: the chunks of the array the blocks read (length ``L``); ``bounds``:
-    the interior chunk boundaries of the input that assign outputs to blocks, in source
-    coordinates (one block more than boundaries); ``n_out`` outputs of windows of
-    extent ``eff`` every ``stride``, the source padded by ``before``/``after``."""
+    the interior chunk boundaries of the input (one block more than boundaries; output
+    ``j`` goes to the block whose chunk holds ``j·stride``); ``n_out`` outputs of
+    windows of extent ``eff`` every ``stride``, the source padded by
+    ``before``/``after`` (output ``j`` reads source ``[j·stride - before, ... + eff)``)."""
     offs = _offsets(src_chunks)
     L = offs[-1]
     if not bounds and len(src_chunks) == 1:  # one chunk, one block: the unchunked call
         return DimPlan(offs, (Block(0, n_out, 0, L, before, after, 0, 1),))
 
-    def starting_before(B):  # outputs whose window starts before source position B
-        return min(max(-(-(B + before) // stride), 0), n_out)
+    def below(B):  # outputs j with j·stride < B
+        return min(max(-(-B // stride), 0), n_out)
 
-    cuts = [0] + [starting_before(B) for B in bounds] + [n_out]
+    cuts = [0] + [below(B) for B in bounds] + [n_out]
     blocks = []
     for j0, j1 in zip(cuts, cuts[1:]):
         j1 = max(j1, j0)
@@ -263,8 +265,7 @@ class Windows:
         self.src = src
         plans = []
         for i, ax in enumerate(axes):
-            offs = _offsets(x.chunks[ax])
-            bounds = [o + pre_b[i] for o in offs[1:-1]]
+            bounds = list(_offsets(x.chunks[ax])[1:-1])
             qb, qa = before[i] - pre_b[i], after[i] - pre_a[i]
             plans.append(plan_dim(src.chunks[ax], bounds, n_out[i], stride[i], eff[i], qb, qa))
         self.plans = tuple(plans)
