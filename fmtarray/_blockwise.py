@@ -17,7 +17,9 @@ Dask array again:
 * every other dim (``S``, ``C``, ``U``) is made one chunk.
 
 The graph holds a copy of the network taken when it is built, so later training does
-not change a lazy result; it has one task per block. Only single-output networks; several
+not change a lazy result; it has one task per block. The blocks' network calls take
+turns, each spread over every core by the kernels' own threads, while Dask's other
+threads read and write neighbouring blocks. Only single-output networks; several
 inputs are aligned on the first input's ``B`` chunks.
 """
 
@@ -174,10 +176,16 @@ def predict(net, xs, learnables):
     fmts = [x.format for x in xs]
     frozen = copy.deepcopy(net)
     params = copy.deepcopy(learnables) if learnables is not None else None
+    # the blocks take turns, each using every core through the NumPy kernels' own pool
+    # (running them side by side on the scheduler's threads measured 5-12x slower for
+    # the frame-wise conv stack of examples/video_pipeline.py); reading and writing the
+    # neighbouring blocks still overlap with the turn
+    from ._kernels.conv._dask import _threads
 
     def run(*blocks):
         ins = [FormattedArray._wrap(blk, f) for blk, f in zip(blocks, fmts)]
-        y = frozen.predict(*ins, learnables=params)
+        with _threads(False):
+            y = frozen.predict(*ins, learnables=params)
         return y.data
 
     meta = np.empty((0,) * len(ofmt), dtype=np.dtype(probe.dtype))

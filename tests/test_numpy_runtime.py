@@ -58,3 +58,36 @@ def test_bad_thread_count_in_the_environment_names_it(monkeypatch, value):
         _runtime._state.clear()
         _runtime._state.update(saved)
     assert _runtime.threads_from_env(" 2 ") == 2 and _runtime.threads_from_env("") is None
+
+
+def test_blas_is_held_at_one_thread_on_any_thread():
+    """After the main thread has set and restored the BLAS limit (any convolution does),
+    a convolution on another thread (a Dask worker) must still hold BLAS at one thread:
+    OpenBLAS keeps per-thread counts that the process-wide limit does not reach."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    _, n, ctl = rt.workers()
+    if n <= 1 or ctl is None or not any(i["internal_api"] == "openblas"
+                                        for i in threadpoolctl.threadpool_info()):
+        pytest.skip("needs OpenBLAS and more than one worker")
+    with rt.single_threaded_blas():
+        pass  # the main thread sets and restores the process-wide limit
+    seen = {}
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["internal_api"] == "openblas"]
+
+    def inside():
+        with rt.single_threaded_blas():
+            seen["in"] = counts()
+            seen["pool"] = rt.workers()[0].submit(counts).result()
+        seen["after"] = counts()
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
+    assert seen["in"] and all(k == 1 for k in seen["in"]), seen
+    assert all(k == 1 for k in seen["pool"]), seen
+    assert counts() == seen["after"] and all(k > 1 for k in seen["after"])  # restored

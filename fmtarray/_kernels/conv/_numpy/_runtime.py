@@ -52,6 +52,7 @@ _state: dict = {}
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter = None
+_local_saved = None  # the BLAS count to restore (OpenBLAS setter path)
 _tls = threading.local()
 #: ``False``: pooled; ``True``: on the calling thread (small problems, Dask blocks);
 #: ``_REENTRANT``: on the calling thread, items handed out as the pool would
@@ -67,13 +68,15 @@ ENV_THREADS = "FMTARRAY_NUM_THREADS"
 def _after_fork_in_child():
     """A forked child has none of the parent's pool threads: start a fresh pool (and
     fresh locks) on first use instead of waiting on threads that do not exist."""
-    global _lock, _blas_lock, _blas_users, _blas_limiter
+    global _lock, _blas_lock, _blas_users, _blas_limiter, _local_saved
     _lock = threading.RLock()
     _state.clear()
     _blas_lock = threading.Lock()
     if _blas_limiter is not None:  # forked inside a convolution: give BLAS its threads back
         _blas_limiter.restore_original_limits()
-    _blas_users, _blas_limiter = 0, None
+    if _local_saved is not None:
+        _restore_local_blas(_local_saved)
+    _blas_users, _blas_limiter, _local_saved = 0, None, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -93,6 +96,37 @@ def threads_from_env(value):
                          "worker threads (1, 2, ...), or leave it unset (or empty) for "
                          "one per core that BLAS would use")
     return n
+
+
+def _local_blas_setters(ctl):
+    """OpenBLAS's ``openblas_set_num_threads_local`` of every OpenBLAS that ``ctl`` sees
+    (OpenBLAS >= 0.3.27). OpenBLAS keeps a per-thread count beside the process-wide one,
+    and a thread other than the main one may go on using its own count after the main
+    thread changed the process-wide one (measured with NumPy's OpenBLAS 0.3.31: the
+    global limit set from a worker thread did not apply, BLAS ran two threads under our
+    two workers, 5-10x slower). Setting the calling thread's own count as well holds
+    BLAS at one thread on any thread."""
+    import ctypes
+
+    out = []
+    for lc in getattr(ctl, "lib_controllers", ()):
+        if getattr(lc, "internal_api", "") != "openblas":
+            continue
+        f = getattr(getattr(lc, "dynlib", None), "openblas_set_num_threads_local", None)
+        if f is not None:
+            f.restype, f.argtypes = ctypes.c_int, [ctypes.c_int]
+            out.append(f)
+    return tuple(out)
+
+
+def _set_local_blas(n):
+    """Set this thread's own OpenBLAS thread count(s); returns the previous ones."""
+    return [f(n) for f in _state.get("local_blas", ())]
+
+
+def _restore_local_blas(prev):
+    for f, n in zip(_state.get("local_blas", ()), prev):
+        f(n)
 
 
 def _mark_pool_thread():
@@ -121,6 +155,7 @@ def workers():
             env = threads_from_env(os.environ.get(ENV_THREADS))
             if env is not None:
                 n = env
+            _state["local_blas"] = _local_blas_setters(ctl) if ctl is not None else ()
             pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fmtarray",
                                       initializer=_mark_pool_thread)
             # one store: a nested call sees either nothing or the whole triple
@@ -138,16 +173,36 @@ def single_threaded_blas():
 
     BLAS's thread count is process-global: concurrent convolutions share one limit,
     set by the first to enter and restored by the last to leave, so any number of
-    overlapping calls leave BLAS exactly as they found it. A thread that holds it
+    overlapping calls leave BLAS exactly as they found it. With OpenBLAS it is set with
+    ``openblas_set_num_threads_local`` where available (see :func:`_local_blas_setters`),
+    else with threadpoolctl. A thread that holds it
     already (an outer call, which a signal handler may have interrupted anywhere,
     even within the counter's lock) leaves it to that call."""
     global _blas_users, _blas_limiter
     _, n, ctl = workers()
-    if n <= 1 or ctl is None or getattr(_tls, "blas", False):
+    if n <= 1 or ctl is None or getattr(_tls, "blas", False) \
+            or getattr(_tls, "pool_thread", False):  # they run under their caller's limit
         yield
         return
     _tls.blas = True
     try:
+        if _state.get("local_blas"):
+            # OpenBLAS's own setter (see _local_blas_setters): the first call to enter
+            # records the count and sets one, the last to leave restores it
+            global _local_saved
+            with _blas_lock:
+                if _blas_users == 0:
+                    _local_saved = _set_local_blas(1)
+                _blas_users += 1
+            try:
+                yield
+            finally:
+                with _blas_lock:
+                    _blas_users -= 1
+                    if _blas_users == 0:
+                        _restore_local_blas(_local_saved)
+                        _local_saved = None
+            return
         with _blas_lock:
             if _blas_users == 0:
                 _blas_limiter = ctl.limit(limits=1, user_api="blas")
