@@ -295,9 +295,7 @@ def _applies(spec, layout):
 register(Algo(
     "dask.blockwise", "dask", ("forward", "input_grad", "weight_grad"), _applies,
     forward=_fwd, backward=_bwd,
-    # the docs' registry table (docs/architecture.md, kept equal by a test) carries this
-    # text; its owner updates both to: "block by block over the N (batch-like) chunks and
-    # the chunks of convolved dims (halo exchange), ...; a chunked C rechunked to one block"
-    domain="every Dask convolution: blockwise over the N (batch-like) chunks, the chunk "
-           "library's registry in each block; chunked convolved dims and C rechunked to one "
-           "block; weight gradient a tree sum of per-block partials"))
+    domain="every Dask convolution: block by block over the N (batch-like) chunks and the "
+           "chunks of convolved dims (halo exchange), the chunk library's registry in each "
+           "block; a chunked C rechunked to one block; weight gradient a tree sum of "
+           "per-block partials"))
