@@ -1,7 +1,7 @@
 """A video larger than memory, processed lazily from a Zarr store with Dask.
 
 1. A synthetic colour video (``SSCBT``: 256×256×3 frames, one sequence of 5600 frames,
-   4.4 GiB of float32) is written chunk by chunk to a Zarr v3 store, with a progress bar;
+   4.1 GiB of float32) is written chunk by chunk to a Zarr v3 store, with a progress bar;
    it is never whole in memory. The stores are written uncompressed: float video data
    compresses poorly, and Zarr's default compressor roughly halved the write rate here.
 2. Frame-wise: a conv–relu–conv stack of ``Convolution2DLayer``s (a NumPy network) runs
@@ -14,7 +14,7 @@
 4. A sample of frames is checked against the same computation in memory, and the
    throughput is compared with in-memory NumPy on the same frames.
 
-    python examples/video_pipeline.py                  # threaded scheduler, 4.4 GiB
+    python examples/video_pipeline.py                  # threaded scheduler, 4.1 GiB
     python examples/video_pipeline.py --cluster        # a 2-worker dask.distributed LocalCluster
     python examples/video_pipeline.py --frames 300     # a quick run (236 MiB)
 
@@ -190,7 +190,7 @@ def in_memory_fps(net, w, n=64):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=5600, help="video length (default 5600: 4.4 GiB)")
+    p.add_argument("--frames", type=int, default=5600, help="video length (default 5600: 4.1 GiB)")
     p.add_argument("--cluster", action="store_true", help="run on a 2-worker LocalCluster")
     p.add_argument("--dir", default=None, help="where to put the Zarr stores (default a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the stores")
