@@ -203,8 +203,10 @@ def main(argv=None):
     if args.cluster:
         from dask.distributed import Client, LocalCluster
 
+        # one process per core, each computing on its one thread: fmtarray's kernels
+        # there use one thread too (FMTARRAY_NUM_THREADS), so the cores are not shared
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1GiB",
-                               dashboard_address=None)
+                               dashboard_address=None, env={"FMTARRAY_NUM_THREADS": "1"})
         client = Client(cluster)
         where = "a 2-worker LocalCluster (1 thread each)"
     else:
