@@ -24,8 +24,6 @@ float32 whatever float data it is given.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ._layer_graph import LayerGraph
 from ._layer_graph import in_ports as _in_ports
 from ._layer_graph import out_ports as _out_ports
@@ -44,71 +42,10 @@ from .layers._protocol import state_names as _state_names
 from .layers._protocol import takes_seed as _takes_seed
 from .layers._protocol import type_name as _type_name
 from .layers.base import Layer as _Layer
+from .layers._tables import LearnableRow, LearnablesTable, ParameterTable
 from .layers.base import own_value as _own_value
 
-__all__ = ["Network", "LearnablesTable", "LearnableRow"]
-
-_X = "\u00d7"
-
-
-# the learnables table ----------------------------------------------------------------------
-
-
-class LearnableRow(NamedTuple):
-    layer: str
-    parameter: str
-    shape: tuple
-    learn_rate_factor: float
-    l2_factor: float
-
-
-class LearnablesTable:
-    """The learnable parameters of a network: one :class:`LearnableRow` per parameter.
-
-    Iterate over it, index it, or print it.
-    """
-
-    def __init__(self, rows):
-        self.rows = list(rows)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-    @property
-    def num_values(self) -> int:
-        """Total number of learnable values."""
-        total = 0
-        for r in self.rows:
-            n = 1
-            for s in r.shape:
-                n *= s
-            total += n
-        return total
-
-    def __str__(self):
-        head = ("Layer", "Parameter", "Shape", "LearnRateFactor", "L2Factor")
-        body = [
-            (r.layer, r.parameter, _X.join(map(str, r.shape)) or "scalar",
-             f"{r.learn_rate_factor:g}", f"{r.l2_factor:g}")
-            for r in self.rows
-        ]
-        widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-        layers = len({r.layer for r in self.rows})
-        lines = [
-            f"{len(self.rows)} learnable parameters in {layers} layers ({self.num_values} values):",
-            "",
-        ]
-        for row in [head] + body:
-            lines.append("   " + "   ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        return "\n".join(lines)
-
-    __repr__ = __str__
+__all__ = ["Network", "LearnablesTable", "LearnableRow", "ParameterTable"]
 
 
 # the network ------------------------------------------------------------------------------
@@ -565,9 +502,18 @@ class Network(LayerGraph):
     Layers = property(lambda self: self.layers, doc="MATLAB ``net.Layers``: :attr:`layers`.")
     Connections = property(lambda self: self.connections,
                            doc="MATLAB ``net.Connections``: :attr:`connections`.")
-    Learnables = property(lambda self: self.learnables(),
-                          doc="MATLAB ``net.Learnables``: the tree of :meth:`learnables`.")
-    State = property(lambda self: self.state(), doc="MATLAB ``net.State``: :meth:`state`.")
+    Learnables = property(
+        lambda self: ParameterTable(self.learnables()),
+        lambda self, tree: self.set_learnables(tree),
+        doc="MATLAB ``net.Learnables``: a :class:`~fmtarray.network.ParameterTable` (the "
+            "tree of :meth:`learnables` with the table view Layer, Parameter, Value); "
+            "``net.Learnables = tree`` is :meth:`set_learnables`.")
+    State = property(
+        lambda self: ParameterTable(self.state()),
+        lambda self, state: self.update_state(state),
+        doc="MATLAB ``net.State``: a :class:`~fmtarray.network.ParameterTable` of "
+            ":meth:`state`; ``net.State = state`` (what :meth:`forward` returned) is "
+            ":meth:`update_state`.")
     InputNames = property(lambda self: self.input_names,
                           doc="MATLAB ``net.InputNames``: :attr:`input_names`.")
     OutputNames = property(lambda self: self.output_names,
