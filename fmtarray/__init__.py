@@ -2,6 +2,7 @@
 convolution on any array-API library."""
 
 from .array import FormattedArray, dims, extractdata, finddim, stripdims
+from .array import to_numpy
 from .autodiff import grad, value_and_grad
 from ._jax_pytree import register_jax  # FormattedArray is a JAX pytree once JAX is imported
 from .ops import (
@@ -44,3 +45,4 @@ __all__ += ["concat", "flatten"]
 __all__ += ["transposed_conv"]
 __all__ += ["save", "load"]
 __all__ += ["leaky_relu"]
+__all__ += ["to_numpy"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from . import _backend, _format
 
-__all__ = ["FormattedArray", "dims", "finddim", "stripdims", "extractdata", "as_formatted"]
+__all__ = ["FormattedArray", "dims", "finddim", "stripdims", "extractdata", "as_formatted",
+           "to_numpy"]
 
 _SIZE_SEP = "\u00d7"  # ×
 
@@ -349,6 +350,50 @@ def stripdims(x, fmt: str | None = None):
 def extractdata(x):
     """The backend array of ``x`` in canonical order (no tracing)."""
     return x._data if isinstance(x, FormattedArray) else x
+
+
+def to_numpy(x, fmt: str | None = None):
+    """``x`` as a NumPy array on the host.
+
+    Parameters
+    ----------
+    x
+        A :class:`FormattedArray` or an array of any array-API library (NumPy, torch,
+        JAX, CuPy, Dask, ``array_api_strict``…); a traced FormattedArray gives its
+        values, as :func:`extractdata` does.
+    fmt
+        Optional: a permutation of ``x``'s format (``"BCSS"`` for torch's NCHW), the order
+        to return the dims in. By default the dims come in ``x``'s canonical order
+        ``S…S C B T U…U``, the order of ``x.data`` and of MATLAB's ``dlarray``
+        (``extractdata`` in MATLAB gives the same layout), so the result is the array
+        MATLAB would hold.
+
+    Data on another device (a CUDA tensor, a CuPy array) is copied to the host, and a
+    Dask array is computed: calling ``to_numpy`` is the explicit request for that. NumPy
+    data comes back as it is, without a copy (a view when ``fmt`` permutes it): copy it
+    (``numpy.array(a)``) before writing to it.
+
+    Examples
+    --------
+    >>> import numpy as np, fmtarray as fa
+    >>> x = fa.FormattedArray(np.zeros((8, 3, 28, 28)), "BCSS")
+    >>> fa.to_numpy(x).shape, fa.to_numpy(x, "BCSS").shape
+    ((28, 28, 3, 8), (8, 3, 28, 28))
+    """
+    if isinstance(x, FormattedArray):
+        if fmt is not None:
+            x = stripdims(x, fmt)
+        return _backend.to_numpy(x._data)
+    if not _backend.is_array(x):
+        raise TypeError(
+            f"to_numpy: x must be a FormattedArray or an array of an array-API library "
+            f"(numpy, torch, jax, cupy, dask, array_api_strict, ...), got "
+            f"{type(x).__module__}.{type(x).__name__}"
+        )
+    if fmt is not None:
+        raise ValueError(f"to_numpy: fmt={fmt!r} needs a formatted x (a FormattedArray); a "
+                         "raw array has no labels to order by")
+    return _backend.to_numpy(x)
 
 
 _ew = None  # fmtarray.ops.elementwise once an operator has been used
