@@ -211,13 +211,42 @@ def batchNormalizationLayer(*args, **kwargs):  # noqa: N802
     return _make("batchNormalizationLayer", BatchNormalizationLayer, args, kwargs, _BN_OPTIONS)
 
 
-def dlnetwork(layers, *args, Initialize=True, **kwargs):  # noqa: N802, N803
-    """MATLAB ``dlnetwork(layers)``: a :class:`fmtarray.Network`, initialised when the first
-    layer is an input layer (``Initialize=False`` leaves it uninitialised)."""
+_DLNETWORK_OPTIONS = {"Initialize": "initialize"}
+
+
+def dlnetwork(layers=None, *args, **kwargs):  # noqa: N802
+    """MATLAB ``net = dlnetwork``, ``dlnetwork(layers)``, ``dlnetwork(layers, X1,...,XN)``,
+    ``dlnetwork(layers, Initialize=tf)``: a :class:`fmtarray.Network`.
+
+    Without ``layers`` (or with ``[]``) the network is empty, to build with
+    ``addLayers``/``connectLayers`` (or ``net.add_layers``) and initialise later. With
+    layers it is initialised (``Initialize=True``, the default) when every network input
+    is an input layer that knows its size, or from the example inputs ``X1,...,XN`` (one
+    per network input); otherwise, and with ``Initialize=False``, it is left uninitialised
+    (MATLAB gives an uninitialised network when an input has no input layer). Example
+    inputs with ``Initialize=False`` are a ``ValueError``.
+    """
     from ..network import Network
 
-    net = Network(list(layers))
-    if Initialize and callable(getattr(net[0], "example_input", None)):
+    fn = "dlnetwork"
+    k = 0  # the example inputs come before the Name, Value pairs
+    while k < len(args) and not isinstance(args[k], str):
+        k += 1
+    examples, pairs = args[:k], args[k:]
+    opts = _options(fn, pairs, kwargs, _DLNETWORK_OPTIONS)
+    init = opts.get("initialize", True)
+    if not isinstance(init, bool):
+        raise TypeError(f"{fn}: Initialize must be true or false (a bool), got "
+                        f"{type(init).__name__} {init!r}")
+    net = Network(layers)
+    if examples and not init:
+        raise ValueError(f"{fn}: example inputs were given with Initialize=False; give "
+                         "either the examples (to initialise) or Initialize=False")
+    if examples:
+        net.initialize(examples[0] if len(examples) == 1 else tuple(examples))
+    elif init and len(net) and all(
+            callable(getattr(net[n.split("/")[0]], "example_input", None))
+            for n in net.input_names):
         net.initialize()
     return net
 
