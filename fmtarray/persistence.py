@@ -609,5 +609,9 @@ def _mark_initialized(net, info):
             return
         except (TypeError, ValueError):
             pass  # a network input that is not an input layer: no example to initialise with
-    # every value is in place: only the flag is missing (Network has no public setter)
+    # Every value is in place; only the flag is missing. Network.initialize cannot set it
+    # here: a network input that is not an input layer needs an example (its format and
+    # size), and the file records neither. The flag is restored privately, on purpose: a
+    # public way to mark a network initialised without examples would let users skip the
+    # format checks initialize() makes, so Network offers none.
     net._initialized = True
