@@ -219,8 +219,9 @@ def display(cls_name, rows) -> str:
 
 class ConvDisplay:
     """MATLAB's display of a convolution layer (``repr``), its one-line description and
-    ``properties()``; mixed into :class:`~fmtarray.layers.convolution.ConvolutionLayerBase`,
-    whose attributes it reads."""
+    ``properties()``; mixed into the convolution layers' core
+    (:mod:`fmtarray.layers.convolution`), whose attributes it reads. The transposed
+    layer overrides :meth:`_geometry_rows`, :meth:`description` and ``_property_names``."""
 
     def _pad_str(self) -> str:
         if self._padding_mode != "manual":
@@ -264,6 +265,12 @@ class ConvDisplay:
         nc = "'auto'" if self._num_channels == "auto" else str(self._num_channels)
         return [("NumChannels", nc), ("NumFilters", str(self._num_filters))]
 
+    def _geometry_rows(self):
+        return [("DilationFactor", self._vec_str(self._dilation_factor)),
+                ("PaddingMode", repr(self._padding_mode)),
+                ("PaddingSize", _pad_matrix_str(self.padding_size)),
+                ("PaddingValue", self._padding_value_str())]
+
     def __repr__(self) -> str:
         rows = [
             ("Name", repr(self._name)),
@@ -272,10 +279,7 @@ class ConvDisplay:
             ("FilterSize", self._vec_str(self._filter_size)),
             *self._channel_rows(),
             ("Stride", self._vec_str(self._stride)),
-            ("DilationFactor", self._vec_str(self._dilation_factor)),
-            ("PaddingMode", repr(self._padding_mode)),
-            ("PaddingSize", _pad_matrix_str(self.padding_size)),
-            ("PaddingValue", self._padding_value_str()),
+            *self._geometry_rows(),
             None,
             "Learnable Parameters",
             ("Weights", self._param_str(self._weights)),

@@ -1,0 +1,390 @@
+"""The core of MATLAB's convolution layers (:class:`_ConvolutionCore`): what the
+forward layers (:class:`~fmtarray.layers.convolution.ConvolutionLayerBase` and its
+subclasses) and the transposed layer
+(:class:`~fmtarray.layers.TransposedConvolution2DLayer`) share: name, filter size,
+stride, ``num_filters``/``num_channels``, initialisers, learn-rate and L2 factors,
+``weights``/``bias`` in MATLAB's layout, ``initialize``/``predict`` and the display
+(:class:`~fmtarray.layers._conv_props.ConvDisplay`). The edges (padding or cropping)
+and the arithmetic are the subclasses' hooks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend
+from ..array import FormattedArray
+from ._conv_props import (
+    _X, _check_param, _ints, _is_traced, _layout, _reshape_param, _shape_str, _sizes_legal,
+    _vec, ConvDisplay, factor_property,
+)
+from .base import Layer
+from .initializers import (
+    BIAS_INITIALIZERS, WEIGHTS_INITIALIZERS, check_initializer, initialize_array, sub_seed,
+)
+
+__all__ = ["_ConvolutionCore"]
+
+
+class _ConvolutionCore(ConvDisplay, Layer):
+    """What every MATLAB convolution layer shares, transposed included, for ``_nd``
+    convolved dims: name, filter size, stride, ``num_filters``/``num_channels``,
+    initialisers, learn-rate and L2 factors, ``weights``/``bias`` in MATLAB's layout,
+    ``initialize``/``predict`` and the display. What the edges do (padding, or the
+    transposed layer's cropping) and the arithmetic are hooks: :meth:`_resolve`,
+    :meth:`_store_geometry`, :meth:`_geometry_str` and :meth:`_apply`. Not a layer by
+    itself; :class:`ConvolutionLayerBase` adds padding and dilation.
+    """
+
+    learnable_names = ("weights", "bias")
+    _nd = 2
+    _fs_names = "(h, w)"  # the filter_size / dilation_factor components, for messages
+    _stride_names = "(a, b)"
+    _weights_layout = f"h{_X}w{_X}C{_X}F"
+    _filters_first = False  # weights k1 … kd × F × C (transposed) instead of × C × F
+    _weights_note = ""  # appended to the weights-shape error
+    _type_name = ""
+
+    @property
+    def num_filters(self) -> int:
+        """Number of filters (output channels); read-only."""
+        return self._num_filters
+
+    @property
+    def num_channels(self):
+        """``"auto"`` until resolved, else the number of input channels; read-only."""
+        return self._num_channels
+
+    def _init_common(self, filter_size, *, stride, weights_initializer, bias_initializer,
+                     weight_learn_rate_factor, bias_learn_rate_factor, weight_l2_factor,
+                     bias_l2_factor, name, **edges):
+        """Set the shared properties; ``edges`` are the subclass's geometry properties
+        (``dilation_factor``, ``padding``, ``padding_value``; or ``cropping``), set in
+        their order after the stride."""
+        self._weights = None
+        self._bias = None
+        self.name = name
+        self.filter_size = filter_size
+        self.stride = stride
+        for prop, value in edges.items():
+            setattr(self, prop, value)
+        self.weights_initializer = weights_initializer
+        self.bias_initializer = bias_initializer
+        self.weight_learn_rate_factor = weight_learn_rate_factor
+        self.bias_learn_rate_factor = bias_learn_rate_factor
+        self.weight_l2_factor = weight_l2_factor
+        self.bias_l2_factor = bias_l2_factor
+
+
+    @staticmethod
+    def _num_channels_arg(num_channels):
+        if isinstance(num_channels, str):
+            if num_channels.lower() != "auto":
+                raise ValueError(
+                    f"num_channels must be 'auto' or a positive integer, got {num_channels!r}"
+                )
+            return "auto"
+        return _ints(num_channels, "num_channels", lengths=(1,), low=1,
+                     legal="'auto' or a positive integer")[0]
+
+    def _pub(self, t):
+        """A per-dim tuple as the property shows it (an int for 1-D layers, as MATLAB)."""
+        return t[0] if self._nd == 1 else t
+
+    def _vec_str(self, t) -> str:
+        return str(t[0]) if self._nd == 1 else _vec(t)
+
+    # hyperparameters ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Layer name (default ``""``)."""
+        return self._name
+
+    @name.setter
+    def name(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"name must be a str, got {type(value).__name__} {value!r}")
+        self._name = value
+
+    @property
+    def filter_size(self):
+        """The filter size per convolved dim; a scalar sets every dim."""
+        return self._pub(self._filter_size)
+
+    @filter_size.setter
+    def filter_size(self, value):
+        nd = self._nd
+        fs = _ints(value, "filter_size", lengths=(nd,), low=1,
+                   legal=_sizes_legal(nd, self._fs_names))
+        w = getattr(self, "_weights", None)
+        if w is not None and tuple(w.shape[:nd]) != fs:
+            raise ValueError(
+                f"filter_size {self._pub(fs)} does not match the weights of shape "
+                f"{tuple(w.shape)}; set weights=None first to change the filter size"
+            )
+        self._filter_size = fs
+
+    @property
+    def stride(self):
+        """The step per convolved dim; a scalar sets every dim."""
+        return self._pub(self._stride)
+
+    @stride.setter
+    def stride(self, value):
+        self._stride = _ints(value, "stride", lengths=(self._nd,), low=1,
+                             legal=_sizes_legal(self._nd, self._stride_names))
+
+    @property
+    def weights_initializer(self):
+        return self._weights_initializer
+
+    @weights_initializer.setter
+    def weights_initializer(self, value):
+        self._weights_initializer = check_initializer(
+            value, "weights_initializer", WEIGHTS_INITIALIZERS
+        )
+
+    @property
+    def bias_initializer(self):
+        return self._bias_initializer
+
+    @bias_initializer.setter
+    def bias_initializer(self, value):
+        self._bias_initializer = check_initializer(value, "bias_initializer", BIAS_INITIALIZERS)
+
+    weight_learn_rate_factor = factor_property("weight_learn_rate_factor")
+    bias_learn_rate_factor = factor_property("bias_learn_rate_factor")
+    weight_l2_factor = factor_property("weight_l2_factor")
+    bias_l2_factor = factor_property("bias_l2_factor")
+
+    # read-only layer properties
+    num_inputs = property(lambda self: 1, doc="Number of inputs: 1 (read-only).")
+    input_names = property(lambda self: ("in",), doc="Input names: ('in',) (read-only).")
+    num_outputs = property(lambda self: 1, doc="Number of outputs: 1 (read-only).")
+    output_names = property(lambda self: ("out",), doc="Output names: ('out',) (read-only).")
+
+    # learnables (plain layout: k1 … kd × C × F; the grouped layer overrides) ------------
+    @property
+    def weights(self):
+        """MATLAB-layout weights, or ``None`` until initialised."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, value):
+        if value is None:
+            self._weights = None
+            return
+        xp = _check_param(value, "weights")
+        shape = tuple(value.shape)
+        nd = self._nd
+        if not nd <= len(shape) <= nd + 2:
+            raise ValueError(
+                f"weights must be an {self._weights_layout} array ({nd + 2} dims; MATLAB may "
+                f"drop trailing singletons), got shape {shape}"
+            )
+        full = shape + (1,) * (nd + 2 - len(shape))
+        c_axis = nd + 1 if self._filters_first else nd
+        c, f = full[c_axis], full[2 * nd + 1 - c_axis]
+        fs = self._filter_size
+        if full[:nd] != fs or f != self._num_filters:
+            want = _X.join(str(k) for k in fs)
+            cf = (f"{self._num_filters}{_X}C" if self._filters_first
+                  else f"C{_X}{self._num_filters}")
+            raise ValueError(
+                f"weights must have shape {want}{_X}{cf} (filter_size {self._pub(fs)}, "
+                f"num_filters {self._num_filters}{self._weights_note}), got shape {shape}"
+            )
+        if self._num_channels != "auto" and c != self._num_channels:
+            raise ValueError(
+                f"num_channels is {self._num_channels} but the weights of shape {shape} have "
+                f"{c} channels (dim {c_axis + 1}); make them agree"
+            )
+        self._weights = _reshape_param(value, xp, full, "weights")
+        self._num_channels = c
+
+    def _bias_shape(self):
+        return (1,) * self._nd + (self._num_filters,)
+
+    @property
+    def bias(self):
+        """MATLAB-layout bias (``1 × … × 1 × F``), or ``None`` until initialised."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value):
+        if value is None:
+            self._bias = None
+            return
+        xp = _check_param(value, "bias")
+        shape = tuple(value.shape)
+        full = self._bias_shape()
+        f = math.prod(full)
+        ok = shape in ((f,), full) or (f == 1 and math.prod(shape) == 1 and len(shape) <= len(full))
+        if not ok:
+            raise ValueError(
+                f"bias must have shape {_shape_str(full)} or ({f},) "
+                f"({self._bias_what()}), got shape {shape}"
+            )
+        if _is_traced(value) and shape in ((f,), full):
+            self._bias = value  # a traced stand-in during training: keep it as it is
+            return
+        self._bias = _reshape_param(value, xp, full, "bias")
+
+    def _bias_what(self):
+        return f"num_filters {self._num_filters}"
+
+    @property
+    def num_parameters(self):
+        """Weights plus bias values once the channels are known, else ``None``."""
+        if self._num_channels == "auto":
+            return None
+        return (math.prod(self._filter_size) * self._num_channels + 1) * self._num_filters
+
+    # hooks of the plain layout -------------------------------------------------------
+    def _check_channels(self, c, fmt, shape):
+        """Raise when an input with ``c`` channels cannot go through the layer."""
+        if self._num_channels != "auto" and c != self._num_channels:
+            raise ValueError(
+                f"num_channels is {self._num_channels} but the input (format {fmt!r}, shape "
+                f"{tuple(shape)}) has {c} channels"
+                + (" (the weights fix num_channels)" if self._weights is not None else "")
+            )
+
+    def _resolve_channels(self, c):
+        self._num_channels = c
+
+    def _weights_shape(self, c):
+        cf = (self._num_filters, c) if self._filters_first else (c, self._num_filters)
+        return self._filter_size + cf
+
+    def _fans(self, c):
+        """MATLAB's ``(numIn, numOut)``: the fans of the weights array as laid out."""
+        k = math.prod(self._filter_size)
+        cf = (self._num_filters, c) if self._filters_first else (c, self._num_filters)
+        return k * cf[0], k * cf[1]
+
+    def _weights_channels(self):
+        """Input channels the current weights take."""
+        return self._weights.shape[self._nd + self._filters_first]
+
+    def _conv_weights(self):
+        return self._weights
+
+    def _conv_bias(self):
+        return self._bias
+
+    def _dispatch(self, fmt):
+        """``weights_format`` for :func:`fmtarray.conv` (None: its default) for input
+        format ``fmt``; a ``ValueError`` listing the accepted formats otherwise."""
+        raise NotImplementedError
+
+    def _conv_sizes(self, fmt, shape):
+        """Sizes of the convolved dims of an input: the ``S`` dims, then ``T`` when the
+        weights format convolves it."""
+        wfmt = self._dispatch(fmt)
+        sizes = [shape[i] for i, ch in enumerate(fmt) if ch == "S"]
+        if wfmt is not None and "T" in wfmt:
+            sizes.append(shape[fmt.index("T")])
+        return tuple(sizes)
+
+    def output_size(self, input_size):
+        """Output sizes of the convolved dims for their input sizes (may be < 1)."""
+        nd = self._nd
+        names = "(H, W)" if nd == 2 else ("(H, W, D)" if nd == 3 else "(N,)")
+        sizes = _ints(input_size, "input_size", lengths=(nd,), low=0,
+                      legal=f"the sizes {names} of the convolved dims, non-negative integers")
+        return self._resolve(sizes)[0]
+
+    # geometry hooks ------------------------------------------------------------------
+    def _resolve(self, sizes):
+        """``(out, before, after)`` per convolved dim for input sizes ``sizes``."""
+        raise NotImplementedError
+
+    def _store_geometry(self, fmt, shape):
+        """Store the edges an automatic mode ("same", "causal") gives this input."""
+        raise NotImplementedError
+
+    def _geometry_str(self, before, after) -> str:
+        """The geometry that gives a too-small output, for the error message."""
+        raise NotImplementedError
+
+    def _apply(self, x, wfmt, before, after):
+        """The arithmetic: ``x`` through the layer with resolved edges."""
+        raise NotImplementedError
+
+    # protocol -------------------------------------------------------------------------
+    def initialize(self, x, *, seed=None, xp=None, dtype=None, device=None):
+        """Resolve the channels and fill empty ``weights``/``bias`` from an example input.
+
+        Parameters
+        ----------
+        x
+            A FormattedArray, or a layout: an object with ``.format`` and ``.shape``,
+            or a pair ``(shape, format)``.
+        seed
+            int, ``numpy.random.Generator`` or ``None``: the random draws.  Weights
+            use ``seed`` itself, the bias an independent stream derived from it.
+        xp, dtype, device
+            Where to create the parameters when ``x`` is a layout (defaults: NumPy,
+            float32); with an array, its namespace, dtype and device.
+        """
+        fmt, shape, xxp, xdt, xdev = _layout(x)
+        self._dispatch(fmt)  # ValueError naming the format and the accepted ones
+        c = shape[fmt.index("C")] if "C" in fmt else 1
+        self._check_channels(c, fmt, shape)
+        xp = xxp if xxp is not None else (xp if xp is not None else _backend.namespace())
+        if dtype is None:
+            dtype = xdt if (xdt is not None and xp.isdtype(xdt, "real floating")) else xp.float32
+        device = xdev if xdev is not None else device
+        fan_in, fan_out = self._fans(c)
+        if self._weights is None:
+            self._resolve_channels(c)
+            self.weights = initialize_array(
+                self._weights_initializer, self._weights_shape(c), fan_in=fan_in,
+                fan_out=fan_out, seed=seed, xp=xp, dtype=dtype, device=device,
+                prop="weights_initializer",
+            )
+        if self._bias is None:
+            self.bias = initialize_array(
+                self._bias_initializer, self._bias_shape(), fan_in=fan_in, fan_out=fan_out,
+                seed=sub_seed(seed, 1), xp=xp, dtype=dtype, device=device,
+                prop="bias_initializer",
+            )
+        self._resolve_channels(c)
+        self._store_geometry(fmt, shape)
+        return self
+
+    def predict(self, x):
+        """Convolve ``x`` (dispatching on its format); initialises an empty layer."""
+        if not isinstance(x, FormattedArray):
+            self._dispatch("")  # ValueError listing the accepted formats
+        fmt = x.format
+        wfmt = self._dispatch(fmt)
+        if self._weights is None or self._bias is None:
+            self.initialize(x)
+        shape = x.shape
+        c = shape[fmt.index("C")] if "C" in fmt else 1
+        self._check_input(c, fmt, shape)
+        sizes = self._conv_sizes(fmt, shape)
+        out, before, after = self._resolve(sizes)
+        if min(out) < 1:
+            raise ValueError(
+                f"layer {self._name!r}: input of size {sizes} (format {fmt!r}) is too small: "
+                f"{self._geometry_str(before, after)} give output size {out}; output sizes "
+                "must be >= 1"
+            )
+        return self._apply(x, wfmt, before, after)
+
+    def _check_input(self, c, fmt, shape):
+        W = self._weights
+        if self._weights_channels() != c:
+            raise ValueError(
+                f"layer {self._name!r}: num_channels is {self._weights_channels()} (weights of "
+                f"shape {tuple(W.shape)}) but the input (format {fmt!r}, shape {shape}) has {c} "
+                "channels"
+            )
+
+    # display: ConvDisplay (MATLAB's property display, description, properties())
+
+    def type_name(self) -> str:
+        return self._type_name
