@@ -11,6 +11,7 @@ import numbers
 import numpy as _np
 
 from .. import _backend, _format, _validate
+from ..array import FormattedArray
 
 
 def keys(fmt):
@@ -128,3 +129,63 @@ def check_memory(spec, xd, labels, padding):
 
 def _human(n):
     return _validate._human(n)
+
+
+def maybe_permute(xp, a, perm):
+    return a if perm == tuple(range(len(perm))) else xp.permute_dims(a, perm)
+
+
+def operands(func, xd, wd, bias):
+    """Check the weights and the bias of ``func`` (``conv``, ``transposed_conv``) against
+    ``x``'s data ``xd``: one library and device, real floating dtypes.
+
+    Returns ``(xp, dtype, bd, b_weak, b_src)``: the namespace, the result dtype, the
+    bias's data, the bias as a weak scalar (or ``None``) and as an array (or ``None``).
+    """
+    bd = bias._data if isinstance(bias, FormattedArray) else bias
+    b_weak = weak_scalar(bd)
+    b_src = bd if b_weak is None else None  # an array bias, or None
+    if b_src is not None and not _backend.is_array(b_src):
+        raise TypeError(f"{func}: bias must be None, a real number or an array, got "
+                        f"{type(bd).__name__} {bd!r}")
+    if not _backend.is_array(wd):
+        raise TypeError(f"{func}: weights must be an array of x's library or a FormattedArray, "
+                        f"got {type(wd).__module__}.{type(wd).__name__}")
+    xp = _backend.namespace(xd, wd, b_src)
+    _backend.check_same_device(xd, wd, b_src)
+    _validate.check_float(xp, xd, "x")
+    _validate.check_float(xp, wd, "weights")
+    if b_src is not None:
+        _validate.check_float(xp, b_src, "bias")
+    return xp, result_dtype(xp, xd, wd, b_src), bd, b_weak, b_src
+
+
+def canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t):
+    """``x`` in canonical dim order and its sizes, for a convolution over ``n_s`` S dims
+    (and T when ``conv_t``).
+
+    Returns ``(p1, cfmt, xc, cshape, ckeys, size, conv_keys, has_c, sp, C, N, labels)``:
+    the permutation from ``data_format`` (``None`` for formatted input), the canonical
+    format, data and shape, the dim keys and their sizes, the convolved dims' keys, whether
+    there is a ``C``, the convolved sizes, the channels, the batch-like size and the
+    convolved dims' labels.
+    """
+    p1 = None
+    if data_format is not None:
+        xr = xd
+        if len(data_format) > xd.ndim:
+            xr = xp.reshape(xd, tuple(xd.shape) + (1,) * (len(data_format) - xd.ndim))
+        cfmt, p1 = _format.canonicalize(data_format)
+        xc = maybe_permute(xp, xr, p1)
+    else:
+        cfmt, xc = fmt_in, xd
+    ckeys = keys(cfmt)
+    cshape = tuple(xc.shape)
+    size = dict(zip(ckeys, cshape))
+    conv_keys = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
+    has_c = ("C", 0) in ckeys
+    sp = tuple(size[k] for k in conv_keys)
+    C = size[("C", 0)] if has_c else 1
+    N = math.prod(size[k] for k in ckeys if k[0] in "BT" and k not in conv_keys)
+    labels = "".join(k[0] for k in conv_keys)
+    return p1, cfmt, xc, cshape, ckeys, size, conv_keys, has_c, sp, C, N, labels

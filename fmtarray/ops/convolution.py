@@ -28,8 +28,7 @@ _keys = _ca.keys
 _perm = _ca.perm
 
 
-def _maybe_permute(xp, a, perm):
-    return a if perm == tuple(range(len(perm))) else xp.permute_dims(a, perm)
+_maybe_permute = _ca.maybe_permute
 
 
 def _inverse(perm):
@@ -286,47 +285,11 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
             "weights_format contains T), e.g. 'SCB', 'SSCB', 'SSSCB', 'SCBT' with 'STCU' weights"
         )
     B = bias if isinstance(bias, FormattedArray) else None
-    bd = bias._data if B is not None else bias
-    b_weak = _ca.weak_scalar(bd)
-    b_src = bd if b_weak is None else None  # an array bias, or None
-    if b_src is not None and not _backend.is_array(b_src):
-        raise TypeError(f"conv: bias must be None, a real number or an array, got "
-                        f"{type(bd).__name__} {bd!r}")
-    if not _backend.is_array(wd):
-        raise TypeError(
-            f"conv: weights must be an array of x's library or a FormattedArray, got "
-            f"{type(wd).__module__}.{type(wd).__name__}"
-        )
-    xp = _backend.namespace(xd, wd, b_src)
-    _backend.check_same_device(xd, wd, b_src)
-    _validate.check_float(xp, xd, "x")
-    _validate.check_float(xp, wd, "weights")
-    if b_src is not None:
-        _validate.check_float(xp, b_src, "bias")
-    dtype = _ca.result_dtype(xp, xd, wd, b_src)
+    xp, dtype, bd, b_weak, b_src = _ca.operands("conv", xd, wd, bias)
 
     # ---- canonical layout of x
-    p1 = None
-    if data_format is not None:
-        xr = xd
-        if len(data_format) > xd.ndim:
-            xr = xp.reshape(xd, tuple(xd.shape) + (1,) * (len(data_format) - xd.ndim))
-        cfmt, p1 = _format.canonicalize(data_format)
-        xc = _maybe_permute(xp, xr, p1)
-    else:
-        cfmt, xc = fmt_in, xd
-    ckeys = _keys(cfmt)
-    cshape = tuple(xc.shape)
-    size = dict(zip(ckeys, cshape))
-    conv_keys = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
-    has_c = ("C", 0) in ckeys
-    sp = tuple(size[k] for k in conv_keys)
-    C = size[("C", 0)] if has_c else 1
-    N = 1
-    for k in ckeys:
-        if k[0] in "BT" and k not in conv_keys:
-            N *= size[k]
-    labels = "".join(k[0] for k in conv_keys)
+    (p1, cfmt, xc, cshape, ckeys, size, conv_keys, has_c, sp, C, N,
+     labels) = _ca.canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t)
 
     # ---- weights
     perm_w, w_after, kshape = _ca.weights_layout(wd, w_fmt_given, n_s, conv_t, nconv,

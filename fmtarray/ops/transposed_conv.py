@@ -149,42 +149,11 @@ def _parse(x, weights, bias, stride, dilation_factor, cropping, weights_format, 
             "1 to 3 S dims (plus T when weights_format contains T), e.g. 'SCB', 'SSCB', "
             "'SSSCB', 'SCBT' with 'STUC' weights")
     B = bias if isinstance(bias, FormattedArray) else None
-    bd = bias._data if B is not None else bias
-    b_weak = _ca.weak_scalar(bd)
-    b_src = bd if b_weak is None else None
-    if b_src is not None and not _backend.is_array(b_src):
-        raise TypeError(f"{_F}: bias must be None, a real number or an array, got "
-                        f"{type(bd).__name__} {bd!r}")
-    if not _backend.is_array(wd):
-        raise TypeError(f"{_F}: weights must be an array of x's library or a FormattedArray, "
-                        f"got {type(wd).__module__}.{type(wd).__name__}")
-    xp = _backend.namespace(xd, wd, b_src)
-    _backend.check_same_device(xd, wd, b_src)
-    _validate.check_float(xp, xd, "x")
-    _validate.check_float(xp, wd, "weights")
-    if b_src is not None:
-        _validate.check_float(xp, b_src, "bias")
-    dtype = _ca.result_dtype(xp, xd, wd, b_src)
+    xp, dtype, bd, b_weak, b_src = _ca.operands(_F, xd, wd, bias)
 
-    # x in canonical order
-    p1 = None
-    if data_format is not None:
-        xr = xd
-        if len(data_format) > xd.ndim:
-            xr = xp.reshape(xd, tuple(xd.shape) + (1,) * (len(data_format) - xd.ndim))
-        cfmt, p1 = _format.canonicalize(data_format)
-        xc = _maybe_permute(xp, xr, p1)
-    else:
-        cfmt, xc = fmt_in, xd
-    ckeys = _keys(cfmt)
-    cshape = tuple(xc.shape)
-    size = dict(zip(ckeys, cshape))
-    conv_keys = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
-    has_c = ("C", 0) in ckeys
-    sp = tuple(size[k] for k in conv_keys)
-    C = size[("C", 0)] if has_c else 1
-    N = math.prod(size[k] for k in ckeys if k[0] in "BT" and k not in conv_keys)
-    labels = "".join(k[0] for k in conv_keys)
+    # canonical layout of x
+    (p1, cfmt, xc, cshape, ckeys, size, conv_keys, has_c, sp, C, N,
+     labels) = _ca.canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t)
 
     # weights: (*k, Fg, Cg, G)
     perm_w, w_after, kshape = _weights_layout(wd, w_fmt, n_s, conv_t, nconv)
