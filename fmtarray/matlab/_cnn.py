@@ -15,29 +15,16 @@ from ..layers.dropout import DropoutLayer
 from ..layers.grouped_convolution import GroupedConvolution2DLayer
 from ..layers.pooling import GlobalAveragePooling2DLayer
 from ..ops.elementwise import leaky_relu
-from ._common import _make
+from ._common import _make, conv_layer_options
 
 __all__ = [
     "groupedConvolution2dLayer", "convolution1dLayer", "convolution3dLayer", "dropoutLayer",
     "leakyReluLayer", "globalAveragePooling2dLayer", "leakyrelu",
 ]
 
-_CONV_OPTIONS = {
-    "Stride": "stride",
-    "DilationFactor": "dilation_factor",
-    "Padding": "padding",
-    "PaddingValue": "padding_value",
-    "WeightsInitializer": "weights_initializer",
-    "BiasInitializer": "bias_initializer",
-    "Weights": "weights",
-    "Bias": "bias",
-    "WeightLearnRateFactor": "weight_learn_rate_factor",
-    "BiasLearnRateFactor": "bias_learn_rate_factor",
-    "WeightL2Factor": "weight_l2_factor",
-    "BiasL2Factor": "bias_l2_factor",
-    "Name": "name",
-}
-_CONV_ND_OPTIONS = {**_CONV_OPTIONS, "NumChannels": "num_channels"}
+_CONV_OPTIONS = conv_layer_options("DilationFactor", "Padding", "PaddingValue")
+_CONV_ND_OPTIONS = conv_layer_options("DilationFactor", "Padding", "PaddingValue",
+                                      "NumChannels")
 _CONV_POS = {"FilterSize": "filter_size", "NumFilters": "num_filters"}
 
 

@@ -1,5 +1,6 @@
-"""Shared helpers of the MATLAB-named functions: ``Name, Value`` option parsing and
-error messages that carry MATLAB's option names."""
+"""Shared helpers of the MATLAB-named functions: ``Name, Value`` option parsing, error
+messages that carry MATLAB's option names, and the option tables the learnable layers
+share."""
 
 from __future__ import annotations
 
@@ -48,3 +49,33 @@ def _make(func, cls, args, kwargs, table, *pos, pos_table=None):
         return cls(*pos, **opts)
     except (TypeError, ValueError) as e:
         _reraise(func, e, {**(pos_table or {}), **table})
+
+
+#: MATLAB options of every layer with weights and a bias (MATLAB name -> Python name)
+LEARNABLE_OPTIONS = {
+    "WeightsInitializer": "weights_initializer",
+    "BiasInitializer": "bias_initializer",
+    "Weights": "weights",
+    "Bias": "bias",
+    "WeightLearnRateFactor": "weight_learn_rate_factor",
+    "BiasLearnRateFactor": "bias_learn_rate_factor",
+    "WeightL2Factor": "weight_l2_factor",
+    "BiasL2Factor": "bias_l2_factor",
+    "Name": "name",
+}
+
+_CONV_EDGE_OPTIONS = {
+    "DilationFactor": "dilation_factor",
+    "Padding": "padding",
+    "PaddingValue": "padding_value",
+    "Cropping": "cropping",
+    "NumChannels": "num_channels",
+}
+
+
+def conv_layer_options(*extra: str) -> dict:
+    """The options table of a convolution layer: ``Stride``, the layer's ``extra``
+    options (of ``DilationFactor``, ``Padding``, ``PaddingValue``, ``Cropping``,
+    ``NumChannels``, in the given order), then :data:`LEARNABLE_OPTIONS`."""
+    return {"Stride": "stride", **{k: _CONV_EDGE_OPTIONS[k] for k in extra},
+            **LEARNABLE_OPTIONS}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..array import FormattedArray, dims, extractdata, finddim, stripdims
 from ..layers.convolution import Convolution2DLayer
 from ..ops.convolution import conv
-from ._common import _make, _options, _reraise
+from ._common import LEARNABLE_OPTIONS, _make, _options, _reraise, conv_layer_options
 
 __all__ = [
     # data
@@ -62,22 +62,8 @@ def dlconv(X, weights, bias, *args, **kwargs):
 
 # layers -------------------------------------------------------------------------------
 
-_CONV2D_OPTIONS = {
-    "Stride": "stride",
-    "DilationFactor": "dilation_factor",
-    "Padding": "padding",
-    "PaddingValue": "padding_value",
-    "NumChannels": "num_channels",
-    "WeightsInitializer": "weights_initializer",
-    "BiasInitializer": "bias_initializer",
-    "Weights": "weights",
-    "Bias": "bias",
-    "WeightLearnRateFactor": "weight_learn_rate_factor",
-    "BiasLearnRateFactor": "bias_learn_rate_factor",
-    "WeightL2Factor": "weight_l2_factor",
-    "BiasL2Factor": "bias_l2_factor",
-    "Name": "name",
-}
+_CONV2D_OPTIONS = conv_layer_options("DilationFactor", "Padding", "PaddingValue",
+                                     "NumChannels")
 
 
 def convolution2dLayer(filterSize, numFilters, *args, **kwargs) -> Convolution2DLayer:  # noqa: N802
@@ -90,12 +76,9 @@ def convolution2dLayer(filterSize, numFilters, *args, **kwargs) -> Convolution2D
     ``WeightL2Factor``, ``BiasL2Factor``, ``Name``.  Returns a
     :class:`fmtarray.layers.Convolution2DLayer`.
     """
-    opts = _options("convolution2dLayer", args, kwargs, _CONV2D_OPTIONS)
-    table = {"FilterSize": "filter_size", "NumFilters": "num_filters", **_CONV2D_OPTIONS}
-    try:
-        return Convolution2DLayer(filterSize, numFilters, **opts)
-    except (TypeError, ValueError) as e:
-        _reraise("convolution2dLayer", e, table)
+    return _make("convolution2dLayer", Convolution2DLayer, args, kwargs, _CONV2D_OPTIONS,
+                 filterSize, numFilters,
+                 pos_table={"FilterSize": "filter_size", "NumFilters": "num_filters"})
 
 
 # layers: input, activation, pooling, fully connected, normalisation; networks ----------
@@ -112,18 +95,7 @@ _IMAGE_INPUT_OPTIONS = {
 _NAME_ONLY = {"Name": "name"}
 _POOL_OPTIONS = {"Stride": "stride", "Padding": "padding", "Name": "name"}
 _AVG_POOL_OPTIONS = {**_POOL_OPTIONS, "PaddingValue": "padding_value"}
-_FC_OPTIONS = {
-    "InputSize": "input_size",
-    "WeightsInitializer": "weights_initializer",
-    "BiasInitializer": "bias_initializer",
-    "Weights": "weights",
-    "Bias": "bias",
-    "WeightLearnRateFactor": "weight_learn_rate_factor",
-    "BiasLearnRateFactor": "bias_learn_rate_factor",
-    "WeightL2Factor": "weight_l2_factor",
-    "BiasL2Factor": "bias_l2_factor",
-    "Name": "name",
-}
+_FC_OPTIONS = {"InputSize": "input_size", **LEARNABLE_OPTIONS}
 _BN_OPTIONS = {
     "NumChannels": "num_channels",
     "Epsilon": "epsilon",

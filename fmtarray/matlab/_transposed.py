@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..layers.transposed_convolution import TransposedConvolution2DLayer
 from ..ops.transposed_conv import transposed_conv
-from ._common import _make, _options, _reraise
+from ._common import _make, _options, _reraise, conv_layer_options
 
 __all__ = ["dltranspconv", "transposedConv2dLayer"]
 
@@ -33,20 +33,7 @@ def dltranspconv(X, weights, bias, *args, **kwargs):
         _reraise("dltranspconv", e, _DLTRANSPCONV_OPTIONS)
 
 
-_LAYER_OPTIONS = {
-    "Stride": "stride",
-    "Cropping": "cropping",
-    "NumChannels": "num_channels",
-    "WeightsInitializer": "weights_initializer",
-    "BiasInitializer": "bias_initializer",
-    "Weights": "weights",
-    "Bias": "bias",
-    "WeightLearnRateFactor": "weight_learn_rate_factor",
-    "BiasLearnRateFactor": "bias_learn_rate_factor",
-    "WeightL2Factor": "weight_l2_factor",
-    "BiasL2Factor": "bias_l2_factor",
-    "Name": "name",
-}
+_LAYER_OPTIONS = conv_layer_options("Cropping", "NumChannels")
 
 
 def transposedConv2dLayer(filterSize, numFilters, *args, **kwargs):  # noqa: N802
