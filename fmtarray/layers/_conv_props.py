@@ -51,11 +51,13 @@ def _factor(value, prop):
     return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
-def _padding(value, prop="padding"):
+def _padding(value, prop="padding", strings=("same", "valid")):
     """``(mode, (t, b, l, r))`` from any ``padding`` form (SPEC §3.3): ``p``, ``(a, b)``
     (top/bottom, left/right), ``(t, b, l, r)``, a ``2×2`` matrix ``[[t, l], [b, r]]``,
-    ``"same"`` or ``"valid"`` (any case), as :func:`fmtarray.conv` takes them."""
-    p = _validate.padding(value, 2, "(height, width)", strings=("same", "valid"), name=prop)
+    or one of ``strings`` (any case; ``"valid"`` is zero padding), as
+    :func:`fmtarray.conv` takes them. The transposed layer's cropping takes ``"same"``
+    only."""
+    p = _validate.padding(value, 2, "(height, width)", strings=strings, name=prop)
     if p == "same":
         return "same", (0, 0, 0, 0)
     (t, left), (b, r) = p

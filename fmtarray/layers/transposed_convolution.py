@@ -16,9 +16,9 @@ Properties, initialisers, factors and display come from the convolution layers' 
 
 from __future__ import annotations
 
-from .. import _format, _validate
+from .. import _format
 from ..ops.transposed_conv import transposed_conv, transposed_output_size
-from ._conv_props import _X, _pos_int, _vec, check_properties
+from ._conv_props import _X, _padding, _pos_int, _vec, check_properties
 from ._conv_core import _ConvolutionCore
 
 __all__ = ["TransposedConvolution2DLayer", "transposed_conv2d_layer"]
@@ -29,11 +29,7 @@ CROPPING_MODES = ("manual", "same")
 def _cropping(value, prop="cropping"):
     """``(mode, (t, b, l, r))`` from ``c``, ``(a, b)``, ``(t, b, l, r)``, a ``2×2``
     ``[[t, l], [b, r]]`` matrix or ``"same"``."""
-    p = _validate.padding(value, 2, "(height, width)", strings=("same",), name=prop)
-    if p == "same":
-        return "same", (0, 0, 0, 0)
-    (t, left), (b, r) = p
-    return "manual", (t, b, left, r)
+    return _padding(value, prop, strings=("same",))
 
 
 class TransposedConvolution2DLayer(_ConvolutionCore):
