@@ -18,23 +18,27 @@ newer version, a missing array, a property the layer refuses) is a ``ValueError`
 naming the file; no partial network is ever returned.  The file is written to a
 temporary file beside the target and renamed into place, so a failure leaves no
 half-written file.
+
+This module holds the manifest (what it says about the network and its layers, and
+rebuilding them); the archive itself, its writing and its checked reading are in
+:mod:`fmtarray._persist_file`.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import math
 import numbers
 import os
-import tempfile
-import zipfile
-import zlib
 
 import numpy as _np
 
 from . import _backend
+from ._persist_file import (  # noqa: F401  (FORMAT_NAME, FORMAT_VERSION: public here)
+    _ARRAY_KINDS, _MANIFEST, FORMAT_NAME, FORMAT_VERSION, _Damaged, _need, _read,
+    _write_atomically,
+)
 from ._move import _dtype_name
 from .array import FormattedArray
 from .layers._protocol import factor as _factor
@@ -45,14 +49,6 @@ from .layers._protocol import state_names as _state_names
 from .layers.base import Layer
 
 __all__ = ["save", "load", "register_layer", "FORMAT_NAME", "FORMAT_VERSION"]
-
-#: the ``format`` field of every manifest
-FORMAT_NAME = "fmtarray.network"
-#: the version this fmtarray writes; it reads every version up to this one
-FORMAT_VERSION = 1
-
-_MANIFEST = "manifest.json"
-_ARRAY_KINDS = "biuf"  # bool, signed/unsigned int, float: what .npy stores without pickle
 
 _USER_LAYERS: dict[str, type] = {}
 
@@ -236,10 +232,6 @@ def _restore_instance(layer, saved, arrays, who):
         object.__setattr__(layer, k, v)
 
 
-class _Damaged(ValueError):
-    """A problem with the file's contents (turned into a ValueError naming the file)."""
-
-
 def _decode(v, arrays, where):
     if v is None or isinstance(v, (bool, str, int, float)):
         return v
@@ -356,95 +348,7 @@ def _set_state(layer, vals):
             setattr(layer, k, v)
 
 
-def _write_atomically(target, text, arrays):
-    d = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
-                z.writestr(_MANIFEST, text.encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED)
-                for member, a in arrays.items():
-                    buf = io.BytesIO()
-                    _np.save(buf, a, allow_pickle=False)
-                    z.writestr(member, buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # load --------------------------------------------------------------------------------------
-
-
-def _need(d, key, typ, where):
-    if not isinstance(d, dict) or key not in d:
-        raise _Damaged(f"the manifest has no {where}{key!r} field")
-    v = d[key]
-    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
-        raise _Damaged(f"the manifest's {where}{key!r} field has the wrong type: {v!r:.80}")
-    return v
-
-
-def _read(path):
-    """(manifest, {member: array}) from the file, or _Damaged."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            try:
-                raw = z.read(_MANIFEST)
-            except KeyError:
-                raise _Damaged(f"it holds no {_MANIFEST}") from None
-            try:
-                manifest = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise _Damaged(f"its {_MANIFEST} is not valid JSON ({e})") from None
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-                raise _Damaged(f"it is not an fmtarray network file (no format {FORMAT_NAME!r} "
-                               f"in {_MANIFEST})")
-            version = manifest.get("format_version")
-            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-                raise _Damaged(f"its format_version {version!r} is not a positive integer")
-            if version > FORMAT_VERSION:
-                raise _Damaged(
-                    f"it was written in format version {version}, newer than this fmtarray reads "
-                    f"(up to {FORMAT_VERSION}); upgrade fmtarray to load it"
-                )
-            meta = _need(manifest, "arrays", dict, "")
-            arrays = {}
-            for member, m in meta.items():
-                dtype = _need(m, "dtype", str, f"arrays[{member!r}].")
-                shape = _need(m, "shape", list, f"arrays[{member!r}].")
-                try:
-                    data = z.read(member)
-                except KeyError:
-                    raise _Damaged(f"the manifest lists array {member!r}, which the file does "
-                                   "not hold") from None
-                try:
-                    a = _np.load(io.BytesIO(data), allow_pickle=False)
-                except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError) as e:
-                    raise _Damaged(f"array {member!r} is not a readable .npy array without "
-                                   f"pickle ({e})") from None
-                if not isinstance(a, _np.ndarray) or a.dtype.kind not in _ARRAY_KINDS:
-                    raise _Damaged(f"array {member!r} has dtype {getattr(a, 'dtype', '?')}, "
-                                   "which this format does not store")
-                if a.dtype.name != dtype or list(a.shape) != shape:
-                    raise _Damaged(f"array {member!r} is {a.dtype.name} {list(a.shape)}, the "
-                                   f"manifest says {dtype} {shape}")
-                arrays[member] = a
-    except (_Damaged, FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
-            NotImplementedError) as e:
-        raise _Damaged(f"it is not a readable ZIP archive ({e}); it may be truncated or not a "
-                       "saved network") from None
-    except Exception as e:  # whatever a damaged archive makes zipfile/NumPy raise
-        raise _Damaged(f"reading it failed ({type(e).__name__}: {e}); it may be damaged") \
-            from None
-    return manifest, arrays
 
 
 def load(path, library=None, device=None):

@@ -168,7 +168,7 @@ LAYERS = [
     ("fmtarray.ops", "fmtarray.io"),
     ("fmtarray.autodiff", "fmtarray.layers"),
     ("fmtarray.network", "fmtarray._layer_graph", "fmtarray._move", "fmtarray.persistence",
-     "fmtarray._blockwise"),
+     "fmtarray._persist_file", "fmtarray._blockwise"),
     ("fmtarray.training",),
     ("fmtarray.matlab",),
 ]
