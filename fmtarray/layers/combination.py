@@ -114,48 +114,46 @@ class _MultiInputLayer(Layer):
     __str__ = __repr__
 
 
-class AdditionLayer(_MultiInputLayer):
+class _ElementwiseLayer(_MultiInputLayer):
+    """``num_inputs`` inputs of one format and size combined elementwise by ``_op``."""
+
+    _op = None  # a binary fmtarray op, as staticmethod
+    _type = ""  # type_name()
+    _verb = ""  # in the description
+
+    def predict(self, *xs):
+        self._inputs(xs)
+        self._same_sizes(xs)
+        y = xs[0]
+        for x in xs[1:]:
+            y = self._op(y, x)
+        return y
+
+    def type_name(self) -> str:
+        return self._type
+
+    def description(self) -> str:
+        return f"Element-wise {self._verb} of {self._num_inputs} inputs"
+
+
+class AdditionLayer(_ElementwiseLayer):
     """Elementwise sum of ``num_inputs`` inputs of one format and size (MATLAB
     ``additionLayer``); the join of a residual connection."""
 
     default_name = "addition"
     _title = "AdditionLayer"
-
-    def predict(self, *xs):
-        self._inputs(xs)
-        self._same_sizes(xs)
-        y = xs[0]
-        for x in xs[1:]:
-            y = add(y, x)
-        return y
-
-    def type_name(self) -> str:
-        return "Addition"
-
-    def description(self) -> str:
-        return f"Element-wise addition of {self._num_inputs} inputs"
+    _op = staticmethod(add)
+    _type, _verb = "Addition", "addition"
 
 
-class MultiplicationLayer(_MultiInputLayer):
+class MultiplicationLayer(_ElementwiseLayer):
     """Elementwise product of ``num_inputs`` inputs of one format and size (MATLAB
     ``multiplicationLayer``)."""
 
     default_name = "multiplication"
     _title = "MultiplicationLayer"
-
-    def predict(self, *xs):
-        self._inputs(xs)
-        self._same_sizes(xs)
-        y = xs[0]
-        for x in xs[1:]:
-            y = multiply(y, x)
-        return y
-
-    def type_name(self) -> str:
-        return "Multiplication"
-
-    def description(self) -> str:
-        return f"Element-wise multiplication of {self._num_inputs} inputs"
+    _op = staticmethod(multiply)
+    _type, _verb = "Multiplication", "multiplication"
 
 
 def _check_dim(dim):
