@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .. import _backend, _format, _tape, _validate
 from . import _conv_args as _ca
+from ._chunks import match_chunks
 from .._kernels import conv as _k
 from .._kernels.conv.spec import resolve_padding
 from ..array import FormattedArray
@@ -395,6 +396,8 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
     layout = _k.Layout.of(c.dims, c.xk)
     y = _k.forward(xp, c.spec, layout, c.xk, c.wk, c.b, force=algorithm)
     y = xp.reshape(y, c.oshape) if tuple(y.shape) != c.oshape else y
+    if c.data_format is None:  # Dask: the merged batch-like dims keep x's chunks
+        y = match_chunks(xp, y, c.xd, _batch_like(c.ofmt, c.cfmt, c.oshape, c.xd.shape))
     okeys = _keys(c.ofmt)
     if c.data_format is not None:
         ufmt = c.data_format if c.has_c else _insert_c_user(c.data_format)
@@ -417,6 +420,7 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
                 if c.p1 is not None:
                     gx = _maybe_permute(xp, gx, _inverse(c.p1))
                 rx = xp.reshape(gx, tuple(c.xd.shape)) if tuple(gx.shape) != tuple(c.xd.shape) else gx
+                rx = match_chunks(xp, rx, c.xd, range(len(c.xd.shape)))
             if needs[1]:
                 gw = xp.reshape(gw, c.w_after) if tuple(gw.shape) != c.w_after else gw
                 gw = _maybe_permute(xp, gw, _inverse(c.perm_w))
@@ -479,6 +483,20 @@ def conv_plan(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, 
         _k.explain("input_grad", c.spec, glayout, lib, algorithm, None),
         _k.explain("weight_grad", c.spec, glayout, lib, algorithm, None),
     )
+
+
+def _batch_like(ofmt, cfmt, oshape, xshape):
+    """The batch-like dims of ``x`` (``B``, ``U``, a ``T`` the convolution kept at its
+    size) as ``(output axis, x axis)`` pairs; ``x`` is canonical (``cfmt``), and the
+    output may have gained a ``C`` (the other labels keep their order)."""
+    out, seen = [], {}
+    for i, lab in enumerate(ofmt):
+        k = seen.get(lab, 0)
+        seen[lab] = k + 1
+        j = [n for n, m in enumerate(cfmt) if m == lab]
+        if lab in "BTU" and k < len(j) and oshape[i] == xshape[j[k]]:
+            out.append((i, j[k]))
+    return out
 
 
 def _size(shape):

@@ -14,6 +14,7 @@ import math
 from .. import _backend, _tape, _validate
 from .._kernels import pool as _k
 from ..array import FormattedArray
+from ._chunks import match_chunks
 from .nn import _as_input, _identity, _inverse, _to_caller
 
 __all__ = ["max_pool", "avg_pool", "pool_padding"]
@@ -98,6 +99,7 @@ def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn)
     yt_shape = rsz + out_sp + ((nc,) if c >= 0 else ())
     yt = xp.reshape(yk, yt_shape)
     y = yt if _identity(perm) else xp.permute_dims(yt, _inverse(perm))
+    y = match_chunks(xp, y, xd, rest)  # Dask: the batch-like dims keep their chunks
     out = FormattedArray._wrap(y, fmt)
     if x._node is not None:
         yk_shape = tuple(yk.shape)
@@ -107,7 +109,8 @@ def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn)
             gk = xp.reshape(gt, yk_shape)
             gxk = _k.pool_backward(xp, gk, xk, yk, mode, pool_size, **kw)
             gx = xp.reshape(gxk, tuple(xt.shape))
-            return (gx if _identity(perm) else xp.permute_dims(gx, _inverse(perm)),)
+            gx = gx if _identity(perm) else xp.permute_dims(gx, _inverse(perm))
+            return (match_chunks(xp, gx, xd, range(len(fmt))),)
 
         _tape.record(out, (x,), back, fn)
     return _to_caller(out, df)

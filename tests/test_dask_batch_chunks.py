@@ -1,0 +1,54 @@
+"""Dask: convolution and pooling keep the input's chunks along the batch-like dims they
+merge for the kernels (B and a batch-like T of SSCBT), forward and input gradient
+(SPEC §6: a chunked T is never collapsed, nor rechunked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fmtarray as fa
+
+da = pytest.importorskip("dask.array")
+
+CHUNKS = (8, 8, 3, 2, (8, 8, 5, 11))  # B in chunks of 2, T unevenly
+
+
+def _x():
+    v = np.random.default_rng(0).standard_normal((8, 8, 3, 4, 32))
+    return v, fa.FormattedArray(da.from_array(v, chunks=CHUNKS), "SSCBT")
+
+
+@pytest.mark.parametrize("op", ["conv", "max_pool", "avg_pool"])
+def test_sscbt_keeps_b_and_t_chunks(op):
+    v, x = _x()
+    w = np.random.default_rng(1).standard_normal((3, 3, 3, 5))
+    if op == "conv":
+        def f(a, wd):
+            return fa.conv(a, wd, padding="same")
+        args = (da.from_array(w), w)
+    else:
+        def f(a, _):
+            return getattr(fa, op)(a, 2, stride=2)
+        args = (None, None)
+    y = f(x, args[0])
+    assert y.data.chunks[3:] == x.data.chunks[3:]
+    ref = f(fa.FormattedArray(v, "SSCBT"), args[1])
+    np.testing.assert_allclose(np.asarray(y.data.compute()), np.asarray(ref.data), rtol=1e-12,
+                               atol=1e-12)
+    g = fa.grad(lambda a: fa.sum(fa.square(f(a, args[0]))))(x)
+    assert g.data.chunks == x.data.chunks
+    gref = fa.grad(lambda a: fa.sum(fa.square(f(a, args[1]))))(fa.FormattedArray(v, "SSCBT"))
+    np.testing.assert_allclose(np.asarray(g.data.compute()), np.asarray(gref.data), rtol=1e-11,
+                               atol=1e-11)
+
+
+def test_input_without_c_gains_c_and_keeps_chunks():
+    v = np.random.default_rng(2).standard_normal((6, 6, 4, 10))
+    x = fa.FormattedArray(da.from_array(v, chunks=(6, 6, 2, (3, 7))), "SSBT")
+    w = np.random.default_rng(3).standard_normal((3, 3, 1, 2))
+    y = fa.conv(x, da.from_array(w), padding="same")
+    assert y.format == "SSCBT" and y.data.chunks[3:] == ((2, 2), (3, 7))
+    ref = fa.conv(fa.FormattedArray(v, "SSBT"), w, padding="same")
+    np.testing.assert_allclose(np.asarray(y.data.compute()), np.asarray(ref.data), rtol=1e-12,
+                               atol=1e-12)
