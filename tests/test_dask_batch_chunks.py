@@ -52,3 +52,37 @@ def test_input_without_c_gains_c_and_keeps_chunks():
     ref = fa.conv(fa.FormattedArray(v, "SSBT"), w, padding="same")
     np.testing.assert_allclose(np.asarray(y.data.compute()), np.asarray(ref.data), rtol=1e-12,
                                atol=1e-12)
+
+
+def test_lazy_pipeline_graph_grows_linearly_and_computes_nothing():
+    from dask.callbacks import Callback
+
+    runs = []
+
+    class Count(Callback):
+        def _start(self, dsk):
+            runs.append(1)
+
+    w = da.from_array(np.random.default_rng(4).standard_normal((3, 3, 3, 4)))
+    c = da.from_array(np.linspace(0.5, 2.0, 4))
+
+    def pipeline(t_chunk):
+        v = np.random.default_rng(5).standard_normal((8, 8, 3, 2, 64))
+        x = fa.FormattedArray(da.from_array(v, chunks=(8, 8, 3, 1, t_chunk)), "SSCBT")
+        y = fa.relu(fa.conv(x, w, padding="same"))           # conv, elementwise
+        y = fa.max_pool(y, 2, stride=2) * fa.FormattedArray(c, "C")  # pooling, broadcast
+        return fa.mean(fa.square(y), "S"), v                  # reduction
+
+    with Count():
+        small, v = pipeline(8)
+        large, _ = pipeline(4)
+    assert not runs  # building the graphs computed nothing
+    n_small = len(small.data.__dask_graph__())
+    n_large = len(large.data.__dask_graph__())
+    assert n_large <= 2.2 * n_small, (n_small, n_large)
+    assert small.data.chunks[-1] == (8,) * 8 and large.data.chunks[-1] == (4,) * 16
+    x = fa.FormattedArray(v, "SSCBT")
+    ref = fa.mean(fa.square(fa.max_pool(fa.relu(fa.conv(x, w.compute(), padding="same")), 2,
+                                        stride=2) * fa.FormattedArray(c.compute(), "C")), "S")
+    np.testing.assert_allclose(np.asarray(large.data.compute()), np.asarray(ref.data),
+                               rtol=1e-12, atol=1e-12)
