@@ -1,26 +1,47 @@
-"""Convolution throughput of ``fmtarray.conv`` (NumPy backend, float32) versus
-``torch.nn.functional.conv2d``, forward and backward, plus the peak workspace.
+"""Convolution throughput of ``fmtarray.conv`` (NumPy backend) versus torch's
+``conv2d`` / ``conv3d``: forward, training step and VJP, per input memory layout.
 
 Run on the benchmark machine with the OpenBLAS override unset::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/conv.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/conv.py [--steady]
 
-For each case it prints the shape, our time and GFLOP/s, the fraction of the float32
-GEMM rate measured in this process (a 2048³ ``matmul``), torch's time and the ratio
-torch-time / our-time (> 1: we are faster). Both sides use the same thread count
-and dtype; inputs are prepared outside the timed region (ours: a ``FormattedArray``
-in its canonical layout, e.g. ``SSCB``; torch: contiguous ``NCHW``), and each
-reported time is the median of interleaved repeats (ours, torch, ours, torch, ...).
-Backward = input gradient + weight gradient: our recorded VJP (what
-``fmtarray.grad`` runs) against ``torch.autograd.grad`` on the same graph.
+Cases (:mod:`_conv_cases`): the nine earlier ones plus a 1×1 GEMM case, a 5×5 stride-2
+case, a grouped case (4 groups), a 3-D case (``SSSCB``, against ``conv3d``) and the
+first case in float64. Each runs in both input layouts (``--layout``):
 
-Options: ``--quick`` (fewer repeats), ``--no-backward``, ``--no-memory``,
-``--cases 0,3`` (indices), ``--gap 20`` (20 ms idle before each turn: no call
-starts while the other library's threads still spin), ``--warm`` (an untimed call
-first in each turn), ``--steady`` (``--block 5 --gap 30 --warm``: each library
-timed in its own steady state, isolated from the other's after-effects),
-``--block 5`` (5 consecutive calls per turn of the
-interleaving: steady-state timings, see :func:`median_interleaved`).
+* ``nhwc`` — NumPy data in channels-last memory (batch outermost), formatted
+  ``"BSSC"`` (``"BSSSC"``, ``"BSTC"``, ``"BTSSC"``);
+* ``canonical`` — fmtarray's canonical, C-contiguous layout (``SSCB``, ...).
+
+torch always gets contiguous ``NCHW`` (``NCDHW``) tensors with the same values; both
+libraries use the same thread count and dtype; inputs are prepared outside the timed
+region, and every case is checked against torch first (output and gradients). Columns,
+each the median of interleaved repeats (ours, torch, ours, ...), ratio = torch-time /
+our-time (> 1: we are faster):
+
+* **fwd** — ``fa.conv(x, w, b)`` against ``conv2d(x, w, b)``; GFLOP/s counts
+  direct-method FLOPs (``2·outputs·taps·C/groups``, whatever algorithm ran) and %GEMM
+  is that rate over the 2048³ ``matmul`` rate of the same dtype in this process;
+* **step** — what a training step pays: ``fa.grad`` of ``sum(conv(x, w, b) * g)`` with
+  respect to x and w (forward included), against torch autograd's forward,
+  ``(y * g).sum()`` and ``backward()`` to x and w, on the same data;
+* **vjp** — the conv's recorded VJP alone (input + weight gradient, what ``fa.grad``
+  runs after the forward) against ``torch.autograd.grad`` of the same graph: the
+  earlier benchmark's backward figure.
+
+Regimes: default, one call per turn (each call starts right after the other library's,
+whose threads may still spin); ``--steady`` (``--block 5 --gap 30 --warm``: per turn
+30 ms idle, one untimed call, 5 timed calls: each library in its own steady state).
+The summary per layout gives the geometric means and minima and the issue's targets
+(forward geomean ≥ 1.0 and no case below 0.7; training step geomean ≥ 1.0 and no case
+below 0.6) as met / not met, with the BLAS kernel (threadpoolctl), the numba version
+and whether the compiled kernels are on (``FMTARRAY_NUMBA``).
+
+Options: ``--quick`` (3 repeats, the cases marked quick, no memory: under a minute),
+``--cases 0,3,depthwise`` (indices or name substrings), ``--layout nhwc|canonical|both``,
+``--no-backward``, ``--no-vjp``, ``--no-memory``, ``--markdown`` (the tables again as
+Markdown at the end), ``--repeats N``, ``--block``/``--gap``/``--warm`` (see
+:func:`median_interleaved`).
 """
 
 from __future__ import annotations
@@ -29,11 +50,11 @@ from __future__ import annotations
 # pool runs several times slower on this machine, which would flatter us
 try:
     import torch
-    import torch.nn.functional as F
-except ImportError:  # pragma: no cover - torch is optional
+except ImportError:  # pragma: no cover - torch is optional for the import, not the run
     torch = None
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
 import gc  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -42,31 +63,16 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmtarray as fa  # noqa: E402
-from fmtarray import FormattedArray, _tape  # noqa: E402
+from _conv_cases import CASES as ALL_CASES, LAYOUTS, LEGACY_CASES, Data, select  # noqa: E402
 
-
-# name, format, canonical input shape, filter (kh, kw), C, F, groups, kwargs, weights_format
-CASES = [
-    ("b32 56x56 64->64 3x3 p1", "SSCB", (56, 56, 64, 32), (3, 3), 64, 64, 1, dict(padding=1), None),
-    ("b32 224x224 3->64 7x7 s2 p3", "SSCB", (224, 224, 3, 32), (7, 7), 3, 64, 1,
-     dict(stride=2, padding=3), None),
-    ("b64 14x14 256->256 3x3 p1", "SSCB", (14, 14, 256, 64), (3, 3), 256, 256, 1, dict(padding=1), None),
-    ("b128 28x28 1->20 5x5", "SSCB", (28, 28, 1, 128), (5, 5), 1, 20, 1, dict(), None),
-    ("b8 7x7 512->512 3x3 p1", "SSCB", (7, 7, 512, 8), (3, 3), 512, 512, 1, dict(padding=1), None),
-    ("depthwise b16 28x28 128 3x3 p1", "SSCB", (28, 28, 128, 16), (3, 3), 128, 128, 128,
-     dict(padding=1), None),
-    ("dilated b8 56x56 64->64 3x3 d2 p2", "SSCB", (56, 56, 64, 8), (3, 3), 64, 64, 1,
-     dict(dilation_factor=2, padding=2), None),
-    ("SCBT S64 T200 16->32 3x3 (S,T)", "SCBT", (64, 16, 8, 200), (3, 3), 16, 32, 1,
-     dict(padding="same"), "STCU"),
-    ("SSCBT 32x32 16->16 b4 T16 same", "SSCBT", (32, 32, 16, 4, 16), (3, 3), 16, 16, 1,
-     dict(padding="same"), None),
-]
-
+#: the nine earlier cases as 9-tuples, for ``benchmarks/backends.py``
+CASES = LEGACY_CASES
 
 #: calls per turn in :func:`median_interleaved` (``--block``)
 BLOCK = 1
@@ -74,6 +80,11 @@ BLOCK = 1
 GAP = 0.0
 #: one untimed call at the start of each turn (``--warm``)
 WARM = False
+
+#: the issue's targets: (geomean at least, no case below)
+TARGETS = {"fwd": (1.0, 0.7), "step": (1.0, 0.6)}
+COLUMNS = {"fwd": "forward", "step": "training step (fa.grad, forward included)",
+           "vjp": "VJP only (input + weight gradient)"}
 
 
 def median_interleaved(fns, repeats):
@@ -87,7 +98,7 @@ def median_interleaved(fns, repeats):
     next, non-spinning, caller on a 2-core machine)."""
     times = [[] for _ in fns]
     for f in fns:
-        f()  # warm-up
+        f()  # warm-up (and, for a compiled kernel, its first-call compile or cache load)
     for _ in range(repeats):
         for i, f in enumerate(fns):
             if GAP:
@@ -101,12 +112,12 @@ def median_interleaved(fns, repeats):
     return [statistics.median(t) for t in times]
 
 
-def gemm_rate(repeats):
+def gemm_rate(repeats, dtype):
     n = 2048
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
     (t,) = median_interleaved([lambda: np.matmul(a, b, out=c)], repeats)
     return 2 * n**3 / t / 1e9
 
@@ -122,135 +133,137 @@ def blas_info():
         return "threadpoolctl not installed"
 
 
-def setup(case, batch=None):
-    name, fmt, shape, k, C, Fo, G, kwargs, wfmt = case
-    shape = list(shape)
-    if batch is not None:
-        shape[fmt.index("B")] = batch
-    rng = np.random.default_rng(0)
-    xd = rng.standard_normal(shape, dtype=np.float32)
-    w = (rng.standard_normal((*k, C // G, Fo // G, G), dtype=np.float32) / math.sqrt(k[0] * k[1] * C / G))
-    b = rng.standard_normal(Fo, dtype=np.float32)
-    x = FormattedArray(xd, fmt)
-    w_user = w[..., 0] if G == 1 else w
-    call = dict(kwargs, weights_format=wfmt)
-    y = fa.conv(x, w_user, b, **call)
-    # FLOPs: 2 * outputs * taps * channels per group
-    out_elems = int(np.prod(y.shape))
-    flops = 2 * out_elems * k[0] * k[1] * (C // G)
-    return x, w_user, w, b, call, y, flops
+def numba_info():
+    """numba's version (without importing it) and whether fmtarray's compiled kernels run."""
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def torch_inputs(case, x, w, b):
-    """Same data for torch: NCHW contiguous, (F, C/G, kh, kw) weights; conv kwargs."""
-    name, fmt, shape, k, C, Fo, G, kwargs, wfmt = case
-    xd = x.data
-    if fmt == "SSCB":  # (H, W, C, N) -> (N, C, H, W)
-        tx = np.ascontiguousarray(np.transpose(xd, (3, 2, 0, 1)))
-    elif fmt == "SCBT":  # (S, C, B, T) -> (B, C, S, T): convolve S and T
-        tx = np.ascontiguousarray(np.transpose(xd, (2, 1, 0, 3)))
-    elif fmt == "SSCBT":  # (H, W, C, B, T) -> (B*T, C, H, W)
-        tx = np.ascontiguousarray(np.transpose(xd, (3, 4, 2, 0, 1))).reshape(-1, C, xd.shape[0], xd.shape[1])
+    try:
+        ver = version("numba")
+    except PackageNotFoundError:
+        ver = "not installed"
+    env = os.environ.get("FMTARRAY_NUMBA")
+    try:
+        from fmtarray._kernels.conv._numba import unavailable
+    except ImportError:
+        state = "no compiled kernels in this fmtarray"
     else:
-        raise AssertionError(fmt)
-    tw = np.ascontiguousarray(np.moveaxis(w, (-1, -2, -3), (0, 1, 2)).reshape(Fo, C // G, *k))
-    pad = kwargs.get("padding", 0)
-    if pad == "same":
-        pad = "same"  # stride 1 in these cases: torch's 'same' matches ours (k odd)
-    kw = dict(stride=kwargs.get("stride", 1), padding=pad, dilation=kwargs.get("dilation_factor", 1),
-              groups=G)
-    return torch.from_numpy(tx), torch.from_numpy(tw), torch.from_numpy(b), kw
-
-
-def traced_vjp(x, w_user, b, call):
-    """Run the forward with x and w traced; return the recorded VJP closure and g."""
-    xt = FormattedArray._wrap(x.data, x.format)
-    xt._node = _tape.leaf(x.shape, x.dtype, "x")
-    wt = FormattedArray._wrap(w_user, "")
-    wt._node = _tape.leaf(w_user.shape, w_user.dtype, "w")
-    y = fa.conv(xt, wt, b, **call)
-    g = np.random.default_rng(1).standard_normal(y.shape, dtype=np.float32)
-    return y._node.vjp, g
-
-
-def check_against_torch(case, x, w_user, w, b, call, y):
-    tx, tw, tb, kw = torch_inputs(case, x, w, b)
-    ty = F.conv2d(tx, tw, tb, **kw).numpy()
-    fmt = case[1]
-    if fmt == "SSCB":
-        mine = np.transpose(y.data, (3, 2, 0, 1))
-    elif fmt == "SCBT":
-        mine = np.transpose(y.data, (2, 1, 0, 3))
-    else:
-        mine = np.transpose(y.data, (3, 4, 2, 0, 1)).reshape(ty.shape)
-    err = np.max(np.abs(mine - ty)) / np.max(np.abs(ty))
-    assert err < 1e-4, f"{case[0]}: mismatch with torch, rel err {err:.2e}"
+        why = unavailable()
+        state = "compiled kernels ON" if why is None else f"compiled kernels OFF ({why})"
+    return f"numba {ver}; FMTARRAY_NUMBA={'unset' if env is None else env}: {state}"
 
 
 def peak_extra_memory(case, batch):
-    """Peak traced allocation of one forward and one backward, minus the results."""
-    x, w_user, w, b, call, y, _ = setup(case, batch)
-    vjp, g = traced_vjp(x, w_user, b, call)
-    out_bytes = y.data.nbytes
-    del y
+    """Peak traced allocation of one forward and one VJP, minus the results."""
+    shape = list(case.shape)
+    shape[case.fmt.index("B")] = batch
+    d = Data(replace(case, shape=tuple(shape)), "canonical")
+    vjp = d.vjp_closure()
+    out_bytes = d.y.data.nbytes
+    d.y = None
     gc.collect()
     # scratch buffers kept from earlier calls would otherwise escape the measurement
     from fmtarray._kernels.conv._numpy import release_scratch
 
     release_scratch()
     tracemalloc.start()
-    y = fa.conv(x, w_user, b, **call)
+    y = d.forward()
     fwd_peak = tracemalloc.get_traced_memory()[1] - out_bytes
     del y
     release_scratch()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    gx, gw, _ = vjp(g, (True, True, False))
+    gx, gw, _ = vjp()
     bwd_peak = tracemalloc.get_traced_memory()[1] - base - gx.nbytes - gw.nbytes
     tracemalloc.stop()
-    return fwd_peak, bwd_peak, x.data.nbytes
+    return fwd_peak, bwd_peak, d.x.data.nbytes
 
 
-def run_case(case, rate, repeats, backward):
-    x, w_user, w, b, call, y, flops = setup(case)
-    fns = [lambda: fa.conv(x, w_user, b, **call)]
-    if torch is not None:
-        check_against_torch(case, x, w_user, w, b, call, y)
-        tx, tw, tb, kw = torch_inputs(case, x, w, b)
-        fns.append(lambda: F.conv2d(tx, tw, tb, **kw))
-    del y
-    ts = median_interleaved(fns, repeats)
-    t_ours = ts[0]
-    row = dict(case=case[0], ours=t_ours, gflops=flops / t_ours / 1e9,
-               torch=ts[1] if torch is not None else None)
-    line = (f"{case[0]:36s} {t_ours * 1e3:8.2f} {row['gflops']:8.1f} "
-            f"{100 * row['gflops'] / rate:5.0f}% ")
-    line += (f"{ts[1] * 1e3:9.2f} {ts[1] / t_ours:10.2f}" if torch is not None
-             else f"{'-':>9s} {'-':>10s}")
-    if backward:
-        vjp, g = traced_vjp(x, w_user, b, call)
-        bfns = [lambda: vjp(g, (True, True, False))]
-        if torch is not None:
-            txr = tx.clone().requires_grad_(True)
-            twr = tw.clone().requires_grad_(True)
-            ty = F.conv2d(txr, twr, tb, **kw)
-            tg = torch.randn(ty.shape)
-            bfns.append(lambda: torch.autograd.grad(ty, (txr, twr), tg, retain_graph=True))
-        bts = median_interleaved(bfns, max(3, repeats // 2))
-        row["bwd"] = bts[0]
-        row["bwd_torch"] = bts[1] if torch is not None else None
-        line += f" | {bts[0] * 1e3:9.2f} "
-        line += (f"{bts[1] * 1e3:9.2f} {bts[1] / bts[0]:10.2f}" if torch is not None
-                 else f"{'-':>9s} {'-':>10s}")
-    return row, line
+def run_case(case, layout, rates, repeats, kinds):
+    """Time one case in one layout; returns the row (seconds, ratios, algorithms)."""
+    d = Data(case, layout)
+    d.check("step" in kinds)
+    row = dict(case=case.name, layout=layout, algos=d.algorithms(), dtype=case.dtype)
+    t_ours, t_torch = median_interleaved([d.forward, d.torch_forward], repeats)
+    row["fwd"] = (t_ours, t_torch)
+    row["gflops"] = d.flops / t_ours / 1e9
+    row["pct_gemm"] = 100 * row["gflops"] / rates[case.dtype]
+    brep = max(3, repeats // 2 + 1)
+    if "step" in kinds:
+        row["step"] = tuple(median_interleaved([d.train_step, d.torch_train_step], brep))
+    if "vjp" in kinds:
+        row["vjp"] = tuple(median_interleaved([d.vjp_closure(), d.torch_vjp_closure()], brep))
+    return row
+
+
+def _ratio(pair):
+    return pair[1] / pair[0]
+
+
+def header(kinds):
+    h = f"{'case':34s} {'ours ms':>8s} {'GFLOP/s':>7s} {'%GEMM':>5s} {'torch ms':>8s} {'ratio':>5s}"
+    for k in kinds[1:]:
+        h += f" | {k + ' ours':>9s} {k + ' torch':>10s} {'ratio':>5s}"
+    return h
+
+
+def line(row, kinds):
+    o, t = row["fwd"]
+    s = (f"{row['case']:34s} {o * 1e3:8.2f} {row['gflops']:7.1f} {row['pct_gemm']:4.0f}% "
+         f"{t * 1e3:8.2f} {t / o:5.2f}")
+    for k in kinds[1:]:
+        o, t = row[k]
+        s += f" | {o * 1e3:9.2f} {t * 1e3:10.2f} {t / o:5.2f}"
+    return s
+
+
+def _pretty(name):
+    return name.replace("->", "→").replace("x", "×").replace("^3", "³")
+
+
+def markdown(rows, kinds):
+    cols = ["case", "ours ms", "GFLOP/s", "% GEMM", "torch ms", "torch/ours"]
+    for k in kinds[1:]:
+        cols += [f"{k} ours ms", f"{k} torch ms", "torch/ours"]
+    out = ["| " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) - 1)]
+    for r in rows:
+        o, t = r["fwd"]
+        cells = [_pretty(r["case"]), f"{o * 1e3:.2f}", f"{r['gflops']:.1f}",
+                 f"{r['pct_gemm']:.0f}%", f"{t * 1e3:.2f}", f"**{t / o:.2f}**"]
+        for k in kinds[1:]:
+            o, t = r[k]
+            cells += [f"{o * 1e3:.2f}", f"{t * 1e3:.2f}", f"**{t / o:.2f}**"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def summary(rows, kinds):
+    """Geometric mean and minimum of torch/ours per column, and the targets."""
+    out = []
+    for k in kinds:
+        r = [_ratio(row[k]) for row in rows]
+        gm = math.exp(sum(math.log(v) for v in r) / len(r))
+        worst = min(rows, key=lambda row: _ratio(row[k]))
+        s = f"{COLUMNS[k]}: geomean torch/ours {gm:.2f}, min {min(r):.2f} ({worst['case']})"
+        if k in TARGETS:
+            g_min, floor = TARGETS[k]
+            met = gm >= g_min and min(r) >= floor
+            s += (f"; target geomean >= {g_min:g} and none below {floor:g}: "
+                  f"{'MET' if met else 'NOT MET'}")
+        out.append(s)
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-backward", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 repeats, the cases marked quick, no memory measurement")
+    ap.add_argument("--cases", default="", help="comma-separated indices or name substrings")
+    ap.add_argument("--layout", default="both", choices=(*LAYOUTS, "both"))
+    ap.add_argument("--no-backward", action="store_true", help="forward only")
+    ap.add_argument("--no-vjp", action="store_true", help="skip the VJP-only column")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--cases", default="")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables at the end")
+    ap.add_argument("--repeats", type=int, default=0, help="turns per timing (default 11, quick 3)")
     ap.add_argument("--block", type=int, default=1,
                     help="consecutive calls per turn of the interleaving (default 1)")
     ap.add_argument("--gap", type=float, default=0.0,
@@ -260,67 +273,80 @@ def main(argv=None):
     ap.add_argument("--steady", action="store_true",
                     help="each library in its own steady state: --block 5 --gap 30 --warm")
     args = ap.parse_args(argv)
+    if torch is None:
+        ap.error("torch is needed: this benchmark compares against torch's convolution")
     global BLOCK, GAP, WARM
     if args.steady:
         args.block, args.gap, args.warm = max(args.block, 5), max(args.gap, 30.0), True
     BLOCK = max(1, args.block)
     GAP = max(0.0, args.gap) / 1e3
     WARM = args.warm
-    repeats = 5 if args.quick else 11
-    nthreads = None
+    repeats = args.repeats or (3 if args.quick else 11)
+    cases = select(args.cases, args.quick)
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+    kinds = ["fwd"] + ([] if args.no_backward else ["step"] + ([] if args.no_vjp else ["vjp"]))
     try:
         from threadpoolctl import threadpool_info
 
         nthreads = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
     except Exception:
         nthreads = os.cpu_count()
-    if torch is not None:
-        torch.set_num_threads(nthreads)
-    print(f"fmtarray {fa.__version__} | numpy {np.__version__} | torch "
-          f"{torch.__version__ if torch else 'not installed'} | Python {platform.python_version()}")
+    torch.set_num_threads(nthreads)
+    mode = ("steady" if args.steady else "one call per turn" if BLOCK == 1 and not GAP
+            and not WARM else "custom")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{now} | fmtarray {fa.__version__} | numpy {np.__version__} | torch {torch.__version__}"
+          f" | Python {platform.python_version()}")
     print(f"BLAS: {blas_info()}")
+    print(numba_info())
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"WARNING: {var}={os.environ[var]} is set; run with env -u {var}")
     print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
-          f"interleaving: {BLOCK} timed call(s) per turn, {GAP * 1e3:g} ms idle before each turn"
-          + (", one untimed call first" if WARM else ""))
-    rate = gemm_rate(repeats)
-    print(f"float32 GEMM rate (2048^3 matmul): {rate:.1f} GFLOP/s")
+          f"mode: {mode} ({BLOCK} timed call(s) per turn, {GAP * 1e3:g} ms idle before each "
+          f"turn{', one untimed call first' if WARM else ''}), {repeats} turns")
+    rates = {dt: gemm_rate(repeats, dt) for dt in sorted({c.dtype for c in cases})}
+    print("GEMM rate (2048^3 matmul): "
+          + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in rates.items()))
     # OpenBLAS's own threads (used by that multi-threaded matmul, never by fmtarray's
     # conv, which holds BLAS at one thread) spin for a while after a call and would
     # slow torch's first measurements: let them go to sleep
     time.sleep(1.0)
-    sel = [int(i) for i in args.cases.split(",") if i] or range(len(CASES))
-    rows = []
-    hdr = (f"{'case':36s} {'ours ms':>8s} {'GFLOP/s':>8s} {'%GEMM':>6s} {'torch ms':>9s} "
-           f"{'torch/ours':>10s}")
-    if not args.no_backward:
-        hdr += f" | {'bwd ours':>9s} {'bwd torch':>9s} {'torch/ours':>10s}"
-    print(hdr)
-    for i in sel:
-        row, line = run_case(CASES[i], rate, repeats, not args.no_backward)
-        print(line, flush=True)
-        rows.append(row)
-        gc.collect()
-    if torch is not None and rows:
-        r = [row["torch"] / row["ours"] for row in rows]
-        gm = math.exp(sum(math.log(v) for v in r) / len(r))
-        print(f"forward  geomean torch/ours = {gm:.2f} (min {min(r):.2f})")
-        if not args.no_backward:
-            rb = [row["bwd_torch"] / row["bwd"] for row in rows]
-            gmb = math.exp(sum(math.log(v) for v in rb) / len(rb))
-            print(f"backward geomean torch/ours = {gmb:.2f} (min {min(rb):.2f})")
-    if not args.no_memory:
+    results = {}
+    for layout in layouts:
+        print(f"\nlayout {layout}: input "
+              + ("in channels-last memory (BSSC, BSSSC, BSTC, BTSSC)" if layout == "nhwc"
+                 else "canonical and C-contiguous (SSCB, SSSCB, SCBT, SSCBT)")
+              + "; torch: contiguous NCHW / NCDHW; ratio = torch/ours")
+        print(header(kinds))
+        rows = results[layout] = []
+        for case in cases:
+            row = run_case(case, layout, rates, repeats, kinds)
+            print(line(row, kinds), flush=True)
+            rows.append(row)
+            gc.collect()
+    print(f"\nsummary ({mode}; BLAS {blas_info()}; {numba_info()}):")
+    for layout, rows in results.items():
+        for s in summary(rows, kinds):
+            print(f"  {layout:9s} {s}")
+    print("\nalgorithms (forward/input grad/weight grad):")
+    for layout, rows in results.items():
+        for r in rows:
+            print(f"  {layout:9s} {r['case']:34s} {r['algos']}")
+    if args.markdown:
+        for layout, rows in results.items():
+            print(f"\n{layout} ({mode}):\n\n{markdown(rows, kinds)}\n")
+            for s in summary(rows, kinds):
+                print(f"* {s}")
+    if not (args.no_memory or args.quick):
         from fmtarray._kernels.conv import current
 
-        WORKSPACE_BYTES = current().workspace_bytes
-
-        print(f"peak extra memory (tracemalloc; beyond input, output/gradients and weights), "
-              f"workspace budget {WORKSPACE_BYTES / 2**20:.0f} MiB per buffer:")
+        print(f"\npeak extra memory (tracemalloc; beyond input, output/gradients and weights), "
+              f"workspace budget {current().workspace_bytes / 2**20:.0f} MiB per buffer:")
+        first = ALL_CASES[0]
         for batch in (32, 256):
-            fwd, bwd, xin = peak_extra_memory(CASES[0], batch)
-            print(f"  {CASES[0][0].replace('b32', f'b{batch}'):36s} input {xin / 2**20:7.1f} MiB | "
+            fwd, bwd, xin = peak_extra_memory(first, batch)
+            print(f"  {first.name.replace('b32', f'b{batch}'):34s} input {xin / 2**20:7.1f} MiB | "
                   f"forward +{fwd / 2**20:6.1f} MiB | backward +{bwd / 2**20:6.1f} MiB")
     return 0
 
