@@ -258,3 +258,67 @@ def _rel(mine, ref, tol, what):
     if not err < tol:
         raise AssertionError(f"{what} differs from torch: max relative error {err:.2e} "
                              f"(tolerance {tol:.0e})")
+
+
+class Chain:
+    """``conv → relu → conv`` (two b32 56×56 64→64 3×3 p1 convolutions), the issue's
+    layout-chain measurement: whether the first output's memory layout lets the second
+    conv and the backward run without transposing back and forth."""
+
+    name = "chain conv->relu->conv b32 56x56 64->64 3x3 p1"
+
+    def __init__(self, layout, batch=32):
+        case = Case(self.name, "SSCB", "BSSC", (56, 56, 64, batch), (3, 3), 64, 64,
+                    kwargs=dict(padding=1), torch_axes=_SSCB)
+        self.d = d = Data(case, layout)
+        self.layout = layout
+        rng = np.random.default_rng(2)
+        w2 = (rng.standard_normal((3, 3, 64, 64)) / math.sqrt(9 * 64)).astype(np.float32)
+        self.w2, self.w2_fa = w2, FormattedArray(w2)
+        self.b2 = rng.standard_normal(64).astype(np.float32)
+        self.tw2 = torch.from_numpy(np.ascontiguousarray(np.moveaxis(w2, (-1, -2), (0, 1))))
+        self.tb2 = torch.from_numpy(self.b2)
+        self.flops = 2 * d.flops
+        b, b2, g = d.b, self.b2, d.g
+
+        def loss(x, w, w2):
+            h = fa.relu(fa.conv(x, w, b, padding=1))
+            return fa.sum(fa.conv(h, w2, b2, padding=1) * g)
+
+        self._grad = fa.grad(loss, argnums=(0, 1, 2))
+
+    def intermediate_layout(self):
+        """The first conv's output memory order (labels, outermost first)."""
+        h = fa.conv(self.d.x, self.d.w_user, self.d.b, padding=1)
+        order = sorted(range(h.data.ndim), key=lambda i: -h.data.strides[i])
+        return "".join(h.format[i] for i in order)
+
+    def forward(self):
+        h = fa.relu(fa.conv(self.d.x, self.d.w_user, self.d.b, padding=1))
+        return fa.conv(h, self.w2, self.b2, padding=1)
+
+    def train_step(self):
+        return self._grad(self.d.x, self.d.w_fa, self.w2_fa)
+
+    def torch_forward(self):
+        d = self.d
+        h = torch.relu(F.conv2d(d.tx, d.tw, d.tb, padding=1))
+        return F.conv2d(h, self.tw2, self.tb2, padding=1)
+
+    def torch_train_step(self):
+        d = self.d
+        if not hasattr(self, "_t"):
+            self._t = [t.clone().requires_grad_(True) for t in (d.tx, d.tw, self.tw2)]
+        x, w, w2 = self._t
+        x.grad = w.grad = w2.grad = None
+        h = torch.relu(F.conv2d(x, w, d.tb, padding=1))
+        (F.conv2d(h, w2, self.tb2, padding=1) * d.tg).sum().backward()
+        return x.grad, w.grad, w2.grad
+
+    def check(self):
+        d = self.d
+        _close(self.forward().data, self.torch_forward().numpy(), d.case, 1e-4,
+               f"{self.name} ({self.layout}): output")
+        gx = self.train_step()[0]
+        _close(gx.data, self.torch_train_step()[0].numpy(), d.case, 1e-4,
+               f"{self.name} ({self.layout}): input gradient")

@@ -39,7 +39,8 @@ and whether the compiled kernels are on (``FMTARRAY_NUMBA``).
 
 Options: ``--quick`` (3 repeats, the cases marked quick, no memory: under a minute),
 ``--cases 0,3,depthwise`` (indices or name substrings), ``--layout nhwc|canonical|both``,
-``--no-backward``, ``--no-vjp``, ``--no-memory``, ``--markdown`` (the tables again as
+``--no-backward``, ``--no-vjp``, ``--no-memory``, ``--chain`` (also time
+``conv → relu → conv`` and show the intermediate's memory order), ``--markdown`` (the tables again as
 Markdown at the end), ``--repeats N``, ``--block``/``--gap``/``--warm`` (see
 :func:`median_interleaved`).
 """
@@ -69,7 +70,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmtarray as fa  # noqa: E402
-from _conv_cases import CASES as ALL_CASES, LAYOUTS, LEGACY_CASES, Data, select  # noqa: E402
+from _conv_cases import CASES as ALL_CASES, LAYOUTS, LEGACY_CASES, Chain, Data, select  # noqa: E402
 
 #: the nine earlier cases as 9-tuples, for ``benchmarks/backends.py``
 CASES = LEGACY_CASES
@@ -195,6 +196,18 @@ def run_case(case, layout, rates, repeats, kinds):
     return row
 
 
+def run_chain(layout, repeats):
+    """The conv → relu → conv chain: forward and training step, and its intermediate layout."""
+    c = Chain(layout)
+    c.check()
+    fwd = median_interleaved([c.forward, c.torch_forward], repeats)
+    step = median_interleaved([c.train_step, c.torch_train_step], max(3, repeats // 2 + 1))
+    return (f"  {layout:9s} fwd {fwd[0] * 1e3:7.2f} ms, torch {fwd[1] * 1e3:7.2f} ms, "
+            f"ratio {_ratio(fwd):.2f} | step {step[0] * 1e3:7.2f} ms, torch {step[1] * 1e3:7.2f} "
+            f"ms, ratio {_ratio(step):.2f} | first output stored {c.intermediate_layout()} "
+            f"(outermost first)")
+
+
 def _ratio(pair):
     return pair[1] / pair[0]
 
@@ -262,6 +275,8 @@ def main(argv=None):
     ap.add_argument("--no-backward", action="store_true", help="forward only")
     ap.add_argument("--no-vjp", action="store_true", help="skip the VJP-only column")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--chain", action="store_true",
+                    help="also time conv -> relu -> conv (forward and training step)")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables at the end")
     ap.add_argument("--repeats", type=int, default=0, help="turns per timing (default 11, quick 3)")
     ap.add_argument("--block", type=int, default=1,
@@ -325,6 +340,10 @@ def main(argv=None):
             print(line(row, kinds), flush=True)
             rows.append(row)
             gc.collect()
+    if args.chain:
+        print(f"\n{Chain.name} (not in the geomeans; ratio = torch/ours):")
+        for layout in layouts:
+            print(run_chain(layout, repeats), flush=True)
     print(f"\nsummary ({mode}; BLAS {blas_info()}; {numba_info()}):")
     for layout, rows in results.items():
         for s in summary(rows, kinds):
