@@ -64,6 +64,11 @@ class Tuning:
     depthwise_tile_bytes: int = 256 * 2**10
     #: channel-wise batch-innermost weight gradient: target size of one cotangent row block
     depthwise_wgrad_tile_bytes: int = 512 * 2**10
+    #: Winograd on a canonical copy of other-layout data ("via canonical copy: …"): the
+    #: fewest multiply-adds per copied value (x and y, or cotangent and input gradient)
+    relayout_winograd_min_macs: int = 512
+    #: the batch-innermost entries on a canonical copy: the fewest filter taps
+    relayout_bi_min_taps: int = 10
 
 
 _DEFAULT = Tuning()

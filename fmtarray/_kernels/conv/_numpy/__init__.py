@@ -23,6 +23,7 @@ import numpy as np
 
 from ..registry import Algo, register
 from . import batch_innermost, depthwise, gemm, last_innermost, winograd
+from .relayout import batch_innermost_worth, via_canonical, winograd_worth
 from ._common import all_finite, data_dtypes_match, plain
 from ._runtime import kernel_call, release_scratch
 
@@ -120,23 +121,42 @@ def _no_input_dilation(applies):
 
 def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None,
            blas1=True):
-    register(Algo(f"numpy.{name}", "numpy", ops, _no_input_dilation(applies),
-                  forward=None if forward is None else _forward(forward, blas1),
-                  backward=None if backward is None else _backward(backward, blas1),
-                  accepts=accepts, domain=domain))
+    return register(Algo(f"numpy.{name}", "numpy", ops, _no_input_dilation(applies),
+                         forward=None if forward is None else _forward(forward, blas1),
+                         backward=None if backward is None else _backward(backward, blas1),
+                         accepts=accepts, domain=domain))
+
+
+def _relaid(worth, threshold):
+    """Register, right after ``base``, ``base`` on a canonical copy of other-layout data
+    (:mod:`.relayout`), chosen where ``worth`` says the copies pay."""
+    def add(base):
+        register(via_canonical(base, f"{base.name}'s domain on data stored in another "
+                                     "memory order (e.g. channels innermost): the operands "
+                                     "copied once into canonical order, the data-shaped "
+                                     f"result copied back channels-last; {threshold}",
+                               worth))
+        return base
+
+    return add
+
+
+_via_winograd = _relaid(winograd_worth, "≥ relayout_winograd_min_macs multiply-adds per "
+                                        "copied value")
+_via_bi = _relaid(batch_innermost_worth, "≥ relayout_bi_min_taps filter taps")
 
 
 # ---- in priority order (the order of the former if-chains)
 
-_entry("winograd", ("forward",), winograd.applies_forward,
+_via_winograd(_entry("winograd", ("forward",), winograd.applies_forward,
        "Winograd F(2×2, 3×3): 2-d 3×3 stride 1, one group, constant padding, batch innermost, "
        "channels, filters, batch and 2×2 tiles × batch ≥ winograd_min_c/_f/_n/_total_cols, "
        "finite values",
-       forward=winograd.run_forward, accepts=winograd.accepts_forward)
-_entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
+       forward=winograd.run_forward, accepts=winograd.accepts_forward))
+_via_bi(_entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
        "GEMM on batch-innermost data without transposing it: one group, N ≥ 2, "
        "kw·C ≤ bi_max_run",
-       forward=batch_innermost.forward)
+       forward=batch_innermost.forward))
 _entry("depthwise_bi", ALL, depthwise.applies_bi,
        "channel-wise, one channel and one filter per group, on batch-innermost data whose "
        "(C, N) values are one run (x and cotangent), N ≥ 2: fused einsum per row block",
@@ -167,15 +187,15 @@ _entry("last_innermost", ("forward", "weight_grad"), last_innermost.applies,
        backward=_exact_wgrad_near_non_finite_data(last_innermost.weight_grad,
                                                   gemm.weight_grad_tiles, "x", padded_only=False),
        accepts=data_dtypes_match)
-_entry("input_grad_bi", ("input_grad",), batch_innermost.applies_input_grad,
+_via_bi(_entry("input_grad_bi", ("input_grad",), batch_innermost.applies_input_grad,
        "input gradient on batch-innermost x and cotangent, one group, N ≥ 2, C < F, one "
        "padded input per worker within the workspace, unless numpy.winograd_weight_grad "
        "applies: Wᵀ·gy scattered per tap",
-       backward=batch_innermost.input_grad)
-_entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
+       backward=batch_innermost.input_grad))
+_via_winograd(_entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
        "stride-1 input gradient as a Winograd convolution of the cotangent with the "
        "flipped filters (numpy.winograd's domain, read on the cotangent)",
-       backward=winograd.run_input_grad, accepts=winograd.accepts_input_grad)
+       backward=winograd.run_input_grad, accepts=winograd.accepts_input_grad))
 _entry("last_innermost_input_grad", ("input_grad",), last_innermost.applies_input_grad,
        "stride-1 input gradient with constant padding as a last-dim-innermost convolution "
        "of the cotangent (numpy.last_innermost's domain, read on the cotangent)",
