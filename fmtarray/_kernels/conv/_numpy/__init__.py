@@ -153,10 +153,10 @@ _via_winograd(_entry("winograd", ("forward",), winograd.applies_forward,
        "channels, filters, batch and 2×2 tiles × batch ≥ winograd_min_c/_f/_n/_total_cols, "
        "finite values",
        forward=winograd.run_forward, accepts=winograd.accepts_forward))
-_via_bi(_entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
+_entry("batch_innermost", ("forward",), batch_innermost.applies_forward,
        "GEMM on batch-innermost data without transposing it: one group, N ≥ 2, "
        "kw·C ≤ bi_max_run",
-       forward=batch_innermost.forward))
+       forward=batch_innermost.forward)
 _entry("depthwise_bi", ALL, depthwise.applies_bi,
        "channel-wise, one channel and one filter per group, on batch-innermost data whose "
        "(C, N) values are one run (x and cotangent), N ≥ 2: fused einsum per row block",

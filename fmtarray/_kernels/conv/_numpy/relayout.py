@@ -1,7 +1,7 @@
 """Running an entry on a canonical copy of data stored in another memory order.
 
-Some NumPy entries (Winograd, the batch-innermost GEMMs) read the batch as the
-innermost run in memory: canonical ``S…S C B`` data. A NumPy user's images are usually
+Some NumPy entries (Winograd, the batch-innermost input gradient) read the batch as
+the innermost run in memory: canonical ``S…S C B`` data. A NumPy user's images are usually
 stored channels innermost, batch outermost (``"BSSC"``), where those entries decline.
 :func:`via_canonical` wraps such an entry into one more entry, named
 ``"via canonical copy: <entry>"``, which copies the operands once into canonical
@@ -103,14 +103,15 @@ def winograd_worth(spec):
 
 
 def batch_innermost_worth(spec):
-    """The batch-innermost entries on a canonical copy pay for filters of at least
-    ``Tuning.relayout_bi_min_taps`` taps, where the direct entries' im2col gathers (or
-    col2im scatters) of few channels dominate.
+    """The batch-innermost input gradient on a canonical copy pays for filters of at
+    least ``Tuning.relayout_bi_min_taps`` taps, where the direct entries' im2col
+    gathers or col2im scatters of few channels dominate.
 
-    Measured as above: 5×5 1→20 b128 28×28 input gradient 26–31 → 4–5 ms, forward 4.9 →
-    4.1 ms; 7×7 stride-2 3→64 b32 224×224 input gradient 458 → 210–242 ms; 3×3 3→16
-    b32 32×32 input gradient 2.6 → 2.1–2.7 ms (even); 1×1 32→96 b16 32×32 1.4 → 3.3 ms
-    (channels-last data is the GEMM operand in place: nothing to gain)."""
+    Measured as above: 5×5 1→20 b128 28×28 26–31 → 4–5 ms; 7×7 stride-2 3→64 b32
+    224×224 458 → 210–242 ms; 3×3 3→16 b32 32×32 2.6 → 2.1–2.7 ms (even); 1×1 32→96
+    b16 32×32 1.4 → 3.3 ms (channels-last data is the GEMM operand in place). The
+    batch-innermost forward has no such entry: on the 5×5 1→20 case it ran even with
+    the direct ``numpy.last_innermost`` (7.0 against 7.1 ms, interleaved, 40 turns)."""
     limit = current().relayout_bi_min_taps
     if spec.K < limit:
         return (f"{spec.K} filter taps < Tuning.relayout_bi_min_taps = {limit}: the copies "
