@@ -83,21 +83,25 @@ def _data(dtype, n, hw, c, f, k, seed=0):
     return x, w, b
 
 
-# (name of the wrapped entry, direct route on NHWC data, n, (H, W), C, F, k, pad, value)
+# (name of the wrapped entry, direct route on NHWC data, n, (H, W), C, F, k, pad, value[,
+#  dilation])
 FORWARD = [
     ("numpy.winograd", "numpy.gemm", 4, (7, 6), 5, 3, (3, 3), 1, 0.0),
     ("numpy.winograd", "numpy.gemm", 3, (5, 9), 2, 4, (3, 3), 2, -1.5),
     ("numpy.winograd", "numpy.gemm", 5, (4, 4), 3, 6, (3, 3), 0, 0.0),
+    ("numpy.winograd", "numpy.gemm", 2, (9, 11), 3, 2, (3, 3), 2, 0.5, 2),  # dilated
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name, direct, n, hw, c, f, k, pad, value", FORWARD)
-def test_forward_both_routes_match_reference(dtype, name, direct, n, hw, c, f, k, pad, value):
+@pytest.mark.parametrize("name, direct, n, hw, c, f, k, pad, value, dil",
+                         [c if len(c) == 10 else (*c, 1) for c in FORWARD])
+def test_forward_both_routes_match_reference(dtype, name, direct, n, hw, c, f, k, pad, value,
+                                             dil):
     x, w, b = _data(dtype, n, hw, c, f, k)
-    ref = ref_conv(x, w, b, before=pad, after=pad, value=value)
+    ref = ref_conv(x, w, b, dilation=dil, before=pad, after=pad, value=value)
     xn = fa.FormattedArray(x, "BSSC")
-    kw = dict(padding=pad, padding_value=value)
+    kw = dict(padding=pad, padding_value=value, dilation_factor=dil)
     wf = fa.FormattedArray(w[..., 0], "SSCU")
     with tuning(**SMALL):
         assert fa.conv_plan(xn, wf, b, **kw).forward.chosen == VIA + name
@@ -117,12 +121,15 @@ def test_forward_both_routes_match_reference(dtype, name, direct, n, hw, c, f, k
     assert st[2] == dtype().itemsize and st[3] == max(st)
 
 
-# (name of the wrapped entry, direct route, n, (H, W), C, F, k, pad)
+# (name of the wrapped entry, direct route, n, (H, W), C, F, k, pad, stride, dilation)
 INPUT_GRAD = [
-    ("numpy.winograd_input_grad", "numpy.col2im", 4, (7, 6), 5, 3, (3, 3), 1),
-    ("numpy.winograd_input_grad", "numpy.grad_as_conv", 3, (5, 9), 3, 2, (3, 3), 0),
-    ("numpy.input_grad_bi", "numpy.col2im", 5, (9, 8), 1, 4, (5, 5), 0),
-    ("numpy.input_grad_bi", "numpy.grad_as_conv", 3, (6, 7), 2, 5, (2, 3), 2),
+    ("numpy.winograd_input_grad", "numpy.col2im", 4, (7, 6), 5, 3, (3, 3), 1, 1, 1),
+    ("numpy.winograd_input_grad", "numpy.grad_as_conv", 3, (5, 9), 3, 2, (3, 3), 0, 1, 1),
+    ("numpy.winograd_input_grad", "numpy.col2im", 2, (9, 8), 2, 3, (3, 3), 2, 1, 2),
+    ("numpy.input_grad_bi", "numpy.col2im", 5, (9, 8), 1, 4, (5, 5), 0, 1, 1),
+    ("numpy.input_grad_bi", "numpy.grad_as_conv", 3, (6, 7), 2, 5, (2, 3), 2, 1, 1),
+    ("numpy.input_grad_bi", "numpy.col2im", 3, (11, 10), 1, 3, (3, 2), 1, 2, 1),
+    ("numpy.input_grad_bi", "numpy.col2im", 2, (12, 9), 2, 3, (3, 3), 2, 3, 2),
 ]
 
 
@@ -132,12 +139,14 @@ def _backward(name, spec, gy, x, w, layout):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name, direct, n, hw, c, f, k, pad", INPUT_GRAD)
-def test_input_grad_both_routes_match_reference(dtype, name, direct, n, hw, c, f, k, pad):
+@pytest.mark.parametrize("name, direct, n, hw, c, f, k, pad, stride, dil", INPUT_GRAD)
+def test_input_grad_both_routes_match_reference(dtype, name, direct, n, hw, c, f, k, pad,
+                                                stride, dil):
     x, w, _ = _data(dtype, n, hw, c, f, k)
-    spec = ConvSpec.make(x.shape, w.shape, pad_before=pad, pad_after=pad, dtype=np.dtype(dtype).name)
+    spec = ConvSpec.make(x.shape, w.shape, pad_before=pad, pad_after=pad, stride=stride,
+                         dilation=dil, dtype=np.dtype(dtype).name)
     gy = np.random.default_rng(1).standard_normal((n, *spec.out, f)).astype(dtype)
-    ref = ref_input_grad(gy, w, hw, before=pad, after=pad)
+    ref = ref_input_grad(gy, w, hw, stride, dil, before=pad, after=pad)
     xk, gk = _nhwc(x), _nhwc(gy)
     lay = Layout.of(DIMS, xk, gk)
     with tuning(**SMALL):
@@ -283,3 +292,37 @@ def test_via_canonical_refuses_an_entry_without_a_data_shaped_result():
     base = _by_name("numpy.winograd_weight_grad")
     with pytest.raises(ValueError, match=r"numpy.winograd_weight_grad.*\('forward',\)"):
         via_canonical(base, "domain", batch_innermost_worth)
+
+
+def test_threads_give_bit_identical_results():
+    """4 threads × 10 rounds of both copy routes at once (the copies share the workers)."""
+    import threading
+
+    x, w, b = _data(np.float32, 6, (12, 10), 8, 8, (3, 3))
+    spec = ConvSpec.make(x.shape, w.shape, pad_before=1, pad_after=1, dtype="float32")
+    gy = np.random.default_rng(2).standard_normal((6, *spec.out, 8)).astype(np.float32)
+    xk, gk = _nhwc(x), _nhwc(gy)
+    lay_f, lay_b = Layout.of(DIMS, xk), Layout.of(DIMS, xk, gk)
+
+    def run():
+        with tuning(**SMALL):
+            y = R.forward(np, spec, lay_f, xk, w, b, force=VIA + "numpy.winograd")
+            gx = _backward(VIA + "numpy.winograd_input_grad", spec, gk, xk, w, lay_b)
+        return np.array(y), np.array(gx)
+
+    ref = run()
+    errors = []
+
+    def work():
+        for _ in range(10):
+            got = run()
+            if not all(np.array_equal(g, r) for g, r in zip(got, ref)):
+                errors.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _rel_err(_cl(ref[0]), ref_conv(x, w, b, before=1, after=1)) <= 1e-5
