@@ -10,6 +10,7 @@ and the arithmetic are the subclasses' hooks.
 
 from __future__ import annotations
 
+import abc
 import math
 
 from .. import _backend
@@ -26,7 +27,7 @@ from .initializers import (
 __all__ = ["_ConvolutionCore"]
 
 
-class _ConvolutionCore(ConvDisplay, Layer):
+class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
     """What every MATLAB convolution layer shares, transposed included, for ``_nd``
     convolved dims: name, filter size, stride, ``num_filters``/``num_channels``,
     initialisers, learn-rate and L2 factors, ``weights``/``bias`` in MATLAB's layout,
@@ -273,10 +274,10 @@ class _ConvolutionCore(ConvDisplay, Layer):
     def _conv_bias(self):
         return self._bias
 
+    @abc.abstractmethod
     def _dispatch(self, fmt):
         """``weights_format`` for :func:`fmtarray.conv` (None: its default) for input
         format ``fmt``; a ``ValueError`` listing the accepted formats otherwise."""
-        raise NotImplementedError
 
     def _conv_sizes(self, fmt, shape):
         """Sizes of the convolved dims of an input: the ``S`` dims, then ``T`` when the
@@ -296,21 +297,21 @@ class _ConvolutionCore(ConvDisplay, Layer):
         return self._resolve(sizes)[0]
 
     # geometry hooks ------------------------------------------------------------------
+    @abc.abstractmethod
     def _resolve(self, sizes):
         """``(out, before, after)`` per convolved dim for input sizes ``sizes``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _store_geometry(self, fmt, shape):
         """Store the edges an automatic mode ("same", "causal") gives this input."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _geometry_str(self, before, after) -> str:
         """The geometry that gives a too-small output, for the error message."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _apply(self, x, wfmt, before, after):
         """The arithmetic: ``x`` through the layer with resolved edges."""
-        raise NotImplementedError
 
     # protocol -------------------------------------------------------------------------
     def initialize(self, x, *, seed=None, xp=None, dtype=None, device=None):
