@@ -69,6 +69,8 @@ class Tuning:
     relayout_winograd_min_macs: int = 512
     #: the batch-innermost entries on a canonical copy: the fewest filter taps
     relayout_bi_min_taps: int = 10
+    #: compiled direct convolution (numba.direct): the most channels × filters per group
+    direct_max_cf: int = 1 << 30
 
 
 _DEFAULT = Tuning()

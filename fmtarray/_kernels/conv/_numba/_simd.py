@@ -1,0 +1,203 @@
+"""Register-blocked SIMD tiles for :mod:`._direct_kernels`, as Numba intrinsics.
+
+Numba vectorises loops, but it cannot keep a block of partial sums in vector registers
+across a reduction (loops over small local arrays stay in memory, and straight-line
+scalar code is not vectorised: LLVM's SLP vectoriser is off in Numba). These
+intrinsics write the LLVM IR of the two inner tiles directly: vectors of ``VL`` filters
+(one 64-byte vector with AVX-512, 32 bytes otherwise), a block of outputs × filter
+vectors summed in registers with ``llvm.fma``, the outer-product form of a GEMM micro
+kernel. The drivers (plain Numba functions) choose the tiles and pass flat offsets.
+
+* :func:`forward_tile` ``(xf, wt, y, bias, offs, a)`` with ``a = (xbase, pstep, R,
+  wbase, ybase, ystep, nx, nf, wstep, bbase)``: for ``j < nx`` outputs at ``xbase + j·pstep``
+  and the ``NV`` filter vectors at ``wbase``, ``y[ybase + j·ystep + f] = bias[bbase + f] +
+  Σ_t Σ_k xf[xbase + j·pstep + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]`` for the
+  ``f < nf`` valid filters (the weights and bias padded to whole vectors with zeros).
+* :func:`wgrad_tile` ``(xf, gy, acc, rbase, a)`` with ``a = (r0, r1, W, pstep, xoff,
+  nk, gbase, gstep, abase, astep)``: for each of the ``nk ≤ KB`` window offsets
+  ``xoff + i`` and the ``NV`` filter vectors at ``gbase``, ``acc[abase + i·astep + f] +=
+  Σ_{r0 ≤ r < r1, ox < W} xf[rbase[r] + ox·pstep + xoff + i] · gy[(r·W + ox)·gstep +
+  gbase + f]`` (the cotangent padded to whole vectors).
+
+Each output (or weight) is one running sum in a fixed order, so results do not depend
+on the blocking, and every product of the definition is formed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+__all__ = ["VECTOR_BYTES", "BLOCK", "forward_tile", "wgrad_tile"]
+
+
+def _host():
+    from llvmlite import binding
+
+    feats = binding.get_host_cpu_features()
+    return (64, 32) if feats.get("avx512f", False) else (32, 16)
+
+
+#: bytes of one vector and the number of vector registers of this host
+VECTOR_BYTES, _REGISTERS = _host()
+#: filter vectors per tile (1 .. NV_MAX) -> outputs (forward) or window offsets (weight
+#: gradient) per tile, as many as the registers hold next to the operands
+NV_MAX = 4
+BLOCK = {nv: max(1, min(12, (_REGISTERS - nv - 2) // nv)) for nv in range(1, NV_MAX + 1)}
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+
+
+def _i(v):
+    return ir.Constant(_I64, v)
+
+
+class _Vec:
+    """The vector type of ``dt`` and its helpers, in one builder."""
+
+    def __init__(self, context, builder, dt):
+        self.b = builder
+        self.fty = context.get_value_type(dt)
+        self.lanes = VECTOR_BYTES // (4 if dt == types.float32 else 8)
+        self.vty = ir.VectorType(self.fty, self.lanes)
+        self.align = 4 if dt == types.float32 else 8
+        name = f"llvm.fma.v{self.lanes}{'f32' if dt == types.float32 else 'f64'}"
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vty, [self.vty] * 3), name)
+
+    def zero(self):
+        return ir.Constant(self.vty, None)
+
+    def load(self, base, idx):
+        p = self.b.bitcast(self.b.gep(base, [idx]), self.vty.as_pointer())
+        return self.b.load(p, align=self.align)
+
+    def store(self, v, base, idx):
+        p = self.b.bitcast(self.b.gep(base, [idx]), self.vty.as_pointer())
+        self.b.store(v, p, align=self.align)
+
+    def splat(self, base, idx):
+        s = self.b.load(self.b.gep(base, [idx]))
+        v = self.b.insert_element(ir.Constant(self.vty, None), s, ir.Constant(_I32, 0))
+        mask = ir.Constant(ir.VectorType(_I32, self.lanes), [0] * self.lanes)
+        return self.b.shuffle_vector(v, ir.Constant(self.vty, None), mask)
+
+    def fmadd(self, slot, a, c):
+        self.b.store(self.b.call(self.fma, [a, c, self.b.load(slot)]), slot)
+
+    def store_first(self, v, n, base, idx):
+        """Store lanes ``< n`` of ``v`` (all of them when ``n ≥ lanes``)."""
+        b = self.b
+        with b.if_else(b.icmp_signed(">=", n, _i(self.lanes))) as (full, part):
+            with full:
+                self.store(v, base, idx)
+            with part:
+                for lane in range(self.lanes):
+                    with b.if_then(b.icmp_signed(">", n, _i(lane))):
+                        b.store(b.extract_element(v, ir.Constant(_I32, lane)),
+                                b.gep(base, [b.add(idx, _i(lane))]))
+
+
+def _data(context, builder, ty, val):
+    return context.make_array(ty)(context, builder, val).data
+
+
+def _clamped(builder, j, n):
+    """``min(j, n - 1)`` for the compile-time ``j``."""
+    last = builder.sub(n, _i(1))
+    return builder.select(builder.icmp_signed("<", _i(j), n), _i(j), last)
+
+
+@functools.lru_cache(maxsize=None)
+def forward_tile(nv):
+    """The forward tile with ``nv`` filter vectors and ``BLOCK[nv]`` outputs."""
+    xb_n = BLOCK[nv]
+
+    @intrinsic
+    def tile(typingctx, xf, wt, y, bias, offs, a):
+        def codegen(context, builder, sig, args):
+            v = _Vec(context, builder, sig.args[0].dtype)
+            xp, wp, yp, bp, op = (_data(context, builder, t, x)
+                                  for t, x in zip(sig.args[:5], args[:5]))
+            xbase, pstep, R, wbase, ybase, ystep, nx, nf, wstep, bbase = (
+                builder.extract_value(args[5], i) for i in range(10))
+            accs = [[cgutils.alloca_once(builder, v.vty) for _ in range(nv)]
+                    for _ in range(xb_n)]
+            for c in range(nv):
+                bv = v.load(bp, builder.add(bbase, _i(c * v.lanes)))
+                for j in range(xb_n):
+                    builder.store(bv, accs[j][c])
+            xoff = [builder.add(xbase, builder.mul(_clamped(builder, j, nx), pstep))
+                    for j in range(xb_n)]
+            T = builder.extract_value(
+                context.make_array(sig.args[4])(context, builder, args[4]).shape, 0)
+            with cgutils.for_range(builder, T) as lt:
+                o = builder.load(builder.gep(op, [lt.index]))
+                wrow = builder.add(wbase, builder.mul(builder.mul(lt.index, R), wstep))
+                with cgutils.for_range(builder, R) as lk:
+                    k = lk.index
+                    wk = builder.add(wrow, builder.mul(k, wstep))
+                    ws = [v.load(wp, builder.add(wk, _i(c * v.lanes))) for c in range(nv)]
+                    ok = builder.add(o, k)
+                    for j in range(xb_n):
+                        xs = v.splat(xp, builder.add(xoff[j], ok))
+                        for c in range(nv):
+                            v.fmadd(accs[j][c], xs, ws[c])
+            for j in range(xb_n):
+                with builder.if_then(builder.icmp_signed("<", _i(j), nx)):
+                    yj = builder.add(ybase, builder.mul(_i(j), ystep))
+                    for c in range(nv):
+                        left = builder.sub(nf, _i(c * v.lanes))
+                        v.store_first(builder.load(accs[j][c]), left, yp,
+                                      builder.add(yj, _i(c * v.lanes)))
+            return context.get_dummy_value()
+
+        return types.void(xf, wt, y, bias, offs, a), codegen
+
+    return tile
+
+
+@functools.lru_cache(maxsize=None)
+def wgrad_tile(nv):
+    """The weight-gradient tile with ``nv`` filter vectors and ``BLOCK[nv]`` offsets."""
+    kb_n = BLOCK[nv]
+
+    @intrinsic
+    def tile(typingctx, xf, gy, acc, rbase, a):
+        def codegen(context, builder, sig, args):
+            v = _Vec(context, builder, sig.args[0].dtype)
+            xp, gp, ap, rp = (_data(context, builder, t, x)
+                              for t, x in zip(sig.args[:4], args[:4]))
+            r0, r1, W, pstep, xoff, nk, gbase, gstep, abase, astep = (
+                builder.extract_value(args[4], i) for i in range(10))
+            accs = [[cgutils.alloca_once_value(builder, v.zero()) for _ in range(nv)]
+                    for _ in range(kb_n)]
+            koff = [builder.add(xoff, _clamped(builder, i, nk)) for i in range(kb_n)]
+            with cgutils.for_range_slice(builder, r0, r1, _i(1)) as (r, _):
+                xr = builder.load(builder.gep(rp, [r]))
+                gr = builder.add(gbase, builder.mul(builder.mul(r, W), gstep))
+                with cgutils.for_range(builder, W) as lx:
+                    ox = lx.index
+                    xo = builder.add(xr, builder.mul(ox, pstep))
+                    go = builder.add(gr, builder.mul(ox, gstep))
+                    gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
+                    for i in range(kb_n):
+                        xs = v.splat(xp, builder.add(xo, koff[i]))
+                        for c in range(nv):
+                            v.fmadd(accs[i][c], xs, gs[c])
+            for i in range(kb_n):
+                with builder.if_then(builder.icmp_signed("<", _i(i), nk)):
+                    ai = builder.add(abase, builder.mul(_i(i), astep))
+                    for c in range(nv):
+                        idx = builder.add(ai, _i(c * v.lanes))
+                        v.store(builder.fadd(v.load(ap, idx), builder.load(accs[i][c])),
+                                ap, idx)
+            return context.get_dummy_value()
+
+        return types.void(xf, gy, acc, rbase, a), codegen
+
+    return tile
