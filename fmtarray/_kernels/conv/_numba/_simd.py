@@ -8,16 +8,18 @@ intrinsics write the LLVM IR of the two inner tiles directly: vectors of ``VL`` 
 vectors summed in registers with ``llvm.fma``, the outer-product form of a GEMM micro
 kernel. The drivers (plain Numba functions) choose the tiles and pass flat offsets.
 
-* :func:`forward_tile` ``(xf, wt, y, bias, offs, a)`` with ``a = (xbase, pstep, R,
-  wbase, ybase, ystep, nx, nf, wstep, bbase)``: for ``j < nx`` outputs at ``xbase + j·pstep``
-  and the ``NV`` filter vectors at ``wbase``, ``y[ybase + j·ystep + f] = bias[bbase + f] +
-  Σ_t Σ_k xf[xbase + j·pstep + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]`` for the
-  ``f < nf`` valid filters (the weights and bias padded to whole vectors with zeros).
-* :func:`wgrad_tile` ``(xf, gy, acc, rbase, a)`` with ``a = (r0, r1, W, pstep, xoff,
-  nk, gbase, gstep, abase, astep)``: for each of the ``nk ≤ KB`` window offsets
-  ``xoff + i`` and the ``NV`` filter vectors at ``gbase``, ``acc[abase + i·astep + f] +=
-  Σ_{r0 ≤ r < r1, ox < W} xf[rbase[r] + ox·pstep + xoff + i] · gy[(r·W + ox)·gstep +
-  gbase + f]`` (the cotangent padded to whole vectors).
+Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
+
+* :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, a)`` with ``a = (p0, nx, R, wbase,
+  ybase, ystep, nf, wstep, bbase)``: for the ``nx`` positions ``p = p0 + j`` and the ``NV``
+  filter vectors at ``wbase``, ``y[p·ystep + ybase + f] = bias[bbase + f] + Σ_t Σ_k
+  xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]`` for the ``f < nf`` valid
+  filters (the weights and bias padded to whole vectors with zeros).
+* :func:`wgrad_tile` ``(xf, gy, acc, pos, a)`` with ``a = (p0, p1, xoff, nk, gbase, gstep,
+  abase, astep)``: for each of the ``nk`` window offsets ``xoff + i`` and the ``NV``
+  filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
+  xf[pos[p] + xoff + i] · gy[p·gstep + gbase + f]`` (the cotangent padded to whole
+  vectors).
 
 Each output (or weight) is one running sum in a fixed order, so results do not depend
 on the blocking, and every product of the definition is formed.
@@ -46,7 +48,10 @@ VECTOR_BYTES, _REGISTERS = _host()
 #: filter vectors per tile (1 .. NV_MAX) -> outputs (forward) or window offsets (weight
 #: gradient) per tile, as many as the registers hold next to the operands
 NV_MAX = 4
-BLOCK = {nv: max(1, min(12, (_REGISTERS - nv - 2) // nv)) for nv in range(1, NV_MAX + 1)}
+#: measured with AVX-512 (32 registers: the widest blocks, 12 or 9 outputs, lost 5-20 %
+#: on the 7×7 and 1×1 cases to 8 and 6); with 16 registers, as many as fit
+BLOCK = ({1: 8, 2: 8, 3: 6, 4: 5} if _REGISTERS == 32 else
+         {nv: min(12, (_REGISTERS - nv - 2) // nv) for nv in range(1, NV_MAX + 1)})
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -118,20 +123,20 @@ def forward_tile(nv):
     xb_n = BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, wt, y, bias, offs, a):
+    def tile(typingctx, xf, wt, y, bias, offs, pos, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype)
-            xp, wp, yp, bp, op = (_data(context, builder, t, x)
-                                  for t, x in zip(sig.args[:5], args[:5]))
-            xbase, pstep, R, wbase, ybase, ystep, nx, nf, wstep, bbase = (
-                builder.extract_value(args[5], i) for i in range(10))
+            xp, wp, yp, bp, op, pp = (_data(context, builder, t, x)
+                                      for t, x in zip(sig.args[:6], args[:6]))
+            p0, nx, R, wbase, ybase, ystep, nf, wstep, bbase = (
+                builder.extract_value(args[6], i) for i in range(9))
             accs = [[cgutils.alloca_once(builder, v.vty) for _ in range(nv)]
                     for _ in range(xb_n)]
             for c in range(nv):
                 bv = v.load(bp, builder.add(bbase, _i(c * v.lanes)))
                 for j in range(xb_n):
                     builder.store(bv, accs[j][c])
-            xoff = [builder.add(xbase, builder.mul(_clamped(builder, j, nx), pstep))
+            xoff = [builder.load(builder.gep(pp, [builder.add(p0, _clamped(builder, j, nx))]))
                     for j in range(xb_n)]
             T = builder.extract_value(
                 context.make_array(sig.args[4])(context, builder, args[4]).shape, 0)
@@ -149,14 +154,14 @@ def forward_tile(nv):
                             v.fmadd(accs[j][c], xs, ws[c])
             for j in range(xb_n):
                 with builder.if_then(builder.icmp_signed("<", _i(j), nx)):
-                    yj = builder.add(ybase, builder.mul(_i(j), ystep))
+                    yj = builder.add(ybase, builder.mul(builder.add(p0, _i(j)), ystep))
                     for c in range(nv):
                         left = builder.sub(nf, _i(c * v.lanes))
                         v.store_first(builder.load(accs[j][c]), left, yp,
                                       builder.add(yj, _i(c * v.lanes)))
             return context.get_dummy_value()
 
-        return types.void(xf, wt, y, bias, offs, a), codegen
+        return types.void(xf, wt, y, bias, offs, pos, a), codegen
 
     return tile
 
@@ -167,28 +172,24 @@ def wgrad_tile(nv):
     kb_n = BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, gy, acc, rbase, a):
+    def tile(typingctx, xf, gy, acc, pos, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype)
-            xp, gp, ap, rp = (_data(context, builder, t, x)
+            xp, gp, ap, pp = (_data(context, builder, t, x)
                               for t, x in zip(sig.args[:4], args[:4]))
-            r0, r1, W, pstep, xoff, nk, gbase, gstep, abase, astep = (
-                builder.extract_value(args[4], i) for i in range(10))
+            p0, p1, xoff, nk, gbase, gstep, abase, astep = (
+                builder.extract_value(args[4], i) for i in range(8))
             accs = [[cgutils.alloca_once_value(builder, v.zero()) for _ in range(nv)]
                     for _ in range(kb_n)]
             koff = [builder.add(xoff, _clamped(builder, i, nk)) for i in range(kb_n)]
-            with cgutils.for_range_slice(builder, r0, r1, _i(1)) as (r, _):
-                xr = builder.load(builder.gep(rp, [r]))
-                gr = builder.add(gbase, builder.mul(builder.mul(r, W), gstep))
-                with cgutils.for_range(builder, W) as lx:
-                    ox = lx.index
-                    xo = builder.add(xr, builder.mul(ox, pstep))
-                    go = builder.add(gr, builder.mul(ox, gstep))
-                    gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
-                    for i in range(kb_n):
-                        xs = v.splat(xp, builder.add(xo, koff[i]))
-                        for c in range(nv):
-                            v.fmadd(accs[i][c], xs, gs[c])
+            with cgutils.for_range_slice(builder, p0, p1, _i(1)) as (p, _):
+                xo = builder.load(builder.gep(pp, [p]))
+                go = builder.add(gbase, builder.mul(p, gstep))
+                gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
+                for i in range(kb_n):
+                    xs = v.splat(xp, builder.add(xo, koff[i]))
+                    for c in range(nv):
+                        v.fmadd(accs[i][c], xs, gs[c])
             for i in range(kb_n):
                 with builder.if_then(builder.icmp_signed("<", _i(i), nk)):
                     ai = builder.add(abase, builder.mul(_i(i), astep))
@@ -198,6 +199,6 @@ def wgrad_tile(nv):
                                 ap, idx)
             return context.get_dummy_value()
 
-        return types.void(xf, gy, acc, rbase, a), codegen
+        return types.void(xf, gy, acc, pos, a), codegen
 
     return tile

@@ -75,17 +75,16 @@ def _padded(x, spec, dtype):
 
 
 def _windows(spec):
-    """``(rbase, offs, R, pstep)`` for the padded input, as :mod:`._direct_kernels` reads
-    them: rows are the output positions of every dim but the innermost convolved one."""
+    """``(pos, offs, R)`` for the padded input, as :mod:`._direct_kernels` reads them."""
     d, C = spec.d, spec.C
     st = [C] * d  # flat strides of the padded spatial dims
     for i in range(d - 2, -1, -1):
         st[i] = st[i + 1] * spec.padded[i + 1]
     sn = st[0] * spec.padded[0]
-    rbase = np.arange(spec.N, dtype=np.int64) * sn
-    for i in range(d - 1):
+    pos = np.arange(spec.N, dtype=np.int64) * sn
+    for i in range(d):
         step = np.arange(spec.out[i], dtype=np.int64) * (spec.stride[i] * st[i])
-        rbase = (rbase[:, None] + step[None, :]).ravel()
+        pos = (pos[:, None] + step[None, :]).ravel()
     merged = spec.G == 1 and spec.dilation[-1] == 1
     tap_dims = d - 1 if merged else d
     offs = np.zeros(1, dtype=np.int64)
@@ -94,7 +93,7 @@ def _windows(spec):
         offs = (offs[:, None] + step[None, :]).ravel()
     offs = offs[None, :] + np.arange(spec.G, dtype=np.int64)[:, None] * spec.Cg
     R = spec.k[-1] * C if merged else spec.Cg
-    return rbase, np.ascontiguousarray(offs), R, spec.stride[-1] * C
+    return pos, np.ascontiguousarray(offs), R
 
 
 def _lanes(dtype):
@@ -106,6 +105,8 @@ def _lanes(dtype):
 def _vectors(a, lanes):
     """``a`` with its last dim zero-padded to whole vectors of ``lanes``, contiguous."""
     n = a.shape[-1]
+    if n % lanes == 0:
+        return np.ascontiguousarray(a)
     out = np.zeros((*a.shape[:-1], -(-n // lanes) * lanes), dtype=a.dtype)
     out[..., :n] = a
     return out
@@ -125,37 +126,35 @@ def _blocks(rows):
 def forward(x, w, bias, spec, dtype):
     k = _k()
     xf = _padded(x, spec, dtype).reshape(-1)
-    rbase, offs, R, pstep = _windows(spec)
+    pos, offs, R = _windows(spec)
     wt = _weights(w, spec, dtype)
     Fp = wt.shape[2]
     b = np.zeros((spec.G, spec.Fg), dtype) if bias is None else np.asarray(bias, dtype)
     bp = _vectors(b.reshape(spec.G, spec.Fg), _lanes(dtype))
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
-    yf, wf, bf, W = y.reshape(-1), wt.reshape(-1), bp.reshape(-1), spec.out[-1]
-    parallel(lambda _w, r: k.forward_rows(xf, rbase, offs, R, pstep, wf, bf, Fp, yf, W,
-                                          spec.F, spec.Fg, r[0], r[1]),
-             _blocks(len(rbase)), dynamic=True)
+    yf, wf, bf = y.reshape(-1), wt.reshape(-1), bp.reshape(-1)
+    parallel(lambda _w, q: k.forward_positions(xf, pos, offs, R, wf, bf, Fp, yf, spec.F,
+                                               spec.Fg, q[0], q[1]),
+             _blocks(len(pos)), dynamic=True)
     return y
 
 
-#: output positions per weight-gradient tile (a tile sums over whole output rows)
+#: output positions per weight-gradient tile
 WGRAD_TILE_POSITIONS = 128
 
 
 def weight_grad(gy, x, w, spec, needs, dtype):
     k = _k()
     xf = _padded(x, spec, dtype).reshape(-1)
-    rbase, offs, R, pstep = _windows(spec)
-    W = spec.out[-1]
-    g = np.asarray(gy, dtype=dtype).reshape(len(rbase) * W, spec.G, spec.Fg)
+    pos, offs, R = _windows(spec)
+    g = np.asarray(gy, dtype=dtype).reshape(len(pos), spec.G, spec.Fg)
     gp = _vectors(g, _lanes(dtype))
     Fp = gp.shape[2]
     gf = gp.reshape(-1)
-    per_tile = max(1, WGRAD_TILE_POSITIONS // W)
     acc = parallel_sum(
-        lambda _w, r, a: k.weight_grad_rows(xf, rbase, offs, R, pstep, gf, a.reshape(-1), Fp,
-                                            W, per_tile, r[0], r[1]),
-        _rows(len(rbase), WGRAD_BLOCKS), (spec.G, spec.K * spec.Cg, Fp), dtype)
+        lambda _w, q, a: k.weight_grad_positions(xf, pos, offs, R, gf, a.reshape(-1), Fp,
+                                                 WGRAD_TILE_POSITIONS, q[0], q[1]),
+        _rows(len(pos), WGRAD_BLOCKS), (spec.G, spec.K * spec.Cg, Fp), dtype)
     d = spec.d
     gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
     return None, gw.transpose(*range(1, d + 3), 0)
