@@ -246,7 +246,7 @@ def test_conv_gradients_equal_numpy(case, dtype):
 def test_chained_convs_over_t_keep_t_chunked():
     """conv–relu–conv over S and T of SCBT with T in many chunks (the first conv's
     stride leaves empty output chunks): every result keeps T's chunk count, values equal
-    NumPy's, and the gradient with respect to the input too."""
+    NumPy's to rounding, and the gradient with respect to the input too."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 2, 2, 20))
     w1 = rng.standard_normal((3, 3, 2, 3)) / 3
@@ -266,7 +266,8 @@ def test_chained_convs_over_t_keep_t_chunked():
 
     y = net_d(xd)
     assert len(y.data.chunks[3]) == 10
-    np.testing.assert_array_equal(y.data.compute(), net(FormattedArray(x, "SCBT")).data)
+    # to rounding: a block's memory order may select another kernel than the whole array's
+    assert _rel(y.data.compute(), net(FormattedArray(x, "SCBT")).data) <= 1e-14
     gx = fa.grad(lambda x: fa.sum(net_d(x) ** 2))(xd)
     gr = fa.grad(lambda x: fa.sum(net(x) ** 2))(FormattedArray(x, "SCBT"))
     assert gx.data.chunks == xd.data.chunks

@@ -35,12 +35,9 @@ DOMAINS = {
     "numba.depthwise": (("forward", "input_grad", "weight_grad"), config(
         d=(1, 2), G=(2, 3, 5), Cg=1, Fg=(1, 2, 3), N=(1, 2, 3), stride=(1, 2, 3),
         dil=(1, 2), layouts="cl")),
-    "numba.direct": (("forward", "weight_grad"), config(
+    "numba.direct": (("forward", "input_grad", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
-        stride=(1, 2, 3), dil=(1, 2), layouts="cl")),
-    "numba.direct_input_grad": (("input_grad",), config(
-        d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
-        stride=1, dil=(1, 2), layouts="cl")),
+        stride=(1, 2, 3), dil=(1, 2, 3), layouts="cl")),
 }
 
 
@@ -98,36 +95,40 @@ def _nhwc_case(n=2, hw=(7, 6), c=4, m=1, k=(3, 3), dtype=np.float64, seed=0):
 
 
 def _torch_reference(x, w, gy, stride, pad):
-    """``(y, gx, gw)`` by torch autograd (float64) on NHWC ``x``, MATLAB channel-wise ``w``."""
+    """``(y, gx, gw)`` by torch autograd (float64) on NHWC ``x``, MATLAB ``w``
+    ``(kh, kw, Cg, Fg, G)``."""
     torch = pytest.importorskip("torch")
-    C, M = x.shape[-1], w.shape[3]
+    kh, kw, cg, fg, g = w.shape
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
-    tw = torch.tensor(np.ascontiguousarray(w[:, :, 0].transpose(3, 2, 0, 1)).reshape(
-        C * M, 1, *w.shape[:2]), requires_grad=True)
-    y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad, groups=C)
+    tw = torch.tensor(np.ascontiguousarray(w.transpose(4, 3, 2, 0, 1)).reshape(
+        g * fg, cg, kh, kw), requires_grad=True)
+    y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad, groups=g)
     y.backward(torch.tensor(gy.transpose(0, 3, 1, 2)))
-    gw = tw.grad.numpy().reshape(C, M, *w.shape[:2]).transpose(2, 3, 1, 0)[:, :, None]
+    gw = tw.grad.numpy().reshape(g, fg, cg, kh, kw).transpose(3, 4, 2, 1, 0)
     return (y.detach().numpy().transpose(0, 2, 3, 1), tx.grad.numpy().transpose(0, 2, 3, 1), gw)
 
 
 @needs_numba
+@pytest.mark.parametrize("name,groups", [("numba.depthwise", 4), ("numba.direct", 1),
+                                         ("numba.direct", 2)])
 @pytest.mark.parametrize("where", ["x", "w", "gy"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
-def test_non_finite_pattern_is_torchs(where, bad):
+def test_non_finite_pattern_is_torchs(name, groups, where, bad):
     """One inf or NaN in the input, the weights or the cotangent: the result and both
     gradients have inf/NaN exactly where torch autograd puts them (zero padding 1,
     stride 2 along the rows: some taps read only padding, some inputs no tap reads)."""
-    x, w = _nhwc_case(m=2)
+    x, _ = _nhwc_case(m=2)
+    cg = 4 // groups
+    w = np.random.default_rng(2).standard_normal((3, 3, cg, 2 if cg == 1 else 3, groups))
     kw = dict(stride=(2, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
               pad_value=0.0)
     spec = spec_of(cnp, x, w, **kw)
     gy = np.random.default_rng(1).standard_normal((spec.N, *spec.out, spec.F))
-    {"x": x, "w": w, "gy": gy}[where][(0, 1, 1, 1) if where != "w" else (0, 1, 0, 1, 1)] = bad
+    {"x": x, "w": w, "gy": gy}[where][(0, 1, 1, 1) if where != "w" else (0, 1, 0, 1, groups - 1)] = bad
     refs = _torch_reference(x, w, gy, (2, 1), (1, 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        y = conv_forward(cnp, x, w, None, force="numba.depthwise", **kw)
-        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False),
-                                  force="numba.depthwise", **kw)
+        y = conv_forward(cnp, x, w, None, force=name, **kw)
+        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=name, **kw)
     for got, ref in zip((y, gx, gw), refs):
         assert got.shape == ref.shape
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
@@ -150,6 +151,22 @@ def test_channels_innermost_depthwise_selects_the_compiled_kernel():
     assert set(_plan("SSCB", xs, w, padding=1).values()) == {"numpy.depthwise_bi"}
 
 
+@needs_numba
+def test_channels_innermost_dense_and_grouped_select_the_compiled_kernel():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 9, 9, 8)).astype(np.float32)
+    for w in (rng.standard_normal((3, 3, 8, 6)), rng.standard_normal((3, 3, 4, 3, 2))):
+        w = w.astype(np.float32)
+        assert set(_plan("BSSC", x, w, padding=1, stride=2).values()) == {"numba.direct"}
+        xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))  # canonical: the BLAS entries
+        assert "numba.direct" not in _plan("SSCB", xs, w, padding=1).values()
+    with K.tuning(direct_max_cf=47):  # 8·6 channels × filters: above the limit
+        plan = fa.conv_plan(FormattedArray(x, "BSSC"),
+                            rng.standard_normal((3, 3, 8, 6)).astype(np.float32))
+        assert "numba.direct" not in plan.chosen().values()
+        assert "direct_max_cf (47)" in str(plan)
+
+
 def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):
     x, w = _nhwc_case(n=4, hw=(9, 9), c=8, dtype=np.float32)
     monkeypatch.setenv("FMTARRAY_NUMBA", "0")
@@ -167,12 +184,14 @@ def test_fmtarray_numba_bad_value_names_the_variable(monkeypatch):
         fa.conv(FormattedArray(x, "BSSC"), w, padding=1)
 
 
-@pytest.mark.parametrize("shape,wshape,fmt,reason", [
-    ((2, 5, 5, 4), (3, 3, 4, 4), "BSSC", "channel-wise only"),
-    ((5, 5, 4, 2), (3, 3, 1, 1, 4), "SSCB", "not channels-innermost"),
-    ((2, 4, 4, 4, 3), (2, 2, 2, 1, 1, 3), "BSSSC", "1 or 2 only"),
+@pytest.mark.parametrize("name,shape,wshape,fmt,reason", [
+    ("numba.depthwise", (2, 5, 5, 4), (3, 3, 4, 4), "BSSC", "channel-wise only"),
+    ("numba.depthwise", (5, 5, 4, 2), (3, 3, 1, 1, 4), "SSCB", "not channels-innermost"),
+    ("numba.depthwise", (2, 4, 4, 4, 3), (2, 2, 2, 1, 1, 3), "BSSSC", "1 or 2 only"),
+    ("numba.direct", (2, 5, 5, 4), (3, 3, 1, 1, 4), "BSSC", "numba.depthwise's domain"),
+    ("numba.direct", (5, 5, 4, 2), (3, 3, 4, 4), "SSCB", "not channels-innermost"),
 ])
-def test_forced_outside_the_domain_names_the_reason(shape, wshape, fmt, reason):
+def test_forced_outside_the_domain_names_the_reason(name, shape, wshape, fmt, reason):
     x = FormattedArray(np.zeros(shape), fmt)
     with pytest.raises(ValueError, match=reason):
-        fa.conv(x, np.zeros(wshape), algorithm="numba.depthwise")
+        fa.conv(x, np.zeros(wshape), algorithm=name)

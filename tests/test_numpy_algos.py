@@ -375,7 +375,9 @@ def _all(name):
     ("BSSC", (8, 12, 12, 3), (3, 3, 3, 4), dict(padding="same"),
      {"forward": "numpy.gemm", "input_grad": "numpy.grad_as_conv", "weight_grad": "numpy.gemm"}),
 ])
-def test_selected_entry(fmt, shape, wshape, kw, want):
+def test_selected_entry(fmt, shape, wshape, kw, want, monkeypatch):
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")  # the NumPy entries (the compiled ones: in
+    # tests/test_numba.py)
     assert _plan(fmt, shape, wshape, **kw) == want
 
 

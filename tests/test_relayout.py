@@ -34,6 +34,13 @@ SMALL = dict(winograd_min_c=1, winograd_min_f=1, winograd_min_n=2,
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def _numpy_entries_only(monkeypatch):
+    """With Numba, ``numba.direct`` serves channels-last data ahead of these routes;
+    they serve it where the compiled kernels cannot run, as here."""
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+
+
 def ref_input_grad(gy, w, sp, stride=1, dilation=1, before=0, after=0):
     """Direct-loop adjoint of :func:`ref_conv` with constant padding: ``gx`` of
     ``sum(conv(x) * gy)``, float64 ``(N, *sp, C)``."""

@@ -76,13 +76,12 @@ _entry("depthwise", ALL, depthwise.applies,
        "input (and cotangent) channels-innermost C-contiguous, any stride, dilation and "
        "padding; compiled row kernels, constant padding never materialised",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
-_entry("direct", ("forward", "weight_grad"), direct.applies,
-       "dense or grouped (more than one channel per group), 1 to 3 convolved dims, "
-       "Cg·Fg ≤ direct_max_cf, input (and cotangent) channels-innermost C-contiguous, any "
-       "stride, dilation and padding: register-blocked sums over contiguous window runs",
-       forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match)
-_entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
-       "stride-1 input gradient in numba.direct's domain: the cotangent convolved with the "
-       "flipped, transposed kernel by numba.direct's kernels",
-       backward=_exact_near_non_finite_weights(direct.input_grad, input_grad_col2im),
+_entry("direct", ALL, direct.applies,
+       "dense or grouped (more than one channel per group), any convolved dims, "
+       "input (and cotangent) channels-innermost C-contiguous, any "
+       "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
+       "runs (the input gradient by stride phase); 2-d 3×3 stride-1 one-group "
+       "convolutions only up to C·F = direct_max_cf",
+       forward=direct.forward,
+       backward=_exact_near_non_finite_weights(direct.backward, input_grad_col2im),
        accepts=data_dtypes_match)

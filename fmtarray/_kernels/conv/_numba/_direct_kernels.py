@@ -1,8 +1,8 @@
 """Compiled drivers of :mod:`.direct`: the loops around the SIMD tiles of :mod:`._simd`.
 
-The padded input ``xf`` is flat; output position ``p`` (in ``(N, *out)`` order) starts
-its window at ``xf[pos[p]]``; ``offs[g, t]`` is the offset of run ``t`` of group ``g``'s
-window, each run ``R`` contiguous values. The weights are
+The source ``xf`` is flat; position ``p`` starts its window at ``xf[pos[p]]`` and writes
+at ``ypos[p]``; ``offs[g, t]`` is the offset of run ``t`` of group ``g``'s window, each
+run ``R`` contiguous values. The weights are
 ``wt[g, t·R + k, f]`` with ``Fp`` (``Fg`` rounded up to whole vectors) filters innermost,
 zeros past ``Fg``; the bias ``(G, Fp)`` likewise.
 """
@@ -30,9 +30,9 @@ def _block(nv):
 
 
 @njit(**_JIT)
-def forward_positions(xf, pos, offs, R, wf, bf, Fp, y, F, Fg, q0, q1):
-    """Output positions ``q0 .. q1-1`` of ``y`` (``(positions, F)``); ``wf``, ``bf`` and
-    ``y`` flat."""
+def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, q0, q1):
+    """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the ``Fg`` filters of each
+    group; ``wf`` ``(G, T·R, Fp)``, ``bf`` ``(G, Fp)`` and ``y``, flat."""
     G, T = offs.shape
     lanes = VECTOR_BYTES // xf.itemsize
     nvec = Fp // lanes
@@ -43,16 +43,16 @@ def forward_positions(xf, pos, offs, R, wf, bf, Fp, y, F, Fg, q0, q1):
             f0 = v0 * lanes
             xb = _block(nv)
             for p0 in range(q0, q1, xb):
-                a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0, F, Fg - f0,
-                     Fp, g * Fp + f0)
+                a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0, Fg - f0, Fp,
+                     g * Fp + f0)
                 if nv == 1:
-                    _f1(xf, wf, y, bf, og, pos, a)
+                    _f1(xf, wf, y, bf, og, pos, ypos, a)
                 elif nv == 2:
-                    _f2(xf, wf, y, bf, og, pos, a)
+                    _f2(xf, wf, y, bf, og, pos, ypos, a)
                 elif nv == 3:
-                    _f3(xf, wf, y, bf, og, pos, a)
+                    _f3(xf, wf, y, bf, og, pos, ypos, a)
                 else:
-                    _f4(xf, wf, y, bf, og, pos, a)
+                    _f4(xf, wf, y, bf, og, pos, ypos, a)
 
 
 @njit(**_JIT)

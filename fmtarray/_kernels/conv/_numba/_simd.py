@@ -10,9 +10,9 @@ kernel. The drivers (plain Numba functions) choose the tiles and pass flat offse
 
 Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
 
-* :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, a)`` with ``a = (p0, nx, R, wbase,
-  ybase, ystep, nf, wstep, bbase)``: for the ``nx`` positions ``p = p0 + j`` and the ``NV``
-  filter vectors at ``wbase``, ``y[p·ystep + ybase + f] = bias[bbase + f] + Σ_t Σ_k
+* :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a)`` with ``a = (p0, nx, R,
+  wbase, ybase, nf, wstep, bbase)``: for the ``nx`` positions ``p = p0 + j`` and the ``NV``
+  filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = bias[bbase + f] + Σ_t Σ_k
   xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]`` for the ``f < nf`` valid
   filters (the weights and bias padded to whole vectors with zeros).
 * :func:`wgrad_tile` ``(xf, gy, acc, pos, a)`` with ``a = (p0, p1, xoff, nk, gbase, gstep,
@@ -123,13 +123,13 @@ def forward_tile(nv):
     xb_n = BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, wt, y, bias, offs, pos, a):
+    def tile(typingctx, xf, wt, y, bias, offs, pos, ypos, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype)
-            xp, wp, yp, bp, op, pp = (_data(context, builder, t, x)
-                                      for t, x in zip(sig.args[:6], args[:6]))
-            p0, nx, R, wbase, ybase, ystep, nf, wstep, bbase = (
-                builder.extract_value(args[6], i) for i in range(9))
+            xp, wp, yp, bp, op, pp, qp = (_data(context, builder, t, x)
+                                          for t, x in zip(sig.args[:7], args[:7]))
+            p0, nx, R, wbase, ybase, nf, wstep, bbase = (
+                builder.extract_value(args[7], i) for i in range(8))
             accs = [[cgutils.alloca_once(builder, v.vty) for _ in range(nv)]
                     for _ in range(xb_n)]
             for c in range(nv):
@@ -154,14 +154,15 @@ def forward_tile(nv):
                             v.fmadd(accs[j][c], xs, ws[c])
             for j in range(xb_n):
                 with builder.if_then(builder.icmp_signed("<", _i(j), nx)):
-                    yj = builder.add(ybase, builder.mul(builder.add(p0, _i(j)), ystep))
+                    yj = builder.add(ybase, builder.load(
+                        builder.gep(qp, [builder.add(p0, _i(j))])))
                     for c in range(nv):
                         left = builder.sub(nf, _i(c * v.lanes))
                         v.store_first(builder.load(accs[j][c]), left, yp,
                                       builder.add(yj, _i(c * v.lanes)))
             return context.get_dummy_value()
 
-        return types.void(xf, wt, y, bias, offs, pos, a), codegen
+        return types.void(xf, wt, y, bias, offs, pos, ypos, a), codegen
 
     return tile
 

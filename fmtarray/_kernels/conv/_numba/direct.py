@@ -1,34 +1,47 @@
 """``numba.direct``: dense and grouped convolution on channels-innermost data, compiled.
 
-Serves the forward and the weight gradient of a 1-, 2- or 3-d convolution (one group,
-or groups of more than one channel; any stride, dilation and padding), and, as
-``numba.direct_input_grad``, the stride-1 input gradient (a forward convolution of the
-cotangent with the flipped, transposed kernel), on inputs that hold their channels
-innermost in memory (``(N, *sp, C)`` C-contiguous: NHWC data formatted ``"BSSC"``).
+Serves the forward and both gradients of a convolution over any number of dims (one
+group, or groups of more than one channel; any stride, dilation and padding) on data that hold
+their channels innermost in memory (``(N, *sp, C)`` C-contiguous: NHWC data formatted
+``"BSSC"``).
 
-The input is padded by one copy (or read in place when there is no padding). Each
-output value is a sum over its window, and a window is a few *runs* of contiguous
-input values: for one group and no dilation along the innermost convolved dim, the
-``kw`` taps of a window row and their channels are one run of ``kw·C`` values (any
-stride); otherwise each tap's ``Cg`` channels are a run. The generated kernels of
-:mod:`._direct_kernels` sum 3 outputs × 4 filters at once over each run, the partial
-sums in vector registers; the runtime's workers take blocks of output rows (the weight
-gradient: a fixed number of row blocks whose partials are added in block order, so the
-bits do not depend on the thread count). Every product of the definition is formed,
-padding included, so inf and NaN land where the direct sum puts them.
+Each of the three is one pattern: every *position* of a target sums, over the taps of
+its window in a source, products of source values with weights. The source is padded
+by one copy (or read in place); a window is a few *runs* of contiguous source values —
+each tap's channels, or, with one group and neighbouring taps adjacent in the source,
+a whole window row of taps and channels. The SIMD tiles of :mod:`._simd` sum a block of
+positions × filter vectors at once over each run, the partial sums in vector registers.
+
+* forward: source the padded input, target the output; positions ``o``, window at
+  ``o·s``, taps at ``k·dil``.
+* input gradient: source the cotangent padded with zeros, target the input (or the
+  padded input, whose padding's adjoint folds it back): by *phase* ``u mod s`` of the
+  input position ``u``, the taps with ``(u - k·dil) ≡ 0 (mod s)`` reach cotangent
+  ``(u - k·dil)/s``; one pass per phase, no zeros inserted, no scatter.
+* weight gradient: the forward's windows, summed against the cotangent over the
+  positions (a fixed number of position blocks whose partials are added in block order:
+  the bits do not depend on the thread count).
+
+Every product of the definition is formed (padding included; the input gradient's zero
+padding of the cotangent meets the weights, so a non-finite weight sends that gradient
+to the exact scatter, as for the NumPy entries), and each result is one running sum in
+a fixed order.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import numpy as np
 
 from ...pad import fill_border_numpy
-from .._numpy._common import cl_strides, grad_input, has_gy, unpad
+from .._numpy._common import cl_strides, has_gy, unpad
 from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum
 from ..thresholds import current
 from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
 
-__all__ = ["applies", "applies_input_grad", "forward", "weight_grad", "input_grad"]
+__all__ = ["applies", "forward", "backward"]
 
 
 def _k():
@@ -40,12 +53,11 @@ def _k():
 def applies(spec, layout):
     if spec.Cg == 1 and spec.G > 1:
         return "channel-wise (one channel per group): numba.depthwise's domain"
-    if spec.d > 3:
-        return f"{spec.d} convolved dims: 1 to 3 only"
     limit = current().direct_max_cf
-    if spec.Cg * spec.Fg > limit:
-        return (f"{spec.Cg}×{spec.Fg} channels × filters per group > direct_max_cf "
-                f"({limit}): BLAS GEMMs are faster")
+    if (spec.Cg * spec.Fg > limit and spec.G == 1 and spec.k == (3, 3)
+            and spec.stride == (1, 1)):
+        return (f"2-d 3×3 stride 1 with {spec.Cg}×{spec.Fg} channels × filters > "
+                f"direct_max_cf ({limit}): Winograd's fewer multiplies win")
     for which, name in (("x", "x"), ("gy", "the cotangent")):
         if which == "gy" and not has_gy(layout):
             continue
@@ -55,12 +67,6 @@ def applies(spec, layout):
         if st is None or st != _c_strides(shape):
             return f"{name} is not channels-innermost (N, *sp, C) C-contiguous memory"
     return None
-
-
-def applies_input_grad(spec, layout):
-    if max(spec.stride) > 1:
-        return f"stride {spec.stride}: the input gradient as a convolution needs stride 1"
-    return applies(spec, layout)
 
 
 def _padded(x, spec, dtype):
@@ -74,26 +80,77 @@ def _padded(x, spec, dtype):
     return xp
 
 
-def _windows(spec):
-    """``(pos, offs, R)`` for the padded input, as :mod:`._direct_kernels` reads them."""
-    d, C = spec.d, spec.C
-    st = [C] * d  # flat strides of the padded spatial dims
-    for i in range(d - 2, -1, -1):
-        st[i] = st[i + 1] * spec.padded[i + 1]
-    sn = st[0] * spec.padded[0]
-    pos = np.arange(spec.N, dtype=np.int64) * sn
-    for i in range(d):
-        step = np.arange(spec.out[i], dtype=np.int64) * (spec.stride[i] * st[i])
-        pos = (pos[:, None] + step[None, :]).ravel()
-    merged = spec.G == 1 and spec.dilation[-1] == 1
-    tap_dims = d - 1 if merged else d
-    offs = np.zeros(1, dtype=np.int64)
-    for i in range(tap_dims):
-        step = np.arange(spec.k[i], dtype=np.int64) * (spec.dilation[i] * st[i])
-        offs = (offs[:, None] + step[None, :]).ravel()
-    offs = offs[None, :] + np.arange(spec.G, dtype=np.int64)[:, None] * spec.Cg
-    R = spec.k[-1] * C if merged else spec.Cg
-    return pos, np.ascontiguousarray(offs), R
+def _strides(shape):
+    st = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        st[i] = st[i + 1] * shape[i + 1]
+    return st
+
+
+def _plan(dims, src_shape, tgt_shape, G, cin, merge):
+    """``(pos, ypos, offs, R, taps)`` of one pass (see :mod:`._direct_kernels`).
+
+    ``dims``: per convolved dim ``(src, tgt, off, ids)``: the source index of each
+    position's window reference and the target index of the position, and, ascending,
+    the source-index offsets of the taps and their kernel indices. ``cin``: source
+    channels per group. ``merge``: the last dim's taps are adjacent in the source (one
+    run per window row). ``taps``: the kernel multi-indices in run order."""
+    ss, ts = _strides(src_shape), _strides(tgt_shape)
+    pos = np.arange(src_shape[0], dtype=np.int64) * ss[0]
+    ypos = np.arange(tgt_shape[0], dtype=np.int64) * ts[0]
+    off = np.zeros(1, dtype=np.int64)
+    taps = np.zeros((1, 0), dtype=np.int64)
+    for i, (src, tgt, o, ids) in enumerate(dims):
+        pos = (pos[:, None] + np.asarray(src, np.int64)[None, :] * ss[i + 1]).ravel()
+        ypos = (ypos[:, None] + np.asarray(tgt, np.int64)[None, :] * ts[i + 1]).ravel()
+        off = (off[:, None] + np.asarray(o, np.int64)[None, :] * ss[i + 1]).ravel()
+        taps = np.concatenate([np.repeat(taps, len(ids), 0),
+                               np.tile(np.asarray(ids, np.int64), len(taps))[:, None]], 1)
+    m = len(dims[-1][2]) if merge else 1
+    offs = off[::m][None, :] + np.arange(G, dtype=np.int64)[:, None] * cin
+    return pos, ypos, np.ascontiguousarray(offs), m * cin, taps
+
+
+@functools.lru_cache(maxsize=16)
+def _forward_plan(spec):
+    dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
+            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+    return _plan(dims, (spec.N, *spec.padded, spec.C), (spec.N, *spec.out, spec.F), spec.G,
+                 spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
+
+
+@functools.lru_cache(maxsize=16)
+def _input_grad_plans(spec):
+    """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
+    input, or for non-constant padding the padded input) and, per phase, the plan."""
+    if spec.constant_padding:
+        ranges = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
+    else:
+        ranges = [(0, n) for n in spec.padded]
+    lo = [max(0, -((u0 - (k - 1) * dl) // s)) for (u0, _), k, dl, s in
+          zip(ranges, spec.k, spec.dilation, spec.stride)]
+    hi = [max(0, (u1 - 1) // s - (o - 1)) for (_, u1), s, o in
+          zip(ranges, spec.stride, spec.out)]
+    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)), spec.F)
+    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
+    per_dim = []
+    for (u0, u1), k, dl, s, low in zip(ranges, spec.k, spec.dilation, spec.stride, lo):
+        phases = []
+        for ph in range(s):
+            u = np.arange(u0 + (ph - u0) % s, u1, s)
+            kk = np.array([t for t in range(k - 1, -1, -1) if (ph - t * dl) % s == 0])
+            phases.append(((u - ph) // s + low, u - u0, (ph - kk * dl) // s, kk))
+        per_dim.append(phases)
+    merge = spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0
+    passes, empty = [], False
+    for dims in itertools.product(*per_dim):
+        if any(len(d[0]) == 0 for d in dims):
+            continue
+        if any(len(d[3]) == 0 for d in dims):
+            empty = True
+            continue
+        passes.append(_plan(dims, gshape, tshape, spec.G, spec.Fg, merge))
+    return tshape, list(zip(lo, hi)), passes, empty
 
 
 def _lanes(dtype):
@@ -112,41 +169,55 @@ def _vectors(a, lanes):
     return out
 
 
-def _weights(w, spec, dtype):
-    """``(G, K·Cg, Fp)``, the taps in window order and the filters innermost, zero-padded
-    to whole vectors, from MATLAB's ``(*k, Cg, Fg, G)``."""
-    wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
-    return _vectors(wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg), _lanes(dtype))
+def _blocks(n):
+    return _rows(n, 4 * n_workers())
 
 
-def _blocks(rows):
-    return _rows(rows, 4 * n_workers())
+def _run(src, pos, ypos, offs, R, wt, bias, out, n_out, dtype):
+    """``out[ypos[p] + g·n_out + f] = bias + Σ`` over each position's window (wt
+    ``(G, T·R, Op)``), split over the workers."""
+    k = _k()
+    Op = wt.shape[2]
+    b = np.zeros((wt.shape[0], n_out), dtype) if bias is None else np.asarray(bias, dtype)
+    bf = _vectors(b.reshape(wt.shape[0], n_out), _lanes(dtype)).reshape(-1)
+    sf, wf, of = src.reshape(-1), wt.reshape(-1), out.reshape(-1)
+    parallel(lambda _w, q: k.forward_positions(sf, pos, ypos, offs, R, wf, bf, Op, of, n_out,
+                                               q[0], q[1]),
+             _blocks(len(pos)), dynamic=True)
 
 
 def forward(x, w, bias, spec, dtype):
-    k = _k()
-    xf = _padded(x, spec, dtype).reshape(-1)
-    pos, offs, R = _windows(spec)
-    wt = _weights(w, spec, dtype)
-    Fp = wt.shape[2]
-    b = np.zeros((spec.G, spec.Fg), dtype) if bias is None else np.asarray(bias, dtype)
-    bp = _vectors(b.reshape(spec.G, spec.Fg), _lanes(dtype))
+    pos, ypos, offs, R = _forward_plan(spec)
+    wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
+    wt = _vectors(wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg), _lanes(dtype))
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
-    yf, wf, bf = y.reshape(-1), wt.reshape(-1), bp.reshape(-1)
-    parallel(lambda _w, q: k.forward_positions(xf, pos, offs, R, wf, bf, Fp, yf, spec.F,
-                                               spec.Fg, q[0], q[1]),
-             _blocks(len(pos)), dynamic=True)
+    _run(_padded(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, spec.Fg, dtype)
     return y
+
+
+def _input_grad(gy, w, spec, dtype):
+    tshape, pads, passes, empty = _input_grad_plans(spec)
+    gp = np.zeros((spec.N, *(o + a + b for o, (a, b) in zip(spec.out, pads)), spec.F),
+                  dtype=dtype)
+    inner = (slice(None),) + tuple(slice(a, a + o) for o, (a, _) in zip(spec.out, pads))
+    parallel_copy(gp[inner], gy)
+    gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
+    w = np.asarray(w, dtype=dtype)
+    for pos, ypos, offs, R, taps in passes:
+        wk = w[tuple(taps.T)]  # (T, Cg, Fg, G)
+        wt = np.ascontiguousarray(wk.transpose(3, 0, 2, 1)).reshape(spec.G, -1, spec.Cg)
+        _run(gp, pos, ypos, offs, R, _vectors(wt, _lanes(dtype)), None, gx, spec.Cg, dtype)
+    return gx if spec.constant_padding else unpad(gx, spec)
 
 
 #: output positions per weight-gradient tile
 WGRAD_TILE_POSITIONS = 128
 
 
-def weight_grad(gy, x, w, spec, needs, dtype):
+def _weight_grad(gy, x, spec, dtype):
     k = _k()
     xf = _padded(x, spec, dtype).reshape(-1)
-    pos, offs, R = _windows(spec)
+    pos, _, offs, R = _forward_plan(spec)
     g = np.asarray(gy, dtype=dtype).reshape(len(pos), spec.G, spec.Fg)
     gp = _vectors(g, _lanes(dtype))
     Fp = gp.shape[2]
@@ -157,10 +228,11 @@ def weight_grad(gy, x, w, spec, needs, dtype):
         _rows(len(pos), WGRAD_BLOCKS), (spec.G, spec.K * spec.Cg, Fp), dtype)
     d = spec.d
     gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
-    return None, gw.transpose(*range(1, d + 3), 0)
+    return gw.transpose(*range(1, d + 3), 0)
 
 
-def input_grad(gy, x, w, spec, needs, dtype):
-    g, wt, g2, padded = grad_input(gy, w, spec, dtype)
-    gx = forward(g, wt, None, g2, dtype)
-    return (unpad(gx, spec) if padded else gx), None
+def backward(gy, x, w, spec, needs, dtype):
+    gy = np.ascontiguousarray(gy, dtype=dtype)
+    gx = _input_grad(gy, w, spec, dtype) if needs[0] else None
+    gw = _weight_grad(gy, x, spec, dtype) if needs[1] else None
+    return gx, gw
