@@ -78,7 +78,7 @@ _entry("depthwise", ALL, depthwise.applies,
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
 _entry("direct", ALL, direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, "
-       "input (and cotangent) channels-innermost C-contiguous, any "
+       "input channels-innermost C-contiguous (a cotangent in another order copied), any "
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
        "runs (the input gradient by stride phase); 2-d 3×3 stride-1 one-group "
        "convolutions only up to C·F = direct_max_cf",

@@ -1,9 +1,9 @@
 """``numba.direct``: dense and grouped convolution on channels-innermost data, compiled.
 
 Serves the forward and both gradients of a convolution over any number of dims (one
-group, or groups of more than one channel; any stride, dilation and padding) on data that hold
+group, or groups of more than one channel; any stride, dilation and padding) on inputs that hold
 their channels innermost in memory (``(N, *sp, C)`` C-contiguous: NHWC data formatted
-``"BSSC"``).
+``"BSSC"``); a cotangent in another memory order is copied channels-last.
 
 Each of the three is one pattern: every *position* of a target sums, over the taps of
 its window in a source, products of source values with weights. The source is padded
@@ -36,7 +36,7 @@ import itertools
 import numpy as np
 
 from ...pad import fill_border_numpy
-from .._numpy._common import cl_strides, has_gy, unpad
+from .._numpy._common import cl_strides, unpad
 from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum
 from ..thresholds import current
 from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
@@ -58,15 +58,10 @@ def applies(spec, layout):
             and spec.stride == (1, 1)):
         return (f"2-d 3×3 stride 1 with {spec.Cg}×{spec.Fg} channels × filters > "
                 f"direct_max_cf ({limit}): Winograd's fewer multiplies win")
-    for which, name in (("x", "x"), ("gy", "the cotangent")):
-        if which == "gy" and not has_gy(layout):
-            continue
-        st = cl_strides(spec, layout, which)
-        shape = (spec.N, *(spec.sp if which == "x" else spec.out),
-                 spec.C if which == "x" else spec.F)
-        if st is None or st != _c_strides(shape):
-            return f"{name} is not channels-innermost (N, *sp, C) C-contiguous memory"
-    return None
+    st = cl_strides(spec, layout, "x")
+    if st is None or st != _c_strides((spec.N, *spec.sp, spec.C)):
+        return "x is not channels-innermost (N, *sp, C) C-contiguous memory"
+    return None  # a cotangent in another memory order is copied channels-last
 
 
 def _padded(x, spec, dtype):
