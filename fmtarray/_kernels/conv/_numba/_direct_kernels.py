@@ -9,17 +9,21 @@ zeros past ``Fg``; the bias ``(G, Fp)`` likewise.
 
 from numba import njit
 
-from ._simd import BLOCK, NV_MAX, VECTOR_BYTES, forward_tile, wgrad_tile
+from ._simd import BLOCK, NARROW_BLOCK, NV_MAX, VECTOR_BYTES, forward_tile, wgrad_tile
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
 _f1, _f2, _f3, _f4 = (forward_tile(nv) for nv in range(1, NV_MAX + 1))
 _w1, _w2, _w3, _w4 = (wgrad_tile(nv) for nv in range(1, NV_MAX + 1))
 _B1, _B2, _B3, _B4 = (BLOCK[nv] for nv in range(1, NV_MAX + 1))
+_fh, _fq = forward_tile(1, 1), forward_tile(1, 2)  # half and quarter vectors
+_wh, _wq = wgrad_tile(1, 1), wgrad_tile(1, 2)
 
 
 @njit(**_JIT)
-def _block(nv):
+def _block(nv, narrow):
+    if narrow:
+        return NARROW_BLOCK
     if nv == 1:
         return _B1
     if nv == 2:
@@ -30,22 +34,27 @@ def _block(nv):
 
 
 @njit(**_JIT)
-def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, q0, q1):
+def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, q0, q1):
     """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the ``Fg`` filters of each
-    group; ``wf`` ``(G, T·R, Fp)``, ``bf`` ``(G, Fp)`` and ``y``, flat."""
+    group; ``wf`` ``(G, T·R, Fp)``, ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of
+    ``VECTOR_BYTES >> narrow`` bytes (``narrow`` > 0: ``Fp`` is one vector)."""
     G, T = offs.shape
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
     nvec = Fp // lanes
     for g in range(G):
         og = offs[g]
         for v0 in range(0, nvec, NV_MAX):
             nv = min(NV_MAX, nvec - v0)
             f0 = v0 * lanes
-            xb = _block(nv)
+            xb = _block(nv, narrow)
             for p0 in range(q0, q1, xb):
                 a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0, Fg - f0, Fp,
                      g * Fp + f0)
-                if nv == 1:
+                if narrow == 1:
+                    _fh(xf, wf, y, bf, og, pos, ypos, a)
+                elif narrow == 2:
+                    _fq(xf, wf, y, bf, og, pos, ypos, a)
+                elif nv == 1:
                     _f1(xf, wf, y, bf, og, pos, ypos, a)
                 elif nv == 2:
                     _f2(xf, wf, y, bf, og, pos, ypos, a)
@@ -56,12 +65,12 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, q0, q1):
 
 
 @njit(**_JIT)
-def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, per_tile, q0, q1):
+def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1):
     """``af += `` the weight gradient over output positions ``q0 .. q1-1``; ``gf`` is the
     cotangent ``(positions, G, Fp)`` padded with zeros, ``af`` ``(G, T·R, Fp)``, both
     flat."""
     G, T = offs.shape
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
     nvec = Fp // lanes
     for pa in range(q0, q1, per_tile):
         pb = min(pa + per_tile, q1)
@@ -70,11 +79,15 @@ def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, per_tile, q0, q1):
                 for v0 in range(0, nvec, NV_MAX):
                     nv = min(NV_MAX, nvec - v0)
                     f0 = v0 * lanes
-                    kb = _block(nv)
+                    kb = _block(nv, narrow)
                     for k0 in range(0, R, kb):
                         a = (pa, pb, offs[g, t] + k0, min(kb, R - k0), g * Fp + f0, G * Fp,
                              (g * T * R + t * R + k0) * Fp + f0, Fp)
-                        if nv == 1:
+                        if narrow == 1:
+                            _wh(xf, gf, af, pos, a)
+                        elif narrow == 2:
+                            _wq(xf, gf, af, pos, a)
+                        elif nv == 1:
                             _w1(xf, gf, af, pos, a)
                         elif nv == 2:
                             _w2(xf, gf, af, pos, a)

@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "BLOCK", "forward_tile", "wgrad_tile"]
+__all__ = ["VECTOR_BYTES", "BLOCK", "NARROW", "forward_tile", "wgrad_tile"]
 
 
 def _host():
@@ -52,6 +52,10 @@ NV_MAX = 4
 #: on the 7×7 and 1×1 cases to 8 and 6); with 16 registers, as many as fit
 BLOCK = ({1: 8, 2: 8, 3: 6, 4: 5} if _REGISTERS == 32 else
          {nv: min(12, (_REGISTERS - nv - 2) // nv) for nv in range(1, NV_MAX + 1)})
+#: few filters (at most a half or a quarter of a vector: ``narrow`` 1 or 2) run on one
+#: vector of that width, so that a channel or two does not fill 16 lanes of zeros
+NARROW = (1, 2)
+NARROW_BLOCK = 12
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -64,10 +68,10 @@ def _i(v):
 class _Vec:
     """The vector type of ``dt`` and its helpers, in one builder."""
 
-    def __init__(self, context, builder, dt):
+    def __init__(self, context, builder, dt, vbytes):
         self.b = builder
         self.fty = context.get_value_type(dt)
-        self.lanes = VECTOR_BYTES // (4 if dt == types.float32 else 8)
+        self.lanes = vbytes // (4 if dt == types.float32 else 8)
         self.vty = ir.VectorType(self.fty, self.lanes)
         self.align = 4 if dt == types.float32 else 8
         name = f"llvm.fma.v{self.lanes}{'f32' if dt == types.float32 else 'f64'}"
@@ -118,14 +122,15 @@ def _clamped(builder, j, n):
 
 
 @functools.lru_cache(maxsize=None)
-def forward_tile(nv):
-    """The forward tile with ``nv`` filter vectors and ``BLOCK[nv]`` outputs."""
-    xb_n = BLOCK[nv]
+def forward_tile(nv, narrow=0):
+    """The forward tile with ``nv`` filter vectors of ``VECTOR_BYTES >> narrow`` bytes and
+    ``BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) outputs."""
+    xb_n = NARROW_BLOCK if narrow else BLOCK[nv]
 
     @intrinsic
     def tile(typingctx, xf, wt, y, bias, offs, pos, ypos, a):
         def codegen(context, builder, sig, args):
-            v = _Vec(context, builder, sig.args[0].dtype)
+            v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES >> narrow)
             xp, wp, yp, bp, op, pp, qp = (_data(context, builder, t, x)
                                           for t, x in zip(sig.args[:7], args[:7]))
             p0, nx, R, wbase, ybase, nf, wstep, bbase = (
@@ -168,14 +173,15 @@ def forward_tile(nv):
 
 
 @functools.lru_cache(maxsize=None)
-def wgrad_tile(nv):
-    """The weight-gradient tile with ``nv`` filter vectors and ``BLOCK[nv]`` offsets."""
-    kb_n = BLOCK[nv]
+def wgrad_tile(nv, narrow=0):
+    """The weight-gradient tile with ``nv`` filter vectors of ``VECTOR_BYTES >> narrow``
+    bytes and ``BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) offsets."""
+    kb_n = NARROW_BLOCK if narrow else BLOCK[nv]
 
     @intrinsic
     def tile(typingctx, xf, gy, acc, pos, a):
         def codegen(context, builder, sig, args):
-            v = _Vec(context, builder, sig.args[0].dtype)
+            v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES >> narrow)
             xp, gp, ap, pp = (_data(context, builder, t, x)
                               for t, x in zip(sig.args[:4], args[:4]))
             p0, p1, xoff, nk, gbase, gstep, abase, astep = (

@@ -148,10 +148,13 @@ def _input_grad_plans(spec):
     return tshape, list(zip(lo, hi)), passes, empty
 
 
-def _lanes(dtype):
-    from ._simd import VECTOR_BYTES
+def _width(dtype, n):
+    """``(lanes, narrow)`` of the vectors for ``n`` filters (see :data:`._simd.NARROW`)."""
+    from ._simd import NARROW, VECTOR_BYTES
 
-    return VECTOR_BYTES // np.dtype(dtype).itemsize
+    full = VECTOR_BYTES // np.dtype(dtype).itemsize
+    narrow = max([0, *(k for k in NARROW if n <= full >> k and full >> k >= 2)])
+    return full >> narrow, narrow
 
 
 def _vectors(a, lanes):
@@ -168,25 +171,27 @@ def _blocks(n):
     return _rows(n, 4 * n_workers())
 
 
-def _run(src, pos, ypos, offs, R, wt, bias, out, n_out, dtype):
-    """``out[ypos[p] + g·n_out + f] = bias + Σ`` over each position's window (wt
-    ``(G, T·R, Op)``), split over the workers."""
+def _run(src, pos, ypos, offs, R, wt, bias, out, dtype):
+    """``out[ypos[p] + g·n + f] = bias + Σ`` over each position's window (``wt``
+    ``(G, T·R, n)``), split over the workers."""
     k = _k()
-    Op = wt.shape[2]
-    b = np.zeros((wt.shape[0], n_out), dtype) if bias is None else np.asarray(bias, dtype)
-    bf = _vectors(b.reshape(wt.shape[0], n_out), _lanes(dtype)).reshape(-1)
+    G, n = wt.shape[0], wt.shape[2]
+    lanes, narrow = _width(dtype, n)
+    wt = _vectors(wt, lanes)
+    b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
+    bf = _vectors(b, lanes).reshape(-1)
     sf, wf, of = src.reshape(-1), wt.reshape(-1), out.reshape(-1)
-    parallel(lambda _w, q: k.forward_positions(sf, pos, ypos, offs, R, wf, bf, Op, of, n_out,
-                                               q[0], q[1]),
+    parallel(lambda _w, q: k.forward_positions(sf, pos, ypos, offs, R, wf, bf, wt.shape[2],
+                                               of, n, narrow, q[0], q[1]),
              _blocks(len(pos)), dynamic=True)
 
 
 def forward(x, w, bias, spec, dtype):
     pos, ypos, offs, R = _forward_plan(spec)
     wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
-    wt = _vectors(wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg), _lanes(dtype))
+    wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
-    _run(_padded(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, spec.Fg, dtype)
+    _run(_padded(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, dtype)
     return y
 
 
@@ -201,7 +206,7 @@ def _input_grad(gy, w, spec, dtype):
     for pos, ypos, offs, R, taps in passes:
         wk = w[tuple(taps.T)]  # (T, Cg, Fg, G)
         wt = np.ascontiguousarray(wk.transpose(3, 0, 2, 1)).reshape(spec.G, -1, spec.Cg)
-        _run(gp, pos, ypos, offs, R, _vectors(wt, _lanes(dtype)), None, gx, spec.Cg, dtype)
+        _run(gp, pos, ypos, offs, R, wt, None, gx, dtype)
     return gx if spec.constant_padding else unpad(gx, spec)
 
 
@@ -214,12 +219,13 @@ def _weight_grad(gy, x, spec, dtype):
     xf = _padded(x, spec, dtype).reshape(-1)
     pos, _, offs, R = _forward_plan(spec)
     g = np.asarray(gy, dtype=dtype).reshape(len(pos), spec.G, spec.Fg)
-    gp = _vectors(g, _lanes(dtype))
+    lanes, narrow = _width(dtype, spec.Fg)
+    gp = _vectors(g, lanes)
     Fp = gp.shape[2]
     gf = gp.reshape(-1)
     acc = parallel_sum(
         lambda _w, q, a: k.weight_grad_positions(xf, pos, offs, R, gf, a.reshape(-1), Fp,
-                                                 WGRAD_TILE_POSITIONS, q[0], q[1]),
+                                                 narrow, WGRAD_TILE_POSITIONS, q[0], q[1]),
         _rows(len(pos), WGRAD_BLOCKS), (spec.G, spec.K * spec.Cg, Fp), dtype)
     d = spec.d
     gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
