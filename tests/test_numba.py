@@ -160,11 +160,17 @@ def test_channels_innermost_dense_and_grouped_select_the_compiled_kernel():
         assert set(_plan("BSSC", x, w, padding=1, stride=2).values()) == {"numba.direct"}
         xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))  # canonical: the BLAS entries
         assert "numba.direct" not in _plan("SSCB", xs, w, padding=1).values()
-    with K.tuning(direct_max_cf=47):  # 8·6 channels × filters: above the limit
-        plan = fa.conv_plan(FormattedArray(x, "BSSC"),
-                            rng.standard_normal((3, 3, 8, 6)).astype(np.float32))
+    # where numpy.winograd applies (here with its size thresholds lowered), 8·8 channels ×
+    # filters above direct_max_cf go to the Winograd and BLAS entries
+    w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    with K.tuning(direct_max_cf=63, winograd_min_total_cols=1):
+        plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
         assert "numba.direct" not in plan.chosen().values()
-        assert "direct_max_cf (47)" in str(plan)
+        assert "direct_max_cf (63) where numpy.winograd applies" in str(plan)
+    with K.tuning(direct_max_cf=63):  # Winograd declines this small case: direct serves
+        assert set(_plan("BSSC", x, w, padding=1).values()) == {"numba.direct"}
+    with K.tuning(direct_max_cf=64, winograd_min_total_cols=1):
+        assert set(_plan("BSSC", x, w, padding=1).values()) == {"numba.direct"}
 
 
 def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):

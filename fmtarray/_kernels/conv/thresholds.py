@@ -69,9 +69,9 @@ class Tuning:
     relayout_winograd_min_macs: int = 512
     #: the batch-innermost entries on a canonical copy: the fewest filter taps
     relayout_bi_min_taps: int = 10
-    #: compiled direct convolution (numba.direct) of a 2-d 3×3 stride-1 one-group
-    #: convolution: the most channels × filters (above, the Winograd entries serve;
-    #: measured NHWC forward: 128×128 a tie, 256×256 Winograd 1.3× faster)
+    #: compiled direct convolution (numba.direct) where numpy.winograd applies: the most
+    #: channels × filters (above, the Winograd entries serve; measured NHWC forward:
+    #: 128×128 a tie, 256×256 Winograd 1.3× faster)
     direct_max_cf: int = 32768
 
 

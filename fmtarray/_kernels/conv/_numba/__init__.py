@@ -80,8 +80,8 @@ _entry("direct", ALL, direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, "
        "input channels-innermost C-contiguous (a cotangent in another order copied), any "
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
-       "runs (the input gradient by stride phase); 2-d 3×3 stride-1 one-group "
-       "convolutions only up to C·F = direct_max_cf",
+       "runs (the input gradient by stride phase); where numpy.winograd applies only up "
+       "to C·F = direct_max_cf",
        forward=direct.forward,
        backward=_exact_near_non_finite_weights(direct.backward, input_grad_col2im),
        accepts=data_dtypes_match)

@@ -36,7 +36,9 @@ import itertools
 import numpy as np
 
 from ...pad import fill_border_numpy
+from .._numpy import winograd
 from .._numpy._common import cl_strides, unpad
+from .._numpy.relayout import canonical_layout
 from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum
 from ..thresholds import current
 from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
@@ -54,10 +56,10 @@ def applies(spec, layout):
     if spec.Cg == 1 and spec.G > 1:
         return "channel-wise (one channel per group): numba.depthwise's domain"
     limit = current().direct_max_cf
-    if (spec.Cg * spec.Fg > limit and spec.G == 1 and spec.k == (3, 3)
-            and spec.stride == (1, 1)):
-        return (f"2-d 3×3 stride 1 with {spec.Cg}×{spec.Fg} channels × filters > "
-                f"direct_max_cf ({limit}): Winograd's fewer multiplies win")
+    if (spec.Cg * spec.Fg > limit
+            and winograd.applies_forward(spec, canonical_layout(spec, layout)) is None):
+        return (f"{spec.Cg}×{spec.Fg} channels × filters > direct_max_cf ({limit}) where "
+                "numpy.winograd applies (on a canonical copy): its fewer multiplies win")
     st = cl_strides(spec, layout, "x")
     if st is None or st != _c_strides((spec.N, *spec.sp, spec.C)):
         return "x is not channels-innermost (N, *sp, C) C-contiguous memory"
