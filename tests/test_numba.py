@@ -33,8 +33,8 @@ needs_numba = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
 #: entry -> (ops it serves, strategy of configurations inside its domain)
 DOMAINS = {
     "numba.depthwise": (("forward", "input_grad", "weight_grad"), config(
-        d=(1, 2), G=(2, 3, 5), Cg=1, Fg=(1, 2, 3), N=(1, 2, 3), stride=(1, 2, 3),
-        dil=(1, 2), layouts="cl")),
+        d=(1, 2, 2, 3), G=(2, 3, 5, 17, 40), Cg=1, Fg=(1, 1, 2, 3), N=(1, 2, 3),
+        stride=(1, 2, 3), dil=(1, 2), layouts="cl")),
     "numba.direct": (("forward", "input_grad", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
         stride=(1, 2, 3), dil=(1, 2, 3), layouts="cl")),
@@ -193,7 +193,7 @@ def test_fmtarray_numba_bad_value_names_the_variable(monkeypatch):
 @pytest.mark.parametrize("name,shape,wshape,fmt,reason", [
     ("numba.depthwise", (2, 5, 5, 4), (3, 3, 4, 4), "BSSC", "channel-wise only"),
     ("numba.depthwise", (5, 5, 4, 2), (3, 3, 1, 1, 4), "SSCB", "not channels-innermost"),
-    ("numba.depthwise", (2, 4, 4, 4, 3), (2, 2, 2, 1, 1, 3), "BSSSC", "1 or 2 only"),
+    ("numba.depthwise", (2, 4, 4, 4, 3), (2, 2, 2, 1, 2, 3), "BSSSC", "1 or 2 only"),
     ("numba.direct", (2, 5, 5, 4), (3, 3, 1, 1, 4), "BSSC", "numba.depthwise's domain"),
     ("numba.direct", (5, 5, 4, 2), (3, 3, 4, 4), "SSCB", "not channels-innermost"),
 ])

@@ -72,9 +72,10 @@ def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=N
 
 
 _entry("depthwise", ALL, depthwise.applies,
-       "channel-wise (one channel per group, any filters per group), 1 or 2 convolved dims, "
-       "input (and cotangent) channels-innermost C-contiguous, any stride, dilation and "
-       "padding; compiled row kernels, constant padding never materialised",
+       "channel-wise (one channel per group): one filter per channel on SIMD vectors of "
+       "channels (any convolved dims, padding copied), several per channel by row kernels "
+       "(1 or 2 convolved dims, constant padding not materialised); input (and "
+       "cotangent) channels-innermost C-contiguous, any stride, dilation and padding",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
 _entry("direct", ALL, direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, "

@@ -9,7 +9,8 @@ zeros past ``Fg``; the bias ``(G, Fp)`` likewise.
 
 from numba import njit
 
-from ._simd import BLOCK, NARROW_BLOCK, NV_MAX, VECTOR_BYTES, forward_tile, wgrad_tile
+from ._simd import (BLOCK, NARROW_BLOCK, NV_MAX, VECTOR_BYTES, channelwise_wgrad_tile,
+                    forward_tile, wgrad_tile)
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
@@ -18,6 +19,8 @@ _w1, _w2, _w3, _w4 = (wgrad_tile(nv) for nv in range(1, NV_MAX + 1))
 _B1, _B2, _B3, _B4 = (BLOCK[nv] for nv in range(1, NV_MAX + 1))
 _fh, _fq = forward_tile(1, 1), forward_tile(1, 2)  # half and quarter vectors
 _wh, _wq = wgrad_tile(1, 1), wgrad_tile(1, 2)
+_c1, _c2, _c3, _c4 = (forward_tile(nv, 0, True) for nv in range(1, NV_MAX + 1))
+_cw1, _cw2, _cw3, _cw4 = (channelwise_wgrad_tile(nv) for nv in range(1, NV_MAX + 1))
 
 
 @njit(**_JIT)
@@ -95,3 +98,50 @@ def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1
                             _w3(xf, gf, af, pos, a)
                         else:
                             _w4(xf, gf, af, pos, a)
+
+
+@njit(**_JIT)
+def channelwise_positions(xf, pos, ypos, offs, wf, bf, Cp, y, C, q0, q1):
+    """Channel-wise, positions ``q0 .. q1-1``: ``y[ypos[p] + c] = bf[c] + Σ_t
+    xf[pos[p] + offs[t] + c] · wf[t·Cp + c]`` for ``c < C`` (``Cp``: whole vectors)."""
+    lanes = VECTOR_BYTES // xf.itemsize
+    nvec = Cp // lanes
+    for v0 in range(0, nvec, NV_MAX):
+        nv = min(NV_MAX, nvec - v0)
+        c0 = v0 * lanes
+        xb = _block(nv, 0)
+        for p0 in range(q0, q1, xb):
+            a = (p0, min(xb, q1 - p0), 1, c0, c0, C - c0, Cp, c0, c0)
+            if nv == 1:
+                _c1(xf, wf, y, bf, offs, pos, ypos, a)
+            elif nv == 2:
+                _c2(xf, wf, y, bf, offs, pos, ypos, a)
+            elif nv == 3:
+                _c3(xf, wf, y, bf, offs, pos, ypos, a)
+            else:
+                _c4(xf, wf, y, bf, offs, pos, ypos, a)
+
+
+@njit(**_JIT)
+def channelwise_weight_grad_positions(xf, pos, offs, gf, af, Cp, per_tile, q0, q1):
+    """Channel-wise: ``af[t·Cp + c] += Σ_p xf[pos[p] + offs[t] + c] · gf[p·Cp + c]`` over
+    positions ``q0 .. q1-1``."""
+    T = offs.shape[0]
+    lanes = VECTOR_BYTES // xf.itemsize
+    nvec = Cp // lanes
+    for pa in range(q0, q1, per_tile):
+        pb = min(pa + per_tile, q1)
+        for v0 in range(0, nvec, NV_MAX):
+            nv = min(NV_MAX, nvec - v0)
+            c0 = v0 * lanes
+            kb = _block(nv, 0)
+            for t0 in range(0, T, kb):
+                a = (pa, pb, t0, min(kb, T - t0), c0, Cp, t0 * Cp + c0, Cp)
+                if nv == 1:
+                    _cw1(xf, gf, af, pos, offs, a)
+                elif nv == 2:
+                    _cw2(xf, gf, af, pos, offs, a)
+                elif nv == 3:
+                    _cw3(xf, gf, af, pos, offs, a)
+                else:
+                    _cw4(xf, gf, af, pos, offs, a)

@@ -20,6 +20,14 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
   xf[pos[p] + xoff + i] · gy[p·gstep + gbase + f]`` (the cotangent padded to whole
   vectors).
+* channel-wise (one channel per group, one filter per channel: vectors of channels
+  instead of filters): :func:`forward_tile` with ``channelwise`` and ``a`` extended by
+  ``cb``: ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
+  wt[wbase + t·wstep + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
+  pos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, gstep, abase, astep)``: ``acc[abase +
+  i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[p·gstep + cb + c]`` for the
+  ``nk`` taps ``t0 + i``. The channels are padded to whole vectors in the source, the
+  weights and the cotangent.
 
 Each output (or weight) is one running sum in a fixed order, so results do not depend
 on the blocking, and every product of the definition is formed.
@@ -33,7 +41,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "BLOCK", "NARROW", "forward_tile", "wgrad_tile"]
+__all__ = ["VECTOR_BYTES", "BLOCK", "NARROW", "forward_tile", "wgrad_tile",
+           "channelwise_wgrad_tile"]
 
 
 def _host():
@@ -122,9 +131,10 @@ def _clamped(builder, j, n):
 
 
 @functools.lru_cache(maxsize=None)
-def forward_tile(nv, narrow=0):
+def forward_tile(nv, narrow=0, channelwise=False):
     """The forward tile with ``nv`` filter vectors of ``VECTOR_BYTES >> narrow`` bytes and
-    ``BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) outputs."""
+    ``BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) outputs; ``channelwise``: the
+    channel-wise form (see the module docstring)."""
     xb_n = NARROW_BLOCK if narrow else BLOCK[nv]
 
     @intrinsic
@@ -135,6 +145,7 @@ def forward_tile(nv, narrow=0):
                                           for t, x in zip(sig.args[:7], args[:7]))
             p0, nx, R, wbase, ybase, nf, wstep, bbase = (
                 builder.extract_value(args[7], i) for i in range(8))
+            cb = builder.extract_value(args[7], 8) if channelwise else None
             accs = [[cgutils.alloca_once(builder, v.vty) for _ in range(nv)]
                     for _ in range(xb_n)]
             for c in range(nv):
@@ -154,6 +165,12 @@ def forward_tile(nv, narrow=0):
                     ws = [v.load(wp, builder.add(wk, _i(c * v.lanes))) for c in range(nv)]
                     ok = builder.add(o, k)
                     for j in range(xb_n):
+                        if channelwise:
+                            xo = builder.add(builder.add(xoff[j], ok), cb)
+                            for c in range(nv):
+                                xv = v.load(xp, builder.add(xo, _i(c * v.lanes)))
+                                v.fmadd(accs[j][c], xv, ws[c])
+                            continue
                         xs = v.splat(xp, builder.add(xoff[j], ok))
                         for c in range(nv):
                             v.fmadd(accs[j][c], xs, ws[c])
@@ -207,5 +224,45 @@ def wgrad_tile(nv, narrow=0):
             return context.get_dummy_value()
 
         return types.void(xf, gy, acc, pos, a), codegen
+
+    return tile
+
+
+@functools.lru_cache(maxsize=None)
+def channelwise_wgrad_tile(nv):
+    """The channel-wise weight-gradient tile: ``nv`` channel vectors, ``BLOCK[nv]`` taps."""
+    kb_n = BLOCK[nv]
+
+    @intrinsic
+    def tile(typingctx, xf, gy, acc, pos, offs, a):
+        def codegen(context, builder, sig, args):
+            v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES)
+            xp, gp, ap, pp, op = (_data(context, builder, t, x)
+                                  for t, x in zip(sig.args[:5], args[:5]))
+            p0, p1, t0, nk, cb, gstep, abase, astep = (
+                builder.extract_value(args[5], i) for i in range(8))
+            accs = [[cgutils.alloca_once_value(builder, v.zero()) for _ in range(nv)]
+                    for _ in range(kb_n)]
+            koff = [builder.add(cb, builder.load(builder.gep(
+                op, [builder.add(t0, _clamped(builder, i, nk))]))) for i in range(kb_n)]
+            with cgutils.for_range_slice(builder, p0, p1, _i(1)) as (p, _):
+                xo = builder.load(builder.gep(pp, [p]))
+                go = builder.add(cb, builder.mul(p, gstep))
+                gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
+                for i in range(kb_n):
+                    xi = builder.add(xo, koff[i])
+                    for c in range(nv):
+                        xv = v.load(xp, builder.add(xi, _i(c * v.lanes)))
+                        v.fmadd(accs[i][c], xv, gs[c])
+            for i in range(kb_n):
+                with builder.if_then(builder.icmp_signed("<", _i(i), nk)):
+                    ai = builder.add(abase, builder.mul(_i(i), astep))
+                    for c in range(nv):
+                        idx = builder.add(ai, _i(c * v.lanes))
+                        v.store(builder.fadd(v.load(ap, idx), builder.load(accs[i][c])),
+                                ap, idx)
+            return context.get_dummy_value()
+
+        return types.void(xf, gy, acc, pos, offs, a), codegen
 
     return tile

@@ -1,14 +1,21 @@
 """``numba.depthwise``: channel-wise convolution on channels-innermost data, compiled.
 
-Serves the forward and both gradients of a 1-d or 2-d convolution with one channel per
-group (any filters per channel, any stride, dilation and padding) whose input holds
-its channels innermost in memory (``(N, *sp, C)`` C-contiguous: NHWC data formatted
-``"BSSC"``, or any format whose data lie that way). The work is split by rows of the
-output (forward, weight gradient) or of the input (input gradient) over the runtime's
-workers, each running a compiled kernel of :mod:`._depthwise_kernels` with the GIL
-released. Constant padding is never materialised; mirror and replicate padding are (a
-padded copy of the input, and the padding's adjoint folds the gradient back). The
-weight gradient adds per-row-block partials in block order: the same bits whatever
+Serves the forward and both gradients of a convolution with one channel per group
+(any stride, dilation and padding) whose input holds its channels innermost in memory
+(``(N, *sp, C)`` C-contiguous: NHWC data formatted ``"BSSC"``, or any format whose data
+lie that way), two ways:
+
+* one filter per channel (the usual depthwise convolution), any number of convolved
+  dims: the channel-wise SIMD tiles of :mod:`._simd` (vectors of channels, a block of
+  positions per tile) on a copy of the input padded in space and to whole vectors of
+  channels, the plans of :mod:`.direct` (the input gradient by stride phase; with a
+  ±inf/NaN weight it goes to the row kernel below, whose zero padding is never read);
+* several filters per channel, 1 or 2 convolved dims: the row kernels of
+  :mod:`._depthwise_kernels`, split by rows of the output (forward, weight gradient)
+  or of the input (input gradient); constant padding is never materialised, mirror and
+  replicate padding are (a padded copy, folded back by the padding's adjoint).
+
+The weight gradients add per-block partials in block order: the same bits whatever
 the number of threads.
 """
 
@@ -17,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...pad import fill_border_numpy
-from .._numpy._common import cl_strides, has_gy, unpad
+from .._numpy._common import all_finite, cl_strides, has_gy, unpad
 from .._numpy._runtime import n_workers, parallel, parallel_sum
 
 __all__ = ["applies", "forward", "backward"]
@@ -32,8 +39,8 @@ def _k():
 def applies(spec, layout):
     if not (spec.Cg == 1 and spec.G > 1):
         return f"{spec.Cg} channels per group, {spec.G} group(s): channel-wise only"
-    if spec.d > 2:
-        return f"{spec.d} convolved dims: 1 or 2 only"
+    if spec.d > 2 and spec.Fg > 1:
+        return f"{spec.d} convolved dims with {spec.Fg} filters per channel: 1 or 2 only"
     for which, name in (("x", "x"), ("gy", "the cotangent")):
         if which == "gy" and not has_gy(layout):
             continue
@@ -101,6 +108,8 @@ WGRAD_BLOCKS = 16
 
 
 def forward(x, w, bias, spec, dtype):
+    if spec.Fg == 1:
+        return _simd_forward(x, w, bias, spec, dtype)
     k = _k()
     geo, copy = _geometry(spec)
     xk = _input(x, spec, dtype, copy)
@@ -115,24 +124,112 @@ def forward(x, w, bias, spec, dtype):
 
 
 def backward(gy, x, w, spec, needs, dtype):
+    gy = np.ascontiguousarray(gy, dtype=dtype)
+    gx = gw = None
+    if needs[0]:  # the SIMD pass zero-pads the cotangent: not with ±inf/NaN weights
+        simd = spec.Fg == 1 and all_finite(w)
+        gx = _simd_input_grad(gy, w, spec, dtype) if simd else _rows_input_grad(gy, w, spec,
+                                                                                 dtype)
+    if needs[1]:
+        gw = (_simd_weight_grad(gy, x, spec, dtype) if spec.Fg == 1
+              else _rows_weight_grad(gy, x, w, spec, dtype))
+    return gx, gw
+
+
+def _rows_input_grad(gy, w, spec, dtype):
     k = _k()
     geo, copy = _geometry(spec)
-    gk = _as_2d(np.ascontiguousarray(gy, dtype=dtype), spec.d)
-    wk = _weights(w, spec, dtype)
-    gx = gw = None
-    if needs[0]:
-        shape = (spec.N, *(spec.padded if copy else spec.sp), spec.C)
-        g = np.empty(shape, dtype=dtype)
-        g2 = _as_2d(g, spec.d)
-        parallel(lambda _w, r: k.input_grad_rows(gk, wk, g2, r[0], r[1], *geo),
-                 _rows(spec.N * g2.shape[1], 4 * n_workers()), dynamic=True)
-        gx = unpad(g, spec) if copy else g
-    if needs[1]:
-        xk = _input(x, spec, dtype, copy)
-        v = dtype.type(_value(spec))
-        acc = parallel_sum(
-            lambda _w, r, a: k.weight_grad_rows(gk, xk, a, r[0], r[1], *geo, v),
-            _rows(spec.N * gk.shape[1], WGRAD_BLOCKS), wk.shape, dtype)
-        gw = np.moveaxis(acc, -1, -2)[..., None, :, :]  # (kh, kw, 1, M, C)
-        gw = gw if spec.d == 2 else gw[0]
-    return gx, gw
+    gk, wk = _as_2d(gy, spec.d), _weights(w, spec, dtype)
+    g = np.empty((spec.N, *(spec.padded if copy else spec.sp), spec.C), dtype=dtype)
+    g2 = _as_2d(g, spec.d)
+    parallel(lambda _w, r: k.input_grad_rows(gk, wk, g2, r[0], r[1], *geo),
+             _rows(spec.N * g2.shape[1], 4 * n_workers()), dynamic=True)
+    return unpad(g, spec) if copy else g
+
+
+def _rows_weight_grad(gy, x, w, spec, dtype):
+    k = _k()
+    geo, copy = _geometry(spec)
+    gk, wk = _as_2d(gy, spec.d), _weights(w, spec, dtype)
+    xk = _input(x, spec, dtype, copy)
+    v = dtype.type(_value(spec))
+    acc = parallel_sum(
+        lambda _w, r, a: k.weight_grad_rows(gk, xk, a, r[0], r[1], *geo, v),
+        _rows(spec.N * gk.shape[1], WGRAD_BLOCKS), wk.shape, dtype)
+    gw = np.moveaxis(acc, -1, -2)[..., None, :, :]  # (kh, kw, 1, M, C)
+    return gw if spec.d == 2 else gw[0]
+
+
+# ---- one filter per channel: the SIMD tiles of ._simd, vectors of channels
+
+
+def _simd_channels(spec, dtype):
+    from ._simd import VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // dtype.itemsize
+    return -(-spec.C // lanes) * lanes
+
+
+def _simd_weights(w, dtype, cp):
+    """``(taps, Cp)`` zero-padded from MATLAB's ``(*k, 1, 1, C)`` (taps in window order)."""
+    w = np.asarray(w, dtype=dtype)
+    out = np.zeros((w[..., 0, 0, :].size // w.shape[-1], cp), dtype=dtype)
+    out[:, :w.shape[-1]] = w.reshape(-1, w.shape[-1])
+    return out
+
+
+def _simd_run(src, pos, ypos, offs, wt, bias, y, C, dtype):
+    from . import _direct_kernels as dk
+
+    cp = wt.shape[1]
+    b = np.zeros(cp, dtype)
+    if bias is not None:
+        b[:C] = bias
+    sf, wf, yf = src.reshape(-1), wt.reshape(-1), y.reshape(-1)
+    parallel(lambda _w, q: dk.channelwise_positions(sf, pos, ypos, offs, wf, b, cp, yf, C,
+                                                    q[0], q[1]),
+             _rows(len(pos), 4 * n_workers()), dynamic=True)
+
+
+def _simd_forward(x, w, bias, spec, dtype):
+    from .direct import forward_plan, padded_input
+
+    cp = _simd_channels(spec, dtype)
+    pos, ypos, offs, _ = forward_plan(spec, cp)
+    y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
+    _simd_run(padded_input(np.asarray(x), spec, dtype, cp), pos, ypos, offs[0],
+              _simd_weights(w, dtype, cp), bias, y, spec.C, dtype)
+    return y
+
+
+def _simd_input_grad(gy, w, spec, dtype):
+    from .direct import input_grad_plans, padded_cotangent
+
+    cp = _simd_channels(spec, dtype)
+    tshape, pads, passes, empty = input_grad_plans(spec, cp)
+    gp = padded_cotangent(gy, spec, pads, cp, dtype)
+    gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
+    wk = _simd_weights(w, dtype, cp).reshape(*spec.k, cp)
+    for pos, ypos, offs, _, taps in passes:
+        _simd_run(gp, pos, ypos, offs[0], np.ascontiguousarray(wk[tuple(taps.T)]), None, gx,
+                  spec.C, dtype)
+    return gx if spec.constant_padding else unpad(gx, spec)
+
+
+def _simd_weight_grad(gy, x, spec, dtype):
+    from . import _direct_kernels as dk
+    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input
+
+    cp = _simd_channels(spec, dtype)
+    pos, _, offs, _ = forward_plan(spec, cp)
+    xf = padded_input(np.asarray(x), spec, dtype, cp).reshape(-1)
+    g = gy.reshape(len(pos), spec.C)
+    if cp != spec.C:
+        g = np.concatenate([g, np.zeros((len(pos), cp - spec.C), dtype)], axis=1)
+    gf = g.reshape(-1)
+    o = offs[0]
+    acc = parallel_sum(
+        lambda _w, q, a: dk.channelwise_weight_grad_positions(
+            xf, pos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
+        _rows(len(pos), WGRAD_BLOCKS), (len(o), cp), dtype)
+    return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)

@@ -66,15 +66,31 @@ def applies(spec, layout):
     return None  # a cotangent in another memory order is copied channels-last
 
 
-def _padded(x, spec, dtype):
-    """``(N, *padded, C)`` C-contiguous: ``x`` itself when it already is, else a copy."""
-    if not any(spec.pb + spec.pa) and x.dtype == dtype and x.flags.c_contiguous:
+def padded_input(x, spec, dtype, channels=None):
+    """``(N, *padded, channels)`` C-contiguous (``channels`` ≥ ``C``, the extra ones
+    zero; default ``C``): ``x`` itself when it already is, else a copy."""
+    c = spec.C if channels is None else channels
+    if (not any(spec.pb + spec.pa) and c == spec.C and x.dtype == dtype
+            and x.flags.c_contiguous):
         return x
-    xp = np.empty((spec.N, *spec.padded, spec.C), dtype=dtype)
-    inner = (slice(None),) + tuple(slice(b, b + n) for b, n in zip(spec.pb, spec.sp))
+    xp = (np.empty if c == spec.C else np.zeros)((spec.N, *spec.padded, c), dtype=dtype)
+    inner = ((slice(None),) + tuple(slice(b, b + n) for b, n in zip(spec.pb, spec.sp))
+             + (slice(0, spec.C),))
     parallel_copy(xp[inner], x)
-    fill_border_numpy(xp, spec.pb, spec.pa, tuple(range(1, spec.d + 1)), spec.value)
+    fill_border_numpy(xp[..., :spec.C], spec.pb, spec.pa, tuple(range(1, spec.d + 1)),
+                      spec.value)
     return xp
+
+
+def padded_cotangent(gy, spec, pads, channels, dtype):
+    """The cotangent zero-padded by ``pads`` (before, after) per convolved dim and to
+    ``channels``, C-contiguous."""
+    gp = np.zeros((spec.N, *(o + a + b for o, (a, b) in zip(spec.out, pads)), channels),
+                  dtype=dtype)
+    inner = ((slice(None),) + tuple(slice(a, a + o) for o, (a, _) in zip(spec.out, pads))
+             + (slice(0, spec.F),))
+    parallel_copy(gp[inner], gy)
+    return gp
 
 
 def _strides(shape):
@@ -109,17 +125,23 @@ def _plan(dims, src_shape, tgt_shape, G, cin, merge):
 
 
 @functools.lru_cache(maxsize=16)
-def _forward_plan(spec):
+def forward_plan(spec, channels=None):
+    """``(pos, ypos, offs, R)`` of the forward; ``channels``: the channel-wise form, the
+    padded input holding that many channels (one group, one-value runs)."""
     dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
             for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+    if channels is not None:
+        return _plan(dims, (spec.N, *spec.padded, channels), (spec.N, *spec.out, spec.F), 1,
+                     1, False)[:4]
     return _plan(dims, (spec.N, *spec.padded, spec.C), (spec.N, *spec.out, spec.F), spec.G,
                  spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
 
 
 @functools.lru_cache(maxsize=16)
-def _input_grad_plans(spec):
+def input_grad_plans(spec, channels=None):
     """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
-    input, or for non-constant padding the padded input) and, per phase, the plan."""
+    input, or for non-constant padding the padded input) and, per phase, the plan;
+    ``channels``: the channel-wise form, the padded cotangent holding that many."""
     if spec.constant_padding:
         ranges = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
     else:
@@ -128,7 +150,8 @@ def _input_grad_plans(spec):
           zip(ranges, spec.k, spec.dilation, spec.stride)]
     hi = [max(0, (u1 - 1) // s - (o - 1)) for (_, u1), s, o in
           zip(ranges, spec.stride, spec.out)]
-    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)), spec.F)
+    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)),
+              spec.F if channels is None else channels)
     tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
     per_dim = []
     for (u0, u1), k, dl, s, low in zip(ranges, spec.k, spec.dilation, spec.stride, lo):
@@ -138,7 +161,8 @@ def _input_grad_plans(spec):
             kk = np.array([t for t in range(k - 1, -1, -1) if (ph - t * dl) % s == 0])
             phases.append(((u - ph) // s + low, u - u0, (ph - kk * dl) // s, kk))
         per_dim.append(phases)
-    merge = spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0
+    merge = spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0 and channels is None
+    groups, cin = (spec.G, spec.Fg) if channels is None else (1, 1)
     passes, empty = [], False
     for dims in itertools.product(*per_dim):
         if any(len(d[0]) == 0 for d in dims):
@@ -146,7 +170,7 @@ def _input_grad_plans(spec):
         if any(len(d[3]) == 0 for d in dims):
             empty = True
             continue
-        passes.append(_plan(dims, gshape, tshape, spec.G, spec.Fg, merge))
+        passes.append(_plan(dims, gshape, tshape, groups, cin, merge))
     return tshape, list(zip(lo, hi)), passes, empty
 
 
@@ -189,20 +213,17 @@ def _run(src, pos, ypos, offs, R, wt, bias, out, dtype):
 
 
 def forward(x, w, bias, spec, dtype):
-    pos, ypos, offs, R = _forward_plan(spec)
+    pos, ypos, offs, R = forward_plan(spec)
     wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
     wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
-    _run(_padded(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, dtype)
+    _run(padded_input(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, dtype)
     return y
 
 
 def _input_grad(gy, w, spec, dtype):
-    tshape, pads, passes, empty = _input_grad_plans(spec)
-    gp = np.zeros((spec.N, *(o + a + b for o, (a, b) in zip(spec.out, pads)), spec.F),
-                  dtype=dtype)
-    inner = (slice(None),) + tuple(slice(a, a + o) for o, (a, _) in zip(spec.out, pads))
-    parallel_copy(gp[inner], gy)
+    tshape, pads, passes, empty = input_grad_plans(spec)
+    gp = padded_cotangent(gy, spec, pads, spec.F, dtype)
     gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
     w = np.asarray(w, dtype=dtype)
     for pos, ypos, offs, R, taps in passes:
@@ -218,8 +239,8 @@ WGRAD_TILE_POSITIONS = 128
 
 def _weight_grad(gy, x, spec, dtype):
     k = _k()
-    xf = _padded(x, spec, dtype).reshape(-1)
-    pos, _, offs, R = _forward_plan(spec)
+    xf = padded_input(x, spec, dtype).reshape(-1)
+    pos, _, offs, R = forward_plan(spec)
     g = np.asarray(gy, dtype=dtype).reshape(len(pos), spec.G, spec.Fg)
     lanes, narrow = _width(dtype, spec.Fg)
     gp = _vectors(g, lanes)
