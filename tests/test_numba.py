@@ -35,9 +35,12 @@ DOMAINS = {
     "numba.depthwise": (("forward", "input_grad", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(2, 3, 5, 17, 40), Cg=1, Fg=(1, 1, 2, 3), N=(1, 2, 3),
         stride=(1, 2, 3), dil=(1, 2), layouts="cl")),
-    "numba.direct": (("forward", "input_grad", "weight_grad"), config(
+    "numba.direct": (("forward", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
-        stride=(1, 2, 3), dil=(1, 2, 3), layouts="cl")),
+        stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"))),
+    "numba.direct_input_grad": (("input_grad",), config(
+        d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
+        N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"))),
 }
 
 
@@ -128,7 +131,9 @@ def test_non_finite_pattern_is_torchs(name, groups, where, bad):
     refs = _torch_reference(x, w, gy, (2, 1), (1, 1))
     with np.errstate(invalid="ignore", over="ignore"):
         y = conv_forward(cnp, x, w, None, force=name, **kw)
-        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=name, **kw)
+        force = name if name != "numba.direct" else {
+            "input_grad": "numba.direct_input_grad", "weight_grad": "numba.direct"}
+        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=force, **kw)
     for got, ref in zip((y, gx, gw), refs):
         assert got.shape == ref.shape
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
@@ -152,14 +157,24 @@ def test_channels_innermost_depthwise_selects_the_compiled_kernel():
 
 
 @needs_numba
-def test_channels_innermost_dense_and_grouped_select_the_compiled_kernel():
+def test_dense_and_grouped_select_the_compiled_kernel():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 9, 9, 8)).astype(np.float32)
+    xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))  # canonical memory order
+    direct = {"forward": "numba.direct", "input_grad": "numba.direct_input_grad",
+              "weight_grad": "numba.direct"}
     for w in (rng.standard_normal((3, 3, 8, 6)), rng.standard_normal((3, 3, 4, 3, 2))):
         w = w.astype(np.float32)
-        assert set(_plan("BSSC", x, w, padding=1, stride=2).values()) == {"numba.direct"}
-        xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))  # canonical: the BLAS entries
-        assert "numba.direct" not in _plan("SSCB", xs, w, padding=1).values()
+        assert _plan("BSSC", x, w, padding=1, stride=2) == direct
+    w = rng.standard_normal((3, 3, 8, 6)).astype(np.float32)
+    assert _plan("SSCB", xs, w, padding=1) == direct  # few channels: copied channels-last
+    with K.tuning(direct_copy_min_cg=9):  # the input gradient of 8 channels: not copied
+        assert _plan("SSCB", xs, w, padding=1)["input_grad"] != "numba.direct_input_grad"
+    with K.tuning(direct_copy_max_cf=47):  # 8·6 channels × filters: not copied
+        plan = fa.conv_plan(FormattedArray(xs, "SSCB"), w, padding=1)
+        assert "numba.direct" not in plan.chosen().values()
+        assert "direct_copy_max_cf (47)" in str(plan)
+        assert _plan("BSSC", x, w, padding=1) == direct  # channels innermost: any size
     # where numpy.winograd applies (here with its size thresholds lowered), 8·8 channels ×
     # filters above direct_max_cf go to the Winograd and BLAS entries
     w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
@@ -168,9 +183,9 @@ def test_channels_innermost_dense_and_grouped_select_the_compiled_kernel():
         assert "numba.direct" not in plan.chosen().values()
         assert "direct_max_cf (63) where numpy.winograd applies" in str(plan)
     with K.tuning(direct_max_cf=63):  # Winograd declines this small case: direct serves
-        assert set(_plan("BSSC", x, w, padding=1).values()) == {"numba.direct"}
+        assert _plan("BSSC", x, w, padding=1) == direct
     with K.tuning(direct_max_cf=64, winograd_min_total_cols=1):
-        assert set(_plan("BSSC", x, w, padding=1).values()) == {"numba.direct"}
+        assert _plan("BSSC", x, w, padding=1) == direct
 
 
 def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):
@@ -195,7 +210,7 @@ def test_fmtarray_numba_bad_value_names_the_variable(monkeypatch):
     ("numba.depthwise", (5, 5, 4, 2), (3, 3, 1, 1, 4), "SSCB", "not channels-innermost"),
     ("numba.depthwise", (2, 4, 4, 4, 3), (2, 2, 2, 1, 2, 3), "BSSSC", "1 or 2 only"),
     ("numba.direct", (2, 5, 5, 4), (3, 3, 1, 1, 4), "BSSC", "numba.depthwise's domain"),
-    ("numba.direct", (5, 5, 4, 2), (3, 3, 4, 4), "SSCB", "not channels-innermost"),
+    ("numba.direct", (5, 5, 64, 2), (3, 3, 64, 64), "SSCB", "direct_copy_max_cf"),
 ])
 def test_forced_outside_the_domain_names_the_reason(name, shape, wshape, fmt, reason):
     x = FormattedArray(np.zeros(shape), fmt)

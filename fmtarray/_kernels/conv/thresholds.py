@@ -73,6 +73,13 @@ class Tuning:
     #: channels × filters (above, the Winograd entries serve; measured NHWC forward:
     #: 128×128 a tie, 256×256 Winograd 1.3× faster)
     direct_max_cf: int = 32768
+    #: numba.direct on data not stored channels innermost (e.g. canonical, copied
+    #: channels-last): the most channels × filters per group, and for the input gradient
+    #: the fewest channels per group (measured float32 2026-12-06: 16→16, 16→32, 48→48
+    #: and grouped 16→16 2-4× faster than the BLAS entries, 64→64's gradients and 1→20's
+    #: and 3→64's input gradients slower)
+    direct_copy_max_cf: int = 2304
+    direct_copy_min_cg: int = 8
 
 
 _DEFAULT = Tuning()

@@ -77,12 +77,15 @@ _entry("depthwise", ALL, depthwise.applies,
        "(1 or 2 convolved dims, constant padding not materialised); input (and "
        "cotangent) channels-innermost C-contiguous, any stride, dilation and padding",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
-_entry("direct", ALL, direct.applies,
-       "dense or grouped (more than one channel per group), any convolved dims, "
-       "input channels-innermost C-contiguous (a cotangent in another order copied), any "
+_entry("direct", ("forward", "weight_grad"), direct.applies,
+       "dense or grouped (more than one channel per group), any convolved dims, any "
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
-       "runs (the input gradient by stride phase); where numpy.winograd applies only up "
-       "to C·F = direct_max_cf",
-       forward=direct.forward,
-       backward=_exact_near_non_finite_weights(direct.backward, input_grad_col2im),
+       "runs; input channels-innermost C-contiguous, or (copied channels-last) C·F ≤ "
+       "direct_copy_max_cf; where numpy.winograd applies only up to C·F = direct_max_cf",
+       forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match)
+_entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
+       "numba.direct's domain, the input gradient by stride phase (no zeros inserted, no "
+       "scatter); on input not stored channels innermost only from direct_copy_min_cg "
+       "channels per group",
+       backward=_exact_near_non_finite_weights(direct.input_grad, input_grad_col2im),
        accepts=data_dtypes_match)

@@ -43,7 +43,7 @@ from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum
 from ..thresholds import current
 from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
 
-__all__ = ["applies", "forward", "backward"]
+__all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
 
 def _k():
@@ -53,17 +53,35 @@ def _k():
 
 
 def applies(spec, layout):
+    """The forward's and the weight gradient's domain."""
     if spec.Cg == 1 and spec.G > 1:
         return "channel-wise (one channel per group): numba.depthwise's domain"
-    limit = current().direct_max_cf
-    if (spec.Cg * spec.Fg > limit
+    t = current()
+    if (spec.Cg * spec.Fg > t.direct_max_cf
             and winograd.applies_forward(spec, canonical_layout(spec, layout)) is None):
-        return (f"{spec.Cg}×{spec.Fg} channels × filters > direct_max_cf ({limit}) where "
-                "numpy.winograd applies (on a canonical copy): its fewer multiplies win")
+        return (f"{spec.Cg}×{spec.Fg} channels × filters > direct_max_cf ({t.direct_max_cf}) "
+                "where numpy.winograd applies (on a canonical copy): its fewer multiplies win")
     st = cl_strides(spec, layout, "x")
     if st is None or st != _c_strides((spec.N, *spec.sp, spec.C)):
-        return "x is not channels-innermost (N, *sp, C) C-contiguous memory"
-    return None  # a cotangent in another memory order is copied channels-last
+        if spec.Cg * spec.Fg > t.direct_copy_max_cf:
+            return (f"x is not channels-innermost and {spec.Cg}×{spec.Fg} channels × filters > "
+                    f"direct_copy_max_cf ({t.direct_copy_max_cf}): the BLAS entries read it "
+                    "in place faster than a channels-last copy pays")
+    return None  # other memory orders (and any cotangent's) are copied channels-last
+
+
+def applies_input_grad(spec, layout):
+    r = applies(spec, layout)
+    if r is not None:
+        return r
+    st = cl_strides(spec, layout, "x")
+    t = current()
+    if (st is None or st != _c_strides((spec.N, *spec.sp, spec.C))) and (
+            spec.Cg < t.direct_copy_min_cg):
+        return (f"x is not channels-innermost and {spec.Cg} channels per group < "
+                f"direct_copy_min_cg ({t.direct_copy_min_cg}): a few-channel input gradient "
+                "fills the vectors poorly")
+    return None
 
 
 def padded_input(x, spec, dtype, channels=None):
@@ -255,8 +273,9 @@ def _weight_grad(gy, x, spec, dtype):
     return gw.transpose(*range(1, d + 3), 0)
 
 
-def backward(gy, x, w, spec, needs, dtype):
-    gy = np.ascontiguousarray(gy, dtype=dtype)
-    gx = _input_grad(gy, w, spec, dtype) if needs[0] else None
-    gw = _weight_grad(gy, x, spec, dtype) if needs[1] else None
-    return gx, gw
+def input_grad(gy, x, w, spec, needs, dtype):
+    return _input_grad(np.ascontiguousarray(gy, dtype=dtype), w, spec, dtype), None
+
+
+def weight_grad(gy, x, w, spec, needs, dtype):
+    return None, _weight_grad(np.ascontiguousarray(gy, dtype=dtype), x, spec, dtype)
