@@ -37,10 +37,14 @@ DOMAINS = {
         stride=(1, 2, 3), dil=(1, 2), layouts="cl")),
     "numba.direct": (("forward", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
-        stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"))),
+        stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
+        # the reduction in blocks: pieces of one run, or a few runs at a time
+        tunings=({}, {"direct_weight_block_bytes": 1},
+                 {"direct_weight_block_bytes": 3 * 64 * 8}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
-        N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"))),
+        N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
+        tunings=({}, {"direct_weight_block_bytes": 1}))),
 }
 
 
@@ -70,6 +74,12 @@ def test_entry_matches_reference(name, data):
     gyl = laid_out(gy, cfg["layout"], cfg["reverse"])
     assume(_by_name(name).applies(spec, Layout.of(nsc_dims(spec.d), xl, gyl)) is None)
     with_bias = data.draw(st.booleans(), label="bias")
+    with K.tuning(**cfg["tuning"]):
+        _check_entry(name, ops, cfg, data, x, w, b, xl, gy, gyl, kw, args, tol, with_bias)
+    np.testing.assert_array_equal(xl, x)
+
+
+def _check_entry(name, ops, cfg, data, x, w, b, xl, gy, gyl, kw, args, tol, with_bias):
     if "forward" in ops:
         y = conv_forward(cnp, xl, w, b if with_bias else None, force=name, **kw)
         assert y.dtype == cfg["dtype"]
@@ -87,7 +97,6 @@ def test_entry_matches_reference(name, data):
                                force=name, **kw)
         assert single[1 - one] is None
         np.testing.assert_array_equal(single[one], got[one])
-    np.testing.assert_array_equal(xl, x)
 
 
 def _nhwc_case(n=2, hw=(7, 6), c=4, m=1, k=(3, 3), dtype=np.float64, seed=0):

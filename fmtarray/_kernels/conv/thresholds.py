@@ -80,6 +80,9 @@ class Tuning:
     #: and 3→64's input gradients slower)
     direct_copy_max_cf: int = 2304
     direct_copy_min_cg: int = 8
+    #: numba.direct forward: the most weight bytes of one filter block summed at once
+    #: (bigger reductions go a block of runs, or of one run, at a time: kept in L2)
+    direct_weight_block_bytes: int = 256 * 2**10
 
 
 _DEFAULT = Tuning()

@@ -37,10 +37,11 @@ def _block(nv, narrow):
 
 
 @njit(**_JIT)
-def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, q0, q1):
+def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1):
     """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the ``Fg`` filters of each
     group; ``wf`` ``(G, T·R, Fp)``, ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of
-    ``VECTOR_BYTES >> narrow`` bytes (``narrow`` > 0: ``Fp`` is one vector)."""
+    ``VECTOR_BYTES >> narrow`` bytes (``narrow`` > 0: ``Fp`` is one vector); the
+    reduction in blocks of at most ``wblock`` bytes of weights per filter block."""
     G, T = offs.shape
     lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
     nvec = Fp // lanes
@@ -50,21 +51,30 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, q0, q1)
             nv = min(NV_MAX, nvec - v0)
             f0 = v0 * lanes
             xb = _block(nv, narrow)
-            for p0 in range(q0, q1, xb):
-                a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0, Fg - f0, Fp,
-                     g * Fp + f0)
-                if narrow == 1:
-                    _fh(xf, wf, y, bf, og, pos, ypos, a)
-                elif narrow == 2:
-                    _fq(xf, wf, y, bf, og, pos, ypos, a)
-                elif nv == 1:
-                    _f1(xf, wf, y, bf, og, pos, ypos, a)
-                elif nv == 2:
-                    _f2(xf, wf, y, bf, og, pos, ypos, a)
-                elif nv == 3:
-                    _f3(xf, wf, y, bf, og, pos, ypos, a)
-                else:
-                    _f4(xf, wf, y, bf, og, pos, ypos, a)
+            # the reduction in blocks whose weights stay in the cache: whole runs, or
+            # pieces of one run
+            per_k = nv * lanes * xf.itemsize
+            runs = max(1, wblock // (R * per_k))
+            piece = R if R * per_k <= wblock else max(1, wblock // per_k)
+            for t0 in range(0, T, runs):
+                t1 = min(T, t0 + runs)
+                for k0 in range(0, R, piece):
+                    k1 = min(R, k0 + piece)
+                    for p0 in range(q0, q1, xb):
+                        a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0,
+                             Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1)
+                        if narrow == 1:
+                            _fh(xf, wf, y, bf, og, pos, ypos, a)
+                        elif narrow == 2:
+                            _fq(xf, wf, y, bf, og, pos, ypos, a)
+                        elif nv == 1:
+                            _f1(xf, wf, y, bf, og, pos, ypos, a)
+                        elif nv == 2:
+                            _f2(xf, wf, y, bf, og, pos, ypos, a)
+                        elif nv == 3:
+                            _f3(xf, wf, y, bf, og, pos, ypos, a)
+                        else:
+                            _f4(xf, wf, y, bf, og, pos, ypos, a)
 
 
 @njit(**_JIT)
@@ -111,7 +121,7 @@ def channelwise_positions(xf, pos, ypos, offs, wf, bf, Cp, y, C, q0, q1):
         c0 = v0 * lanes
         xb = _block(nv, 0)
         for p0 in range(q0, q1, xb):
-            a = (p0, min(xb, q1 - p0), 1, c0, c0, C - c0, Cp, c0, c0)
+            a = (p0, min(xb, q1 - p0), 1, c0, c0, C - c0, Cp, c0, 0, offs.shape[0], 0, 1, c0)
             if nv == 1:
                 _c1(xf, wf, y, bf, offs, pos, ypos, a)
             elif nv == 2:

@@ -11,10 +11,13 @@ kernel. The drivers (plain Numba functions) choose the tiles and pass flat offse
 Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
 
 * :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a)`` with ``a = (p0, nx, R,
-  wbase, ybase, nf, wstep, bbase)``: for the ``nx`` positions ``p = p0 + j`` and the ``NV``
-  filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = bias[bbase + f] + Σ_t Σ_k
-  xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]`` for the ``f < nf`` valid
-  filters (the weights and bias padded to whole vectors with zeros).
+  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1)``: for the ``nx`` positions ``p = p0 +
+  j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s + Σ_{t0 ≤
+  t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]``
+  for the ``f < nf`` valid filters (the weights and bias padded to whole vectors with
+  zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``t0 =
+  k0 = 0``), else the sum so far in ``y`` (weights too big for the cache are summed a
+  block of runs, or of one run, at a time).
 * :func:`wgrad_tile` ``(xf, gy, acc, pos, a)`` with ``a = (p0, p1, xoff, nk, gbase, gstep,
   abase, astep)``: for each of the ``nk`` window offsets ``xoff + i`` and the ``NV``
   filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
@@ -22,7 +25,7 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   vectors).
 * channel-wise (one channel per group, one filter per channel: vectors of channels
   instead of filters): :func:`forward_tile` with ``channelwise`` and ``a`` extended by
-  ``cb``: ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
+  ``cb`` (``k0 = 0``, ``k1 = 1``): ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
   wt[wbase + t·wstep + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
   pos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, gstep, abase, astep)``: ``acc[abase +
   i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[p·gstep + cb + c]`` for the
@@ -107,6 +110,22 @@ class _Vec:
     def fmadd(self, slot, a, c):
         self.b.store(self.b.call(self.fma, [a, c, self.b.load(slot)]), slot)
 
+    def load_first(self, n, base, idx):
+        """Lanes ``< n`` from ``base[idx:]``, zeros past them (nothing past them read)."""
+        b = self.b
+        slot = cgutils.alloca_once(b, self.vty)
+        with b.if_else(b.icmp_signed(">=", n, _i(self.lanes))) as (full, part):
+            with full:
+                b.store(self.load(base, idx), slot)
+            with part:
+                b.store(self.zero(), slot)
+                for lane in range(self.lanes):
+                    with b.if_then(b.icmp_signed(">", n, _i(lane))):
+                        s = b.load(b.gep(base, [b.add(idx, _i(lane))]))
+                        b.store(b.insert_element(b.load(slot), s, ir.Constant(_I32, lane)),
+                                slot)
+        return b.load(slot)
+
     def store_first(self, v, n, base, idx):
         """Store lanes ``< n`` of ``v`` (all of them when ``n ≥ lanes``)."""
         b = self.b
@@ -143,24 +162,33 @@ def forward_tile(nv, narrow=0, channelwise=False):
             v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES >> narrow)
             xp, wp, yp, bp, op, pp, qp = (_data(context, builder, t, x)
                                           for t, x in zip(sig.args[:7], args[:7]))
-            p0, nx, R, wbase, ybase, nf, wstep, bbase = (
-                builder.extract_value(args[7], i) for i in range(8))
-            cb = builder.extract_value(args[7], 8) if channelwise else None
+            p0, nx, R, wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1 = (
+                builder.extract_value(args[7], i) for i in range(12))
+            cb = builder.extract_value(args[7], 12) if channelwise else None
             accs = [[cgutils.alloca_once(builder, v.vty) for _ in range(nv)]
                     for _ in range(xb_n)]
-            for c in range(nv):
-                bv = v.load(bp, builder.add(bbase, _i(c * v.lanes)))
-                for j in range(xb_n):
-                    builder.store(bv, accs[j][c])
+            yoff = [builder.add(ybase, builder.load(builder.gep(
+                qp, [builder.add(p0, _clamped(builder, j, nx))]))) for j in range(xb_n)]
+            first = builder.and_(builder.icmp_signed("==", t0, _i(0)),
+                                 builder.icmp_signed("==", k0, _i(0)))
+            with builder.if_else(first) as (start, more):
+                with start:  # the bias
+                    for c in range(nv):
+                        bv = v.load(bp, builder.add(bbase, _i(c * v.lanes)))
+                        for j in range(xb_n):
+                            builder.store(bv, accs[j][c])
+                with more:  # the sums over the earlier runs
+                    for c in range(nv):
+                        left = builder.sub(nf, _i(c * v.lanes))
+                        for j in range(xb_n):
+                            builder.store(v.load_first(left, yp, builder.add(
+                                yoff[j], _i(c * v.lanes))), accs[j][c])
             xoff = [builder.load(builder.gep(pp, [builder.add(p0, _clamped(builder, j, nx))]))
                     for j in range(xb_n)]
-            T = builder.extract_value(
-                context.make_array(sig.args[4])(context, builder, args[4]).shape, 0)
-            with cgutils.for_range(builder, T) as lt:
-                o = builder.load(builder.gep(op, [lt.index]))
-                wrow = builder.add(wbase, builder.mul(builder.mul(lt.index, R), wstep))
-                with cgutils.for_range(builder, R) as lk:
-                    k = lk.index
+            with cgutils.for_range_slice(builder, t0, t1, _i(1)) as (t, _):
+                o = builder.load(builder.gep(op, [t]))
+                wrow = builder.add(wbase, builder.mul(builder.mul(t, R), wstep))
+                with cgutils.for_range_slice(builder, k0, k1, _i(1)) as (k, _):
                     wk = builder.add(wrow, builder.mul(k, wstep))
                     ws = [v.load(wp, builder.add(wk, _i(c * v.lanes))) for c in range(nv)]
                     ok = builder.add(o, k)
@@ -176,8 +204,7 @@ def forward_tile(nv, narrow=0, channelwise=False):
                             v.fmadd(accs[j][c], xs, ws[c])
             for j in range(xb_n):
                 with builder.if_then(builder.icmp_signed("<", _i(j), nx)):
-                    yj = builder.add(ybase, builder.load(
-                        builder.gep(qp, [builder.add(p0, _i(j))])))
+                    yj = yoff[j]
                     for c in range(nv):
                         left = builder.sub(nf, _i(c * v.lanes))
                         v.store_first(builder.load(accs[j][c]), left, yp,

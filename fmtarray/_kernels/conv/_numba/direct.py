@@ -225,8 +225,9 @@ def _run(src, pos, ypos, offs, R, wt, bias, out, dtype):
     b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
     bf = _vectors(b, lanes).reshape(-1)
     sf, wf, of = src.reshape(-1), wt.reshape(-1), out.reshape(-1)
+    wblock = current().direct_weight_block_bytes
     parallel(lambda _w, q: k.forward_positions(sf, pos, ypos, offs, R, wf, bf, wt.shape[2],
-                                               of, n, narrow, q[0], q[1]),
+                                               of, n, narrow, wblock, q[0], q[1]),
              _blocks(len(pos)), dynamic=True)
 
 
