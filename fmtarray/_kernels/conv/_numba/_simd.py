@@ -17,7 +17,8 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   for the ``f < nf`` valid filters (the weights and bias padded to whole vectors with
   zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``t0 =
   k0 = 0``), else the sum so far in ``y`` (weights too big for the cache are summed a
-  block of runs, or of one run, at a time).
+  block of runs, or of one run, at a time; ``y`` then needs a vector of slack past its
+  end: whole vectors are read back).
 * :func:`wgrad_tile` ``(xf, gy, acc, pos, a)`` with ``a = (p0, p1, xoff, nk, gbase, gstep,
   abase, astep)``: for each of the ``nk`` window offsets ``xoff + i`` and the ``NV``
   filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
@@ -110,22 +111,6 @@ class _Vec:
     def fmadd(self, slot, a, c):
         self.b.store(self.b.call(self.fma, [a, c, self.b.load(slot)]), slot)
 
-    def load_first(self, n, base, idx):
-        """Lanes ``< n`` from ``base[idx:]``, zeros past them (nothing past them read)."""
-        b = self.b
-        slot = cgutils.alloca_once(b, self.vty)
-        with b.if_else(b.icmp_signed(">=", n, _i(self.lanes))) as (full, part):
-            with full:
-                b.store(self.load(base, idx), slot)
-            with part:
-                b.store(self.zero(), slot)
-                for lane in range(self.lanes):
-                    with b.if_then(b.icmp_signed(">", n, _i(lane))):
-                        s = b.load(b.gep(base, [b.add(idx, _i(lane))]))
-                        b.store(b.insert_element(b.load(slot), s, ir.Constant(_I32, lane)),
-                                slot)
-        return b.load(slot)
-
     def store_first(self, v, n, base, idx):
         """Store lanes ``< n`` of ``v`` (all of them when ``n ≥ lanes``)."""
         b = self.b
@@ -177,12 +162,12 @@ def forward_tile(nv, narrow=0, channelwise=False):
                         bv = v.load(bp, builder.add(bbase, _i(c * v.lanes)))
                         for j in range(xb_n):
                             builder.store(bv, accs[j][c])
-                with more:  # the sums over the earlier runs
+                with more:  # the sums over the earlier runs (whole vectors: the output
+                    # has a vector of slack at its end, the lanes past nf are not stored)
                     for c in range(nv):
-                        left = builder.sub(nf, _i(c * v.lanes))
                         for j in range(xb_n):
-                            builder.store(v.load_first(left, yp, builder.add(
-                                yoff[j], _i(c * v.lanes))), accs[j][c])
+                            builder.store(v.load(yp, builder.add(yoff[j], _i(c * v.lanes))),
+                                          accs[j][c])
             xoff = [builder.load(builder.gep(pp, [builder.add(p0, _clamped(builder, j, nx))]))
                     for j in range(xb_n)]
             with cgutils.for_range_slice(builder, t0, t1, _i(1)) as (t, _):
