@@ -124,3 +124,10 @@ def _parallel_even_when_small():
 
     with tuning(serial_macs=0):
         yield
+
+
+@pytest.fixture
+def numpy_entries(monkeypatch):
+    """The BLAS/NumPy convolution entries only (``FMTARRAY_NUMBA=0``), for tests of a
+    NumPy path whose domain the compiled ``numba.*`` entries also cover."""
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")

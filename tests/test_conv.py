@@ -184,6 +184,7 @@ def test_tiled_and_chunked_paths(value, groups, cg, wide, monkeypatch):
                 np.testing.assert_allclose(np.asarray(a), e, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("numpy_entries")
 @tuning(workspace_bytes=2**20)
 def test_workspace_is_bounded():
     """Extra memory of the NumPy path does not grow with the batch (tracemalloc)."""
@@ -802,6 +803,7 @@ def test_few_channels_batch_innermost_vjp(value, stride, dil, pb, pa, d, c):
     assert rel_err(gw, gw_ref) <= 1e-12
 
 
+@pytest.mark.usefixtures("numpy_entries")
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("stride,dil", [(1, 1), ((2, 1), (1, 2)), ((1, 3, 1), (2, 1, 3))])
@@ -877,6 +879,7 @@ def test_scratch_buffers_reused_with_stale_contents(monkeypatch):
         release_scratch()
 
 
+@pytest.mark.usefixtures("numpy_entries")
 @pytest.mark.parametrize("value", [0.0, 1.5, "replicate", "symmetric-exclude-edge"])
 @pytest.mark.parametrize("k,pb,pa,dil_w", [((3, 3), (1, 1), (1, 1), 1), ((4, 2), (2, 0), (0, 1), 2),
                                            ((2, 3), (0, 2), (3, 0), 1), ((5, 1), (4, 0), (4, 0), 1)])
@@ -909,6 +912,7 @@ def test_last_dim_innermost_row_ring(value, k, pb, pa, dil_w, dtype):
     assert rel_err(gw, gw_ref) <= 4 * tol
 
 
+@pytest.mark.usefixtures("numpy_entries")
 @pytest.mark.parametrize("value", [0.0, -1.5, "replicate"])
 @pytest.mark.parametrize("k,dil,pb,pa", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 2), (2, 1), (2, 0), (1, 2)),
                                          ((1, 3), (1, 3), (0, 3), (2, 0)), ((2, 2), (1, 1), (0, 0), (0, 0))])
@@ -952,6 +956,7 @@ def test_flat_shift_backward_batch_innermost(value, k, dil, pb, pa, needs, tile)
     assert rel_err(gw, gw_ref) <= 1e-5
 
 
+@pytest.mark.usefixtures("numpy_entries")
 @tuning(**FLAT_ANY)
 def test_flat_shift_backward_non_finite_input():
     """The flat shifts never multiply a value across a row gap: an infinite input

@@ -381,8 +381,9 @@ def test_selected_entry(fmt, shape, wshape, kw, want, monkeypatch):
     assert _plan(fmt, shape, wshape, **kw) == want
 
 
-def test_selected_entry_through_the_op():
+def test_selected_entry_through_the_op(monkeypatch):
     """``fa.conv`` runs the entry ``conv_plan`` names (a forced wrong one is refused)."""
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")  # the NumPy entries
     x = FormattedArray(np.ones((6, 6, 8, 4), np.float32), "SSCB")
     w = np.ones((3, 3, 8, 8), np.float32)
     with tuning(winograd_min_total_cols=1):
