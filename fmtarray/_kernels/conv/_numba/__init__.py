@@ -72,10 +72,11 @@ def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=N
 
 
 _entry("depthwise", ALL, depthwise.applies,
-       "channel-wise (one channel per group): one filter per channel on SIMD vectors of "
-       "channels (any convolved dims, padding copied), several per channel by row kernels "
-       "(1 or 2 convolved dims, constant padding not materialised); input (and "
-       "cotangent) channels-innermost C-contiguous, any stride, dilation and padding",
+       "channel-wise (one channel per group), any stride, dilation and padding: one "
+       "filter per channel on SIMD vectors of channels (any convolved dims, any memory "
+       "order: copied channels-last and padded), several per channel by row kernels "
+       "(1 or 2 convolved dims, input and cotangent channels-innermost C-contiguous, "
+       "constant padding not materialised)",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
 _entry("direct", ("forward", "weight_grad"), direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, any "

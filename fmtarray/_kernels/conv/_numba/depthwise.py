@@ -1,16 +1,16 @@
 """``numba.depthwise``: channel-wise convolution on channels-innermost data, compiled.
 
 Serves the forward and both gradients of a convolution with one channel per group
-(any stride, dilation and padding) whose input holds its channels innermost in memory
-(``(N, *sp, C)`` C-contiguous: NHWC data formatted ``"BSSC"``, or any format whose data
-lie that way), two ways:
+(any stride, dilation and padding), two ways:
 
 * one filter per channel (the usual depthwise convolution), any number of convolved
-  dims: the channel-wise SIMD tiles of :mod:`._simd` (vectors of channels, a block of
+  dims, data in any memory order: the channel-wise SIMD tiles of :mod:`._simd` (vectors of channels, a block of
   positions per tile) on a copy of the input padded in space and to whole vectors of
   channels, the plans of :mod:`.direct` (the input gradient by stride phase; with a
   ±inf/NaN weight it goes to the row kernel below, whose zero padding is never read);
-* several filters per channel, 1 or 2 convolved dims: the row kernels of
+* several filters per channel, 1 or 2 convolved dims, input (and cotangent) holding
+  its channels innermost (``(N, *sp, C)`` C-contiguous: NHWC data formatted ``"BSSC"``):
+  the row kernels of
   :mod:`._depthwise_kernels`, split by rows of the output (forward, weight gradient)
   or of the input (input gradient); constant padding is never materialised, mirror and
   replicate padding are (a padded copy, folded back by the padding's adjoint).
@@ -39,7 +39,9 @@ def _k():
 def applies(spec, layout):
     if not (spec.Cg == 1 and spec.G > 1):
         return f"{spec.Cg} channels per group, {spec.G} group(s): channel-wise only"
-    if spec.d > 2 and spec.Fg > 1:
+    if spec.Fg == 1:
+        return None  # the SIMD tiles: data in any memory order copied channels-last
+    if spec.d > 2:
         return f"{spec.d} convolved dims with {spec.Fg} filters per channel: 1 or 2 only"
     for which, name in (("x", "x"), ("gy", "the cotangent")):
         if which == "gy" and not has_gy(layout):
