@@ -170,6 +170,31 @@ def test_channels_innermost_depthwise_selects_the_compiled_kernel():
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,fg", [(1, 40), (2, 17), (3, 70)])
+def test_weight_gradient_split_by_filter_blocks(dtype, groups, fg):
+    """A big weight gradient is split over the workers by filter vectors (here forced with
+    direct_wgrad_split_bytes=0): the same values as the reference and, to rounding (the
+    sums run in another order), as the split by positions."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 7, 6, 2 * groups)).astype(dtype)
+    w = rng.standard_normal((3, 2, 2, fg, groups)).astype(dtype)
+    kw = dict(stride=(2, 1), dilation=(1, 1), pad_before=(1, 0), pad_after=(0, 1),
+              pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
+    with K.tuning(direct_wgrad_split_bytes=0):
+        gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force="numba.direct",
+                           **kw)[1]
+    ref = ref_conv_vjp(x, w, gy, (2, 1), (1, 1), (1, 0), (0, 1), 0.0)[1]
+    assert rel_err(gw, ref) <= TOL[dtype]
+    with K.tuning(direct_wgrad_split_bytes=1 << 40):
+        by_positions = conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                                     force="numba.direct", **kw)[1]
+    assert rel_err(gw, by_positions) <= TOL[dtype]
+
+
+@needs_numba
 def test_dense_and_grouped_select_the_compiled_kernel():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 9, 9, 8)).astype(np.float32)

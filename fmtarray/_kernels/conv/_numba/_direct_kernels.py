@@ -78,19 +78,18 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock,
 
 
 @njit(**_JIT)
-def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1):
-    """``af += `` the weight gradient over output positions ``q0 .. q1-1``; ``gf`` is the
-    cotangent ``(positions, G, Fp)`` padded with zeros, ``af`` ``(G, T·R, Fp)``, both
-    flat."""
+def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1, va, vb):
+    """``af += `` the weight gradient over output positions ``q0 .. q1-1`` for the filter
+    vectors ``va .. vb-1`` of each group; ``gf`` is the cotangent ``(positions, G, Fp)``
+    padded with zeros, ``af`` ``(G, T·R, Fp)``, both flat."""
     G, T = offs.shape
     lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
-    nvec = Fp // lanes
     for pa in range(q0, q1, per_tile):
         pb = min(pa + per_tile, q1)
         for g in range(G):
             for t in range(T):
-                for v0 in range(0, nvec, NV_MAX):
-                    nv = min(NV_MAX, nvec - v0)
+                for v0 in range(va, vb, NV_MAX):
+                    nv = min(NV_MAX, vb - v0)
                     f0 = v0 * lanes
                     kb = _block(nv, narrow)
                     for k0 in range(0, R, kb):

@@ -266,6 +266,8 @@ WGRAD_TILE_POSITIONS = 128
 
 
 def _weight_grad(gy, x, spec, dtype):
+    from ._simd import NV_MAX
+
     k = _k()
     xf = padded_input(x, spec, dtype).reshape(-1)
     pos, _, offs, R = forward_plan(spec)
@@ -274,10 +276,22 @@ def _weight_grad(gy, x, spec, dtype):
     gp = _vectors(g, lanes)
     Fp = gp.shape[2]
     gf = gp.reshape(-1)
-    acc = parallel_sum(
-        lambda _w, q, a: k.weight_grad_positions(xf, pos, offs, R, gf, a.reshape(-1), Fp,
-                                                 narrow, WGRAD_TILE_POSITIONS, q[0], q[1]),
-        _rows(len(pos), WGRAD_BLOCKS), (spec.G, spec.K * spec.Cg, Fp), dtype)
+    shape, nvec, per = (spec.G, spec.K * spec.Cg, Fp), Fp // lanes, WGRAD_TILE_POSITIONS
+    if nvec >= 2 and np.prod(shape) * dtype.itemsize >= current().direct_wgrad_split_bytes:
+        # a big gradient: each worker sums disjoint filter blocks over every position (no
+        # partial gradients to add: one pass over them instead of one per block)
+        acc = np.zeros(shape, dtype=dtype)
+        af = acc.reshape(-1)
+        step = NV_MAX if nvec >= 2 * NV_MAX else 1
+        parallel(lambda _w, v: k.weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow,
+                                                       per, 0, len(pos), v,
+                                                       min(v + step, nvec)),
+                 range(0, nvec, step), dynamic=True)
+    else:
+        acc = parallel_sum(
+            lambda _w, q, a: k.weight_grad_positions(xf, pos, offs, R, gf, a.reshape(-1), Fp,
+                                                     narrow, per, q[0], q[1], 0, nvec),
+            _rows(len(pos), WGRAD_BLOCKS), shape, dtype)
     d = spec.d
     gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
     return gw.transpose(*range(1, d + 3), 0)
