@@ -220,7 +220,7 @@ def _simd_input_grad(gy, w, spec, dtype):
 
 def _simd_weight_grad(gy, x, spec, dtype):
     from . import _direct_kernels as dk
-    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input
+    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input, wgrad_blocks
 
     cp = _simd_channels(spec, dtype)
     pos, _, offs, _ = forward_plan(spec, cp)
@@ -233,5 +233,5 @@ def _simd_weight_grad(gy, x, spec, dtype):
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(
             xf, pos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
-        _rows(len(pos), WGRAD_BLOCKS), (len(o), cp), dtype)
+        wgrad_blocks(len(pos)), (len(o), cp), dtype)
     return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)
