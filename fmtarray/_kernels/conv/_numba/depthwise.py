@@ -126,12 +126,12 @@ def forward(x, w, bias, spec, dtype):
 
 
 def backward(gy, x, w, spec, needs, dtype):
-    gy = np.ascontiguousarray(gy, dtype=dtype)
-    gx = gw = None
+    gx = gw = None  # gy in any strides: the SIMD paths copy it, the row kernels below
     if needs[0]:  # the SIMD pass zero-pads the cotangent: not with ±inf/NaN weights
-        simd = spec.Fg == 1 and all_finite(w)
-        gx = _simd_input_grad(gy, w, spec, dtype) if simd else _rows_input_grad(gy, w, spec,
-                                                                                 dtype)
+        if spec.Fg == 1 and all_finite(w):
+            gx = _simd_input_grad(gy, w, spec, dtype)
+        else:
+            gx = _rows_input_grad(gy, w, spec, dtype)
     if needs[1]:
         gw = (_simd_weight_grad(gy, x, spec, dtype) if spec.Fg == 1
               else _rows_weight_grad(gy, x, w, spec, dtype))
@@ -140,6 +140,7 @@ def backward(gy, x, w, spec, needs, dtype):
 
 def _rows_input_grad(gy, w, spec, dtype):
     k = _k()
+    gy = np.ascontiguousarray(gy, dtype=dtype)
     geo, copy = _geometry(spec)
     gk, wk = _as_2d(gy, spec.d), _weights(w, spec, dtype)
     g = np.empty((spec.N, *(spec.padded if copy else spec.sp), spec.C), dtype=dtype)
@@ -151,6 +152,7 @@ def _rows_input_grad(gy, w, spec, dtype):
 
 def _rows_weight_grad(gy, x, w, spec, dtype):
     k = _k()
+    gy = np.ascontiguousarray(gy, dtype=dtype)
     geo, copy = _geometry(spec)
     gk, wk = _as_2d(gy, spec.d), _weights(w, spec, dtype)
     xk = _input(x, spec, dtype, copy)
@@ -220,15 +222,13 @@ def _simd_input_grad(gy, w, spec, dtype):
 
 def _simd_weight_grad(gy, x, spec, dtype):
     from . import _direct_kernels as dk
-    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input, wgrad_blocks
+    from .direct import (WGRAD_TILE_POSITIONS, forward_plan, packed, padded_input,
+                         wgrad_blocks)
 
     cp = _simd_channels(spec, dtype)
     pos, _, offs, _ = forward_plan(spec, cp)
     xf = padded_input(np.asarray(x), spec, dtype, cp).reshape(-1)
-    g = gy.reshape(len(pos), spec.C)
-    if cp != spec.C:
-        g = np.concatenate([g, np.zeros((len(pos), cp - spec.C), dtype)], axis=1)
-    gf = g.reshape(-1)
+    gf = packed(gy, 1, cp, dtype).reshape(-1)
     o = offs[0]
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(

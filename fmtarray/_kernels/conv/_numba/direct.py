@@ -211,6 +211,20 @@ def _vectors(a, lanes):
     return out
 
 
+def packed(a, groups, lanes, dtype):
+    """``a`` (``(N, *out, F)``, any strides) as ``(N, *out, groups, Fp)`` C-contiguous in
+    ``dtype``, each group's ``F/groups`` values zero-padded to whole vectors of ``lanes``:
+    one parallel blocked copy (none when ``a`` already is that)."""
+    n = a.shape[-1] // groups
+    m = -(-n // lanes) * lanes
+    a = a.reshape(*a.shape[:-1], groups, n)  # splitting the last dim: a view
+    if m == n and a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    out = (np.empty if m == n else np.zeros)((*a.shape[:-1], m), dtype=dtype)
+    parallel_copy(out[..., :n], a)
+    return out
+
+
 def output(shape, dtype):
     """``np.empty(shape)`` with one 64-byte vector of slack past its end (the forward
     tiles read whole vectors back when they sum a reduction in blocks)."""
@@ -280,10 +294,9 @@ def _weight_grad(gy, x, spec, dtype):
     k = _k()
     xf = padded_input(x, spec, dtype).reshape(-1)
     pos, _, offs, R = forward_plan(spec)
-    g = np.asarray(gy, dtype=dtype).reshape(len(pos), spec.G, spec.Fg)
     lanes, narrow = _width(dtype, spec.Fg)
-    gp = _vectors(g, lanes)
-    Fp = gp.shape[2]
+    gp = packed(gy, spec.G, lanes, dtype)
+    Fp = gp.shape[-1]
     gf = gp.reshape(-1)
     shape, nvec, per = (spec.G, spec.K * spec.Cg, Fp), Fp // lanes, WGRAD_TILE_POSITIONS
     if nvec >= 2 and np.prod(shape) * dtype.itemsize >= current().direct_wgrad_split_bytes:
@@ -307,8 +320,8 @@ def _weight_grad(gy, x, spec, dtype):
 
 
 def input_grad(gy, x, w, spec, needs, dtype):
-    return _input_grad(np.ascontiguousarray(gy, dtype=dtype), w, spec, dtype), None
+    return _input_grad(gy, w, spec, dtype), None  # gy copied padded: any strides
 
 
 def weight_grad(gy, x, w, spec, needs, dtype):
-    return None, _weight_grad(np.ascontiguousarray(gy, dtype=dtype), x, spec, dtype)
+    return None, _weight_grad(gy, x, spec, dtype)  # gy packed: any strides
