@@ -194,6 +194,30 @@ def test_weight_gradient_split_by_filter_blocks(dtype, groups, fg):
     assert rel_err(gw, by_positions) <= TOL[dtype]
 
 
+def test_plan_cache_is_bounded_by_bytes(monkeypatch):
+    """The plans' index arrays (16 bytes per output position) are kept for the next calls
+    within PLAN_CACHE_BYTES, the least recently used going first; a hit returns the same
+    arrays."""
+    from fmtarray._kernels.conv._numba import direct
+
+    rng = np.random.default_rng(0)
+    specs = [spec_of(cnp, rng.standard_normal((2, n, n, 3)), np.zeros((3, 3, 3, 4, 1)))
+             for n in (9, 10, 11, 12)]
+    direct.forward_plan.cache.clear()
+    first = direct.forward_plan(specs[0])
+    assert direct.forward_plan(specs[0])[0] is first[0]
+    for s in specs[1:3]:
+        direct.forward_plan(s)
+    assert len(direct.forward_plan.cache) == 3
+    direct.forward_plan(specs[0])  # a hit: now the most recently used
+    monkeypatch.setattr(direct, "PLAN_CACHE_BYTES", 4000)  # one 10×10 output's plan
+    direct.forward_plan(specs[3])  # 2·10·10 positions × 16 bytes: the others go
+    assert list(direct.forward_plan.cache) == [(specs[3], None)]
+    monkeypatch.setattr(direct, "PLAN_CACHE_BYTES", 7000)
+    direct.forward_plan(specs[2])  # 2·9·9 positions fit beside it
+    assert list(direct.forward_plan.cache) == [(specs[3], None), (specs[2], None)]
+
+
 @needs_numba
 def test_dense_and_grouped_select_the_compiled_kernel():
     rng = np.random.default_rng(0)

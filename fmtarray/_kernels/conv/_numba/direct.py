@@ -30,8 +30,10 @@ a fixed order.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
+import threading
 
 import numpy as np
 
@@ -142,7 +144,48 @@ def _plan(dims, src_shape, tgt_shape, G, cin, merge):
     return pos, ypos, np.ascontiguousarray(offs), m * cin, taps
 
 
-@functools.lru_cache(maxsize=16)
+#: the plans' index arrays kept for the next calls, at most this many bytes in all
+PLAN_CACHE_BYTES = 64 * 2**20
+
+
+def _cached(build):
+    """``build(spec, channels)`` remembered for the next calls with the same arguments
+    (a training loop calls the same convolutions), least recently used first out once
+    the cache's index arrays pass ``PLAN_CACHE_BYTES`` (a plan holds 16 bytes per output
+    position: large batches of large images make big plans)."""
+    cache, lock = collections.OrderedDict(), threading.Lock()
+
+    def size(v):
+        return sum(a.nbytes for a in _arrays(v))
+
+    @functools.wraps(build)
+    def get(spec, channels=None):
+        key = (spec, channels)
+        with lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = build(spec, channels)
+        with lock:
+            cache[key] = value
+            total = sum(size(v) for v in cache.values())
+            while total > PLAN_CACHE_BYTES and len(cache) > 1:
+                total -= size(cache.popitem(last=False)[1])
+        return value
+
+    get.cache = cache  # for inspection
+    return get
+
+
+def _arrays(v):
+    if isinstance(v, np.ndarray):
+        yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _arrays(x)
+
+
+@_cached
 def forward_plan(spec, channels=None):
     """``(pos, ypos, offs, R)`` of the forward; ``channels``: the channel-wise form, the
     padded input holding that many channels (one group, one-value runs)."""
@@ -155,7 +198,7 @@ def forward_plan(spec, channels=None):
                  spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
 
 
-@functools.lru_cache(maxsize=16)
+@_cached
 def input_grad_plans(spec, channels=None):
     """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
     input, or for non-constant padding the padded input) and, per phase, the plan;
