@@ -244,9 +244,16 @@ def test_dense_and_grouped_select_the_compiled_kernel():
         plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
         assert "numba.direct" not in plan.chosen().values()
         assert "direct_max_cf (63) where numpy.winograd applies" in str(plan)
-    with K.tuning(direct_max_cf=63):  # Winograd declines this small case: direct serves
-        assert _plan("BSSC", x, w, padding=1) == direct
+    with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=0):
+        assert _plan("BSSC", x, w, padding=1) == direct  # Winograd declines this case
     with K.tuning(direct_max_cf=64, winograd_min_total_cols=1):
+        assert _plan("BSSC", x, w, padding=1) == direct
+    # big weights over few positions: the input gradient goes to the BLAS entries
+    with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=4 * 9 * 9 + 1):
+        plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
+        assert plan.chosen()["input_grad"] != "numba.direct_input_grad"
+        assert "direct_input_grad_min_positions (325)" in str(plan)
+    with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=4 * 9 * 9):
         assert _plan("BSSC", x, w, padding=1) == direct
 
 

@@ -80,6 +80,10 @@ class Tuning:
     #: and 3→64's input gradients slower)
     direct_copy_max_cf: int = 2304
     direct_copy_min_cg: int = 8
+    #: numba.direct_input_grad with more than direct_max_cf channels × filters: the
+    #: fewest output positions (below, the weights' per-call transposed copy costs more
+    #: than the kernel saves: 512→512 3×3 b8 7×7, 392 positions, 17.8 vs 14.2 ms)
+    direct_input_grad_min_positions: int = 1024
     #: numba.direct forward: the most weight bytes of one filter block summed at once
     #: (bigger reductions go a block of runs, or of one run, at a time: kept in L2)
     direct_weight_block_bytes: int = 256 * 2**10

@@ -87,6 +87,7 @@ _entry("direct", ("forward", "weight_grad"), direct.applies,
 _entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
        "numba.direct's domain, the input gradient by stride phase (no zeros inserted, no "
        "scatter); on input not stored channels innermost only from direct_copy_min_cg "
-       "channels per group",
+       "channels per group; with C·F > direct_max_cf only from "
+       "direct_input_grad_min_positions output positions",
        backward=_exact_near_non_finite_weights(direct.input_grad, input_grad_col2im),
        accepts=data_dtypes_match)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import math
 import threading
 
 import numpy as np
@@ -78,6 +79,13 @@ def applies_input_grad(spec, layout):
         return r
     st = cl_strides(spec, layout, "x")
     t = current()
+    positions = spec.N * math.prod(spec.out)
+    if (spec.Cg * spec.Fg > t.direct_max_cf
+            and positions < t.direct_input_grad_min_positions):
+        return (f"{spec.Cg}×{spec.Fg} channels × filters > direct_max_cf ({t.direct_max_cf}) "
+                f"over {positions} output positions < direct_input_grad_min_positions "
+                f"({t.direct_input_grad_min_positions}): the weights' transposed copy costs "
+                "more than it saves")
     if (st is None or st != _c_strides((spec.N, *spec.sp, spec.C))) and (
             spec.Cg < t.direct_copy_min_cg):
         return (f"x is not channels-innermost and {spec.Cg} channels per group < "
