@@ -124,6 +124,17 @@ class _Vec:
                                 b.gep(base, [b.add(idx, _i(lane))]))
 
 
+def _add_rows(v, accs, n, base, start, step):
+    """``base[start + i·step + c·lanes :] += accs[i][c]`` for the rows ``i < n``."""
+    b = v.b
+    for i, row in enumerate(accs):
+        with b.if_then(b.icmp_signed("<", _i(i), n)):
+            at = b.add(start, b.mul(_i(i), step))
+            for c, slot in enumerate(row):
+                idx = b.add(at, _i(c * v.lanes))
+                v.store(b.fadd(v.load(base, idx), b.load(slot)), base, idx)
+
+
 def _data(context, builder, ty, val):
     return context.make_array(ty)(context, builder, val).data
 
@@ -226,13 +237,7 @@ def wgrad_tile(nv, narrow=0):
                     xs = v.splat(xp, builder.add(xo, koff[i]))
                     for c in range(nv):
                         v.fmadd(accs[i][c], xs, gs[c])
-            for i in range(kb_n):
-                with builder.if_then(builder.icmp_signed("<", _i(i), nk)):
-                    ai = builder.add(abase, builder.mul(_i(i), astep))
-                    for c in range(nv):
-                        idx = builder.add(ai, _i(c * v.lanes))
-                        v.store(builder.fadd(v.load(ap, idx), builder.load(accs[i][c])),
-                                ap, idx)
+            _add_rows(v, accs, nk, ap, abase, astep)
             return context.get_dummy_value()
 
         return types.void(xf, gy, acc, pos, a), codegen
@@ -266,13 +271,7 @@ def channelwise_wgrad_tile(nv):
                     for c in range(nv):
                         xv = v.load(xp, builder.add(xi, _i(c * v.lanes)))
                         v.fmadd(accs[i][c], xv, gs[c])
-            for i in range(kb_n):
-                with builder.if_then(builder.icmp_signed("<", _i(i), nk)):
-                    ai = builder.add(abase, builder.mul(_i(i), astep))
-                    for c in range(nv):
-                        idx = builder.add(ai, _i(c * v.lanes))
-                        v.store(builder.fadd(v.load(ap, idx), builder.load(accs[i][c])),
-                                ap, idx)
+            _add_rows(v, accs, nk, ap, abase, astep)
             return context.get_dummy_value()
 
         return types.void(xf, gy, acc, pos, offs, a), codegen
