@@ -183,7 +183,7 @@ def _simd_weights(w, dtype, cp):
 
 
 def _simd_run(src, pos, ypos, offs, wt, bias, y, C, dtype):
-    from . import _direct_kernels as dk
+    from . import _simd as dk
 
     cp = wt.shape[1]
     b = np.zeros(cp, dtype)
@@ -221,7 +221,7 @@ def _simd_input_grad(gy, w, spec, dtype):
 
 
 def _simd_weight_grad(gy, x, spec, dtype):
-    from . import _direct_kernels as dk
+    from . import _simd as dk
     from .direct import (WGRAD_TILE_POSITIONS, forward_plan, packed, padded_input,
                          wgrad_blocks)
 
