@@ -86,3 +86,19 @@ def test_lazy_pipeline_graph_grows_linearly_and_computes_nothing():
                                         stride=2) * fa.FormattedArray(c.compute(), "C")), "S")
     np.testing.assert_allclose(np.asarray(large.data.compute()), np.asarray(ref.data),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("red", ["sum", "mean"])
+@pytest.mark.parametrize("dims", [None, "S", "B"])
+def test_reduction_gradient_broadcasts_in_the_input_chunks(red, dims):
+    """The VJP of a reduction broadcasts the cotangent in the input's chunks: no rechunk
+    of a one-chunk broadcast (which would materialise the whole shape in one task)."""
+    v, x = _x()
+    g = fa.grad(lambda a: getattr(fa, red)(fa.square(a), dims) if dims is None
+                else fa.sum(getattr(fa, red)(fa.square(a), dims)))(x)
+    assert g.data.chunks == x.data.chunks
+    layers = g.data.__dask_graph__().layers
+    assert not [k for k in layers if "rechunk" in k], list(layers)
+    n = {"S": v.shape[0] * v.shape[1], "B": v.shape[3], None: v.size}[dims]
+    want = 2 * v / (n if red == "mean" else 1)
+    np.testing.assert_allclose(np.asarray(g.data.compute()), want, rtol=1e-12)

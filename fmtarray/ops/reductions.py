@@ -81,20 +81,31 @@ def _count(shape, axes):
     return n
 
 
-def _bt(xp, g, shape):
-    return xp.broadcast_to(g, shape)
+def _bt(xp, g, x):
+    """``g`` broadcast to ``x``'s shape; on Dask, in ``x``'s chunks (a scalar cotangent
+    broadcast as Dask does by default would be one chunk of ``x``'s whole shape, then
+    rechunked: materialised and copied, where NumPy's is a free view)."""
+    if not _backend.is_dask(xp):
+        return xp.broadcast_to(g, tuple(x.shape))
+    import dask.array as da
+
+    g = da.asarray(g)
+    keep = {i: c for i, (c, n) in enumerate(zip(x.chunks, g.shape)) if n != 1}
+    if any(g.chunks[i] != c for i, c in keep.items()):
+        g = g.rechunk(keep)
+    return da.broadcast_to(g, tuple(x.shape), chunks=x.chunks)
 
 
 sum = _reducer(
     "sum",
     lambda xp, x, ax, kd: xp.sum(x, axis=ax, keepdims=kd),
-    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, shape),
+    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, x),
     "Sum over the dims with the given labels (``\"S\"`` = every S dim); all dims when ``dims`` is None or ``\"all\"``.",
 )
 mean = _reducer(
     "mean",
     lambda xp, x, ax, kd: xp.mean(x, axis=ax, keepdims=kd),
-    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g / _count(shape, ax), shape),
+    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g / _count(shape, ax), x),
     "Mean over the dims with the given labels.",
 )
 
