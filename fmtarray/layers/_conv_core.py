@@ -17,7 +17,7 @@ from .. import _backend
 from ..array import FormattedArray
 from ._conv_props import (
     _X, _check_param, _ints, _is_traced, _layout, _reshape_param, _shape_str, _sizes_legal,
-    _vec, ConvDisplay, factor_property,
+    _vec, ConvDisplay, factor_property, sizes_property,
 )
 from .base import Layer
 from .initializers import (
@@ -25,6 +25,19 @@ from .initializers import (
 )
 
 __all__ = ["_ConvolutionCore"]
+
+
+def _learnable(prop, doc):
+    """The ``weights`` or ``bias`` property: ``None`` empties it; an array is checked
+    against the layer's ``_<prop>_spec()`` (:meth:`_ConvolutionCore._check_learnable`)."""
+    attr = "_" + prop
+
+    def set_(self, value):
+        if value is not None:
+            value = self._check_learnable(prop, value, **getattr(self, f"_{prop}_spec")())
+        setattr(self, attr, value)
+
+    return property(lambda self: getattr(self, attr), set_, doc=doc)
 
 
 class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
@@ -44,6 +57,7 @@ class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
     _weights_layout = f"h{_X}w{_X}C{_X}F"
     _filters_first = False  # weights k1 … kd × F × C (transposed) instead of × C × F
     _weights_note = ""  # appended to the weights-shape error
+    _edges = ()  # the subclass's geometry properties, set in this order after the stride
     _type_name = ""
 
     @property
@@ -56,26 +70,20 @@ class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
         """``"auto"`` until resolved, else the number of input channels; read-only."""
         return self._num_channels
 
-    def _init_common(self, filter_size, *, stride, weights_initializer, bias_initializer,
-                     weight_learn_rate_factor, bias_learn_rate_factor, weight_l2_factor,
-                     bias_l2_factor, name, **edges):
-        """Set the shared properties; ``edges`` are the subclass's geometry properties
-        (``dilation_factor``, ``padding``, ``padding_value``; or ``cropping``), set in
-        their order after the stride."""
+    def _init_common(self, args):
+        """Set every property from the constructor's arguments (its ``locals()``): the
+        hyperparameters in the constructor's order, the geometry (:attr:`_edges`) after
+        the stride, ``num_channels`` where the layer takes it, then the learnables."""
         self._weights = None
         self._bias = None
-        self.name = name
-        self.filter_size = filter_size
-        self.stride = stride
-        for prop, value in edges.items():
-            setattr(self, prop, value)
-        self.weights_initializer = weights_initializer
-        self.bias_initializer = bias_initializer
-        self.weight_learn_rate_factor = weight_learn_rate_factor
-        self.bias_learn_rate_factor = bias_learn_rate_factor
-        self.weight_l2_factor = weight_l2_factor
-        self.bias_l2_factor = bias_l2_factor
-
+        for prop in ("name", "filter_size", "stride", *self._edges, "weights_initializer",
+                     "bias_initializer", "weight_learn_rate_factor", "bias_learn_rate_factor",
+                     "weight_l2_factor", "bias_l2_factor"):
+            setattr(self, prop, args[prop])
+        if "num_channels" in args:
+            self._num_channels = self._num_channels_arg(args["num_channels"])
+        self.weights = args["weights"]
+        self.bias = args["bias"]
 
     @staticmethod
     def _num_channels_arg(num_channels):
@@ -125,15 +133,8 @@ class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
             )
         self._filter_size = fs
 
-    @property
-    def stride(self):
-        """The step per convolved dim; a scalar sets every dim."""
-        return self._pub(self._stride)
-
-    @stride.setter
-    def stride(self, value):
-        self._stride = _ints(value, "stride", lengths=(self._nd,), low=1,
-                             legal=_sizes_legal(self._nd, self._stride_names))
+    stride = sizes_property("stride", "_stride_names",
+                            "The step per convolved dim; a scalar sets every dim.")
 
     @property
     def weights_initializer(self):
@@ -164,75 +165,64 @@ class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
     num_outputs = property(lambda self: 1, doc="Number of outputs: 1 (read-only).")
     output_names = property(lambda self: ("out",), doc="Output names: ('out',) (read-only).")
 
-    # learnables (plain layout: k1 … kd × C × F; the grouped layer overrides) ------------
-    @property
-    def weights(self):
-        """MATLAB-layout weights, or ``None`` until initialised."""
-        return self._weights
+    # learnables: MATLAB's layout, checked against the layer's _weights_spec/_bias_spec ----
+    weights = _learnable("weights", "MATLAB-layout weights, or ``None`` until initialised.")
+    bias = _learnable("bias", "MATLAB-layout bias, or ``None`` until initialised.")
 
-    @weights.setter
-    def weights(self, value):
-        if value is None:
-            self._weights = None
-            return
-        xp = _check_param(value, "weights")
+    def _weights_spec(self):
+        """The shape the weights must have (plain layout ``k1 … kd × C × F``, or
+        ``× F × C`` transposed; the grouped layer overrides): the arguments of
+        :meth:`_check_learnable` but ``prop`` and ``value``."""
+        c = ("C", "_num_channels", "num_channels", "channels")
+        nf = self._num_filters
+        return dict(
+            dims=self._filter_size + ((nf, c) if self._filters_first else (c, nf)),
+            least=self._nd, layout=self._weights_layout,
+            what=f"filter_size {self._pub(self._filter_size)}, num_filters {nf}{self._weights_note}",
+        )
+
+    def _bias_spec(self):
+        """The bias: ``1 × … × 1 × F``, or ``F`` values."""
+        return dict(dims=(1,) * self._nd + (self._num_filters,), least=0, flat=True,
+                    what=f"num_filters {self._num_filters}")
+
+    def _check_learnable(self, prop, value, dims, what, least, layout=None, flat=False):
+        """``value`` (``weights`` or ``bias``: ``prop``) in the full shape ``dims``, once
+        it fits them; MATLAB drops trailing singleton dims, so from ``least`` dims on a
+        shorter array is padded with ones, and ``flat`` also takes the ``(prod(dims),)``
+        vector. A dim of ``dims`` is a size, or ``(label, attr[, prop, noun])``: a size
+        the array sets, stored in ``attr``; one with a ``prop`` must agree with it once
+        known. Every error names the array's shape and what fixes the sizes."""
+        xp = _check_param(value, prop)
         shape = tuple(value.shape)
-        nd = self._nd
-        if not nd <= len(shape) <= nd + 2:
+        n = len(dims)
+        if layout is not None and not least <= len(shape) <= n:
             raise ValueError(
-                f"weights must be an {self._weights_layout} array ({nd + 2} dims; MATLAB may "
-                f"drop trailing singletons), got shape {shape}"
+                f"{prop} must be an {layout} array ({n} dims; MATLAB may drop trailing "
+                f"singletons), got shape {shape}"
             )
-        full = shape + (1,) * (nd + 2 - len(shape))
-        c_axis = nd + 1 if self._filters_first else nd
-        c, f = full[c_axis], full[2 * nd + 1 - c_axis]
-        fs = self._filter_size
-        if full[:nd] != fs or f != self._num_filters:
-            want = _X.join(str(k) for k in fs)
-            cf = (f"{self._num_filters}{_X}C" if self._filters_first
-                  else f"C{_X}{self._num_filters}")
+        vector = (math.prod(dims),) if flat else None
+        full = dims if shape == vector else shape + (1,) * (n - len(shape))
+        if not (shape == vector or least <= len(shape) <= n) or any(
+                isinstance(d, int) and d != s for d, s in zip(dims, full)):
+            want = _shape_str(d if isinstance(d, int) else d[0] for d in dims)
             raise ValueError(
-                f"weights must have shape {want}{_X}{cf} (filter_size {self._pub(fs)}, "
-                f"num_filters {self._num_filters}{self._weights_note}), got shape {shape}"
+                f"{prop} must have shape {want}{f' or {vector}' if flat else ''} ({what}), "
+                f"got shape {shape}"
             )
-        if self._num_channels != "auto" and c != self._num_channels:
-            raise ValueError(
-                f"num_channels is {self._num_channels} but the weights of shape {shape} have "
-                f"{c} channels (dim {c_axis + 1}); make them agree"
-            )
-        self._weights = _reshape_param(value, xp, full, "weights")
-        self._num_channels = c
-
-    def _bias_shape(self):
-        return (1,) * self._nd + (self._num_filters,)
-
-    @property
-    def bias(self):
-        """MATLAB-layout bias (``1 × … × 1 × F``), or ``None`` until initialised."""
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        if value is None:
-            self._bias = None
-            return
-        xp = _check_param(value, "bias")
-        shape = tuple(value.shape)
-        full = self._bias_shape()
-        f = math.prod(full)
-        ok = shape in ((f,), full) or (f == 1 and math.prod(shape) == 1 and len(shape) <= len(full))
-        if not ok:
-            raise ValueError(
-                f"bias must have shape {_shape_str(full)} or ({f},) "
-                f"({self._bias_what()}), got shape {shape}"
-            )
-        if _is_traced(value) and shape in ((f,), full):
-            self._bias = value  # a traced stand-in during training: keep it as it is
-            return
-        self._bias = _reshape_param(value, xp, full, "bias")
-
-    def _bias_what(self):
-        return f"num_filters {self._num_filters}"
+        free = [(i, d, s) for i, (d, s) in enumerate(zip(dims, full)) if not isinstance(d, int)]
+        for i, (_, attr, *bound), s in free:
+            known = getattr(self, attr)
+            if bound and known not in (None, "auto") and s != known:
+                raise ValueError(
+                    f"{bound[0]} is {known} but the {prop} of shape {shape} have {s} {bound[1]} "
+                    f"(dim {i + 1}); make them agree"
+                )
+        if not (_is_traced(value) and shape == vector):  # a traced stand-in stays as it is
+            value = _reshape_param(value, xp, full, prop)
+        for _, (_, attr, *_), s in free:
+            setattr(self, attr, s)
+        return value
 
     @property
     def num_parameters(self):
@@ -347,7 +337,7 @@ class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):
             )
         if self._bias is None:
             self.bias = initialize_array(
-                self._bias_initializer, self._bias_shape(), fan_in=fan_in, fan_out=fan_out,
+                self._bias_initializer, self._bias_spec()["dims"], fan_in=fan_in, fan_out=fan_out,
                 seed=sub_seed(seed, 1), xp=xp, dtype=dtype, device=device,
                 prop="bias_initializer",
             )

@@ -190,6 +190,18 @@ def factor_property(prop):
     return property(get, set_, doc=f"{prop}: nonnegative number")
 
 
+def sizes_property(prop, names, doc):
+    """A property of positive integers, one per convolved dim (a scalar sets every dim;
+    a 1-D layer shows an int); ``names`` is the class attribute naming them in errors."""
+    attr = "_" + prop
+
+    def set_(self, value):
+        setattr(self, attr, _ints(value, prop, lengths=(self._nd,), low=1,
+                                  legal=_sizes_legal(self._nd, getattr(self, names))))
+
+    return property(lambda self: self._pub(getattr(self, attr)), set_, doc=doc)
+
+
 def _pad_matrix_str(p) -> str:
     """``[a b …]``, or ``[t l f; b r k]`` for a 2×d matrix (3-D ``PaddingSize``)."""
     if p and isinstance(p[0], tuple):

@@ -26,8 +26,8 @@ from .. import _format, _validate
 from ..ops.convolution import conv, resolve_padding
 from ._conv_core import _ConvolutionCore
 from ._conv_props import (
-    PADDING_VALUE_MODES, _ints, _padding, _padding_value, _pos_int, _sizes_legal,
-    COMMON_PROPERTIES, check_properties,
+    PADDING_VALUE_MODES, _padding, _padding_value, _pos_int, COMMON_PROPERTIES,
+    check_properties, sizes_property,
 )
 
 __all__ = ["ConvolutionLayerBase", "Convolution2DLayer", "convolution2d_layer",
@@ -45,31 +45,17 @@ class ConvolutionLayerBase(_ConvolutionCore):
     """
 
     _pad_strings = ("same", "valid")
+    _edges = ("dilation_factor", "padding", "padding_value")
 
     def __init__(self, filter_size, num_filters, *, stride=1, dilation_factor=1, padding=0,
                  padding_value=0, num_channels="auto", weights_initializer="glorot",
                  bias_initializer="zeros", weights=None, bias=None, weight_learn_rate_factor=1,
                  bias_learn_rate_factor=1, weight_l2_factor=1, bias_l2_factor=0, name=""):
         self._num_filters = _pos_int(num_filters, "num_filters")
-        self._init_common(
-            filter_size, stride=stride, dilation_factor=dilation_factor, padding=padding,
-            padding_value=padding_value, weights_initializer=weights_initializer,
-            bias_initializer=bias_initializer, weight_learn_rate_factor=weight_learn_rate_factor,
-            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
-            bias_l2_factor=bias_l2_factor, name=name)
-        self._num_channels = self._num_channels_arg(num_channels)
-        self.weights = weights
-        self.bias = bias
+        self._init_common(locals())
 
-    @property
-    def dilation_factor(self):
-        """The dilation per convolved dim; a scalar sets every dim."""
-        return self._pub(self._dilation_factor)
-
-    @dilation_factor.setter
-    def dilation_factor(self, value):
-        self._dilation_factor = _ints(value, "dilation_factor", lengths=(self._nd,), low=1,
-                                      legal=_sizes_legal(self._nd, self._fs_names))
+    dilation_factor = sizes_property("dilation_factor", "_fs_names",
+                                     "The dilation per convolved dim; a scalar sets every dim.")
 
     # padding: stored as (before, after) tuples, shown in MATLAB's form ----------------
     def _parse_padding(self, value, prop):

@@ -23,8 +23,7 @@ import math
 from .. import _backend, _format, _tape
 from ..array import FormattedArray
 from ._conv_props import (
-    _X, COMMON_PROPERTIES, _check_param, _ints, _is_traced, _pos_int, _reshape_param, _shape_str,
-    check_properties,
+    _X, COMMON_PROPERTIES, _ints, _is_traced, _pos_int, check_properties,
 )
 from .convolution import Convolution2DLayer, ConvolutionLayerBase
 
@@ -100,14 +99,7 @@ class GroupedConvolution2DLayer(ConvolutionLayerBase):
         self._groups = _num_groups_arg(num_groups)  # None: channel-wise, unresolved
         self._channel_wise = self._groups is None
         self._cg = "auto"
-        self._init_common(
-            filter_size, stride=stride, dilation_factor=dilation_factor, padding=padding,
-            padding_value=padding_value, weights_initializer=weights_initializer,
-            bias_initializer=bias_initializer, weight_learn_rate_factor=weight_learn_rate_factor,
-            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
-            bias_l2_factor=bias_l2_factor, name=name)
-        self.weights = weights
-        self.bias = bias
+        self._init_common(locals())
 
     # the 2-D layer's padding forms (SPEC §3.3) and PaddingSize [t b l r]
     _parse_padding = Convolution2DLayer._parse_padding
@@ -147,66 +139,19 @@ class GroupedConvolution2DLayer(ConvolutionLayerBase):
             return None
         return (math.prod(self._filter_size) * self._cg + 1) * self._fg * self._groups
 
-    # learnables -------------------------------------------------------------------------
-    @property
-    def weights(self):
-        """``h × w × Cg × Fg × G`` array (MATLAB layout) or ``None``."""
-        return self._weights
+    # learnables: h × w × Cg × Fg × G weights (a trailing G = 1 may be dropped) and
+    # 1 × 1 × Fg × G bias -------------------------------------------------------------------
+    def _weights_spec(self):
+        groups = ("G", "_groups", "num_groups", "groups")
+        return dict(dims=self._filter_size + (("Cg", "_cg"), self._fg, groups), least=2,
+                    layout=self._weights_layout,
+                    what=f"filter_size {self._filter_size}, num_filters_per_group {self._fg}")
 
-    @weights.setter
-    def weights(self, value):
-        if value is None:
-            self._weights = None
-            return
-        xp = _check_param(value, "weights")
-        shape = tuple(value.shape)
-        if not 2 <= len(shape) <= 5:
-            raise ValueError(
-                f"weights must be an {self._weights_layout} array (5 dims; MATLAB may drop "
-                f"trailing singletons), got shape {shape}"
-            )
-        full = shape + (1,) * (5 - len(shape))
-        fs = self._filter_size
-        h, w, cg, fg, g = full
-        if (h, w) != fs or fg != self._fg:
-            raise ValueError(
-                f"weights must have shape {fs[0]}{_X}{fs[1]}{_X}Cg{_X}{self._fg}{_X}G "
-                f"(filter_size {fs}, num_filters_per_group {self._fg}), got shape {shape}"
-            )
-        if self._groups is not None and g != self._groups:
-            raise ValueError(
-                f"num_groups is {self._groups} but the weights of shape {shape} have {g} groups "
-                "(dim 5); make them agree"
-            )
-        self._weights = _reshape_param(value, xp, full, "weights")
-        self._groups, self._cg = g, cg
-
-    def _bias_shape(self):
-        return (1, 1, self._fg, self._groups)
-
-    @property
-    def bias(self):
-        """``1 × 1 × Fg × G`` array or ``None``."""
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        if value is None:
-            self._bias = None
-            return
-        xp = _check_param(value, "bias")
-        shape = tuple(value.shape)
-        fg = self._fg
-        g = self._groups if self._groups is not None else (shape[3] if len(shape) == 4 else 0)
-        full = (1, 1, fg, g)
-        if shape != full and not (len(shape) == 3 and g == 1 and shape == full[:3]):
-            want = _shape_str((1, 1, fg, self._groups if self._groups else "G"))
-            raise ValueError(
-                f"bias must have shape {want} (num_filters_per_group {fg}, num_groups "
-                f"{self.num_groups}), got shape {shape}"
-            )
-        self._bias = value if _is_traced(value) else _reshape_param(value, xp, full, "bias")
-        self._groups = g
+    def _bias_spec(self):
+        known = self._groups is not None  # else the bias sets num_groups: four dims
+        return dict(dims=(1, 1, self._fg, self._groups if known else ("G", "_groups")),
+                    least=3 if known else 4,
+                    what=f"num_filters_per_group {self._fg}, num_groups {self.num_groups}")
 
     # hooks of ConvolutionLayerBase ------------------------------------------------------
     def _check_channels(self, c, fmt, shape):

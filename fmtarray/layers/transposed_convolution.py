@@ -37,32 +37,22 @@ class TransposedConvolution2DLayer(_ConvolutionCore):
 
     Parameters
     ----------
-    filter_size
-        ``h`` (square) or ``(h, w)``: positive integers.
-    num_filters
-        Positive integer: the number of output channels.
+    filter_size, num_filters, num_channels, bias_initializer, bias,
+    weight_learn_rate_factor, bias_learn_rate_factor, weight_l2_factor, bias_l2_factor, name
+        As :class:`~fmtarray.layers.Convolution2DLayer`.
     stride
         ``s`` or ``(sh, sw)``, default ``(1, 1)``: the upsampling factor.
     cropping
         ``c`` (every edge), ``(a, b)`` (top/bottom ``a``, left/right ``b``),
         ``(t, b, l, r)``, or ``"same"`` (output = input · stride); sets
         :attr:`cropping_size` and :attr:`cropping_mode`. Default ``0``.
-    num_channels
-        ``"auto"`` (default; resolved by :meth:`initialize`) or a positive integer.
     weights_initializer
-        ``"glorot"`` (default), ``"he"``, ``"narrownormal"``, ``"zeros"``, ``"ones"`` or a
-        callable ``f(shape)``. As MATLAB defines them for this layer, ``numIn = h·w·F``
-        and ``numOut = h·w·C`` (the fans of the weights array ``h × w × F × C``).
-    bias_initializer
-        ``"zeros"`` (default), ``"ones"``, ``"narrownormal"`` or a callable.
+        As :class:`~fmtarray.layers.Convolution2DLayer`, with the fans MATLAB defines for
+        this layer: ``numIn = h·w·F`` and ``numOut = h·w·C`` (those of the weights array
+        ``h × w × F × C``).
     weights
-        ``h × w × F × C`` array (MATLAB layout) or ``None`` (default).
-    bias
-        ``1 × 1 × F`` or ``F`` array, or ``None`` (default).
-    weight_learn_rate_factor, bias_learn_rate_factor, weight_l2_factor, bias_l2_factor
-        Nonnegative; defaults 1, 1, 1, 0.
-    name
-        Layer name, default ``""``.
+        ``h × w × F × C`` array (MATLAB layout: filters before channels; trailing
+        singletons may be dropped) or ``None`` (default).
     """
 
     _nd = 2
@@ -70,21 +60,14 @@ class TransposedConvolution2DLayer(_ConvolutionCore):
     _weights_layout = f"h{_X}w{_X}F{_X}C"
     _filters_first = True
     _weights_note = "; transposed weights put the filters before the channels"
+    _edges = ("cropping",)
 
     def __init__(self, filter_size, num_filters, *, stride=1, cropping=0, num_channels="auto",
                  weights_initializer="glorot", bias_initializer="zeros", weights=None,
                  bias=None, weight_learn_rate_factor=1, bias_learn_rate_factor=1,
                  weight_l2_factor=1, bias_l2_factor=0, name=""):
         self._num_filters = _pos_int(num_filters, "num_filters")
-        self._init_common(
-            filter_size, stride=stride, cropping=cropping,
-            weights_initializer=weights_initializer, bias_initializer=bias_initializer,
-            weight_learn_rate_factor=weight_learn_rate_factor,
-            bias_learn_rate_factor=bias_learn_rate_factor, weight_l2_factor=weight_l2_factor,
-            bias_l2_factor=bias_l2_factor, name=name)
-        self._num_channels = self._num_channels_arg(num_channels)
-        self.weights = weights
-        self.bias = bias
+        self._init_common(locals())
 
     # cropping: what the transposed layer has instead of padding and dilation -----------
     @property
