@@ -285,3 +285,54 @@ def test_forced_outside_the_domain_names_the_reason(name, shape, wshape, fmt, re
     x = FormattedArray(np.zeros(shape), fmt)
     with pytest.raises(ValueError, match=reason):
         fa.conv(x, np.zeros(wshape), algorithm=name)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d,stride,dil,pb,pa", [
+    (2, (1, 1), (1, 1), (1, 1), (1, 1)),
+    (2, (2, 1), (1, 2), (2, 0), (1, 3)),
+    (1, (3,), (2,), (5,), (6,)),      # windows wholly in the padding: the bias alone
+    (3, (1, 2, 1), (1, 1, 2), (0, 1, 2), (2, 1, 0)),
+    (2, (1, 1), (1, 1), (0, 0), (0, 0)),
+])
+def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, stride, dil, pb,
+                                                      pa):
+    """One filter per channel, channels-last input with whole vectors of channels and zero
+    padding: the forward and the weight gradient read the input where it lies (output
+    positions grouped by their taps inside the input), the reference's values; a ±inf
+    weight or cotangent keeps the padded copy's NaN pattern (0 · inf at padded taps)."""
+    from fmtarray._kernels.conv._numba import _simd
+    from fmtarray._kernels.conv._numba import depthwise as dw
+
+    calls = []
+    for fn in ("_border_forward", "_border_weight_grad"):
+        orig = getattr(dw, fn)
+        monkeypatch.setattr(dw, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
+    c = 2 * _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, *(5, 6, 4)[:d], c)).astype(dtype)
+    w = rng.standard_normal((*(3, 2, 3)[:d], 1, 1, c)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype)
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
+    args = (stride, dil, pb, pa, 0.0)
+    y = conv_forward(cnp, x, w, b, force="numba.depthwise", **kw)
+    assert rel_err(y, ref_conv(x, w, b, *args)) <= TOL[dtype]
+    gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force="numba.depthwise",
+                       **kw)[1]
+    assert rel_err(gw, ref_conv_vjp(x, w, gy, *args)[1]) <= TOL[dtype]
+    assert calls == ["_border_forward", "_border_weight_grad"]
+    if not any(pb + pa):
+        return
+    w[(0,) * d + (0, 0, 1)] = np.inf
+    gy[(0,) * (d + 1) + (2,)] = -np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        refs = (ref_conv(x, w, None, *args), ref_conv_vjp(x, w, gy, *args)[1])
+        got = (conv_forward(cnp, x, w, None, force="numba.depthwise", **kw),
+               conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                             force="numba.depthwise", **kw)[1])
+    for g, r in zip(got, refs):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(r))

@@ -28,8 +28,8 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   instead of filters): :func:`forward_tile` with ``channelwise`` and ``a`` extended by
   ``cb`` (``k0 = 0``, ``k1 = 1``): ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
   wt[wbase + t·wstep + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
-  pos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, gstep, abase, astep)``: ``acc[abase +
-  i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[p·gstep + cb + c]`` for the
+  pos, gpos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, abase, astep)``: ``acc[abase +
+  i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[gpos[p] + cb + c]`` for the
   ``nk`` taps ``t0 + i``. The channels are padded to whole vectors in the source, the
   weights and the cotangent.
 
@@ -253,20 +253,20 @@ def channelwise_wgrad_tile(nv):
     kb_n = BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, gy, acc, pos, offs, a):
+    def tile(typingctx, xf, gy, acc, pos, gpos, offs, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES)
-            xp, gp, ap, pp, op = (_data(context, builder, t, x)
-                                  for t, x in zip(sig.args[:5], args[:5]))
-            p0, p1, t0, nk, cb, gstep, abase, astep = (
-                builder.extract_value(args[5], i) for i in range(8))
+            xp, gp, ap, pp, gq, op = (_data(context, builder, t, x)
+                                      for t, x in zip(sig.args[:6], args[:6]))
+            p0, p1, t0, nk, cb, abase, astep = (
+                builder.extract_value(args[6], i) for i in range(7))
             accs = [[cgutils.alloca_once_value(builder, v.zero()) for _ in range(nv)]
                     for _ in range(kb_n)]
             koff = [builder.add(cb, builder.load(builder.gep(
                 op, [builder.add(t0, _clamped(builder, i, nk))]))) for i in range(kb_n)]
             with cgutils.for_range_slice(builder, p0, p1, _i(1)) as (p, _):
                 xo = builder.load(builder.gep(pp, [p]))
-                go = builder.add(cb, builder.mul(p, gstep))
+                go = builder.add(cb, builder.load(builder.gep(gq, [p])))
                 gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
                 for i in range(kb_n):
                     xi = builder.add(xo, koff[i])
@@ -276,7 +276,7 @@ def channelwise_wgrad_tile(nv):
             _add_rows(v, accs, nk, ap, abase, astep)
             return context.get_dummy_value()
 
-        return types.void(xf, gy, acc, pos, offs, a), codegen
+        return types.void(xf, gy, acc, pos, gpos, offs, a), codegen
 
     return tile
 
@@ -411,9 +411,9 @@ def channelwise_positions(xf, pos, ypos, offs, wf, bf, Cp, y, C, q0, q1):
 
 
 @njit(**_JIT)
-def channelwise_weight_grad_positions(xf, pos, offs, gf, af, Cp, per_tile, q0, q1):
-    """Channel-wise: ``af[t·Cp + c] += Σ_p xf[pos[p] + offs[t] + c] · gf[p·Cp + c]`` over
-    positions ``q0 .. q1-1``."""
+def channelwise_weight_grad_positions(xf, pos, gpos, offs, gf, af, Cp, per_tile, q0, q1):
+    """Channel-wise: ``af[t·Cp + c] += Σ_p xf[pos[p] + offs[t] + c] · gf[gpos[p] + c]``
+    over positions ``q0 .. q1-1``."""
     T = offs.shape[0]
     lanes = VECTOR_BYTES // xf.itemsize
     nvec = Cp // lanes
@@ -424,12 +424,12 @@ def channelwise_weight_grad_positions(xf, pos, offs, gf, af, Cp, per_tile, q0, q
             c0 = v0 * lanes
             kb = _block(nv, 0)
             for t0 in range(0, T, kb):
-                a = (pa, pb, t0, min(kb, T - t0), c0, Cp, t0 * Cp + c0, Cp)
+                a = (pa, pb, t0, min(kb, T - t0), c0, t0 * Cp + c0, Cp)
                 if nv == 1:
-                    _cw1(xf, gf, af, pos, offs, a)
+                    _cw1(xf, gf, af, pos, gpos, offs, a)
                 elif nv == 2:
-                    _cw2(xf, gf, af, pos, offs, a)
+                    _cw2(xf, gf, af, pos, gpos, offs, a)
                 elif nv == 3:
-                    _cw3(xf, gf, af, pos, offs, a)
+                    _cw3(xf, gf, af, pos, gpos, offs, a)
                 else:
-                    _cw4(xf, gf, af, pos, offs, a)
+                    _cw4(xf, gf, af, pos, gpos, offs, a)

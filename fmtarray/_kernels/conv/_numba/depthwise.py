@@ -21,6 +21,8 @@ the number of threads.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...pad import fill_border_numpy
@@ -199,11 +201,55 @@ def _simd_forward(x, w, bias, spec, dtype):
     from .direct import forward_plan, padded_input
 
     cp = _simd_channels(spec, dtype)
-    pos, ypos, offs, _ = forward_plan(spec, cp)
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
-    _simd_run(padded_input(np.asarray(x), spec, dtype, cp), pos, ypos, offs[0],
-              _simd_weights(w, dtype, cp), bias, y, spec.C, dtype)
+    wt = _simd_weights(w, dtype, cp)
+    x = np.asarray(x)
+    if _in_place(x, wt, spec, dtype, cp):
+        _border_forward(x, wt, bias, spec, y, dtype)
+        return y
+    pos, ypos, offs, _ = forward_plan(spec, cp)
+    _simd_run(padded_input(x, spec, dtype, cp), pos, ypos, offs[0], wt, bias, y, spec.C,
+              dtype)
     return y
+
+
+def _in_place(x, wt, spec, dtype, cp):
+    """Whether the forward (weights ``wt``) or the weight gradient (``wt`` None) reads
+    ``x`` where it lies, the padding never materialised: channels-last C-contiguous in
+    ``dtype``, whole vectors of channels, zero padding, and for the forward finite
+    weights (a padded copy forms ``0 · w`` at every padded tap, so ``0 · ±inf = NaN``
+    where a weight is not finite: those keep the copy; the weight gradient checks its
+    result instead)."""
+    return (cp == spec.C and x.dtype == dtype and x.flags.c_contiguous
+            and spec.constant_padding and float(spec.value) == 0.0
+            and (wt is None or not any(spec.pb + spec.pa) or all_finite(wt)))
+
+
+def _border_forward(x, wt, bias, spec, y, dtype):
+    """The forward on the unpadded input: the output positions grouped by the taps of
+    their window that fall inside it (:func:`.direct.border_plan`), each group summing
+    only those (the others meet zero padding)."""
+    from . import _simd as dk
+    from .direct import border_plan
+
+    groups, empty = border_plan(spec, spec.C)
+    C = spec.C
+    b = np.zeros(C, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    wts = [np.ascontiguousarray(wt[taps]).reshape(-1) for _, _, _, taps in groups]
+    items = []
+    total = sum(len(g[0]) for g in groups)
+    for i, (pos, _, _, _) in enumerate(groups):
+        n = max(1, round(4 * n_workers() * len(pos) / max(total, 1)))
+        items += [(i, q0, q1) for q0, q1 in _rows(len(pos), n)]
+
+    def run(_w, it):
+        pos, ypos, offs, _ = groups[it[0]]
+        dk.channelwise_positions(xf, pos, ypos, offs, wts[it[0]], b, C, yf, C, it[1], it[2])
+
+    parallel(run, items, dynamic=True)
+    if len(empty):  # windows wholly in the padding: the bias alone
+        y.reshape(-1, C)[empty // C] = b
 
 
 def _simd_input_grad(gy, w, spec, dtype):
@@ -221,17 +267,60 @@ def _simd_input_grad(gy, w, spec, dtype):
 
 
 def _simd_weight_grad(gy, x, spec, dtype):
-    from . import _simd as dk
-    from .direct import (WGRAD_TILE_POSITIONS, forward_plan, packed, padded_input,
-                         wgrad_blocks)
+    from .direct import packed
 
     cp = _simd_channels(spec, dtype)
-    pos, _, offs, _ = forward_plan(spec, cp)
-    xf = padded_input(np.asarray(x), spec, dtype, cp).reshape(-1)
     gf = packed(gy, 1, cp, dtype).reshape(-1)
+    x = np.asarray(x)
+    if _in_place(x, None, spec, dtype, cp):
+        acc = _border_weight_grad(x, gf, spec, dtype)
+        if acc is not None and all_finite(acc):  # else a non-finite cotangent may
+            return acc.reshape(*spec.k, 1, 1, spec.C)  # have met the padding: 0 · ±inf
+    return _padded_weight_grad(x, gf, spec, dtype, cp)
+
+
+def _padded_weight_grad(x, gf, spec, dtype, cp):
+    from . import _simd as dk
+    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input, wgrad_blocks
+
+    pos, ypos, offs, _ = forward_plan(spec, cp)
+    gpos = ypos if cp == spec.F else np.arange(len(pos), dtype=np.int64) * cp
+    xf = padded_input(x, spec, dtype, cp).reshape(-1)
     o = offs[0]
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(
-            xf, pos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
+            xf, pos, gpos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
         wgrad_blocks(len(pos)), (len(o), cp), dtype)
     return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)
+
+
+def _border_weight_grad(x, gf, spec, dtype):
+    """The weight gradient on the unpadded input, by the groups of
+    :func:`.direct.border_plan`: each group sums its taps into rows of its own, added
+    into the taps' rows at the end (a fixed number of blocks: the same bits whatever
+    the number of threads). ``(T, C)``; ``None`` when some output's window lies wholly in
+    the padding (its cotangent would meet only padding, unseen here)."""
+    from . import _simd as dk
+    from .direct import WGRAD_TILE_POSITIONS, border_plan, wgrad_blocks
+
+    groups, empty = border_plan(spec, spec.C)
+    if len(empty):
+        return None
+    C = spec.C
+    xf = x.reshape(-1)
+    rows = np.cumsum([0] + [len(g[3]) for g in groups])
+    items = []
+    for i, (pos, _, _, _) in enumerate(groups):
+        blocks = wgrad_blocks(len(pos)) if i == 0 else [(0, len(pos))]
+        items += [(i, q0, q1) for q0, q1 in blocks]
+
+    def run(_w, it, a):
+        pos, ypos, offs, _ = groups[it[0]]
+        dk.channelwise_weight_grad_positions(xf, pos, ypos, offs, gf,
+                                             a.reshape(-1)[rows[it[0]] * C:], C,
+                                             WGRAD_TILE_POSITIONS, it[1], it[2])
+
+    part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
+    acc = np.zeros((math.prod(spec.k), C), dtype=dtype)
+    np.add.at(acc, np.concatenate([g[3] for g in groups]), part)
+    return acc

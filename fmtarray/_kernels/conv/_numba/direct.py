@@ -215,6 +215,36 @@ def forward_plan(spec, channels=None):
 
 
 @_cached
+def border_plan(spec, channels):
+    """``(groups, empty)``: the forward read from the *unpadded* input ``(N, *sp,
+    channels)`` (one group, one-value runs). Along each convolved dim the output indices
+    fall in classes by which taps of their window lie inside the input; each product of
+    classes is a group ``(pos, ypos, offs, taps)`` with only those taps (``pos`` may
+    point before the input: ``pos + offs`` never does), ``taps`` their flat indices into
+    the weights. ``empty``: ``ypos`` of the outputs whose window lies wholly in the
+    padding."""
+    per_dim = []
+    for n, o, s, k, dl, b in zip(spec.sp, spec.out, spec.stride, spec.k, spec.dilation,
+                                 spec.pb):
+        classes = {}
+        for i in range(o):
+            ks = tuple(t for t in range(k) if 0 <= i * s - b + t * dl < n)
+            classes.setdefault(ks, []).append(i)
+        per_dim.append([(np.asarray(ii) * s - b, np.asarray(ii), np.asarray(ks, np.int64) * dl,
+                         np.asarray(ks, np.int64)) for ks, ii in classes.items()])
+    src, tgt = (spec.N, *spec.sp, channels), (spec.N, *spec.out, spec.F)
+    groups, empty = [], []
+    for dims in itertools.product(*per_dim):
+        pos, ypos, offs, _, taps = _plan(dims, src, tgt, 1, 1, False)
+        if any(len(d[3]) == 0 for d in dims):
+            empty.append(ypos)
+        else:
+            groups.append((pos, ypos, offs[0], np.ravel_multi_index(tuple(taps.T), spec.k)))
+    groups.sort(key=lambda g: -len(g[0]))
+    return groups, np.concatenate(empty) if empty else np.zeros(0, np.int64)
+
+
+@_cached
 def input_grad_plans(spec, channels=None):
     """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
     input, or for non-constant padding the padded input) and, per phase, the plan;
