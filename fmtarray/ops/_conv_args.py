@@ -1,6 +1,7 @@
-"""Argument checks of :func:`fmtarray.conv` that do not fit in the op's module: the
-weights' layout (with hints for likely mistakes), the bias, the result dtype and the
-memory a call would need. The generic normalisers are in :mod:`fmtarray._validate`.
+"""Argument checks shared by :func:`fmtarray.conv` and ``transposed_conv``: the
+weights' layout (with hints for likely mistakes), the channels, the bias, the result
+dtype and the memory a call would need. The generic normalisers are in
+:mod:`fmtarray._validate`.
 """
 
 from __future__ import annotations
@@ -29,45 +30,90 @@ def perm(src_keys, dst_keys):
     return tuple(src_keys.index(k) for k in dst_keys)
 
 
-def weights_layout(w, wfmt, n_s, conv_t, nconv, x_fmt="", x_c=None):
-    """Permutation/reshape of raw weights to the kernel's ``(*k, Cg, Fg, G)``.
+def _roles(func):
+    """The two channel roles of ``func``'s weights after the filter dims, in order:
+    MATLAB's ``dlconv`` layout ``[k1..kd, C, F]``, ``dltranspconv``'s ``[k1..kd, F, C]``."""
+    return ("Filters", "Channels") if func == "transposed_conv" else ("Channels", "Filters")
 
-    Returns ``(perm, shape_after_perm, kernel_shape)``.
+
+def weights_layout(func, w, wfmt, n_s, conv_t, nconv, hint=""):
+    """Permutation/reshape of ``func``'s raw weights to the kernel's ``(*k, Cg, Fg, G)``
+    (``conv``) or ``(*k, Fg, Cg, G)`` (``transposed_conv``); ``hint`` ends the rank error.
+
+    Returns ``(perm, shape_after_perm, kernel_shape)``; where ``wfmt`` is longer than
+    ``w.ndim``, ``perm`` applies to ``w`` with trailing singletons (:func:`kernel_weights`).
     """
+    a, b = _roles(func)
     if wfmt is None:
         if w.ndim not in (nconv + 2, nconv + 3):
             raise ValueError(
-                f"conv: weights of shape {tuple(w.shape)} have rank {w.ndim}; for {nconv} "
-                f"convolved dim(s) they must have rank {nconv + 2} [k1..k{nconv}, "
-                f"channelsPerGroup, filtersPerGroup] or {nconv + 3} [..., numGroups]"
-                + weights_hint(w, None, x_fmt, x_c, nconv)
-            )
+                f"{func}: weights of shape {tuple(w.shape)} have rank {w.ndim}; for {nconv} "
+                f"convolved dim(s) they must be [k1..k{nconv}, num{a}, num{b}] (rank "
+                f"{nconv + 2}) or [k1..k{nconv}, num{a}PerGroup, num{b}PerGroup, numGroups] "
+                f"(rank {nconv + 3}){hint}")
         shape = tuple(w.shape) + ((1,) if w.ndim == nconv + 2 else ())
         return tuple(range(w.ndim)), tuple(w.shape), shape
     _format.validate(wfmt)
     if len(wfmt) < w.ndim:
         raise ValueError(
-            f"weights_format={wfmt!r} has {len(wfmt)} labels but the weights have {w.ndim} "
-            f"dims (shape {tuple(w.shape)})"
-        )
+            f"{func}: weights_format={wfmt!r} has {len(wfmt)} labels but the weights have "
+            f"{w.ndim} dims (shape {tuple(w.shape)})")
     nu = wfmt.count("U")
     want = "S" * n_s + ("T" if conv_t else "")
+    lay = "UC" if a == "Filters" else "CU"
     if (wfmt.count("S") != n_s or "B" in wfmt or "C" not in wfmt or nu not in (1, 2)
             or ("T" in wfmt) != conv_t):
         raise ValueError(
-            f"weights_format={wfmt!r} does not describe filters for input with {n_s} S dim(s)"
-            f"{' and a convolved T' if conv_t else ''}: use {want}C U (filters) or "
-            f"{want}CUU (filters per group, groups), e.g. {want + 'CU'!r}"
-        )
+            f"{func}: weights_format={wfmt!r} does not describe "
+            f"{'transposed ' if a == 'Filters' else ''}filters for input with {n_s} S dim(s)"
+            f"{' and a convolved T' if conv_t else ''}: label the filter dims {want}, the "
+            f"input channels C and the filters U, e.g. {want + lay!r} (MATLAB's layout) or "
+            f"{want + lay + 'U'!r} ({a.lower()} per group, {b.lower()} per group, groups)")
     shape = tuple(w.shape) + (1,) * (len(wfmt) - w.ndim)
-    order = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else []) + [("C", 0)]
-    order += [("U", i) for i in range(nu)]
+    order = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
+    order += [(ch, 0) for ch in lay] + ([("U", 1)] if nu == 2 else [])
     p = perm(keys(wfmt), order)
     after = tuple(shape[i] for i in p)
-    kshape = after + ((1,) if nu == 1 else ())
-    if len(shape) != w.ndim:
-        p = None  # caller reshapes first
-    return p, after, kshape
+    return p, after, after + ((1,) if nu == 1 else ())
+
+
+def kernel_weights(xp, wd, wfmt, p, kshape, dtype):
+    """The raw weights ``wd`` as the kernel's ``kshape`` array of ``dtype``: ``wfmt``'s
+    trailing singletons appended, permuted by ``p`` (from :func:`weights_layout`)."""
+    if wfmt is not None and len(wfmt) > wd.ndim:
+        wd = xp.reshape(wd, tuple(wd.shape) + (1,) * (len(wfmt) - wd.ndim))
+    wk = maybe_permute(xp, wd, p)
+    return cast(xp, wk if tuple(wk.shape) == kshape else xp.reshape(wk, kshape), dtype)
+
+
+def check_channels(func, wd, xd, x_fmt, nconv, Cg, G, C, hint=""):
+    """Refuse weights whose ``Cg`` channels per group x ``G`` groups are not the ``C``
+    channels of ``x`` (format ``x_fmt``); ``hint`` ends the message."""
+    if Cg * G != C:
+        a, b = _roles(func)
+        raise ValueError(
+            f"{func}: channel mismatch: the weights (shape {tuple(wd.shape)}, layout "
+            f"[k1..k{nconv}, num{a}, num{b}(, numGroups)]) expect {Cg} channels per group x "
+            f"{G} group(s) = {Cg * G} input channels, but x (format {x_fmt!r}, shape "
+            f"{tuple(xd.shape)}) has {C}{hint}")
+
+
+def bias_vector(func, xp, xd, bd, b_weak, b_src, dtype, Fg, G):
+    """``func``'s bias (from :func:`operands`) as ``F = Fg·G`` values of ``dtype``, or
+    ``None``: a scalar repeats; an array holds one value or ``F`` (any shape of that size)."""
+    F = Fg * G
+    if bd is None:
+        return None
+    if b_src is None:
+        return xp.full((F,), b_weak, dtype=dtype, device=_backend.device(xd))
+    nb = math.prod(bd.shape)
+    if nb == 1:
+        return xp.broadcast_to(xp.reshape(cast(xp, bd, dtype), (1,)), (F,))
+    if nb == F and sum(1 for s in bd.shape if s != 1) <= 1:
+        return xp.reshape(cast(xp, bd, dtype), (F,))
+    raise ValueError(
+        f"{func}: bias of shape {tuple(bd.shape)} has {nb} values; it must be a scalar or "
+        f"have one value per output channel ({F} = {Fg} filters x {G} groups)")
 
 
 def weights_hint(w, wfmt, x_fmt, x_c, nconv):
@@ -189,3 +235,49 @@ def canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t):
     N = math.prod(size[k] for k in ckeys if k[0] in "BT" and k not in conv_keys)
     labels = "".join(k[0] for k in conv_keys)
     return p1, cfmt, xc, cshape, ckeys, size, conv_keys, has_c, sp, C, N, labels
+
+
+def kernel_dims(cfmt, n_s, conv_t):
+    """Roles of the kernel array's dims (see :mod:`fmtarray._kernels.conv.spec`) and,
+    per canonical dim, the index of the kernel dim it belongs to (``None``: inserted)."""
+    roles = []
+    for ch, i in keys(cfmt):
+        if ch == "S":
+            r = str(i)
+        elif ch == "C":
+            r = "C"
+        elif ch == "T" and conv_t:
+            r = str(n_s)
+        else:  # B, or a T that is not convolved: batch-like
+            r = "N"
+        if not (r == "N" and roles and roles[-1] == "N"):
+            roles.append(r)
+    if "C" not in roles:
+        roles.insert(n_s, "C")
+    if "N" not in roles:
+        roles.insert(roles.index("C") + 1, "N")
+    return "".join(roles)
+
+
+def kernel_io(xp, xc, cfmt, size, conv_keys, n_s, conv_t, N, out, F, dtype):
+    """The kernel's view of a convolution of canonical ``x`` (``xc``, format ``cfmt``,
+    ``size`` per dim key; see :func:`canonical_x`): the batch-like dims merged into ``N``
+    and a missing ``N`` / ``C`` inserted (no permutation); ``out`` over the convolved
+    dims and ``F`` channels on the output side.
+
+    Returns ``(dims, xk, kshape_in, kshape_out, ofmt, oshape)``: the kernel dims' roles,
+    ``x`` as the kernel's input in ``dtype`` and its shape, the kernel output's shape,
+    and the op's output format and shape (canonical order, ``C`` added where missing).
+    """
+    dims = kernel_dims(cfmt, n_s, conv_t)
+    role = {str(i): size[k] for i, k in enumerate(conv_keys)}
+    role.update(C=size.get(("C", 0), 1), N=N)
+    kin = tuple(role[r] for r in dims)
+    xk = cast(xp, xc if tuple(xc.shape) == kin else xp.reshape(xc, kin), dtype)
+    role.update({str(i): n for i, n in enumerate(out)}, C=F)
+    kout = tuple(role[r] for r in dims)
+    ofmt = cfmt if ("C", 0) in size else _format.canonicalize(cfmt + "C")[0]
+    osize = dict(size)
+    osize.update(zip(conv_keys, out))
+    osize[("C", 0)] = F
+    return dims, xk, kin, kout, ofmt, tuple(osize[k] for k in keys(ofmt))

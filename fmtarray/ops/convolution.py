@@ -113,28 +113,6 @@ class _Call:
     dtype: object = None
 
 
-def _kernel_dims(cfmt, n_s, conv_t):
-    """Roles of the kernel array's dims (see :mod:`fmtarray._kernels.conv.spec`) and,
-    per canonical dim, the index of the kernel dim it belongs to (``None``: inserted)."""
-    roles = []
-    for ch, i in _keys(cfmt):
-        if ch == "S":
-            r = str(i)
-        elif ch == "C":
-            r = "C"
-        elif ch == "T" and conv_t:
-            r = str(n_s)
-        else:  # B, or a T that is not convolved: batch-like
-            r = "N"
-        if not (r == "N" and roles and roles[-1] == "N"):
-            roles.append(r)
-    if "C" not in roles:
-        roles.insert(n_s, "C")
-    if "N" not in roles:
-        roles.insert(roles.index("C") + 1, "N")
-    return "".join(roles)
-
-
 #: parsed calls without their arrays, keyed by everything but the arrays' values
 #: (formats, shapes, dtypes, array types and the arguments); see :func:`_prepare`
 _PLANS: dict = {}
@@ -204,14 +182,8 @@ def _rebind(plan, x, weights, bias, weights_format):
     kin = plan.kshape_in
     xk = _ca.cast(xp, xc if plan.cshape == kin else xp.reshape(xc, kin), plan.dtype)
     # weights: MATLAB layout (*k, Cg, Fg, G)
-    wsrc = wd
     w_fmt = W._fmt if W is not None and W._fmt else _format.as_format(weights_format)
-    if w_fmt is not None and len(w_fmt) > wd.ndim:
-        wsrc = xp.reshape(wd, tuple(wd.shape) + (1,) * (len(w_fmt) - wd.ndim))
-    wk = _maybe_permute(xp, wsrc, plan.perm_w)
-    if tuple(wk.shape) != plan.kshape_w:
-        wk = xp.reshape(wk, plan.kshape_w)
-    wk = _ca.cast(xp, wk, plan.dtype)
+    wk = _ca.kernel_weights(xp, wd, w_fmt, plan.perm_w, plan.kshape_w, plan.dtype)
     # bias: F values
     F = plan.spec.F
     if bd is None:
@@ -293,18 +265,10 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
      labels) = _ca.canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t)
 
     # ---- weights
-    perm_w, w_after, kshape = _ca.weights_layout(wd, w_fmt_given, n_s, conv_t, nconv,
-                                                 user_fmt, C)
-    wsrc = wd
-    if perm_w is None:  # weights_format longer than the data: trailing singletons
-        wsrc = xp.reshape(wsrc, tuple(wsrc.shape) + (1,) * (len(w_fmt_given) - wsrc.ndim))
-        perm_w = _perm(_keys(w_fmt_given), [("S", i) for i in range(n_s)]
-                       + ([("T", 0)] if conv_t else []) + [("C", 0)]
-                       + [("U", i) for i in range(w_fmt_given.count("U"))])
-    wk = _maybe_permute(xp, wsrc, perm_w)
-    if tuple(wk.shape) != kshape:
-        wk = xp.reshape(wk, kshape)
-    wk = _ca.cast(xp, wk, dtype)
+    hint = _ca.weights_hint(wd, w_fmt_given, user_fmt, C, nconv)
+    perm_w, w_after, kshape = _ca.weights_layout("conv", wd, w_fmt_given, n_s, conv_t, nconv,
+                                                 hint)
+    wk = _ca.kernel_weights(xp, wd, w_fmt_given, perm_w, kshape, dtype)
     ksz = kshape[:nconv]
     Cg, Fg, G = kshape[nconv:]
     if min(kshape) < 1:
@@ -312,34 +276,11 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
     if C % G:
         raise ValueError(
             f"conv: groups={G} (last weights dim) does not divide the {C} input channels of x "
-            f"(format {user_fmt!r}, shape {tuple(xd.shape)})"
-            + _ca.weights_hint(wd, w_fmt_given, user_fmt, C, nconv)
+            f"(format {user_fmt!r}, shape {tuple(xd.shape)}){hint}"
         )
-    if Cg * G != C:
-        raise ValueError(
-            f"conv: channel mismatch: the weights (shape {tuple(wd.shape)}) expect "
-            f"{Cg} channels per group x {G} group(s) = {Cg * G} input channels, but x "
-            f"(format {user_fmt!r}, shape {tuple(xd.shape)}) has {C}"
-            + _ca.weights_hint(wd, w_fmt_given, user_fmt, C, nconv)
-        )
+    _ca.check_channels("conv", wd, xd, user_fmt, nconv, Cg, G, C, hint)
     F = Fg * G
-
-    # ---- bias
-    b_arr = None
-    if bd is not None:
-        if b_src is None:
-            b_arr = xp.full((F,), b_weak, dtype=dtype, device=_backend.device(xd))
-        else:
-            nb = _size(bd.shape)
-            if nb == 1:
-                b_arr = xp.broadcast_to(xp.reshape(_ca.cast(xp, bd, dtype), (1,)), (F,))
-            elif nb == F and sum(1 for s in bd.shape if s != 1) <= 1:
-                b_arr = xp.reshape(_ca.cast(xp, bd, dtype), (F,))
-            else:
-                raise ValueError(
-                    f"conv: bias of shape {tuple(bd.shape)} has {nb} values; it must be a scalar "
-                    f"or have one value per output channel ({F} = {Fg} filters x {G} groups)"
-                )
+    b_arr = _ca.bias_vector("conv", xp, xd, bd, b_weak, b_src, dtype, Fg, G)
 
     # ---- geometry
     stride = _validate.ints("stride", stride, nconv, f"convolved dim {labels}", 1)
@@ -362,20 +303,8 @@ def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_va
                        (1,) * nconv, _k.spec.dtype_name(dtype))
     _ca.check_memory(spec, xd, labels, padding)
 
-    # ---- the kernel array: batch-like dims merged, missing N / C inserted (no permutation)
-    dims = _kernel_dims(cfmt, n_s, conv_t)
-    role_size = {str(i): n for i, n in enumerate(sp)}
-    role_size.update(C=C, N=N)
-    kshape_in = tuple(role_size[r] for r in dims)
-    xk = _ca.cast(xp, xc if cshape == kshape_in else xp.reshape(xc, kshape_in), dtype)
-    role_size.update({str(i): n for i, n in enumerate(out_sz)}, C=F)
-    kshape_out = tuple(role_size[r] for r in dims)
-    ofmt = cfmt if has_c else _insert_c(cfmt)
-    osize = {("C", 0): F}
-    osize.update({k: size[k] for k in ckeys})
-    osize.update({k: o for k, o in zip(conv_keys, out_sz)})
-    osize[("C", 0)] = F
-    oshape = tuple(osize[k] for k in _keys(ofmt))
+    dims, xk, kshape_in, kshape_out, ofmt, oshape = _ca.kernel_io(
+        xp, xc, cfmt, size, conv_keys, n_s, conv_t, N, out_sz, F, dtype)
     return _Call(xp, spec, dims, xk, wk, b_arr, kshape_out, oshape, ofmt, cfmt, cshape, p1,
                  user_fmt, data_format, has_c, w_after, perm_w, X, W, B, xd, wd, bd,
                  kshape_in, kshape, b_src is not None and _size(bd.shape) == 1, dtype)
@@ -504,11 +433,6 @@ def _size(shape):
     for s in shape:
         n *= s
     return n
-
-
-def _insert_c(cfmt):
-    """Canonical format with a ``C`` added (after the ``S`` dims)."""
-    return _format.canonicalize(cfmt + "C")[0]
 
 
 def _insert_c_user(fmt):

@@ -26,7 +26,7 @@ from .. import _backend, _format, _tape, _validate
 from . import _conv_args as _ca
 from .._kernels import conv as _k
 from ..array import FormattedArray
-from .convolution import _insert_c, _insert_c_user, _inverse, _kernel_dims, _maybe_permute, _size
+from .convolution import _insert_c_user, _inverse, _maybe_permute, _size
 
 __all__ = ["transposed_conv", "transposed_output_size"]
 
@@ -58,40 +58,6 @@ def transposed_output_size(in_sizes, filter_sizes, stride, dilation, cropping):
         bs.append(b)
         as_.append(a)
     return tuple(outs), tuple(bs), tuple(as_)
-
-
-def _weights_layout(w, wfmt, n_s, conv_t, nconv):
-    """``(perm, shape_after_perm, kernel_shape)``: raw weights to ``(*k, Fg, Cg, G)``."""
-    legal = (f"[k1..k{nconv}, numFilters, numChannels] (rank {nconv + 2}) or [k1..k{nconv}, "
-             f"numFiltersPerGroup, numChannelsPerGroup, numGroups] (rank {nconv + 3})")
-    if wfmt is None:
-        if w.ndim not in (nconv + 2, nconv + 3):
-            raise ValueError(
-                f"{_F}: weights of shape {tuple(w.shape)} have rank {w.ndim}; for {nconv} "
-                f"convolved dim(s) they must be {legal}")
-        shape = tuple(w.shape) + ((1,) if w.ndim == nconv + 2 else ())
-        return tuple(range(w.ndim)), tuple(w.shape), shape
-    _format.validate(wfmt)
-    if len(wfmt) < w.ndim:
-        raise ValueError(
-            f"{_F}: weights_format={wfmt!r} has {len(wfmt)} labels but the weights have "
-            f"{w.ndim} dims (shape {tuple(w.shape)})")
-    nu = wfmt.count("U")
-    want = "S" * n_s + ("T" if conv_t else "")
-    if (wfmt.count("S") != n_s or "B" in wfmt or "C" not in wfmt or nu not in (1, 2)
-            or ("T" in wfmt) != conv_t):
-        raise ValueError(
-            f"{_F}: weights_format={wfmt!r} does not describe transposed filters for input "
-            f"with {n_s} S dim(s){' and a convolved T' if conv_t else ''}: label the filter "
-            f"dims {want}, the filters U and the input channels C, e.g. {want + 'UC'!r} "
-            f"(MATLAB's layout) or {want + 'UCU'!r} (filters per group, channels per group, "
-            "groups)")
-    shape = tuple(w.shape) + (1,) * (len(wfmt) - w.ndim)
-    order = [("S", i) for i in range(n_s)] + ([("T", 0)] if conv_t else [])
-    order += [("U", 0), ("C", 0)] + ([("U", 1)] if nu == 2 else [])
-    p = _perm(_keys(wfmt), order)
-    after = tuple(shape[i] for i in p)
-    return p, after, after + ((1,) if nu == 1 else ())
 
 
 def _placeholder(xp, shape, dtype, like, n_axis):
@@ -156,45 +122,18 @@ def _parse(x, weights, bias, stride, dilation_factor, cropping, weights_format, 
      labels) = _ca.canonical_x(xp, xd, fmt_in, data_format, n_s, conv_t)
 
     # weights: (*k, Fg, Cg, G)
-    perm_w, w_after, kshape = _weights_layout(wd, w_fmt, n_s, conv_t, nconv)
-    wsrc = wd
-    if w_fmt is not None and len(w_fmt) > wd.ndim:
-        wsrc = xp.reshape(wd, tuple(wd.shape) + (1,) * (len(w_fmt) - wd.ndim))
-    wk = _maybe_permute(xp, wsrc, perm_w)
-    if tuple(wk.shape) != kshape:
-        wk = xp.reshape(wk, kshape)
-    wk = _ca.cast(xp, wk, dtype)
+    perm_w, w_after, kshape = _ca.weights_layout(_F, wd, w_fmt, n_s, conv_t, nconv)
+    wk = _ca.kernel_weights(xp, wd, w_fmt, perm_w, kshape, dtype)
     if min(kshape) < 1:
         raise ValueError(f"{_F}: weights of shape {tuple(wd.shape)} have an empty dim")
     ksz = kshape[:nconv]
     Fg, Cg, G = kshape[nconv:]
-    if Cg * G != C:
-        raise ValueError(
-            f"{_F}: channel mismatch: the weights (shape {tuple(wd.shape)}, layout [k1..k{nconv}"
-            f", numFilters, numChannels(, numGroups)]) expect {Cg} channels per group x {G} "
-            f"group(s) = {Cg * G} input channels, but x (format {user_fmt!r}, shape "
-            f"{tuple(xd.shape)}) has {C}"
-            + ("; the weights look like dlconv's layout [k, numChannels, numFilters]: "
-               "transposed weights put the filters first (MATLAB's dltranspconv layout)"
-               if Fg * G == C else ""))
+    _ca.check_channels(
+        _F, wd, xd, user_fmt, nconv, Cg, G, C,
+        "; the weights look like dlconv's layout [k, numChannels, numFilters]: transposed "
+        "weights put the filters first (MATLAB's dltranspconv layout)" if Fg * G == C else "")
     F = Fg * G
-
-    # bias: F values
-    b_arr = None
-    if bd is not None:
-        if b_src is None:
-            b_arr = xp.full((F,), b_weak, dtype=dtype, device=_backend.device(xd))
-        else:
-            nb = _size(bd.shape)
-            if nb == 1:
-                b_arr = xp.broadcast_to(xp.reshape(_ca.cast(xp, bd, dtype), (1,)), (F,))
-            elif nb == F and sum(1 for s in bd.shape if s != 1) <= 1:
-                b_arr = xp.reshape(_ca.cast(xp, bd, dtype), (F,))
-            else:
-                raise ValueError(
-                    f"{_F}: bias of shape {tuple(bd.shape)} has {nb} values; it must be a "
-                    f"scalar or have one value per output channel ({F} = {Fg} filters x {G} "
-                    "groups)")
+    b_arr = _ca.bias_vector(_F, xp, xd, bd, b_weak, b_src, dtype, Fg, G)
 
     # geometry
     stride = _validate.ints("stride", stride, nconv, f"convolved dim {labels}", 1)
@@ -224,18 +163,8 @@ def _parse(x, weights, bias, stride, dilation_factor, cropping, weights_format, 
         f"the output {'x'.join(map(str, out))} over {labels} ({F} channels, {n_mem} samples)",
         xd)
 
-    dims = _kernel_dims(cfmt, n_s, conv_t)
-    role = {str(i): n for i, n in enumerate(sp)}
-    role.update(C=C, N=N)
-    kin = tuple(role[r] for r in dims)
-    xk = _ca.cast(xp, xc if cshape == kin else xp.reshape(xc, kin), dtype)
-    role.update({str(i): n for i, n in enumerate(out)}, C=F)
-    kout = tuple(role[r] for r in dims)
-    ofmt = cfmt if has_c else _insert_c(cfmt)
-    osize = {k: size[k] for k in ckeys}
-    osize.update(dict(zip(conv_keys, out)))
-    osize[("C", 0)] = F
-    oshape = tuple(osize[k] for k in _keys(ofmt))
+    dims, xk, kin, kout, ofmt, oshape = _ca.kernel_io(
+        xp, xc, cfmt, size, conv_keys, n_s, conv_t, N, out, F, dtype)
     return dict(xp=xp, spec=spec, dims=dims, xk=xk, wk=wk, b=b_arr, kin=kin, kout=kout,
                 oshape=oshape, ofmt=ofmt, cshape=cshape, p1=p1, data_format=data_format,
                 has_c=has_c, w_after=w_after, perm_w=perm_w, X=X, W=W, B=B, xd=xd, wd=wd,
