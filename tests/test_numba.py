@@ -336,3 +336,42 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
     for g, r in zip(got, refs):
         np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
         np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d,groups,cg,fg,stride,dil,pb,pa", [
+    (2, 1, 3, 5, (1, 1), (1, 1), (1, 1), (1, 1)),       # window rows as runs
+    (2, 2, 3, 17, (2, 1), (1, 2), (2, 0), (1, 3)),      # one run per tap
+    (1, 1, 4, 3, (3,), (2,), (5,), (6,)),               # windows wholly in the padding
+    (3, 1, 2, 40, (1, 2, 1), (1, 1, 1), (0, 1, 2), (2, 1, 0)),
+    (3, 3, 2, 2, (2, 1, 1), (2, 1, 2), (1, 1, 1), (1, 1, 1)),
+])
+def test_direct_forward_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, cg, fg,
+                                                         stride, dil, pb, pa):
+    """numba.direct's forward on channels-last input with zero padding reads the input
+    where it lies (output positions grouped by their taps inside it, each group with its
+    rows of the weights): the reference's values; a ±inf weight keeps the padded copy and
+    its NaN pattern (0 · inf at padded taps)."""
+    from fmtarray._kernels.conv._numba import direct as dr
+
+    calls = []
+    orig = dr._border_run
+    monkeypatch.setattr(dr, "_border_run", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, *(6, 5, 4)[:d], groups * cg)).astype(dtype)
+    w = rng.standard_normal((*(3, 2, 3)[:d], cg, fg, groups)).astype(dtype)
+    b = rng.standard_normal(groups * fg).astype(dtype)
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=0.0)
+    args = (stride, dil, pb, pa, 0.0)
+    with K.tuning(direct_in_place_ratio=0):
+        y = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
+        assert calls and rel_err(y, ref_conv(x, w, b, *args)) <= TOL[dtype]
+        calls.clear()
+        w[(0,) * d + (0, 1, 0)] = np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = conv_forward(cnp, x, w, None, force="numba.direct", **kw)
+            ref = ref_conv(x, w, None, *args)
+    assert not calls
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))

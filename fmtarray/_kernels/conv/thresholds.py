@@ -91,6 +91,10 @@ class Tuning:
     #: workers by filter blocks (else by positions, per-block partial gradients added in
     #: order; 512→512 3×3: 34 → 12 ms)
     direct_wgrad_split_bytes: int = 2**20
+    #: numba.direct's forward reads a zero-padded input in place (no padded copy) when
+    #: the input has at least this many times the weights' bytes (its border groups
+    #: gather their rows of the weights, about 5× them for 3×3)
+    direct_in_place_ratio: int = 8
 
 
 _DEFAULT = Tuning()

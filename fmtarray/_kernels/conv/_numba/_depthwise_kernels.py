@@ -19,15 +19,48 @@ import numba as nb
 _JIT = dict(nogil=True, cache=True, fastmath=False, boundscheck=False, error_model="numpy")
 
 
+@nb.njit(inline="always", **_JIT)
+def _sizes(x, y, w):
+    """``H, W, C`` of the input ``x``, ``Ho, Wo`` of the output ``y``, ``kh, kw, M`` of
+    the weights ``w``."""
+    return (x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
+            w.shape[0], w.shape[1], w.shape[3])
+
+
+@nb.njit(inline="always", **_JIT)
+def _split(t, rows):
+    """Row ``t`` of the ``n·rows + i`` rows as ``(n, i)`` (``divmod`` is slower here)."""
+    n = t // rows
+    return n, t - n * rows
+
+
+@nb.njit(inline="always", **_JIT)
+def _tap(i, j, p, q, sh, sw, dh, dw, ph, pw, H, W):
+    """The input element ``(yy, xx)`` that tap ``(p, q)`` of output ``(i, j)`` reads, and
+    whether it lies inside the ``H×W`` input (else the tap reads the padding)."""
+    yy = i * sh + p * dh - ph
+    xx = j * sw + q * dw - pw
+    return yy, xx, yy >= 0 and yy < H and xx >= 0 and xx < W
+
+
+@nb.njit(inline="always", **_JIT)
+def _reader(a, p, s, d, pad, size):
+    """Along one dim: the output index ``i`` whose tap ``p`` reads input index ``a``
+    (``i·s + p·d - pad = a``), and whether there is one in ``[0, size)``."""
+    u = a + pad - p * d
+    if u < 0 or u % s != 0:
+        return 0, False
+    i = u // s
+    return i, i < size
+
+
 @nb.njit(**_JIT)
 def forward_rows(x, w, bias, y, r0, r1, sh, sw, dh, dw, ph, pw, v, has_bias):
     """``y[n, i]`` for the rows ``t = n·Ho + i`` in ``[r0, r1)``."""
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    Ho, Wo, F = y.shape[1], y.shape[2], y.shape[3]
-    kh, kw, M = w.shape[0], w.shape[1], w.shape[3]
+    H, W, C, Ho, Wo, kh, kw, M = _sizes(x, y, w)
+    F = y.shape[3]
     for t in range(r0, r1):
-        n = t // Ho
-        i = t - n * Ho
+        n, i = _split(t, Ho)
         for j in range(Wo):
             if has_bias:
                 for f in range(F):
@@ -36,19 +69,16 @@ def forward_rows(x, w, bias, y, r0, r1, sh, sw, dh, dw, ph, pw, v, has_bias):
                 for f in range(F):
                     y[n, i, j, f] = 0
             for p in range(kh):
-                yy = i * sh + p * dh - ph
-                row_in = yy >= 0 and yy < H
                 for q in range(kw):
-                    xx = j * sw + q * dw - pw
-                    if row_in and xx >= 0 and xx < W:
-                        if M == 1:
-                            for c in range(C):
-                                y[n, i, j, c] += x[n, yy, xx, c] * w[p, q, c, 0]
-                        else:
-                            for c in range(C):
-                                xv = x[n, yy, xx, c]
-                                for m in range(M):
-                                    y[n, i, j, c * M + m] += xv * w[p, q, c, m]
+                    yy, xx, inside = _tap(i, j, p, q, sh, sw, dh, dw, ph, pw, H, W)
+                    if inside and M == 1:
+                        for c in range(C):
+                            y[n, i, j, c] += x[n, yy, xx, c] * w[p, q, c, 0]
+                    elif inside:
+                        for c in range(C):
+                            xv = x[n, yy, xx, c]
+                            for m in range(M):
+                                y[n, i, j, c * M + m] += xv * w[p, q, c, m]
                     else:
                         for c in range(C):
                             for m in range(M):
@@ -60,28 +90,19 @@ def input_grad_rows(gy, w, gx, r0, r1, sh, sw, dh, dw, ph, pw):
     """``gx[n, a]`` for the rows ``t = n·H + a`` in ``[r0, r1)``: each input element
     gathers the cotangent of the outputs whose taps read it (taps that read padding
     touch no input element, so a non-finite weight reaches only what it multiplies)."""
-    H, W, C = gx.shape[1], gx.shape[2], gx.shape[3]
-    Ho, Wo = gy.shape[1], gy.shape[2]
-    kh, kw, M = w.shape[0], w.shape[1], w.shape[3]
+    H, W, C, Ho, Wo, kh, kw, M = _sizes(gx, gy, w)
     for t in range(r0, r1):
-        n = t // H
-        a = t - n * H
+        n, a = _split(t, H)
         for b in range(W):
             for c in range(C):
                 gx[n, a, b, c] = 0
             for p in range(kh):
-                u = a + ph - p * dh
-                if u < 0 or u % sh != 0:
-                    continue
-                i = u // sh
-                if i >= Ho:
+                i, row_in = _reader(a, p, sh, dh, ph, Ho)
+                if not row_in:
                     continue
                 for q in range(kw):
-                    s = b + pw - q * dw
-                    if s < 0 or s % sw != 0:
-                        continue
-                    j = s // sw
-                    if j >= Wo:
+                    j, col_in = _reader(b, q, sw, dw, pw, Wo)
+                    if not col_in:
                         continue
                     if M == 1:
                         for c in range(C):
@@ -96,27 +117,21 @@ def input_grad_rows(gy, w, gx, r0, r1, sh, sw, dh, dw, ph, pw):
 def weight_grad_rows(gy, x, acc, r0, r1, sh, sw, dh, dw, ph, pw, v):
     """``acc[p, q, c, m] += Σ gy[n, i, j, c·M + m] · x(n, i·sh + p·dh - ph, …, c)`` over
     the output rows ``t = n·Ho + i`` in ``[r0, r1)`` (padding reads ``v``)."""
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    Ho, Wo = gy.shape[1], gy.shape[2]
-    kh, kw, M = acc.shape[0], acc.shape[1], acc.shape[3]
+    H, W, C, Ho, Wo, kh, kw, M = _sizes(x, gy, acc)
     for t in range(r0, r1):
-        n = t // Ho
-        i = t - n * Ho
+        n, i = _split(t, Ho)
         for j in range(Wo):
             for p in range(kh):
-                yy = i * sh + p * dh - ph
-                row_in = yy >= 0 and yy < H
                 for q in range(kw):
-                    xx = j * sw + q * dw - pw
-                    if row_in and xx >= 0 and xx < W:
-                        if M == 1:
-                            for c in range(C):
-                                acc[p, q, c, 0] += gy[n, i, j, c] * x[n, yy, xx, c]
-                        else:
-                            for c in range(C):
-                                xv = x[n, yy, xx, c]
-                                for m in range(M):
-                                    acc[p, q, c, m] += gy[n, i, j, c * M + m] * xv
+                    yy, xx, inside = _tap(i, j, p, q, sh, sw, dh, dw, ph, pw, H, W)
+                    if inside and M == 1:
+                        for c in range(C):
+                            acc[p, q, c, 0] += gy[n, i, j, c] * x[n, yy, xx, c]
+                    elif inside:
+                        for c in range(C):
+                            xv = x[n, yy, xx, c]
+                            for m in range(M):
+                                acc[p, q, c, m] += gy[n, i, j, c * M + m] * xv
                     else:
                         for c in range(C):
                             for m in range(M):

@@ -236,15 +236,15 @@ def _border_forward(x, wt, bias, spec, y, dtype):
     C = spec.C
     b = np.zeros(C, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    wts = [np.ascontiguousarray(wt[taps]).reshape(-1) for _, _, _, taps in groups]
+    wts = [np.ascontiguousarray(wt[taps]).reshape(-1) for *_, taps in groups]
     items = []
     total = sum(len(g[0]) for g in groups)
-    for i, (pos, _, _, _) in enumerate(groups):
+    for i, (pos, *_) in enumerate(groups):
         n = max(1, round(4 * n_workers() * len(pos) / max(total, 1)))
         items += [(i, q0, q1) for q0, q1 in _rows(len(pos), n)]
 
     def run(_w, it):
-        pos, ypos, offs, _ = groups[it[0]]
+        pos, ypos, offs, _, _ = groups[it[0]]
         dk.channelwise_positions(xf, pos, ypos, offs, wts[it[0]], b, C, yf, C, it[1], it[2])
 
     parallel(run, items, dynamic=True)
@@ -308,19 +308,19 @@ def _border_weight_grad(x, gf, spec, dtype):
         return None
     C = spec.C
     xf = x.reshape(-1)
-    rows = np.cumsum([0] + [len(g[3]) for g in groups])
+    rows = np.cumsum([0] + [len(g[4]) for g in groups])
     items = []
-    for i, (pos, _, _, _) in enumerate(groups):
+    for i, (pos, *_) in enumerate(groups):
         blocks = wgrad_blocks(len(pos)) if i == 0 else [(0, len(pos))]
         items += [(i, q0, q1) for q0, q1 in blocks]
 
     def run(_w, it, a):
-        pos, ypos, offs, _ = groups[it[0]]
+        pos, ypos, offs, _, _ = groups[it[0]]
         dk.channelwise_weight_grad_positions(xf, pos, ypos, offs, gf,
                                              a.reshape(-1)[rows[it[0]] * C:], C,
                                              WGRAD_TILE_POSITIONS, it[1], it[2])
 
     part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
     acc = np.zeros((math.prod(spec.k), C), dtype=dtype)
-    np.add.at(acc, np.concatenate([g[3] for g in groups]), part)
+    np.add.at(acc, np.concatenate([g[4] for g in groups]), part)
     return acc

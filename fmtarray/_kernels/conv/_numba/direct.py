@@ -40,7 +40,7 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from .._numpy import winograd
-from .._numpy._common import cl_strides, unpad
+from .._numpy._common import all_finite, cl_strides, unpad
 from .._numpy.relayout import canonical_layout
 from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum, scratch
 from ..thresholds import current
@@ -215,14 +215,15 @@ def forward_plan(spec, channels=None):
 
 
 @_cached
-def border_plan(spec, channels):
-    """``(groups, empty)``: the forward read from the *unpadded* input ``(N, *sp,
-    channels)`` (one group, one-value runs). Along each convolved dim the output indices
-    fall in classes by which taps of their window lie inside the input; each product of
-    classes is a group ``(pos, ypos, offs, taps)`` with only those taps (``pos`` may
-    point before the input: ``pos + offs`` never does), ``taps`` their flat indices into
-    the weights. ``empty``: ``ypos`` of the outputs whose window lies wholly in the
-    padding."""
+def border_plan(spec, channels=None):
+    """``(groups, empty)``: the forward read from the *unpadded* input (zero padding
+    never materialised). Along each convolved dim the output indices fall in classes by
+    which taps of their window lie inside the input; each product of classes is a group
+    ``(pos, ypos, offs, R, rows)`` with only those taps (``pos`` may point before the
+    input: ``pos + offs`` never does) and ``rows``, the group's rows of the weights
+    ``(G, K·Cg, Fg)`` in run order (the channel-wise form, ``channels`` given: the input
+    ``(N, *sp, channels)``, one-value runs, ``rows`` the taps). ``empty``: ``ypos`` of
+    the outputs whose window lies wholly in the padding."""
     per_dim = []
     for n, o, s, k, dl, b in zip(spec.sp, spec.out, spec.stride, spec.k, spec.dilation,
                                  spec.pb):
@@ -232,14 +233,22 @@ def border_plan(spec, channels):
             classes.setdefault(ks, []).append(i)
         per_dim.append([(np.asarray(ii) * s - b, np.asarray(ii), np.asarray(ks, np.int64) * dl,
                          np.asarray(ks, np.int64)) for ks, ii in classes.items()])
-    src, tgt = (spec.N, *spec.sp, channels), (spec.N, *spec.out, spec.F)
+    dense = channels is None
+    src, tgt = (spec.N, *spec.sp, spec.C if dense else channels), (spec.N, *spec.out, spec.F)
     groups, empty = [], []
     for dims in itertools.product(*per_dim):
-        pos, ypos, offs, _, taps = _plan(dims, src, tgt, 1, 1, False)
         if any(len(d[3]) == 0 for d in dims):
-            empty.append(ypos)
+            empty.append(_plan(dims, src, tgt, 1, 1, False)[1])
+            continue
+        if dense:
+            pos, ypos, offs, R, taps = _plan(dims, src, tgt, spec.G, spec.Cg,
+                                             spec.G == 1 and spec.dilation[-1] == 1)
+            flat = np.ravel_multi_index(tuple(taps.T), spec.k)
+            rows = (flat[:, None] * spec.Cg + np.arange(spec.Cg)).ravel()
+            groups.append((pos, ypos, offs, R, rows))
         else:
-            groups.append((pos, ypos, offs[0], np.ravel_multi_index(tuple(taps.T), spec.k)))
+            pos, ypos, offs, R, taps = _plan(dims, src, tgt, 1, 1, False)
+            groups.append((pos, ypos, offs[0], R, np.ravel_multi_index(tuple(taps.T), spec.k)))
     groups.sort(key=lambda g: -len(g[0]))
     return groups, np.concatenate(empty) if empty else np.zeros(0, np.int64)
 
@@ -344,12 +353,58 @@ def _run(src, pos, ypos, offs, R, wt, bias, out, dtype):
 
 
 def forward(x, w, bias, spec, dtype):
-    pos, ypos, offs, R = forward_plan(spec)
     wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
     wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
     y = output((spec.N, *spec.out, spec.F), dtype)
+    if in_place(x, wt, spec, dtype):
+        _border_run(x, wt, bias, spec, y, dtype)
+        return y
+    pos, ypos, offs, R = forward_plan(spec)
     _run(padded_input(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, dtype)
     return y
+
+
+def in_place(x, wt, spec, dtype):
+    """Whether the forward reads the input where it lies, its zero padding never
+    materialised (:func:`border_plan`): the input channels-last C-contiguous in
+    ``dtype``, padded (else it is read in place anyway) with zeros, weights small next to
+    the input (the border groups gather their rows of them) and finite (a padded copy
+    forms ``0 · w`` at every padded tap: ``0 · ±inf = NaN``, kept by the copy)."""
+    return (any(spec.pb + spec.pa) and spec.constant_padding and float(spec.value) == 0.0
+            and x.dtype == dtype and x.flags.c_contiguous
+            and wt.nbytes * current().direct_in_place_ratio <= x.nbytes and all_finite(wt))
+
+
+def _border_run(x, wt, bias, spec, y, dtype):
+    """The forward by the groups of :func:`border_plan`, each with its rows of the
+    weights, in one parallel phase; outputs whose window is all padding get the bias."""
+    k = _k()
+    groups, empty = border_plan(spec)
+    n = spec.Fg
+    lanes, narrow = _width(dtype, n)
+    b = np.zeros((spec.G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(
+        spec.G, n)
+    bf = _vectors(b, lanes).reshape(-1)
+    full = np.arange(wt.shape[1])
+    wts = [_vectors(wt if len(r) == len(full) and (r == full).all() else wt[:, r, :], lanes)
+           for *_, r in groups]
+    xf, of = x.reshape(-1), y.reshape(-1)
+    wblock = current().direct_weight_block_bytes
+    total = sum(len(g[0]) for g in groups)
+    items = []
+    for i, g in enumerate(groups):
+        items += [(i, q0, q1) for q0, q1 in
+                  _rows(len(g[0]), max(1, round(4 * n_workers() * len(g[0]) / total)))]
+
+    def run(_w, it):
+        pos, ypos, offs, R, _ = groups[it[0]]
+        wg = wts[it[0]]
+        k.forward_positions(xf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
+                            narrow, wblock, it[1], it[2])
+
+    parallel(run, items, dynamic=True)
+    if len(empty):
+        y.reshape(-1, spec.F)[empty // spec.F] = b.reshape(-1)
 
 
 def _input_grad(gy, w, spec, dtype):

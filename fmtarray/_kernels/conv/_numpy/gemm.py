@@ -220,18 +220,30 @@ def _gather_chunk(xpad, geo, cols, n):
     parallel(work, tiles, dynamic=True)
 
 
-def _forward_wide(x, wm, geo, out, dtype, copy, bias=None):
-    it = dtype.itemsize
-    nb = _wide_chunk(geo, it)
+def _wide_columns(x, geo, dtype, nb, copy):
+    """The wide path's batch chunks: an iterator of ``(n0, n1, cols)``, ``cols`` the
+    im2col columns ``(n, *out, K·C)`` of samples ``n0:n1`` (padded through the chunk
+    buffer when ``copy``), gathered into one scratch buffer that each step reuses.
+    The chunk and column buffers are taken here, before the first step."""
     chunker = Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy else None
     cbuf = scratch("cols", (nb * geo.P * geo.K * geo.C,), dtype)
-    for n0 in range(0, geo.N, nb):
-        n1 = min(n0 + nb, geo.N)
-        n = n1 - n0
-        xpad = chunker.block(n0, n1) if copy else x[n0:n1]
-        cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
-        _gather_chunk(xpad, geo, cols, n)
-        m = n * geo.P
+
+    def chunks():
+        for n0 in range(0, geo.N, nb):
+            n1 = min(n0 + nb, geo.N)
+            n = n1 - n0
+            xpad = chunker.block(n0, n1) if copy else x[n0:n1]
+            cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
+            _gather_chunk(xpad, geo, cols, n)
+            yield n0, n1, cols
+
+    return chunks()
+
+
+def _forward_wide(x, wm, geo, out, dtype, copy, bias=None):
+    nb = _wide_chunk(geo, dtype.itemsize)
+    for n0, n1, cols in _wide_columns(x, geo, dtype, nb, copy):
+        m = (n1 - n0) * geo.P
         a = cols.reshape(m, geo.G, geo.K * geo.Cg)
         o = out[n0:n1].reshape(m, geo.G, geo.Fg)
 
@@ -245,19 +257,13 @@ def _forward_wide(x, wm, geo, out, dtype, copy, bias=None):
 
 
 def _weight_grad_wide(gy, x, geo, dtype):
-    it = dtype.itemsize
-    nb = _wide_chunk(geo, it)
+    nb = _wide_chunk(geo, dtype.itemsize)
     copy_x = _needs_copy(x, geo) or x.dtype != dtype
-    chunker = Chunked(x, geo, nb, dtype, geo.pb, geo.pa, geo.value) if copy_x else None
-    cbuf = scratch("cols", (nb * geo.P * geo.K * geo.C,), dtype)
+    chunks = _wide_columns(x, geo, dtype, nb, copy_x)
     gybuf = scratch("gy", (nb, *geo.out, geo.F), dtype)
     acc = np.empty((geo.G, geo.K * geo.Cg, geo.Fg), dtype=dtype)
-    for n0 in range(0, geo.N, nb):
-        n1 = min(n0 + nb, geo.N)
+    for n0, n1, cols in chunks:
         n = n1 - n0
-        xpad = chunker.block(n0, n1) if copy_x else x[n0:n1]
-        cols = cbuf[: n * geo.P * geo.K * geo.C].reshape(n, *geo.out, geo.K * geo.C)
-        _gather_chunk(xpad, geo, cols, n)
         g = gybuf[:n]
         parallel_copy(g, gy[n0:n1])
         m = n * geo.P
