@@ -30,6 +30,22 @@ def _vec(v) -> str:
     return "[" + " ".join(str(a) for a in v) + "]"
 
 
+def _pooled_dims(x, kind: str, name: str) -> str:
+    """The dims a 2-D pooling layer pools over for ``x``'s format (``"S"`` or ``"ST"``);
+    otherwise a ValueError naming the layer as ``a {kind} layer {name!r}``."""
+    fmt = getattr(x, "format", "")
+    if fmt in _SS:
+        return "S"
+    if fmt in _ST:
+        return "ST"
+    who = f"{kind} layer {name!r}" if name else f"{kind} layer"
+    shown = fmt if fmt else "'' (unformatted)"
+    raise ValueError(
+        f"a {who} cannot take input of format {shown!r}; accepted formats are "
+        + ", ".join(_SS + _ST)
+    )
+
+
 class _Pooling2DLayer(Layer):
     _kind = ""  # "max" / "average"
 
@@ -62,17 +78,7 @@ class _Pooling2DLayer(Layer):
         self.padding_mode, self.padding_size = mode, p
 
     def _pooled(self, x):
-        fmt = getattr(x, "format", "")
-        if fmt in _SS:
-            return "S"
-        if fmt in _ST:
-            return "ST"
-        who = f"{self.type_name()} layer {self.name!r}" if self.name else f"{self.type_name()} layer"
-        shown = fmt if fmt else "'' (unformatted)"
-        raise ValueError(
-            f"a {who} cannot take input of format {shown!r}; accepted formats are "
-            + ", ".join(_SS + _ST)
-        )
+        return _pooled_dims(x, self.type_name(), self.name)
 
     def _pads(self):
         if self.padding_mode == "manual":
@@ -171,18 +177,7 @@ class GlobalAveragePooling2DLayer(Layer):
         self.name = check_name(name)
 
     def _pooled(self, x):
-        fmt = getattr(x, "format", "")
-        if fmt in _SS:
-            return "S"
-        if fmt in _ST:
-            return "ST"
-        who = f"{self.type_name().lower()} layer"
-        who = f"{who} {self.name!r}" if self.name else who
-        shown = fmt if fmt else "'' (unformatted)"
-        raise ValueError(
-            f"a {who} cannot take input of format {shown!r}; accepted formats are "
-            + ", ".join(_SS + _ST)
-        )
+        return _pooled_dims(x, self.type_name().lower(), self.name)
 
     def initialize(self, x, *, seed=None):
         self._pooled(x)  # format check
