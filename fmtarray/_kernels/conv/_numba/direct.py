@@ -214,6 +214,37 @@ def forward_plan(spec, channels=None):
                  spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
 
 
+def _classes(src, tgt, off, ids, n):
+    """One dim's positions split by which of their taps read inside ``[0, n)`` of the
+    unpadded source: ``[(src, tgt, off, ids), ...]`` per class (``off``/``ids`` the
+    class's taps, empty for positions that read only padding)."""
+    classes = {}
+    for i, s0 in enumerate(np.asarray(src).tolist()):
+        valid = tuple(t for t, o in enumerate(off) if 0 <= s0 + o < n)
+        classes.setdefault(valid, []).append(i)
+    off, ids = np.asarray(off, np.int64), np.asarray(ids, np.int64)
+    return [(np.asarray(src)[ii], np.asarray(tgt)[ii], off[list(v)], ids[list(v)])
+            for v, ii in classes.items()]
+
+
+def _groups(per_dim, src, tgt, G, cin, merge, spec):
+    """The products of the dims' classes as groups ``(pos, ypos, offs, R, rows)`` with
+    ``rows`` the group's rows of weights laid out ``(G, K·cin, ·)`` in run order; and the
+    ``ypos`` of the positions that read only padding."""
+    groups, empty = [], []
+    for dims in itertools.product(*per_dim):
+        if any(len(d[0]) == 0 for d in dims):
+            continue
+        if any(len(d[3]) == 0 for d in dims):
+            empty.append(_plan(dims, src, tgt, 1, 1, False)[1])
+            continue
+        pos, ypos, offs, R, taps = _plan(dims, src, tgt, G, cin, merge)
+        flat = np.ravel_multi_index(tuple(taps.T), spec.k)
+        groups.append((pos, ypos, offs, R, (flat[:, None] * cin + np.arange(cin)).ravel()))
+    groups.sort(key=lambda g: -len(g[0]))
+    return groups, np.concatenate(empty) if empty else np.zeros(0, np.int64)
+
+
 @_cached
 def border_plan(spec, channels=None):
     """``(groups, empty)``: the forward read from the *unpadded* input (zero padding
@@ -222,42 +253,24 @@ def border_plan(spec, channels=None):
     ``(pos, ypos, offs, R, rows)`` with only those taps (``pos`` may point before the
     input: ``pos + offs`` never does) and ``rows``, the group's rows of the weights
     ``(G, K·Cg, Fg)`` in run order (the channel-wise form, ``channels`` given: the input
-    ``(N, *sp, channels)``, one-value runs, ``rows`` the taps). ``empty``: ``ypos`` of
-    the outputs whose window lies wholly in the padding."""
-    per_dim = []
-    for n, o, s, k, dl, b in zip(spec.sp, spec.out, spec.stride, spec.k, spec.dilation,
-                                 spec.pb):
-        classes = {}
-        for i in range(o):
-            ks = tuple(t for t in range(k) if 0 <= i * s - b + t * dl < n)
-            classes.setdefault(ks, []).append(i)
-        per_dim.append([(np.asarray(ii) * s - b, np.asarray(ii), np.asarray(ks, np.int64) * dl,
-                         np.asarray(ks, np.int64)) for ks, ii in classes.items()])
-    dense = channels is None
-    src, tgt = (spec.N, *spec.sp, spec.C if dense else channels), (spec.N, *spec.out, spec.F)
-    groups, empty = [], []
-    for dims in itertools.product(*per_dim):
-        if any(len(d[3]) == 0 for d in dims):
-            empty.append(_plan(dims, src, tgt, 1, 1, False)[1])
-            continue
-        if dense:
-            pos, ypos, offs, R, taps = _plan(dims, src, tgt, spec.G, spec.Cg,
-                                             spec.G == 1 and spec.dilation[-1] == 1)
-            flat = np.ravel_multi_index(tuple(taps.T), spec.k)
-            rows = (flat[:, None] * spec.Cg + np.arange(spec.Cg)).ravel()
-            groups.append((pos, ypos, offs, R, rows))
-        else:
-            pos, ypos, offs, R, taps = _plan(dims, src, tgt, 1, 1, False)
-            groups.append((pos, ypos, offs[0], R, np.ravel_multi_index(tuple(taps.T), spec.k)))
-    groups.sort(key=lambda g: -len(g[0]))
-    return groups, np.concatenate(empty) if empty else np.zeros(0, np.int64)
+    ``(N, *sp, channels)``, one-value runs, ``offs`` one row, ``rows`` the taps).
+    ``empty``: ``ypos`` of the outputs whose window lies wholly in the padding."""
+    per_dim = [_classes(np.arange(o) * s - b, np.arange(o), np.arange(k) * dl, np.arange(k), n)
+               for n, o, s, k, dl, b in zip(spec.sp, spec.out, spec.stride, spec.k,
+                                            spec.dilation, spec.pb)]
+    tgt = (spec.N, *spec.out, spec.F)
+    if channels is None:
+        return _groups(per_dim, (spec.N, *spec.sp, spec.C), tgt, spec.G, spec.Cg,
+                       spec.G == 1 and spec.dilation[-1] == 1, spec)
+    groups, empty = _groups(per_dim, (spec.N, *spec.sp, channels), tgt, 1, 1, False, spec)
+    return [(p, y, o[0], r, rows) for p, y, o, r, rows in groups], empty
 
 
-@_cached
-def input_grad_plans(spec, channels=None):
-    """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
-    input, or for non-constant padding the padded input) and, per phase, the plan;
-    ``channels``: the channel-wise form, the padded cotangent holding that many."""
+def _phases(spec):
+    """``(ranges, lo, hi, per_dim)`` of the input gradient by phase: the target's range
+    per dim (the input, or for non-constant padding the padded input), the cotangent's
+    zero padding ``lo``/``hi`` that the phases read, and per dim per phase ``(src, tgt,
+    off, ids)`` with ``src`` in the padded cotangent."""
     if spec.constant_padding:
         ranges = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
     else:
@@ -266,18 +279,32 @@ def input_grad_plans(spec, channels=None):
           zip(ranges, spec.k, spec.dilation, spec.stride)]
     hi = [max(0, (u1 - 1) // s - (o - 1)) for (_, u1), s, o in
           zip(ranges, spec.stride, spec.out)]
-    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)),
-              spec.F if channels is None else channels)
-    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
     per_dim = []
     for (u0, u1), k, dl, s, low in zip(ranges, spec.k, spec.dilation, spec.stride, lo):
         phases = []
         for ph in range(s):
             u = np.arange(u0 + (ph - u0) % s, u1, s)
-            kk = np.array([t for t in range(k - 1, -1, -1) if (ph - t * dl) % s == 0])
+            kk = np.array([t for t in range(k - 1, -1, -1) if (ph - t * dl) % s == 0],
+                          dtype=np.int64)
             phases.append(((u - ph) // s + low, u - u0, (ph - kk * dl) // s, kk))
         per_dim.append(phases)
-    merge = spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0 and channels is None
+    return ranges, lo, hi, per_dim
+
+
+def _ig_merge(spec):
+    return spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0
+
+
+@_cached
+def input_grad_plans(spec, channels=None):
+    """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
+    input, or for non-constant padding the padded input) and, per phase, the plan;
+    ``channels``: the channel-wise form, the padded cotangent holding that many."""
+    ranges, lo, hi, per_dim = _phases(spec)
+    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)),
+              spec.F if channels is None else channels)
+    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
+    merge = _ig_merge(spec) and channels is None
     groups, cin = (spec.G, spec.Fg) if channels is None else (1, 1)
     passes, empty = [], False
     for dims in itertools.product(*per_dim):
@@ -288,6 +315,22 @@ def input_grad_plans(spec, channels=None):
             continue
         passes.append(_plan(dims, gshape, tshape, groups, cin, merge))
     return tshape, list(zip(lo, hi)), passes, empty
+
+
+@_cached
+def input_grad_border_plan(spec, channels=None):
+    """``(target, groups, zero)``: the input gradient reading the *unpadded* cotangent
+    ``(N, *out, F)``: each phase's targets split, as :func:`border_plan` splits the
+    forward's outputs, by which of their taps read inside the cotangent; ``zero``: the
+    ``ypos`` of targets that no tap reaches."""
+    ranges, lo, _, per_dim = _phases(spec)
+    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
+    per_dim = [[c for src, tgt, off, ids in phases
+                for c in _classes(src - low, tgt, off, ids, o)]
+               for phases, low, o in zip(per_dim, lo, spec.out)]
+    groups, zero = _groups(per_dim, (spec.N, *spec.out, spec.F), tshape, spec.G, spec.Fg,
+                           _ig_merge(spec), spec)
+    return tshape, groups, zero
 
 
 def _width(dtype, n):
@@ -377,18 +420,27 @@ def in_place(x, wt, spec, dtype):
 
 def _border_run(x, wt, bias, spec, y, dtype):
     """The forward by the groups of :func:`border_plan`, each with its rows of the
-    weights, in one parallel phase; outputs whose window is all padding get the bias."""
-    k = _k()
+    weights; outputs whose window is all padding get the bias."""
     groups, empty = border_plan(spec)
-    n = spec.Fg
-    lanes, narrow = _width(dtype, n)
-    b = np.zeros((spec.G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(
-        spec.G, n)
-    bf = _vectors(b, lanes).reshape(-1)
     full = np.arange(wt.shape[1])
-    wts = [_vectors(wt if len(r) == len(full) and (r == full).all() else wt[:, r, :], lanes)
+    wts = [wt if len(r) == len(full) and (r == full).all() else wt[:, r, :]
            for *_, r in groups]
-    xf, of = x.reshape(-1), y.reshape(-1)
+    b = _run_groups(x, groups, wts, bias, y, dtype)
+    if len(empty):
+        y.reshape(-1, spec.F)[empty // spec.F] = b.reshape(-1)
+
+
+def _run_groups(src, groups, wts, bias, out, dtype):
+    """``out[ypos[p] + g·n + f] = bias + Σ`` over each group's positions, the group's
+    weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase. Returns the bias ``(G,
+    n)``."""
+    k = _k()
+    G, n = wts[0].shape[0], wts[0].shape[2]
+    lanes, narrow = _width(dtype, n)
+    b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
+    bf = _vectors(b, lanes).reshape(-1)
+    wts = [_vectors(wt, lanes) for wt in wts]
+    sf, of = src.reshape(-1), out.reshape(-1)
     wblock = current().direct_weight_block_bytes
     total = sum(len(g[0]) for g in groups)
     items = []
@@ -399,25 +451,47 @@ def _border_run(x, wt, bias, spec, y, dtype):
     def run(_w, it):
         pos, ypos, offs, R, _ = groups[it[0]]
         wg = wts[it[0]]
-        k.forward_positions(xf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
+        k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
                             narrow, wblock, it[1], it[2])
 
     parallel(run, items, dynamic=True)
-    if len(empty):
-        y.reshape(-1, spec.F)[empty // spec.F] = b.reshape(-1)
+    return b
 
 
 def _input_grad(gy, w, spec, dtype):
+    w = np.asarray(w, dtype=dtype)
+    if gy.dtype == dtype and gy.flags.c_contiguous:  # read where it lies (see below)
+        return _input_grad_in_place(gy, w, spec, dtype)
     tshape, pads, passes, empty = input_grad_plans(spec)
     gp = padded_cotangent(gy, spec, pads, spec.F, dtype)
     gx = output(tshape, dtype)
     if empty:
         gx[...] = 0
-    w = np.asarray(w, dtype=dtype)
     for pos, ypos, offs, R, taps in passes:
-        wk = w[tuple(taps.T)]  # (T, Cg, Fg, G)
-        wt = np.ascontiguousarray(wk.transpose(3, 0, 2, 1)).reshape(spec.G, -1, spec.Cg)
-        _run(gp, pos, ypos, offs, R, wt, None, gx, dtype)
+        _run(gp, pos, ypos, offs, R, _transposed(w, taps, spec), None, gx, dtype)
+    return gx if spec.constant_padding else unpad(gx, spec)
+
+
+def _transposed(w, taps, spec):
+    """The weights of ``taps`` as the input gradient reads them: ``(G, T·Fg, Cg)``."""
+    wk = w[tuple(np.asarray(taps).reshape(-1, spec.d).T)]  # (T, Cg, Fg, G)
+    return np.ascontiguousarray(wk.transpose(3, 0, 2, 1)).reshape(spec.G, -1, spec.Cg)
+
+
+def _input_grad_in_place(gy, w, spec, dtype):
+    """The input gradient on the unpadded cotangent (channels-last C-contiguous): the
+    targets of each phase grouped by the taps that read inside it
+    (:func:`input_grad_border_plan`), one parallel phase for all. Dropping the taps that
+    would read the cotangent's zero padding drops only ``0 · w`` terms: this entry runs
+    with finite weights (non-finite ones go to the exact scatter)."""
+    tshape, groups, zero = input_grad_border_plan(spec)
+    gx = output(tshape, dtype)
+    if groups:
+        taps = np.stack(np.unravel_index(np.arange(spec.K), spec.k), axis=1)
+        wt = _transposed(w, taps, spec)  # (G, K·Fg, Cg): rows tap·Fg + f
+        _run_groups(gy, groups, [wt[:, r, :] for *_, r in groups], None, gx, dtype)
+    if len(zero):
+        gx.reshape(-1, spec.C)[zero // spec.C] = 0
     return gx if spec.constant_padding else unpad(gx, spec)
 
 
