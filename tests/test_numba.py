@@ -40,7 +40,10 @@ DOMAINS = {
         stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
         # the reduction in blocks: pieces of one run, or a few runs at a time
         tunings=({}, {"direct_weight_block_bytes": 1},
-                 {"direct_weight_block_bytes": 3 * 64 * 8}))),
+                 {"direct_weight_block_bytes": 3 * 64 * 8},
+                 # zero-padded input read in place (border groups) however small
+                 {"direct_in_place_ratio": 0},
+                 {"direct_in_place_ratio": 0, "direct_wgrad_split_bytes": 0}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
         N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
@@ -342,36 +345,53 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("d,groups,cg,fg,stride,dil,pb,pa", [
     (2, 1, 3, 5, (1, 1), (1, 1), (1, 1), (1, 1)),       # window rows as runs
-    (2, 2, 3, 17, (2, 1), (1, 2), (2, 0), (1, 3)),      # one run per tap
+    (2, 2, 3, 17, (2, 1), (1, 2), (2, 0), (1, 3)),      # one run per tap, some windows
+    (2, 2, 3, 17, (2, 1), (1, 2), (2, 0), (1, 1)),      # all padding; and none
     (1, 1, 4, 3, (3,), (2,), (5,), (6,)),               # windows wholly in the padding
     (3, 1, 2, 40, (1, 2, 1), (1, 1, 1), (0, 1, 2), (2, 1, 0)),
     (3, 3, 2, 2, (2, 1, 1), (2, 1, 2), (1, 1, 1), (1, 1, 1)),
 ])
-def test_direct_forward_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, cg, fg,
-                                                         stride, dil, pb, pa):
-    """numba.direct's forward on channels-last input with zero padding reads the input
-    where it lies (output positions grouped by their taps inside it, each group with its
-    rows of the weights): the reference's values; a ±inf weight keeps the padded copy and
-    its NaN pattern (0 · inf at padded taps)."""
+def test_direct_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, cg, fg, stride,
+                                                 dil, pb, pa):
+    """numba.direct's forward and weight gradient on channels-last input with zero
+    padding read the input where it lies (output positions grouped by their taps inside
+    it, each group with its rows of the weights): the reference's values; a ±inf weight
+    (forward) or cotangent (weight gradient) keeps the padded copy's NaN pattern (0 · inf
+    at padded taps); the input gradient reads the cotangent in place."""
     from fmtarray._kernels.conv._numba import direct as dr
 
     calls = []
-    orig = dr._border_run
-    monkeypatch.setattr(dr, "_border_run", lambda *a: calls.append(1) or orig(*a))
+    for fn in ("_border_run", "_border_weight_grad", "_input_grad_in_place"):
+        orig = getattr(dr, fn)
+        monkeypatch.setattr(dr, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, *(6, 5, 4)[:d], groups * cg)).astype(dtype)
     w = rng.standard_normal((*(3, 2, 3)[:d], cg, fg, groups)).astype(dtype)
     b = rng.standard_normal(groups * fg).astype(dtype)
     kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=0.0)
     args = (stride, dil, pb, pa, 0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
+    force = {"forward": "numba.direct", "weight_grad": "numba.direct",
+             "input_grad": "numba.direct_input_grad"}
+    refs = ref_conv_vjp(x, w, gy, *args)
     with K.tuning(direct_in_place_ratio=0):
         y = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
-        assert calls and rel_err(y, ref_conv(x, w, b, *args)) <= TOL[dtype]
+        assert rel_err(y, ref_conv(x, w, b, *args)) <= TOL[dtype]
+        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=force, **kw)
+        assert rel_err(gx, refs[0]) <= TOL[dtype] and rel_err(gw, refs[1]) <= TOL[dtype]
+        # outputs reading only padding: the weight gradient keeps the copy
+        wholly_padding = len(dr.border_plan(spec_of(cnp, x, w, **kw))[1]) > 0
+        assert sorted(calls) == sorted(["_border_run", "_input_grad_in_place"] + (
+            [] if wholly_padding else ["_border_weight_grad"]))
         calls.clear()
         w[(0,) * d + (0, 1, 0)] = np.inf
+        gy[(0,) * (d + 1) + (1,)] = -np.inf
         with np.errstate(invalid="ignore", over="ignore"):
             y = conv_forward(cnp, x, w, None, force="numba.direct", **kw)
-            ref = ref_conv(x, w, None, *args)
-    assert not calls
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
-    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+            gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force=force, **kw)[1]
+            refs = (ref_conv(x, w, None, *args), ref_conv_vjp(x, w, gy, *args)[1])
+    assert "_border_run" not in calls
+    for got, ref in zip((y, gw), refs):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))

@@ -19,10 +19,10 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   k0 = 0``), else the sum so far in ``y`` (weights too big for the cache are summed a
   block of runs, or of one run, at a time; ``y`` then needs a vector of slack past its
   end: whole vectors are read back).
-* :func:`wgrad_tile` ``(xf, gy, acc, pos, a)`` with ``a = (p0, p1, xoff, nk, gbase, gstep,
+* :func:`wgrad_tile` ``(xf, gy, acc, pos, gpos, a)`` with ``a = (p0, p1, xoff, nk, gbase,
   abase, astep)``: for each of the ``nk`` window offsets ``xoff + i`` and the ``NV``
   filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
-  xf[pos[p] + xoff + i] · gy[p·gstep + gbase + f]`` (the cotangent padded to whole
+  xf[pos[p] + xoff + i] · gy[gpos[p] + gbase + f]`` (the cotangent padded to whole
   vectors).
 * channel-wise (one channel per group, one filter per channel: vectors of channels
   instead of filters): :func:`forward_tile` with ``channelwise`` and ``a`` extended by
@@ -221,19 +221,19 @@ def wgrad_tile(nv, narrow=0):
     kb_n = NARROW_BLOCK if narrow else BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, gy, acc, pos, a):
+    def tile(typingctx, xf, gy, acc, pos, gpos, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES >> narrow)
-            xp, gp, ap, pp = (_data(context, builder, t, x)
-                              for t, x in zip(sig.args[:4], args[:4]))
-            p0, p1, xoff, nk, gbase, gstep, abase, astep = (
-                builder.extract_value(args[4], i) for i in range(8))
+            xp, gp, ap, pp, gq = (_data(context, builder, t, x)
+                                  for t, x in zip(sig.args[:5], args[:5]))
+            p0, p1, xoff, nk, gbase, abase, astep = (
+                builder.extract_value(args[5], i) for i in range(7))
             accs = [[cgutils.alloca_once_value(builder, v.zero()) for _ in range(nv)]
                     for _ in range(kb_n)]
             koff = [builder.add(xoff, _clamped(builder, i, nk)) for i in range(kb_n)]
             with cgutils.for_range_slice(builder, p0, p1, _i(1)) as (p, _):
                 xo = builder.load(builder.gep(pp, [p]))
-                go = builder.add(gbase, builder.mul(p, gstep))
+                go = builder.add(gbase, builder.load(builder.gep(gq, [p])))
                 gs = [v.load(gp, builder.add(go, _i(c * v.lanes))) for c in range(nv)]
                 for i in range(kb_n):
                     xs = v.splat(xp, builder.add(xo, koff[i]))
@@ -242,7 +242,7 @@ def wgrad_tile(nv, narrow=0):
             _add_rows(v, accs, nk, ap, abase, astep)
             return context.get_dummy_value()
 
-        return types.void(xf, gy, acc, pos, a), codegen
+        return types.void(xf, gy, acc, pos, gpos, a), codegen
 
     return tile
 
@@ -357,10 +357,12 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock,
 
 
 @njit(**_JIT)
-def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1, va, vb):
+def weight_grad_positions(xf, pos, gpos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1, va,
+                          vb):
     """``af += `` the weight gradient over output positions ``q0 .. q1-1`` for the filter
     vectors ``va .. vb-1`` of each group; ``gf`` is the cotangent ``(positions, G, Fp)``
-    padded with zeros, ``af`` ``(G, T·R, Fp)``, both flat."""
+    padded with zeros, position ``p``'s at ``gf[gpos[p]]``, ``af`` ``(G, T·R, Fp)``, both
+    flat."""
     G, T = offs.shape
     lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
     for pa in range(q0, q1, per_tile):
@@ -372,20 +374,20 @@ def weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow, per_tile, q0, q1
                     f0 = v0 * lanes
                     kb = _block(nv, narrow)
                     for k0 in range(0, R, kb):
-                        a = (pa, pb, offs[g, t] + k0, min(kb, R - k0), g * Fp + f0, G * Fp,
+                        a = (pa, pb, offs[g, t] + k0, min(kb, R - k0), g * Fp + f0,
                              (g * T * R + t * R + k0) * Fp + f0, Fp)
                         if narrow == 1:
-                            _wh(xf, gf, af, pos, a)
+                            _wh(xf, gf, af, pos, gpos, a)
                         elif narrow == 2:
-                            _wq(xf, gf, af, pos, a)
+                            _wq(xf, gf, af, pos, gpos, a)
                         elif nv == 1:
-                            _w1(xf, gf, af, pos, a)
+                            _w1(xf, gf, af, pos, gpos, a)
                         elif nv == 2:
-                            _w2(xf, gf, af, pos, a)
+                            _w2(xf, gf, af, pos, gpos, a)
                         elif nv == 3:
-                            _w3(xf, gf, af, pos, a)
+                            _w3(xf, gf, af, pos, gpos, a)
                         else:
-                            _w4(xf, gf, af, pos, a)
+                            _w4(xf, gf, af, pos, gpos, a)
 
 
 @njit(**_JIT)

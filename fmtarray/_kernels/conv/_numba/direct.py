@@ -509,34 +509,104 @@ def wgrad_blocks(n):
 
 
 def _weight_grad(gy, x, spec, dtype):
+    lanes, narrow = _width(dtype, spec.Fg)
+    gp = packed(gy, spec.G, lanes, dtype)
+    wbytes = spec.K * spec.Cg * spec.F * dtype.itemsize
+    if (any(spec.pb + spec.pa) and spec.constant_padding and float(spec.value) == 0.0
+            and x.dtype == dtype and x.flags.c_contiguous
+            and wbytes * current().direct_in_place_ratio <= x.nbytes
+            and not len(border_plan(spec)[1])):  # (as the forward's rule, see in_place)
+        acc = _border_weight_grad(x, gp, spec, dtype)
+        if all_finite(acc):  # else a non-finite cotangent may have met the padding
+            return _gw(acc, spec)
+    pos, _, offs, R = forward_plan(spec)
+    acc = _weight_grad_sum(padded_input(x, spec, dtype).reshape(-1),
+                           [(pos, _gpos(spec, gp.shape[-1]), offs, R)], gp, spec, dtype)[0]
+    return _gw(acc, spec)
+
+
+def _gw(acc, spec):
+    """``(G, K·Cg, Fp)`` sums as MATLAB's ``(*k, Cg, Fg, G)``."""
+    gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
+    return gw.transpose(*range(1, spec.d + 3), 0)
+
+
+@_cached
+def _gpos(spec, fp):
+    """Where each forward position's cotangent starts in the packed ``(P, G, fp)``."""
+    return np.arange(spec.N * math.prod(spec.out), dtype=np.int64) * (spec.G * fp)
+
+
+@_cached
+def _border_gpos(spec, fp):
+    return [ypos // spec.F * (spec.G * fp) for _, ypos, *_ in border_plan(spec)[0]]
+
+
+def _border_weight_grad(x, gp, spec, dtype):
+    """The weight gradient on the unpadded input, by the groups of :func:`border_plan`:
+    each group sums into rows of its own, added into the taps' rows at the end."""
+    groups, _ = border_plan(spec)
+    gpos = _border_gpos(spec, gp.shape[-1])
+    parts = _weight_grad_sum(x.reshape(-1), [(g[0], q, g[2], g[3]) for g, q in
+                                             zip(groups, gpos)], gp, spec, dtype)
+    acc = np.zeros((spec.G, spec.K * spec.Cg, gp.shape[-1]), dtype=dtype)
+    for (*_, rows), part in zip(groups, parts):
+        acc[:, rows, :] += part
+    return acc
+
+
+def _weight_grad_sum(xf, groups, gp, spec, dtype):
+    """Per group ``(pos, gpos, offs, R)``, ``Σ_p`` of its windows against the packed
+    cotangent ``gp``: a list of ``(G, T·R, Fp)`` sums. Split over the workers by filter
+    blocks for big gradients (each worker sums disjoint filter vectors over every
+    position: no partials), else the first group by a fixed number of position blocks
+    and each other group (the border groups of :func:`border_plan`) whole, each item
+    summing into a buffer of its own, the first group's added in block order (the same
+    bits whatever the number of threads)."""
     from ._simd import NV_MAX
 
     k = _k()
-    xf = padded_input(x, spec, dtype).reshape(-1)
-    pos, _, offs, R = forward_plan(spec)
-    lanes, narrow = _width(dtype, spec.Fg)
-    gp = packed(gy, spec.G, lanes, dtype)
+    _, narrow = _width(dtype, spec.Fg)
     Fp = gp.shape[-1]
     gf = gp.reshape(-1)
-    shape, nvec, per = (spec.G, spec.K * spec.Cg, Fp), Fp // lanes, WGRAD_TILE_POSITIONS
-    if nvec >= 2 and np.prod(shape) * dtype.itemsize >= current().direct_wgrad_split_bytes:
-        # a big gradient: each worker sums disjoint filter blocks over every position (no
-        # partial gradients to add: one pass over them instead of one per block)
-        acc = np.zeros(shape, dtype=dtype)
-        af = acc.reshape(-1)
+    nvec = Fp // (_width(dtype, spec.Fg)[0])
+    shapes = [(spec.G, offs.shape[1] * R, Fp) for _, _, offs, R in groups]
+    sizes = [math.prod(sh) for sh in shapes]
+    starts = np.cumsum([0] + sizes)
+    per = WGRAD_TILE_POSITIONS
+    full = spec.G * spec.K * spec.Cg * Fp * dtype.itemsize  # the gradient's own bytes
+    if nvec >= 2 and full >= current().direct_wgrad_split_bytes:
+        flat = np.zeros(int(starts[-1]), dtype=dtype)
         step = NV_MAX if nvec >= 2 * NV_MAX else 1
-        parallel(lambda _w, v: k.weight_grad_positions(xf, pos, offs, R, gf, af, Fp, narrow,
-                                                       per, 0, len(pos), v,
-                                                       min(v + step, nvec)),
-                 range(0, nvec, step), dynamic=True)
-    else:
-        acc = parallel_sum(
-            lambda _w, q, a: k.weight_grad_positions(xf, pos, offs, R, gf, a.reshape(-1), Fp,
-                                                     narrow, per, q[0], q[1], 0, nvec),
-            wgrad_blocks(len(pos)), shape, dtype)
-    d = spec.d
-    gw = acc[..., :spec.Fg].reshape(spec.G, *spec.k, spec.Cg, spec.Fg)
-    return gw.transpose(*range(1, d + 3), 0)
+
+        def by_filters(_w, v):
+            for (pos, gq, offs, R), a in zip(groups, starts):
+                k.weight_grad_positions(xf, pos, gq, offs, R, gf, flat[a:], Fp, narrow, per,
+                                        0, len(pos), v, min(v + step, nvec))
+
+        parallel(by_filters, range(0, nvec, step), dynamic=True)
+        return [flat[a:a + n].reshape(sh) for a, n, sh in zip(starts, sizes, shapes)]
+
+    def run(i, q0, q1, a):
+        pos, gq, offs, R = groups[i]
+        k.weight_grad_positions(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec)
+
+    blocks = wgrad_blocks(len(groups[0][0]))
+    if len(groups) == 1:
+        first = parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
+                             shapes[0], dtype)
+        return [first]
+    # the first (interior) group by position blocks, each other group whole; every item
+    # sums into a buffer of its own, added in item order
+    items = [(0, q0, q1) for q0, q1 in blocks] + [(i, 0, len(g[0]))
+                                                   for i, g in enumerate(groups) if i]
+    bufs = [np.zeros(sizes[i], dtype=dtype) for i, _, _ in items]
+    parallel(lambda _w, j: run(*items[j], bufs[j]), range(len(items)), dynamic=True)
+    first = bufs[0]
+    for b in bufs[1:len(blocks)]:
+        first += b
+    return [first.reshape(shapes[0])] + [b.reshape(sh) for b, sh in
+                                         zip(bufs[len(blocks):], shapes[1:])]
 
 
 def input_grad(gy, x, w, spec, needs, dtype):
