@@ -303,15 +303,19 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
                                                       pa):
     """One filter per channel, channels-last input with whole vectors of channels and zero
     padding: the forward and the weight gradient read the input where it lies (output
-    positions grouped by their taps inside the input), the reference's values; a ±inf
+    positions grouped by their taps inside the input) and the input gradient the
+    cotangent, the reference's values; a ±inf
     weight or cotangent keeps the padded copy's NaN pattern (0 · inf at padded taps)."""
     from fmtarray._kernels.conv._numba import _simd
     from fmtarray._kernels.conv._numba import depthwise as dw
 
+    from fmtarray._kernels.conv._numba import direct as dr
+
     calls = []
-    for fn in ("_border_forward", "_border_weight_grad"):
-        orig = getattr(dw, fn)
-        monkeypatch.setattr(dw, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
+    for mod, fn in ((dw, "_border_forward"), (dw, "_border_weight_grad"),
+                    (dr, "input_grad_border_plan")):
+        orig = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
     c = 2 * _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, *(5, 6, 4)[:d], c)).astype(dtype)
@@ -323,10 +327,11 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
     args = (stride, dil, pb, pa, 0.0)
     y = conv_forward(cnp, x, w, b, force="numba.depthwise", **kw)
     assert rel_err(y, ref_conv(x, w, b, *args)) <= TOL[dtype]
-    gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force="numba.depthwise",
-                       **kw)[1]
-    assert rel_err(gw, ref_conv_vjp(x, w, gy, *args)[1]) <= TOL[dtype]
-    assert calls == ["_border_forward", "_border_weight_grad"]
+    gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False),
+                              force="numba.depthwise", **kw)
+    refs = ref_conv_vjp(x, w, gy, *args)
+    assert rel_err(gx, refs[0]) <= TOL[dtype] and rel_err(gw, refs[1]) <= TOL[dtype]
+    assert calls == ["_border_forward", "input_grad_border_plan", "_border_weight_grad"]
     if not any(pb + pa):
         return
     w[(0,) * d + (0, 0, 1)] = np.inf

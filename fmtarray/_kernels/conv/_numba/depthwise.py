@@ -229,14 +229,23 @@ def _border_forward(x, wt, bias, spec, y, dtype):
     """The forward on the unpadded input: the output positions grouped by the taps of
     their window that fall inside it (:func:`.direct.border_plan`), each group summing
     only those (the others meet zero padding)."""
-    from . import _simd as dk
     from .direct import border_plan
 
     groups, empty = border_plan(spec, spec.C)
-    C = spec.C
+    b = _simd_groups(x, groups, [wt[taps] for *_, taps in groups], bias, y, spec.C, dtype)
+    if len(empty):  # windows wholly in the padding: the bias alone
+        y.reshape(-1, spec.C)[empty // spec.C] = b
+
+
+def _simd_groups(src, groups, wts, bias, y, C, dtype):
+    """``y[ypos[p] + c] = bias[c] + Σ_t src[pos[p] + offs[t] + c] · w[t, c]`` over each
+    group's positions (``wts[i]`` its ``(taps, C)`` weights), ``C`` whole vectors, one
+    parallel phase. Returns the bias."""
+    from . import _simd as dk
+
     b = np.zeros(C, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    wts = [np.ascontiguousarray(wt[taps]).reshape(-1) for *_, taps in groups]
+    sf, yf = src.reshape(-1), y.reshape(-1)
+    wts = [np.ascontiguousarray(w).reshape(-1) for w in wts]
     items = []
     total = sum(len(g[0]) for g in groups)
     for i, (pos, *_) in enumerate(groups):
@@ -245,24 +254,34 @@ def _border_forward(x, wt, bias, spec, y, dtype):
 
     def run(_w, it):
         pos, ypos, offs, _, _ = groups[it[0]]
-        dk.channelwise_positions(xf, pos, ypos, offs, wts[it[0]], b, C, yf, C, it[1], it[2])
+        dk.channelwise_positions(sf, pos, ypos, offs, wts[it[0]], b, C, yf, C, it[1], it[2])
 
     parallel(run, items, dynamic=True)
-    if len(empty):  # windows wholly in the padding: the bias alone
-        y.reshape(-1, C)[empty // C] = b
+    return b
 
 
 def _simd_input_grad(gy, w, spec, dtype):
-    from .direct import input_grad_plans, padded_cotangent
+    from .direct import input_grad_border_plan, input_grad_plans, padded_cotangent
 
     cp = _simd_channels(spec, dtype)
-    tshape, pads, passes, empty = input_grad_plans(spec, cp)
-    gp = padded_cotangent(gy, spec, pads, cp, dtype)
-    gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
-    wk = _simd_weights(w, dtype, cp).reshape(*spec.k, cp)
-    for pos, ypos, offs, _, taps in passes:
-        _simd_run(gp, pos, ypos, offs[0], np.ascontiguousarray(wk[tuple(taps.T)]), None, gx,
-                  spec.C, dtype)
+    gy = np.asarray(gy)
+    wt = _simd_weights(w, dtype, cp)  # (taps, cp); finite here (see backward)
+    if cp == spec.C and gy.dtype == dtype and gy.flags.c_contiguous:
+        # the cotangent read in place: each phase's targets grouped by the taps that
+        # read inside it (dropping only 0 · w terms)
+        tshape, groups, zero = input_grad_border_plan(spec, cp)
+        gx = np.empty(tshape, dtype=dtype)
+        _simd_groups(gy, groups, [wt[rows] for *_, rows in groups], None, gx, spec.C, dtype)
+        if len(zero):
+            gx.reshape(-1, spec.C)[zero // spec.C] = 0
+    else:
+        tshape, pads, passes, empty = input_grad_plans(spec, cp)
+        gp = padded_cotangent(gy, spec, pads, cp, dtype)
+        gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
+        wk = wt.reshape(*spec.k, cp)
+        for pos, ypos, offs, _, taps in passes:
+            _simd_run(gp, pos, ypos, offs[0], np.ascontiguousarray(wk[tuple(taps.T)]), None,
+                      gx, spec.C, dtype)
     return gx if spec.constant_padding else unpad(gx, spec)
 
 

@@ -320,7 +320,7 @@ def input_grad_plans(spec, channels=None):
 @_cached
 def input_grad_border_plan(spec, channels=None):
     """``(target, groups, zero)``: the input gradient reading the *unpadded* cotangent
-    ``(N, *out, F)``: each phase's targets split, as :func:`border_plan` splits the
+    ``(N, *out, F)`` (channel-wise: ``channels``, as :func:`border_plan`): each phase's targets split, as :func:`border_plan` splits the
     forward's outputs, by which of their taps read inside the cotangent; ``zero``: the
     ``ypos`` of targets that no tap reaches."""
     ranges, lo, _, per_dim = _phases(spec)
@@ -328,9 +328,12 @@ def input_grad_border_plan(spec, channels=None):
     per_dim = [[c for src, tgt, off, ids in phases
                 for c in _classes(src - low, tgt, off, ids, o)]
                for phases, low, o in zip(per_dim, lo, spec.out)]
-    groups, zero = _groups(per_dim, (spec.N, *spec.out, spec.F), tshape, spec.G, spec.Fg,
-                           _ig_merge(spec), spec)
-    return tshape, groups, zero
+    if channels is None:
+        groups, zero = _groups(per_dim, (spec.N, *spec.out, spec.F), tshape, spec.G, spec.Fg,
+                               _ig_merge(spec), spec)
+        return tshape, groups, zero
+    groups, zero = _groups(per_dim, (spec.N, *spec.out, channels), tshape, 1, 1, False, spec)
+    return tshape, [(p, y, o[0], r, rows) for p, y, o, r, rows in groups], zero
 
 
 def _width(dtype, n):
