@@ -201,7 +201,7 @@ def test_plan_cache_is_bounded_by_bytes(monkeypatch):
     """The plans' index arrays (16 bytes per output position) are kept for the next calls
     within PLAN_CACHE_BYTES, the least recently used going first; a hit returns the same
     arrays."""
-    from fmtarray._kernels.conv._numba import direct
+    from fmtarray._kernels.conv._numba import plans as direct
 
     rng = np.random.default_rng(0)
     specs = [spec_of(cnp, rng.standard_normal((2, n, n, 3)), np.zeros((3, 3, 3, 4, 1)))
@@ -309,11 +309,11 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
     from fmtarray._kernels.conv._numba import _simd
     from fmtarray._kernels.conv._numba import depthwise as dw
 
-    from fmtarray._kernels.conv._numba import direct as dr
+    from fmtarray._kernels.conv._numba import plans
 
     calls = []
     for mod, fn in ((dw, "_border_forward"), (dw, "_border_weight_grad"),
-                    (dr, "input_grad_border_plan")):
+                    (plans, "input_grad_border_plan")):
         orig = getattr(mod, fn)
         monkeypatch.setattr(mod, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
     c = 2 * _simd.VECTOR_BYTES // np.dtype(dtype).itemsize

@@ -198,7 +198,8 @@ def _simd_run(src, pos, ypos, offs, wt, bias, y, C, dtype):
 
 
 def _simd_forward(x, w, bias, spec, dtype):
-    from .direct import forward_plan, padded_input
+    from .direct import padded_input
+    from .plans import forward_plan
 
     cp = _simd_channels(spec, dtype)
     y = np.empty((spec.N, *spec.out, spec.F), dtype=dtype)
@@ -227,9 +228,9 @@ def _in_place(x, wt, spec, dtype, cp):
 
 def _border_forward(x, wt, bias, spec, y, dtype):
     """The forward on the unpadded input: the output positions grouped by the taps of
-    their window that fall inside it (:func:`.direct.border_plan`), each group summing
+    their window that fall inside it (:func:`.plans.border_plan`), each group summing
     only those (the others meet zero padding)."""
-    from .direct import border_plan
+    from .plans import border_plan
 
     groups, empty = border_plan(spec, spec.C)
     b = _simd_groups(x, groups, [wt[taps] for *_, taps in groups], bias, y, spec.C, dtype)
@@ -261,7 +262,8 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
 
 
 def _simd_input_grad(gy, w, spec, dtype):
-    from .direct import input_grad_border_plan, input_grad_plans, padded_cotangent
+    from .direct import padded_cotangent
+    from .plans import input_grad_border_plan, input_grad_plans
 
     cp = _simd_channels(spec, dtype)
     gy = np.asarray(gy)
@@ -300,7 +302,8 @@ def _simd_weight_grad(gy, x, spec, dtype):
 
 def _padded_weight_grad(x, gf, spec, dtype, cp):
     from . import _simd as dk
-    from .direct import WGRAD_TILE_POSITIONS, forward_plan, padded_input, wgrad_blocks
+    from .direct import WGRAD_TILE_POSITIONS, padded_input, wgrad_blocks
+    from .plans import forward_plan
 
     pos, ypos, offs, _ = forward_plan(spec, cp)
     gpos = ypos if cp == spec.F else np.arange(len(pos), dtype=np.int64) * cp
@@ -315,12 +318,13 @@ def _padded_weight_grad(x, gf, spec, dtype, cp):
 
 def _border_weight_grad(x, gf, spec, dtype):
     """The weight gradient on the unpadded input, by the groups of
-    :func:`.direct.border_plan`: each group sums its taps into rows of its own, added
+    :func:`.plans.border_plan`: each group sums its taps into rows of its own, added
     into the taps' rows at the end (a fixed number of blocks: the same bits whatever
     the number of threads). ``(T, C)``; ``None`` when some output's window lies wholly in
     the padding (its cotangent would meet only padding, unseen here)."""
     from . import _simd as dk
-    from .direct import WGRAD_TILE_POSITIONS, border_plan, wgrad_blocks
+    from .direct import WGRAD_TILE_POSITIONS, wgrad_blocks
+    from .plans import border_plan
 
     groups, empty = border_plan(spec, spec.C)
     if len(empty):

@@ -1,0 +1,243 @@
+"""Index plans of the compiled direct kernels: where each position's window starts in
+the source, where it writes, and the offsets of its runs (see :mod:`._simd`).
+
+* :func:`forward_plan` and :func:`input_grad_plans` read a padded copy of the source;
+* :func:`border_plan` and :func:`input_grad_border_plan` read the source where it lies,
+  its zero padding never materialised: along each convolved dim the positions fall in
+  classes by which taps of their window read inside the source, and each product of
+  classes is a *group* with only those taps (and its rows of the weights).
+
+Plans depend on the :class:`~..spec.ConvSpec` alone and are cached (least recently used
+first out past :data:`PLAN_CACHE_BYTES`): a training loop calls the same convolutions.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import math
+import threading
+
+import numpy as np
+
+__all__ = ["PLAN_CACHE_BYTES", "forward_plan", "input_grad_plans", "border_plan",
+           "input_grad_border_plan", "gpos", "border_gpos"]
+
+
+def _strides(shape):
+    st = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        st[i] = st[i + 1] * shape[i + 1]
+    return st
+
+
+def _plan(dims, src_shape, tgt_shape, G, cin, merge):
+    """``(pos, ypos, offs, R, taps)`` of one pass (see :mod:`._simd`).
+
+    ``dims``: per convolved dim ``(src, tgt, off, ids)``: the source index of each
+    position's window reference and the target index of the position, and, ascending,
+    the source-index offsets of the taps and their kernel indices. ``cin``: source
+    channels per group. ``merge``: the last dim's taps are adjacent in the source (one
+    run per window row). ``taps``: the kernel multi-indices in run order."""
+    ss, ts = _strides(src_shape), _strides(tgt_shape)
+    pos = np.arange(src_shape[0], dtype=np.int64) * ss[0]
+    ypos = np.arange(tgt_shape[0], dtype=np.int64) * ts[0]
+    off = np.zeros(1, dtype=np.int64)
+    taps = np.zeros((1, 0), dtype=np.int64)
+    for i, (src, tgt, o, ids) in enumerate(dims):
+        pos = (pos[:, None] + np.asarray(src, np.int64)[None, :] * ss[i + 1]).ravel()
+        ypos = (ypos[:, None] + np.asarray(tgt, np.int64)[None, :] * ts[i + 1]).ravel()
+        off = (off[:, None] + np.asarray(o, np.int64)[None, :] * ss[i + 1]).ravel()
+        taps = np.concatenate([np.repeat(taps, len(ids), 0),
+                               np.tile(np.asarray(ids, np.int64), len(taps))[:, None]], 1)
+    m = len(dims[-1][2]) if merge else 1
+    offs = off[::m][None, :] + np.arange(G, dtype=np.int64)[:, None] * cin
+    return pos, ypos, np.ascontiguousarray(offs), m * cin, taps
+
+
+#: the plans' index arrays kept for the next calls, at most this many bytes in all
+PLAN_CACHE_BYTES = 64 * 2**20
+
+
+def _cached(build):
+    """``build(spec, channels)`` remembered for the next calls with the same arguments
+    (a training loop calls the same convolutions), least recently used first out once
+    the cache's index arrays pass ``PLAN_CACHE_BYTES`` (a plan holds 16 bytes per output
+    position: large batches of large images make big plans)."""
+    cache, lock = collections.OrderedDict(), threading.Lock()
+
+    def size(v):
+        return sum(a.nbytes for a in _arrays(v))
+
+    @functools.wraps(build)
+    def get(spec, channels=None):
+        key = (spec, channels)
+        with lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = build(spec, channels)
+        with lock:
+            cache[key] = value
+            total = sum(size(v) for v in cache.values())
+            while total > PLAN_CACHE_BYTES and len(cache) > 1:
+                total -= size(cache.popitem(last=False)[1])
+        return value
+
+    get.cache = cache  # for inspection
+    return get
+
+
+def _arrays(v):
+    if isinstance(v, np.ndarray):
+        yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _arrays(x)
+
+
+@_cached
+def forward_plan(spec, channels=None):
+    """``(pos, ypos, offs, R)`` of the forward; ``channels``: the channel-wise form, the
+    padded input holding that many channels (one group, one-value runs)."""
+    dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
+            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+    if channels is not None:
+        return _plan(dims, (spec.N, *spec.padded, channels), (spec.N, *spec.out, spec.F), 1,
+                     1, False)[:4]
+    return _plan(dims, (spec.N, *spec.padded, spec.C), (spec.N, *spec.out, spec.F), spec.G,
+                 spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
+
+
+def _classes(src, tgt, off, ids, n):
+    """One dim's positions split by which of their taps read inside ``[0, n)`` of the
+    unpadded source: ``[(src, tgt, off, ids), ...]`` per class (``off``/``ids`` the
+    class's taps, empty for positions that read only padding)."""
+    classes = {}
+    for i, s0 in enumerate(np.asarray(src).tolist()):
+        valid = tuple(t for t, o in enumerate(off) if 0 <= s0 + o < n)
+        classes.setdefault(valid, []).append(i)
+    off, ids = np.asarray(off, np.int64), np.asarray(ids, np.int64)
+    return [(np.asarray(src)[ii], np.asarray(tgt)[ii], off[list(v)], ids[list(v)])
+            for v, ii in classes.items()]
+
+
+def _groups(per_dim, src, tgt, G, cin, merge, spec):
+    """The products of the dims' classes as groups ``(pos, ypos, offs, R, rows)`` with
+    ``rows`` the group's rows of weights laid out ``(G, K·cin, ·)`` in run order; and the
+    ``ypos`` of the positions that read only padding."""
+    groups, empty = [], []
+    for dims in itertools.product(*per_dim):
+        if any(len(d[0]) == 0 for d in dims):
+            continue
+        if any(len(d[3]) == 0 for d in dims):
+            empty.append(_plan(dims, src, tgt, 1, 1, False)[1])
+            continue
+        pos, ypos, offs, R, taps = _plan(dims, src, tgt, G, cin, merge)
+        flat = np.ravel_multi_index(tuple(taps.T), spec.k)
+        groups.append((pos, ypos, offs, R, (flat[:, None] * cin + np.arange(cin)).ravel()))
+    groups.sort(key=lambda g: -len(g[0]))
+    return groups, np.concatenate(empty) if empty else np.zeros(0, np.int64)
+
+
+@_cached
+def border_plan(spec, channels=None):
+    """``(groups, empty)``: the forward read from the *unpadded* input (zero padding
+    never materialised). Along each convolved dim the output indices fall in classes by
+    which taps of their window lie inside the input; each product of classes is a group
+    ``(pos, ypos, offs, R, rows)`` with only those taps (``pos`` may point before the
+    input: ``pos + offs`` never does) and ``rows``, the group's rows of the weights
+    ``(G, K·Cg, Fg)`` in run order (the channel-wise form, ``channels`` given: the input
+    ``(N, *sp, channels)``, one-value runs, ``offs`` one row, ``rows`` the taps).
+    ``empty``: ``ypos`` of the outputs whose window lies wholly in the padding."""
+    per_dim = [_classes(np.arange(o) * s - b, np.arange(o), np.arange(k) * dl, np.arange(k), n)
+               for n, o, s, k, dl, b in zip(spec.sp, spec.out, spec.stride, spec.k,
+                                            spec.dilation, spec.pb)]
+    tgt = (spec.N, *spec.out, spec.F)
+    if channels is None:
+        return _groups(per_dim, (spec.N, *spec.sp, spec.C), tgt, spec.G, spec.Cg,
+                       spec.G == 1 and spec.dilation[-1] == 1, spec)
+    groups, empty = _groups(per_dim, (spec.N, *spec.sp, channels), tgt, 1, 1, False, spec)
+    return [(p, y, o[0], r, rows) for p, y, o, r, rows in groups], empty
+
+
+def _phases(spec):
+    """``(ranges, lo, hi, per_dim)`` of the input gradient by phase: the target's range
+    per dim (the input, or for non-constant padding the padded input), the cotangent's
+    zero padding ``lo``/``hi`` that the phases read, and per dim per phase ``(src, tgt,
+    off, ids)`` with ``src`` in the padded cotangent."""
+    if spec.constant_padding:
+        ranges = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
+    else:
+        ranges = [(0, n) for n in spec.padded]
+    lo = [max(0, -((u0 - (k - 1) * dl) // s)) for (u0, _), k, dl, s in
+          zip(ranges, spec.k, spec.dilation, spec.stride)]
+    hi = [max(0, (u1 - 1) // s - (o - 1)) for (_, u1), s, o in
+          zip(ranges, spec.stride, spec.out)]
+    per_dim = []
+    for (u0, u1), k, dl, s, low in zip(ranges, spec.k, spec.dilation, spec.stride, lo):
+        phases = []
+        for ph in range(s):
+            u = np.arange(u0 + (ph - u0) % s, u1, s)
+            kk = np.array([t for t in range(k - 1, -1, -1) if (ph - t * dl) % s == 0],
+                          dtype=np.int64)
+            phases.append(((u - ph) // s + low, u - u0, (ph - kk * dl) // s, kk))
+        per_dim.append(phases)
+    return ranges, lo, hi, per_dim
+
+
+def _ig_merge(spec):
+    return spec.G == 1 and spec.stride[-1] % spec.dilation[-1] == 0
+
+
+@_cached
+def input_grad_plans(spec, channels=None):
+    """``(target, cotangent pads, passes, any_empty)``: the input gradient's target (the
+    input, or for non-constant padding the padded input) and, per phase, the plan;
+    ``channels``: the channel-wise form, the padded cotangent holding that many."""
+    ranges, lo, hi, per_dim = _phases(spec)
+    gshape = (spec.N, *(o + a + b for o, a, b in zip(spec.out, lo, hi)),
+              spec.F if channels is None else channels)
+    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
+    merge = _ig_merge(spec) and channels is None
+    groups, cin = (spec.G, spec.Fg) if channels is None else (1, 1)
+    passes, empty = [], False
+    for dims in itertools.product(*per_dim):
+        if any(len(d[0]) == 0 for d in dims):
+            continue
+        if any(len(d[3]) == 0 for d in dims):
+            empty = True
+            continue
+        passes.append(_plan(dims, gshape, tshape, groups, cin, merge))
+    return tshape, list(zip(lo, hi)), passes, empty
+
+
+@_cached
+def input_grad_border_plan(spec, channels=None):
+    """``(target, groups, zero)``: the input gradient reading the *unpadded* cotangent
+    ``(N, *out, F)`` (channel-wise: ``channels``, as :func:`border_plan`): each phase's targets split, as :func:`border_plan` splits the
+    forward's outputs, by which of their taps read inside the cotangent; ``zero``: the
+    ``ypos`` of targets that no tap reaches."""
+    ranges, lo, _, per_dim = _phases(spec)
+    tshape = (spec.N, *(u1 - u0 for u0, u1 in ranges), spec.C)
+    per_dim = [[c for src, tgt, off, ids in phases
+                for c in _classes(src - low, tgt, off, ids, o)]
+               for phases, low, o in zip(per_dim, lo, spec.out)]
+    if channels is None:
+        groups, zero = _groups(per_dim, (spec.N, *spec.out, spec.F), tshape, spec.G, spec.Fg,
+                               _ig_merge(spec), spec)
+        return tshape, groups, zero
+    groups, zero = _groups(per_dim, (spec.N, *spec.out, channels), tshape, 1, 1, False, spec)
+    return tshape, [(p, y, o[0], r, rows) for p, y, o, r, rows in groups], zero
+
+
+@_cached
+def gpos(spec, fp):
+    """Where each forward position's cotangent starts in the packed ``(P, G, fp)``."""
+    return np.arange(spec.N * math.prod(spec.out), dtype=np.int64) * (spec.G * fp)
+
+
+@_cached
+def border_gpos(spec, fp):
+    return [ypos // spec.F * (spec.G * fp) for _, ypos, *_ in border_plan(spec)[0]]
