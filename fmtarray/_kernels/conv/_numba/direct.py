@@ -12,9 +12,9 @@ each tap's channels, or, with one group and neighbouring taps adjacent in the so
 a whole window row of taps and channels. The SIMD tiles of :mod:`._simd` sum a block of
 positions × filter vectors at once over each run, the partial sums in vector registers.
 
-* forward: source the padded input, target the output; positions ``o``, window at
+* forward: source the (padded) input, target the output; positions ``o``, window at
   ``o·s``, taps at ``k·dil``.
-* input gradient: source the cotangent padded with zeros, target the input (or the
+* input gradient: source the cotangent (padded with zeros), target the input (or the
   padded input, whose padding's adjoint folds it back): by *phase* ``u mod s`` of the
   input position ``u``, the taps with ``(u - k·dil) ≡ 0 (mod s)`` reach cotangent
   ``(u - k·dil)/s``; one pass per phase, no zeros inserted, no scatter.
@@ -22,10 +22,16 @@ positions × filter vectors at once over each run, the partial sums in vector re
   positions (a fixed number of position blocks whose partials are added in block order:
   the bits do not depend on the thread count).
 
-Every product of the definition is formed (padding included; the input gradient's zero
-padding of the cotangent meets the weights, so a non-finite weight sends that gradient
-to the exact scatter, as for the NumPy entries), and each result is one running sum in
-a fixed order.
+Zero padding is not materialised where a channels-last source can be read in place
+(:mod:`.plans`' border groups: each position sums only the taps of its window inside
+the source): the forward and the weight gradient on the input when it has at least
+``Tuning.direct_in_place_ratio`` times the weights' bytes, the input gradient on any
+channels-last cotangent. The terms dropped are ``0 · w`` (forward; weights checked
+finite, else the padded copy), ``0 · gy`` (weight gradient; a non-finite result is
+recomputed on the padded copy, whose ``0 · inf`` gives the definition's NaN) and
+``0 · w`` (input gradient; this entry runs with finite weights, non-finite ones go to
+the exact scatter, as for the NumPy entries). Otherwise every product of the definition
+is formed, padding included, and each result is one running sum in a fixed order.
 """
 
 from __future__ import annotations
