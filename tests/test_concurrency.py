@@ -42,8 +42,6 @@ CASES = {
     "numba.depthwise": ("cl", 3, (7, 6), 1, 2, 5, (3, 2), dict(stride=(2, 1), pad_before=1),
                         {}),
     "numba.direct": ("cl", 3, (7, 6), 3, 4, 2, (3, 2), dict(stride=(2, 1), pad_before=1), {}),
-    "numba.direct_weight_grad": ("cl", 3, (7, 6), 3, 4, 2, (3, 2),
-                                 dict(stride=(2, 1), pad_before=1), {}),
     "numba.direct_input_grad": ("bi", 3, (7, 6), 8, 4, 2, (3, 2), dict(stride=(2, 1)), {}),
     "numpy.flat_shift": ("bi", 3, (6, 7), 3, 4, 1, (3, 3), dict(pad_before=1, pad_after=1),
                          dict(flat_channels=(1, 32), flat_min_n=2, flat_min_row=1,

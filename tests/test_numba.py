@@ -30,23 +30,20 @@ needs_numba = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
                                  or _numba.unavailable() is not None,
                                  reason="numba unavailable or FMTARRAY_NUMBA=0")
 
-#: numba.direct's forward and numba.direct_weight_grad's domain
-_DIRECT = config(
-    d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
-    stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
-    # the reduction in blocks: pieces of one run, or a few runs at a time
-    tunings=({}, {"direct_weight_block_bytes": 1}, {"direct_weight_block_bytes": 3 * 64 * 8},
-             # zero-padded input read in place (border groups) however small
-             {"direct_in_place_ratio": 0},
-             {"direct_in_place_ratio": 0, "direct_wgrad_split_bytes": 0}))
-
 #: entry -> (ops it serves, strategy of configurations inside its domain)
 DOMAINS = {
     "numba.depthwise": (("forward", "input_grad", "weight_grad"), config(
         d=(1, 2, 2, 3), G=(2, 3, 5, 17, 40), Cg=1, Fg=(1, 1, 2, 3), N=(1, 2, 3),
         stride=(1, 2, 3), dil=(1, 2), layouts=("cl", "cl", "bi", "li", "cf"))),
-    "numba.direct": (("forward",), _DIRECT),
-    "numba.direct_weight_grad": (("weight_grad",), _DIRECT),
+    "numba.direct": (("forward", "weight_grad"), config(
+        d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5), Fg=(1, 2, 3, 4, 5, 7), N=(1, 2, 3),
+        stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
+        # the reduction in blocks: pieces of one run, or a few runs at a time
+        tunings=({}, {"direct_weight_block_bytes": 1},
+                 {"direct_weight_block_bytes": 3 * 64 * 8},
+                 # zero-padded input read in place (border groups) however small
+                 {"direct_in_place_ratio": 0},
+                 {"direct_in_place_ratio": 0, "direct_wgrad_split_bytes": 0}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
         N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
@@ -147,7 +144,7 @@ def test_non_finite_pattern_is_torchs(name, groups, where, bad):
     with np.errstate(invalid="ignore", over="ignore"):
         y = conv_forward(cnp, x, w, None, force=name, **kw)
         force = name if name != "numba.direct" else {
-            "input_grad": "numba.direct_input_grad", "weight_grad": "numba.direct_weight_grad"}
+            "input_grad": "numba.direct_input_grad", "weight_grad": "numba.direct"}
         gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=force, **kw)
     for got, ref in zip((y, gx, gw), refs):
         assert got.shape == ref.shape
@@ -190,13 +187,13 @@ def test_weight_gradient_split_by_filter_blocks(dtype, groups, fg):
     spec = spec_of(cnp, x, w, **kw)
     gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
     with K.tuning(direct_wgrad_split_bytes=0):
-        gw = conv_backward(cnp, gy, x, w, needs=(False, True, False),
-                           force="numba.direct_weight_grad", **kw)[1]
+        gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force="numba.direct",
+                           **kw)[1]
     ref = ref_conv_vjp(x, w, gy, (2, 1), (1, 1), (1, 0), (0, 1), 0.0)[1]
     assert rel_err(gw, ref) <= TOL[dtype]
     with K.tuning(direct_wgrad_split_bytes=1 << 40):
         by_positions = conv_backward(cnp, gy, x, w, needs=(False, True, False),
-                                     force="numba.direct_weight_grad", **kw)[1]
+                                     force="numba.direct", **kw)[1]
     assert rel_err(gw, by_positions) <= TOL[dtype]
 
 
@@ -230,7 +227,7 @@ def test_dense_and_grouped_select_the_compiled_kernel():
     x = rng.standard_normal((4, 9, 9, 8)).astype(np.float32)
     xs = np.ascontiguousarray(x.transpose(1, 2, 3, 0))  # canonical memory order
     direct = {"forward": "numba.direct", "input_grad": "numba.direct_input_grad",
-              "weight_grad": "numba.direct_weight_grad"}
+              "weight_grad": "numba.direct"}
     for w in (rng.standard_normal((3, 3, 8, 6)), rng.standard_normal((3, 3, 4, 3, 2))):
         w = w.astype(np.float32)
         assert _plan("BSSC", x, w, padding=1, stride=2) == direct
@@ -251,12 +248,7 @@ def test_dense_and_grouped_select_the_compiled_kernel():
         assert "numba.direct" not in plan.chosen().values()
         assert "direct_max_cf (63) where numpy.winograd applies" in str(plan)
     with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=0):
-        # Winograd declines this case: the gradients stay compiled, the forward goes to
-        # a BLAS GEMM
-        plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
-        assert plan.chosen() == {**direct, "forward": plan.chosen()["forward"]}
-        assert plan.chosen()["forward"].startswith("numpy.gemm")
-        assert "direct_max_cf (63): weights this large" in str(plan)
+        assert _plan("BSSC", x, w, padding=1) == direct  # Winograd declines this case
     with K.tuning(direct_max_cf=64, winograd_min_total_cols=1):
         assert _plan("BSSC", x, w, padding=1) == direct
     # big weights over few positions: the input gradient goes to the BLAS entries
@@ -265,7 +257,7 @@ def test_dense_and_grouped_select_the_compiled_kernel():
         assert plan.chosen()["input_grad"] != "numba.direct_input_grad"
         assert "direct_input_grad_min_positions (325)" in str(plan)
     with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=4 * 9 * 9):
-        assert _plan("BSSC", x, w, padding=1)["input_grad"] == "numba.direct_input_grad"
+        assert _plan("BSSC", x, w, padding=1) == direct
 
 
 def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):
@@ -385,7 +377,7 @@ def test_direct_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, 
     args = (stride, dil, pb, pa, 0.0)
     spec = spec_of(cnp, x, w, **kw)
     gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
-    force = {"forward": "numba.direct", "weight_grad": "numba.direct_weight_grad",
+    force = {"forward": "numba.direct", "weight_grad": "numba.direct",
              "input_grad": "numba.direct_input_grad"}
     refs = ref_conv_vjp(x, w, gy, *args)
     with K.tuning(direct_in_place_ratio=0):

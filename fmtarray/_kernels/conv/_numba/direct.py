@@ -50,8 +50,7 @@ from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
 from .plans import (border_gpos, border_plan, forward_plan, gpos, input_grad_border_plan,
                     input_grad_plans)
 
-__all__ = ["applies", "applies_forward", "applies_input_grad", "forward", "input_grad",
-           "weight_grad"]
+__all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
 
 def _k():
@@ -61,7 +60,7 @@ def _k():
 
 
 def applies(spec, layout):
-    """The weight gradient's domain (the forward's, less :func:`applies_forward`'s rule)."""
+    """The forward's and the weight gradient's domain."""
     if spec.Cg == 1 and spec.G > 1:
         return "channel-wise (one channel per group): numba.depthwise's domain"
     t = current()
@@ -76,17 +75,6 @@ def applies(spec, layout):
                     f"direct_copy_max_cf ({t.direct_copy_max_cf}): the BLAS entries read it "
                     "in place faster than a channels-last copy pays")
     return None  # other memory orders (and any cotangent's) are copied channels-last
-
-
-def applies_forward(spec, layout):
-    r = applies(spec, layout)
-    t = current()
-    if r is None and spec.Cg * spec.Fg > t.direct_max_cf:
-        return (f"{spec.Cg}×{spec.Fg} channels × filters > direct_max_cf ({t.direct_max_cf}): "
-                "weights this large stream through the cache once per block of positions; "
-                "one BLAS GEMM per chunk runs them faster (b8 7×7 512→512: 13–14 ms against "
-                "16–18)")
-    return r
 
 
 def applies_input_grad(spec, layout):
