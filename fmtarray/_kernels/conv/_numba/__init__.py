@@ -74,15 +74,20 @@ def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=N
 _entry("depthwise", ALL, depthwise.applies,
        "channel-wise (one channel per group), any stride, dilation and padding: one "
        "filter per channel on SIMD vectors of channels (any convolved dims, any memory "
-       "order: copied channels-last and padded), several per channel by row kernels "
+       "order: channels-last data with whole vectors of channels read in place, zero "
+       "padding never materialised, else copied channels-last and padded), several per "
+       "channel by row kernels "
        "(1 or 2 convolved dims, input and cotangent channels-innermost C-contiguous, "
        "constant padding not materialised)",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
 _entry("direct", ("forward", "weight_grad"), direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, any "
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
-       "runs; input channels-innermost C-contiguous, or (copied channels-last) C·F ≤ "
-       "direct_copy_max_cf; where numpy.winograd applies only up to C·F = direct_max_cf",
+       "runs; input channels-innermost C-contiguous (zero padding read in place when "
+       "the input outweighs the weights direct_in_place_ratio times; the input "
+       "gradient reads a channels-last cotangent in place), or (copied channels-last) "
+       "C·F ≤ direct_copy_max_cf; where numpy.winograd applies only up to C·F = "
+       "direct_max_cf",
        forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match)
 _entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
        "numba.direct's domain, the input gradient by stride phase (no zeros inserted, no "
