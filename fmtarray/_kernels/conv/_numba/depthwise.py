@@ -184,19 +184,6 @@ def _simd_weights(w, dtype, cp):
     return out
 
 
-def _simd_run(src, pos, ypos, offs, wt, bias, y, C, dtype):
-    from . import _simd as dk
-
-    cp = wt.shape[1]
-    b = np.zeros(cp, dtype)
-    if bias is not None:
-        b[:C] = bias
-    sf, wf, yf = src.reshape(-1), wt.reshape(-1), y.reshape(-1)
-    parallel(lambda _w, q: dk.channelwise_positions(sf, pos, ypos, offs, wf, b, cp, yf, C,
-                                                    q[0], q[1]),
-             _rows(len(pos), 4 * n_workers()), dynamic=True)
-
-
 def _simd_forward(x, w, bias, spec, dtype):
     from .direct import padded_input
     from .plans import forward_plan
@@ -209,8 +196,8 @@ def _simd_forward(x, w, bias, spec, dtype):
         _border_forward(x, wt, bias, spec, y, dtype)
         return y
     pos, ypos, offs, _ = forward_plan(spec, cp)
-    _simd_run(padded_input(x, spec, dtype, cp), pos, ypos, offs[0], wt, bias, y, spec.C,
-              dtype)
+    _simd_groups(padded_input(x, spec, dtype, cp), [(pos, ypos, offs[0], 1, None)], [wt],
+                 bias, y, spec.C, dtype)
     return y
 
 
@@ -240,11 +227,15 @@ def _border_forward(x, wt, bias, spec, y, dtype):
 
 def _simd_groups(src, groups, wts, bias, y, C, dtype):
     """``y[ypos[p] + c] = bias[c] + Σ_t src[pos[p] + offs[t] + c] · w[t, c]`` over each
-    group's positions (``wts[i]`` its ``(taps, C)`` weights), ``C`` whole vectors, one
-    parallel phase. Returns the bias."""
+    group's positions ``(pos, ypos, offs, ·, ·)`` (a channel-wise plan of :mod:`.plans`,
+    or one of its border groups; ``wts[i]`` its ``(taps, Cp)`` weights, ``C`` channels
+    stored), one parallel phase. Returns the bias."""
     from . import _simd as dk
 
-    b = np.zeros(C, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    cp = wts[0].shape[-1]  # whole vectors: the source and the weights hold cp ≥ C channels
+    b = np.zeros(cp, dtype)
+    if bias is not None:
+        b[:C] = bias
     sf, yf = src.reshape(-1), y.reshape(-1)
     wts = [np.ascontiguousarray(w).reshape(-1) for w in wts]
     items = []
@@ -255,10 +246,11 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
 
     def run(_w, it):
         pos, ypos, offs, _, _ = groups[it[0]]
-        dk.channelwise_positions(sf, pos, ypos, offs, wts[it[0]], b, C, yf, C, it[1], it[2])
+        dk.channelwise_positions(sf, pos, ypos, offs, wts[it[0]], b, cp, yf, C, it[1],
+                                 it[2])
 
     parallel(run, items, dynamic=True)
-    return b
+    return b[:C]
 
 
 def _simd_input_grad(gy, w, spec, dtype):
@@ -282,8 +274,8 @@ def _simd_input_grad(gy, w, spec, dtype):
         gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
         wk = wt.reshape(*spec.k, cp)
         for pos, ypos, offs, _, taps in passes:
-            _simd_run(gp, pos, ypos, offs[0], np.ascontiguousarray(wk[tuple(taps.T)]), None,
-                      gx, spec.C, dtype)
+            _simd_groups(gp, [(pos, ypos, offs[0], 1, None)], [wk[tuple(taps.T)]], None, gx,
+                         spec.C, dtype)
     return gx if spec.constant_padding else unpad(gx, spec)
 
 

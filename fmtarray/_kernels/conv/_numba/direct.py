@@ -175,26 +175,6 @@ def output(shape, dtype):
     return np.empty(n + 64 // np.dtype(dtype).itemsize, dtype=dtype)[:n].reshape(shape)
 
 
-def _blocks(n):
-    return _rows(n, 4 * n_workers())
-
-
-def _run(src, pos, ypos, offs, R, wt, bias, out, dtype):
-    """``out[ypos[p] + g·n + f] = bias + Σ`` over each position's window (``wt``
-    ``(G, T·R, n)``), split over the workers."""
-    k = _k()
-    G, n = wt.shape[0], wt.shape[2]
-    lanes, narrow = _width(dtype, n)
-    wt = _vectors(wt, lanes)
-    b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
-    bf = _vectors(b, lanes).reshape(-1)
-    sf, wf, of = src.reshape(-1), wt.reshape(-1), out.reshape(-1)
-    wblock = current().direct_weight_block_bytes
-    parallel(lambda _w, q: k.forward_positions(sf, pos, ypos, offs, R, wf, bf, wt.shape[2],
-                                               of, n, narrow, wblock, q[0], q[1]),
-             _blocks(len(pos)), dynamic=True)
-
-
 def forward(x, w, bias, spec, dtype):
     wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
     wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
@@ -203,7 +183,8 @@ def forward(x, w, bias, spec, dtype):
         _border_run(x, wt, bias, spec, y, dtype)
         return y
     pos, ypos, offs, R = forward_plan(spec)
-    _run(padded_input(x, spec, dtype), pos, ypos, offs, R, wt, bias, y, dtype)
+    _run_groups(padded_input(x, spec, dtype), [(pos, ypos, offs, R, None)], [wt], bias, y,
+                dtype)
     return y
 
 
@@ -231,9 +212,10 @@ def _border_run(x, wt, bias, spec, y, dtype):
 
 
 def _run_groups(src, groups, wts, bias, out, dtype):
-    """``out[ypos[p] + g·n + f] = bias + Σ`` over each group's positions, the group's
-    weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase. Returns the bias ``(G,
-    n)``."""
+    """``out[ypos[p] + g·n + f] = bias + Σ`` over each group's positions ``(pos, ypos,
+    offs, R, ·)`` (a plan of :mod:`.plans`, or one of its border groups), the group's
+    weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose blocks of positions
+    go to the workers as they come free. Returns the bias ``(G, n)``."""
     k = _k()
     G, n = wts[0].shape[0], wts[0].shape[2]
     lanes, narrow = _width(dtype, n)
@@ -268,7 +250,8 @@ def _input_grad(gy, w, spec, dtype):
     if empty:
         gx[...] = 0
     for pos, ypos, offs, R, taps in passes:
-        _run(gp, pos, ypos, offs, R, _transposed(w, taps, spec), None, gx, dtype)
+        _run_groups(gp, [(pos, ypos, offs, R, None)], [_transposed(w, taps, spec)], None, gx,
+                    dtype)
     return gx if spec.constant_padding else unpad(gx, spec)
 
 

@@ -17,7 +17,6 @@ import collections
 import functools
 import itertools
 import math
-import threading
 
 import numpy as np
 
@@ -64,8 +63,13 @@ def _cached(build):
     """``build(spec, channels)`` remembered for the next calls with the same arguments
     (a training loop calls the same convolutions), least recently used first out once
     the cache's index arrays pass ``PLAN_CACHE_BYTES`` (a plan holds 16 bytes per output
-    position: large batches of large images make big plans)."""
-    cache, lock = collections.OrderedDict(), threading.Lock()
+    position: large batches of large images make big plans).
+
+    No lock: a signal handler that convolves may interrupt the thread anywhere in here
+    and come back in (a lock held across that would deadlock the thread on itself).
+    Each step is one dictionary operation, which threads and handlers see whole; at
+    worst two callers build the same plan, or an eviction removes one plan too many."""
+    cache = collections.OrderedDict()
 
     def size(v):
         return sum(a.nbytes for a in _arrays(v))
@@ -73,16 +77,22 @@ def _cached(build):
     @functools.wraps(build)
     def get(spec, channels=None):
         key = (spec, channels)
-        with lock:
-            if key in cache:
+        value = cache.get(key)
+        if value is not None:
+            try:
                 cache.move_to_end(key)
-                return cache[key]
+            except KeyError:  # evicted meanwhile by another caller
+                pass
+            return value
         value = build(spec, channels)
-        with lock:
-            cache[key] = value
-            total = sum(size(v) for v in cache.values())
-            while total > PLAN_CACHE_BYTES and len(cache) > 1:
-                total -= size(cache.popitem(last=False)[1])
+        cache[key] = value
+        entries = list(cache.items())  # oldest first
+        total = sum(size(v) for _, v in entries)
+        for k, v in entries[:-1]:
+            if total <= PLAN_CACHE_BYTES:
+                break
+            if k != key and cache.pop(k, None) is not None:
+                total -= size(v)
         return value
 
     get.cache = cache  # for inspection
