@@ -91,10 +91,15 @@ class Tuning:
     #: workers by filter blocks (else by positions, per-block partial gradients added in
     #: order; 512→512 3×3: 34 → 12 ms)
     direct_wgrad_split_bytes: int = 2**20
-    #: numba.direct's forward reads a zero-padded input in place (no padded copy) when
-    #: the input has at least this many times the weights' bytes (its border groups
-    #: gather their rows of the weights, about 5× them for 3×3)
+    #: numba.direct's forward and weight gradient read a zero-padded channels-last input
+    #: in place, with no padded copy, when it has at least this many times the weights'
+    #: bytes (the border groups gather their rows of the weights, about 5× them for 3×3;
+    #: measured: the weight gradient loses at 2.7×, ties at 14×, wins from 40×)
     direct_in_place_ratio: int = 8
+    #: numba.direct_input_grad reads a channels-last cotangent in place when it has at
+    #: least this many times the weights' bytes (5×5 s2 48→48 at 3.4×: 2.6 against 3.1
+    #: ms; b8 7×7 128→256 at 0.3×: 1.9 against 1.7)
+    direct_input_grad_in_place_ratio: int = 2
 
 
 _DEFAULT = Tuning()

@@ -85,7 +85,8 @@ _entry("direct", ("forward", "weight_grad"), direct.applies,
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
        "runs; input channels-innermost C-contiguous (zero padding read in place when "
        "the input outweighs the weights direct_in_place_ratio times; the input "
-       "gradient reads a channels-last cotangent in place), or (copied channels-last) "
+       "gradient a channels-last cotangent direct_input_grad_in_place_ratio times "
+       "them), or (copied channels-last) "
        "C·F ≤ direct_copy_max_cf; where numpy.winograd applies only up to C·F = "
        "direct_max_cf",
        forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match)

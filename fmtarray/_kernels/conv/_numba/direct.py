@@ -25,8 +25,8 @@ positions × filter vectors at once over each run, the partial sums in vector re
 Zero padding is not materialised where a channels-last source can be read in place
 (:mod:`.plans`' border groups: each position sums only the taps of its window inside
 the source): the forward and the weight gradient on the input when it has at least
-``Tuning.direct_in_place_ratio`` times the weights' bytes, the input gradient on any
-channels-last cotangent. The terms dropped are ``0 · w`` (forward; weights checked
+``Tuning.direct_in_place_ratio`` times the weights' bytes, the input gradient on a
+channels-last cotangent of ``direct_input_grad_in_place_ratio`` times them. The terms dropped are ``0 · w`` (forward; weights checked
 finite, else the padded copy), ``0 · gy`` (weight gradient; a non-finite result is
 recomputed on the padded copy, whose ``0 · inf`` gives the definition's NaN) and
 ``0 · w`` (input gradient; this entry runs with finite weights, non-finite ones go to
@@ -242,7 +242,9 @@ def _run_groups(src, groups, wts, bias, out, dtype):
 
 def _input_grad(gy, w, spec, dtype):
     w = np.asarray(w, dtype=dtype)
-    if gy.dtype == dtype and gy.flags.c_contiguous:  # read where it lies (see below)
+    # read where it lies (see below) unless the groups' rows of big weights cost more
+    if (gy.dtype == dtype and gy.flags.c_contiguous
+            and w.nbytes * current().direct_input_grad_in_place_ratio <= gy.nbytes):
         return _input_grad_in_place(gy, w, spec, dtype)
     tshape, pads, passes, empty = input_grad_plans(spec)
     gp = padded_cotangent(gy, spec, pads, spec.F, dtype)
