@@ -4,10 +4,13 @@ Serves the forward and both gradients of a convolution with one channel per grou
 (any stride, dilation and padding), two ways:
 
 * one filter per channel (the usual depthwise convolution), any number of convolved
-  dims, data in any memory order: the channel-wise SIMD tiles of :mod:`._simd` (vectors of channels, a block of
-  positions per tile) on a copy of the input padded in space and to whole vectors of
-  channels, the plans of :mod:`.direct` (the input gradient by stride phase; with a
-  ±inf/NaN weight it goes to the row kernel below, whose zero padding is never read);
+  dims, data in any memory order: the channel-wise SIMD tiles of :mod:`._simd` (vectors
+  of channels, a block of positions per tile) over the plans of :mod:`.plans` (the input
+  gradient by stride phase; with a ±inf/NaN weight it goes to the row kernel below,
+  whose zero padding is never read). Channels-last data holding whole vectors of
+  channels is read in place, its zero padding never materialised (the border groups of
+  :mod:`.plans`); other data is copied, padded in space and to whole vectors of
+  channels;
 * several filters per channel, 1 or 2 convolved dims, input (and cotangent) holding
   its channels innermost (``(N, *sp, C)`` C-contiguous: NHWC data formatted ``"BSSC"``):
   the row kernels of
