@@ -549,3 +549,21 @@ def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
                                                   progress=True))
     err = capsys.readouterr().err
     assert "[##############################] 6/6" in err and "epoch 2/2 loss" in err
+
+
+@pytest.mark.parametrize("fmt,memory", [("BSSC", (32, 5, 4, 3)), ("SSCB", (5, 4, 3, 32)),
+                                        ("CB", (10, 32)), ("BC", (32, 10)),
+                                        ("SSBC", (5, 4, 32, 3))])
+def test_mini_batch_gather_keeps_the_memory_order(fmt, memory):
+    from fmtarray.training.data import Batches
+
+    host = np.random.default_rng(0).standard_normal(memory).astype(np.float32)
+    a = FormattedArray(host, fmt)
+    order = np.random.default_rng(1).permutation(32)
+    got = Batches(a).get(order, 3, 19)
+    ax = a.format.index("B")
+    np.testing.assert_array_equal(got.data, np.take(a.data, order[3:19], axis=ax))
+    assert got.format == a.format
+    # the batch is laid out as the data is: batch dim outermost for "B…" memory
+    if fmt.startswith("B"):
+        assert np.moveaxis(got.data, ax, 0).flags.c_contiguous

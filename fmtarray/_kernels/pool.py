@@ -14,6 +14,8 @@ what does not fit at the bottom/right is ignored (as MATLAB does).
   ``count_pad=False`` (MATLAB's ``PaddingValue="mean"``) divides by the number of
   input (non-padding) elements in the window.
 
+NumPy arrays are max-pooled by compiled kernels (:mod:`._pool_numba`: one pass, no
+masks) when Numba can run; ``FMTARRAY_NUMBA=0`` keeps the formulation below.
 The portable path uses strided slicing, ``maximum``/``where``, ``stack``,
 ``reshape`` and ``concat`` only, so it runs on every array-API library. NumPy gets an
 in-place path for the adjoint (slice ``+=`` into one buffer); its forward is the same
@@ -32,6 +34,7 @@ added in block order).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -127,6 +130,21 @@ class PoolGeometry:
         return out
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_geometry(*args):
+    return PoolGeometry(*args)
+
+
+def _geometry(*args):
+    """:class:`PoolGeometry` of these arguments, built once per distinct arguments made of
+    plain ints (a training loop pools the same shapes every step); others (``True``,
+    NumPy integers, lists) are checked anew, as ``True == 1`` would share a cache key."""
+    if all(type(a) is int or type(a) is tuple and all(type(v) is int for v in a)
+           for a in args):
+        return _cached_geometry(*args)
+    return PoolGeometry(*args)
+
+
 def _pad_input(xp, x, geo, value):
     return pad(xp, x, geo.pb, geo.pa, tuple(range(1, geo.d + 1)), value)
 
@@ -153,11 +171,13 @@ def pool_forward(xp, x, mode, pool_size, *, stride=1, pad_before=0, pad_after=0,
     ``mode`` is ``"max"`` or ``"average"``; see the module docstring.
     """
     _check_mode(mode)
-    geo = PoolGeometry(x.shape, pool_size, stride, pad_before, pad_after)
+    geo = _geometry(tuple(x.shape), pool_size, stride, pad_before, pad_after)
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"pooling needs a real floating-point array, got dtype {x.dtype}")
     if _is_dask(xp):
         return _pool_dask(x, geo, mode, count_pad)
+    if mode == "max" and _compiled(xp, x):
+        return _pool_numba_forward(x, geo)
     xpad = _pad_input(xp, x, geo, float("-inf") if mode == "max" else 0.0)
     y = None
     for off in geo.offsets():
@@ -184,13 +204,15 @@ def pool_backward(xp, gy, x, y, mode, pool_size, *, stride=1, pad_before=0, pad_
     (used by ``"max"`` to find each window's first maximum).
     """
     _check_mode(mode)
-    geo = PoolGeometry(x.shape, pool_size, stride, pad_before, pad_after)
+    geo = _geometry(tuple(x.shape), pool_size, stride, pad_before, pad_after)
     if tuple(gy.shape) != (geo.N, *geo.out, geo.C):
         raise ValueError(
             f"pool_backward: gy has shape {tuple(gy.shape)}, expected {(geo.N, *geo.out, geo.C)}"
         )
     if _is_dask(xp):
         return _pool_dask(x, geo, mode, count_pad, gy, y)
+    if mode == "max" and _compiled(xp, x, gy, y):
+        return _pool_numba_backward(gy, x, y, geo)
     if mode == "average":
         if count_pad or not (any(geo.pb) or any(geo.pa)):
             g = gy / geo.K
@@ -209,6 +231,30 @@ def pool_backward(xp, gy, x, y, mode, pool_size, *, stride=1, pad_before=0, pad_
         slice(b, b + n) for b, n in zip(geo.pb, geo.sp)
     ) + (slice(None),)
     return gpad[centre]
+
+
+def _compiled(xp, *arrays) -> bool:
+    """Whether :mod:`._pool_numba` runs this max pooling: NumPy arrays of one dtype,
+    float32 or float64, and the compiled kernels available (see
+    :func:`fmtarray._kernels.conv._numba.unavailable`)."""
+    dt = arrays[0].dtype
+    if not _backend.is_numpy(xp) or dt.char not in "fd" or any(a.dtype != dt for a in arrays):
+        return False
+    from .conv._numba import unavailable
+
+    return unavailable() is None
+
+
+def _pool_numba_forward(x, geo):
+    from . import _pool_numba  # imports Numba: only once a compiled pooling runs
+
+    return _pool_numba.max_forward(x, geo)
+
+
+def _pool_numba_backward(gy, x, y, geo):
+    from . import _pool_numba
+
+    return _pool_numba.max_backward(gy, x, y, geo)
 
 
 def _max_contributions(xp, gy, x, y, geo):

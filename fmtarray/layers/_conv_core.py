@@ -33,11 +33,28 @@ def _learnable(prop, doc):
     attr = "_" + prop
 
     def set_(self, value):
-        if value is not None:
+        if value is not None and not _replaces(value, getattr(self, attr, None)):
             value = self._check_learnable(prop, value, **getattr(self, f"_{prop}_spec")())
         setattr(self, attr, value)
 
     return property(lambda self: getattr(self, attr), set_, doc=doc)
+
+
+def _replaces(value, old) -> bool:
+    """Whether ``value`` passes the checks that ``old`` (the stored value) passed, without
+    running them: the same array type, shape and dtype, no format, ``old`` not a traced
+    stand-in. A training step swaps every learnable in and out several times."""
+    if old is None or isinstance(old, FormattedArray) and (old._node is not None
+                                                           or old.format):
+        return False
+    if isinstance(value, FormattedArray):
+        if value.format:
+            return False
+        data = value.data
+    else:
+        data = value
+    return (type(data) is type(old.data if isinstance(old, FormattedArray) else old)
+            and value.shape == old.shape and value.dtype == old.dtype)
 
 
 class _ConvolutionCore(ConvDisplay, Layer, metaclass=abc.ABCMeta):

@@ -71,8 +71,23 @@ def _batch(a: FormattedArray, order, start, stop):
     else:
         xp = a.xp
         idx = _backend._from_host(order[start:stop], xp, None, a.device)
-        data = xp.take(a.data, idx, axis=ax)
+        data = _take(xp, a.data, idx, ax)
     return FormattedArray._wrap(data, a.format)
+
+
+def _take(xp, data, idx, ax):
+    """``take(data, idx, axis=ax)``; a NumPy array stored in another order than its dims'
+    (data formatted from ``"BSSC"`` memory, say) is gathered in its memory order and
+    keeps it: NumPy's ``take`` would copy the whole array into dim order first (55 µs
+    against 4 µs for a mini-batch of 32 digits)."""
+    if not _backend.is_numpy(xp) or data.ndim < 2 or data.flags.c_contiguous:
+        return xp.take(data, idx, axis=ax)
+    order = _np.argsort([-abs(s) for s in data.strides], kind="stable")
+    mem = data.transpose(order)
+    if not mem.flags.c_contiguous:
+        return xp.take(data, idx, axis=ax)
+    got = _np.take(mem, idx, axis=int(_np.nonzero(order == ax)[0][0]))
+    return got.transpose(_np.argsort(order))
 
 
 #: chunk-aware shuffling mixes the observations of this many consecutive (shuffled)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from .._numpy._common import all_finite, cl_strides, has_gy, unpad
-from .._numpy._runtime import n_workers, parallel, parallel_sum
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_sum
 
 __all__ = ["applies", "forward", "backward"]
 
@@ -126,7 +126,7 @@ def forward(x, w, bias, spec, dtype):
     b = np.zeros(1, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     v = dtype.type(_value(spec))
     parallel(lambda _w, r: k.forward_rows(xk, wk, b, y2, r[0], r[1], *geo, v, bias is not None),
-             _rows(spec.N * y2.shape[1], 4 * n_workers()), dynamic=True)
+             _rows(spec.N * y2.shape[1], dynamic_blocks()), dynamic=True)
     return y
 
 
@@ -151,7 +151,7 @@ def _rows_input_grad(gy, w, spec, dtype):
     g = np.empty((spec.N, *(spec.padded if copy else spec.sp), spec.C), dtype=dtype)
     g2 = _as_2d(g, spec.d)
     parallel(lambda _w, r: k.input_grad_rows(gk, wk, g2, r[0], r[1], *geo),
-             _rows(spec.N * g2.shape[1], 4 * n_workers()), dynamic=True)
+             _rows(spec.N * g2.shape[1], dynamic_blocks()), dynamic=True)
     return unpad(g, spec) if copy else g
 
 
@@ -244,7 +244,7 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
     items = []
     total = sum(len(g[0]) for g in groups)
     for i, (pos, *_) in enumerate(groups):
-        n = max(1, round(4 * n_workers() * len(pos) / max(total, 1)))
+        n = max(1, round(dynamic_blocks() * len(pos) / max(total, 1)))
         items += [(i, q0, q1) for q0, q1 in _rows(len(pos), n)]
 
     def run(_w, it):

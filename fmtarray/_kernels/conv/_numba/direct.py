@@ -44,7 +44,7 @@ from ...pad import fill_border_numpy
 from .._numpy import winograd
 from .._numpy._common import all_finite, cl_strides, unpad
 from .._numpy.relayout import canonical_layout
-from .._numpy._runtime import n_workers, parallel, parallel_copy, parallel_sum, scratch
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_copy, parallel_sum, scratch
 from ..thresholds import current
 from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
 from .plans import (border_gpos, border_plan, forward_plan, gpos, input_grad_border_plan,
@@ -224,11 +224,11 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     wts = [_vectors(wt, lanes) for wt in wts]
     sf, of = src.reshape(-1), out.reshape(-1)
     wblock = current().direct_weight_block_bytes
-    total = sum(len(g[0]) for g in groups)
+    total, nb = sum(len(g[0]) for g in groups), dynamic_blocks()
     items = []
     for i, g in enumerate(groups):
         items += [(i, q0, q1) for q0, q1 in
-                  _rows(len(g[0]), max(1, round(4 * n_workers() * len(g[0]) / total)))]
+                  _rows(len(g[0]), max(1, round(nb * len(g[0]) / total)))]
 
     def run(_w, it):
         pos, ypos, offs, R, _ = groups[it[0]]

@@ -42,8 +42,8 @@ import numpy as np
 from ...pad import fill_border_numpy
 from ..thresholds import current
 
-__all__ = ["workers", "threads_from_env", "single_threaded_blas", "kernel_call",
-           "serial_if_small", "on_calling_thread", "parallel", "parallel_sum", "parallel_add",
+__all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
+           "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread", "parallel", "parallel_sum", "parallel_add",
            "row_blocks", "scratch", "release_scratch", "cached_scratch", "copy_blocked",
            "parallel_copy", "Chunked"]
 
@@ -165,6 +165,17 @@ def workers():
 
 def n_workers() -> int:
     return workers()[1]
+
+
+def dynamic_blocks() -> int:
+    """How many blocks a dynamic :func:`parallel` phase should cut its work into: four
+    per worker when it runs on the pool (a core slowed by something else takes fewer),
+    one when it runs on the calling thread alone (small problems, Dask blocks): each
+    block costs a compiled kernel's dispatch, about 5 µs."""
+    if _SERIAL.get() is True:
+        return 1
+    n = n_workers()
+    return 1 if n == 1 else 4 * n
 
 
 @contextlib.contextmanager
