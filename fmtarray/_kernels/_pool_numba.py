@@ -62,7 +62,7 @@ def _forward(x, y, n0, n1, k, s, p):
 
 
 @nb.njit(**_JIT)
-def _backward(gy, x, y, gx, n0, n1, k, s, p):
+def _backward(gy, x, y, gx, n0, n1, k, s, p, overlap):
     D, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     Od, Oh, Ow = y.shape[1], y.shape[2], y.shape[3]
     first = np.empty((Od, Oh, Ow, C), dtype=np.int32)  # each window's first max, -1: none
@@ -86,13 +86,17 @@ def _backward(gy, x, y, gx, n0, n1, k, s, p):
                                     for ch in range(C):
                                         if f[ch] < 0 and v[ch] == t[ch]:
                                             f[ch] = tap
+                                            if not overlap:  # its only contribution
+                                                gx[n, zz, yy, xx, ch] += gy[n, a, b, c, ch]
                                 else:  # a padding tap reads -inf
                                     for ch in range(C):
                                         if f[ch] < 0 and t[ch] == -np.inf:
                                             f[ch] = tap
                                 tap += 1
-        # added tap by tap, as the NumPy formulation adds its per-offset contributions:
-        # the same sums in the same order, hence the same bits
+        if not overlap:
+            continue
+        # overlapping windows: added tap by tap, as the NumPy formulation adds its
+        # per-offset contributions: the same sums in the same order, hence the same bits
         tap = 0
         for i in range(k[0]):
             for j in range(k[1]):
@@ -154,5 +158,6 @@ def max_backward(gy, x, y, geo):
     gx = np.zeros(x.shape, dtype=gy.dtype)
     gy5, x5, y5, gx5 = (_five(a, geo.d) for a in (gy, x, y, gx))
     k, s, p = _geometry(geo)
-    _split(geo, lambda n0, n1: _backward(gy5, x5, y5, gx5, n0, n1, k, s, p))
+    overlap = any(st < kk for st, kk in zip(geo.stride, geo.k))
+    _split(geo, lambda n0, n1: _backward(gy5, x5, y5, gx5, n0, n1, k, s, p, overlap))
     return gx
