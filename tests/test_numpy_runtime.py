@@ -18,11 +18,12 @@ def _blas_threads():
 
 
 def test_concurrent_convolutions_leave_blas_threads_as_they_were():
-    before = _blas_threads()
     rng = np.random.default_rng(0)
     x = fa.FormattedArray(rng.standard_normal((24, 24, 16, 8)).astype(np.float32), "SSCB")
     w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
     ref = fa.extractdata(fa.conv(x, w, padding=1))
+    # counted after a first convolution: importing Numba may load one more BLAS (SciPy's)
+    before = _blas_threads()
     errors = []
 
     def run():
@@ -75,9 +76,10 @@ def test_blas_is_held_at_one_thread_on_any_thread():
         pass  # the main thread sets and restores the process-wide limit
     seen = {}
 
-    def counts():
+    def counts():  # NumPy's OpenBLAS, the one the kernels' GEMMs call (SciPy may load
+        # its own once Numba is imported, after the pool took stock of the libraries)
         return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["internal_api"] == "openblas"]
+                if i["internal_api"] == "openblas" and "numpy" in i["filepath"]]
 
     def inside():
         with rt.single_threaded_blas():
@@ -91,3 +93,36 @@ def test_blas_is_held_at_one_thread_on_any_thread():
     assert seen["in"] and all(k == 1 for k in seen["in"]), seen
     assert all(k == 1 for k in seen["pool"]), seen
     assert counts() == seen["after"] and all(k > 1 for k in seen["after"])  # restored
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_parallel_does_not_wait_for_a_worker_that_has_not_started(dynamic):
+    """A pool thread that has not picked up its share (its core busy elsewhere) is not
+    waited for: the calling thread runs that share under the worker's own number."""
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    pool, n, _ = rt.workers()
+    if n < 2:
+        pytest.skip("needs more than one worker")
+    release = threading.Event()
+    busy = [pool.submit(release.wait) for _ in range(n)]  # every pool thread occupied
+    seen, done = [], threading.Event()
+
+    def call():
+        rt.parallel(lambda w, it: seen.append((w, it, threading.get_ident())), range(3 * n),
+                    dynamic=dynamic)
+        done.set()
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        assert done.wait(10), "parallel() waited for a pool thread that never started"
+        assert sorted(it for _, it, _ in seen) == list(range(3 * n))  # each item once
+        assert {t for *_, t in seen} == {caller.ident}
+        if not dynamic:  # the fixed assignment kept: worker i's items i, i+n, …
+            assert sorted((w, it) for w, it, _ in seen) == sorted((it % n, it) for it in range(3 * n))
+    finally:
+        release.set()
+        for b in busy:
+            b.result()
+        caller.join()

@@ -291,6 +291,9 @@ def parallel(fn, items, dynamic=False):
     wake up (hundreds of µs on a virtual machine), and each conv runs a few of these
     parallel phases.
 
+    The calling thread never waits for a pool thread that has not started: it takes
+    that worker's items itself (see below).
+
     ``dynamic=True`` (for items whose results do not depend on which worker ran them:
     disjoint outputs, no per-worker sums): each worker takes the next item as it
     becomes free, so a core slowed by something else (another library's threads still
@@ -328,11 +331,22 @@ def parallel(fn, items, dynamic=False):
                 fn(w, it)
 
     # each task in its own copy of the caller's context (tuning() settings travel)
-    futures = [pool.submit(contextvars.copy_context().run, run, w) for w in range(1, n)]
+    futures = [(w, pool.submit(contextvars.copy_context().run, run, w)) for w in range(1, n)]
     try:
         run(0)
-    finally:
-        for f in futures:
+    except BaseException:
+        for _, f in futures:  # nothing more starts; what runs is waited for
+            if not f.cancel():
+                f.result()
+        raise
+    # A worker that has not started yet (its core busy with another process or another
+    # library's spinning threads, or its vCPU halted) is not waited for: its share runs
+    # here, under its own worker number (so per-worker sums stay the same bits); with
+    # dynamic items it finds none left.
+    for w, f in futures:
+        if f.cancel():
+            run(w)
+        else:
             f.result()
 
 
