@@ -399,12 +399,19 @@ def test_tuning_reaches_the_workers():
     """The pool runs each task in a copy of the caller's context: ``tuning()`` settings
     are seen by every worker thread, and nothing is left behind after the block."""
     seen = {}
+    main, pool_ran = threading.get_ident(), threading.Event()
 
     def work(wid, item):
         seen[(threading.get_ident(), item)] = K.current().tile_bytes
+        if threading.get_ident() != main:
+            pool_ran.set()
+        elif _runtime.n_workers() > 1:
+            # the caller would take a share whose pool thread has not started yet
+            pool_ran.wait(5)
 
     with tuning(tile_bytes=12345):
         _runtime.parallel(work, range(16))  # fixed assignment: every worker takes items
+        pool_ran.clear()
         _runtime.parallel(work, range(16, 32), dynamic=True)
     assert set(seen.values()) == {12345} and len(seen) == 32
     if _runtime.n_workers() > 1:
