@@ -132,6 +132,12 @@ def forward(x, w, bias, spec, dtype):
 
 def backward(gy, x, w, spec, needs, dtype):
     gx = gw = None  # gy in any strides: the SIMD paths copy it, the row kernels below
+    if (all(needs) and spec.Fg == 1 and _simd_channels(spec, dtype) == spec.C
+            and not (gy.dtype == dtype and gy.flags.c_contiguous)):
+        # both passes read the cotangent channels-last: one copy, read in place by both
+        from .direct import packed
+
+        gy = packed(gy, 1, spec.C, dtype).reshape(gy.shape)
     if needs[0]:  # the SIMD pass zero-pads the cotangent: not with ±inf/NaN weights
         if spec.Fg == 1 and all_finite(w):
             gx = _simd_input_grad(gy, w, spec, dtype)
