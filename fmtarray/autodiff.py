@@ -12,19 +12,20 @@ __all__ = ["grad", "value_and_grad"]
 
 def _flatten(tree, path="arg"):
     """Leaves (FormattedArrays) of a dict/list/tuple tree, with their paths."""
-    if isinstance(tree, FormattedArray):
-        return [(path, tree)]
+    out = []
+    _leaves(tree, path, out)
+    return out
+
+
+def _leaves(tree, path, out):
     if isinstance(tree, dict):
-        out = []
         for k, v in tree.items():
-            out += _flatten(v, f"{path}[{k!r}]")
-        return out
-    if isinstance(tree, (list, tuple)):
-        out = []
+            _leaves(v, f"{path}[{k!r}]", out)
+    elif isinstance(tree, (list, tuple)) and not isinstance(tree, FormattedArray):
         for i, v in enumerate(tree):
-            out += _flatten(v, f"{path}[{i}]")
-        return out
-    return [(path, tree)]
+            _leaves(v, f"{path}[{i}]", out)
+    else:
+        out.append((path, tree))
 
 
 def _unflatten(tree, leaves):

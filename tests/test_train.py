@@ -567,3 +567,15 @@ def test_mini_batch_gather_keeps_the_memory_order(fmt, memory):
     # the batch is laid out as the data is: batch dim outermost for "B…" memory
     if fmt.startswith("B"):
         assert np.moveaxis(got.data, ax, 0).flags.c_contiguous
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([1.0, 2.0], ""), ([3e38, 3e38], ""),  # finite values whose float32 sum overflows
+    ([1.0, np.nan], "NaN"), ([np.inf, 1.0], "inf"), ([np.inf, -np.inf], "inf"),
+    ([np.nan, np.inf], "NaN")])
+def test_nonfinite_check_names_what_it_finds(values, expected):
+    from fmtarray.training.loop import _nonfinite
+
+    a = np.array(values, dtype=np.float32)
+    assert _nonfinite(a) == expected
+    assert _nonfinite(FormattedArray(a, "C")) == expected

@@ -332,6 +332,8 @@ def _record(hist, it, epoch, loss, acc, vl, va, lr):
 def _nonfinite(v):
     """'NaN', 'inf' or '' for a raw array or FormattedArray."""
     d = v.data if isinstance(v, FormattedArray) else v
+    if isinstance(d, _np.ndarray) and _np.isfinite(_np.add.reduce(d, axis=None)):
+        return ""  # a finite sum has no inf or NaN term (one pass, no mask)
     xp = _backend.namespace(d)
     if bool(xp.all(xp.isfinite(d))):
         return ""
