@@ -332,8 +332,11 @@ def _record(hist, it, epoch, loss, acc, vl, va, lr):
 def _nonfinite(v):
     """'NaN', 'inf' or '' for a raw array or FormattedArray."""
     d = v.data if isinstance(v, FormattedArray) else v
-    if isinstance(d, _np.ndarray) and _np.isfinite(_np.add.reduce(d, axis=None)):
-        return ""  # a finite sum has no inf or NaN term (one pass, no mask)
+    if isinstance(d, _np.ndarray):
+        with _np.errstate(over="ignore", invalid="ignore"):  # overflow: the check below
+            total = _np.add.reduce(d, axis=None)
+        if _np.isfinite(total):
+            return ""  # a finite sum has no inf or NaN term (one pass, no mask)
     xp = _backend.namespace(d)
     if bool(xp.all(xp.isfinite(d))):
         return ""
