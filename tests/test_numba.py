@@ -402,3 +402,51 @@ def test_direct_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, 
     for got, ref in zip((y, gw), refs):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
         np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+
+
+@needs_numba
+@pytest.mark.parametrize("cg,fg,groups,copied", [
+    (16, 16, 1, True),   # whole vectors of filters: both passes read the one copy
+    (8, 16, 4, True),    # grouped
+    (3, 5, 1, True),     # the input gradient reads it in place (cotangent ≫ weights)
+    (40, 40, 1, False),  # neither would: each pass keeps its own padded/packed copy
+])
+def test_both_direct_gradients_share_one_channels_last_cotangent(cg, fg, groups, copied):
+    """A cotangent not stored channels-last (batch innermost, as canonical data holds
+    it) is copied channels-last once for numba.direct's weight gradient and
+    numba.direct_input_grad, and both read that copy: the reference's values."""
+    algos = {a.name: a for a in K.algorithms("numpy")}
+    share = algos["numba.direct"].cotangent
+    assert share is algos["numba.direct_input_grad"].cotangent is not None
+    calls = []
+
+    def spy(spec, layout, gy, x, w):
+        out = share(spec, layout, gy, x, w)
+        calls.append(out[0] is not gy)
+        if out[0] is not gy:  # channels-last C-contiguous, and the layout says so
+            assert out[0].shape == gy.shape and out[0].flags.c_contiguous
+            assert out[1].gy_memory.startswith("N") and out[1].gy_memory.endswith("C")
+        return out
+
+    rng = np.random.default_rng(3)
+    n, hw = (3, (7, 6)) if copied else (1, (3, 3))
+    x = rng.standard_normal((n, *hw, groups * cg)).astype(np.float32)
+    w = rng.standard_normal((3, 3, cg, fg, groups)).astype(np.float32)
+    kw = dict(stride=1, dilation=1, pad_before=(1, 1), pad_after=(1, 0), pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy_cl = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(np.float32)
+    gy = np.moveaxis(np.ascontiguousarray(np.moveaxis(gy_cl, 0, -1)), -1, 0)  # batch innermost
+    force = {"weight_grad": "numba.direct", "input_grad": "numba.direct_input_grad"}
+    for name in force.values():
+        object.__setattr__(algos[name], "cotangent", spy)
+    try:
+        gx, gw, _ = conv_backward(cnp, gy, x, w, needs=(True, True, False), force=force, **kw)
+    finally:
+        for name in force.values():
+            object.__setattr__(algos[name], "cotangent", share)
+    assert calls == [copied]
+    refs = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 0), 0.0)
+    assert rel_err(gx, refs[0]) <= TOL[np.float32] and rel_err(gw, refs[1]) <= TOL[np.float32]
+    # a cotangent stored channels-last already is handed over as it is
+    out = share(spec, K.Layout.of(nsc_dims(2), x, gy_cl), gy_cl, x, w)
+    assert out[0] is gy_cl

@@ -59,6 +59,10 @@ class Algo:
     backward: Callable | None = None
     accepts: Callable | None = None
     domain: str = ""
+    #: ``cotangent(spec, layout, gy, x, w) -> (gy, layout)``: the cotangent in the memory
+    #: order the entry reads; when the two gradients' entries name the same function,
+    #: :func:`backward` calls it once and hands its result to both (one copy, not two)
+    cotangent: Callable | None = None
 
     def __repr__(self):
         return f"Algo({self.name!r}, {'/'.join(self.ops)})"
@@ -229,6 +233,9 @@ def backward(xp, spec, layout, gy, x, w, needs, force=None):
         gb = xp.sum(gy, axis=axes)
     ai = select("input_grad", spec, layout, lib, force, (gy, w)) if needs[0] else None
     aw = select("weight_grad", spec, layout, lib, force, (gy, x)) if needs[1] else None
+    if (ai is not None and aw is not None and ai is not aw and ai.cotangent is not None
+            and ai.cotangent is aw.cotangent):
+        gy, layout = ai.cotangent(spec, layout, gy, x, w)
     gx = gw = None
     if ai is not None and ai is aw:
         gx, gw = ai.backward(xp, spec, layout, gy, x, w, (True, True))

@@ -63,12 +63,13 @@ def _when_compiled(applies):
     return check
 
 
-def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None):
+def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None,
+           cotangent=None):
     register(Algo(f"numba.{name}", "numpy", ops,
                   _no_input_dilation(_when_compiled(applies)),
                   forward=None if forward is None else _forward(forward, False),
                   backward=None if backward is None else _backward(backward, False),
-                  accepts=accepts, domain=domain), front=True)
+                  accepts=accepts, domain=domain, cotangent=cotangent), front=True)
 
 
 _entry("depthwise", ALL, depthwise.applies,
@@ -89,11 +90,12 @@ _entry("direct", ("forward", "weight_grad"), direct.applies,
        "them), or (copied channels-last) "
        "C·F ≤ direct_copy_max_cf; where numpy.winograd applies only up to C·F = "
        "direct_max_cf",
-       forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match)
+       forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match,
+       cotangent=direct.shared_cotangent)
 _entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
        "numba.direct's domain, the input gradient by stride phase (no zeros inserted, no "
        "scatter); on input not stored channels innermost only from direct_copy_min_cg "
        "channels per group; with C·F > direct_max_cf only from "
        "direct_input_grad_min_positions output positions",
        backward=_exact_near_non_finite_weights(direct.input_grad, input_grad_col2im),
-       accepts=data_dtypes_match)
+       accepts=data_dtypes_match, cotangent=direct.shared_cotangent)

@@ -383,6 +383,32 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
                                          zip(bufs[len(blocks):], shapes[1:])]
 
 
+def shared_cotangent(spec, layout, gy, x, w):
+    """Both gradients by this module's entries (``Algo.cotangent``): a cotangent not
+    stored channels-last C-contiguous in the result dtype is copied so once, for both,
+    when at least one of them then reads it where it lies — the weight gradient when a
+    group's filters fill whole vectors, the input gradient from
+    ``direct_input_grad_in_place_ratio`` times the weights' bytes; otherwise each keeps
+    its own padded or packed copy. Returns ``(gy, layout)`` in ``layout.dims`` order."""
+    from ..spec import Layout
+    from .._numpy._runtime import kernel_call
+
+    dtype = np.dtype(spec.dtype)
+    g = np.transpose(gy, layout.perm(layout.channels_last))  # (N, *out, F), a view
+    if g.dtype == dtype and g.flags.c_contiguous:
+        return gy, layout
+    lanes, _ = _width(dtype, spec.Fg)
+    w_bytes = int(np.size(w)) * dtype.itemsize
+    if (spec.Fg % lanes
+            and w_bytes * current().direct_input_grad_in_place_ratio > g.size * dtype.itemsize):
+        return gy, layout
+    out = np.empty(g.shape, dtype)
+    with kernel_call(spec, blas1=False):  # the call's threads (a Dask block: its own)
+        parallel_copy(out, g)
+    gy = np.transpose(out, layout.inverse(layout.channels_last))
+    return gy, Layout.of(layout.dims, x, gy)
+
+
 def input_grad(gy, x, w, spec, needs, dtype):
     return _input_grad(gy, w, spec, dtype), None  # gy copied padded: any strides
 
