@@ -450,3 +450,49 @@ def test_both_direct_gradients_share_one_channels_last_cotangent(cg, fg, groups,
     # a cotangent stored channels-last already is handed over as it is
     out = share(spec, K.Layout.of(nsc_dims(2), x, gy_cl), gy_cl, x, w)
     assert out[0] is gy_cl
+
+
+@pytest.mark.parametrize("ndim", [3, 4, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
+    """The runtime's blocked copy hands a batch-innermost source (canonical data, a Dask
+    batch chunk's view, a flipped view) to the compiled transposing copy: the same values
+    as NumPy's copyto into any destination strides; channels-innermost sources, other
+    dtypes and ``FMTARRAY_NUMBA=0`` keep NumPy's copy."""
+    from fmtarray._kernels.conv._numba import _copy
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    used = []
+    real = _copy.copy
+    monkeypatch.setattr(_copy, "copy", lambda d, s: used.append(real(d, s)) or used[-1])
+    rng = np.random.default_rng(ndim)
+    shape = (12, *(9, 7, 5)[:ndim - 2], 6)  # (N, *sp, C)
+    whole = rng.standard_normal((*shape[1:], 3 * shape[0])).astype(dtype)  # batch innermost
+    sources = {
+        "canonical": np.moveaxis(np.ascontiguousarray(whole[..., :shape[0]]), -1, 0),
+        "chunk view": np.moveaxis(whole[..., shape[0]:2 * shape[0]], -1, 0),
+        "flipped": np.moveaxis(whole[..., ::-1][..., :shape[0]], -1, 0),
+    }
+    for name, src in sources.items():
+        pad = np.zeros((shape[0], *(n + 2 for n in shape[1:-1]), shape[-1] + 3), dtype)
+        dst = pad[(slice(None),) + (slice(1, -1),) * (ndim - 2) + (slice(0, shape[-1]),)]
+        used.clear()
+        rt.copy_blocked(dst, src, block=16)
+        np.testing.assert_array_equal(dst, src, err_msg=name)
+        assert used == ([True] if numba_on() else []), name
+        assert not pad[(slice(None),) * (ndim - 1) + (slice(shape[-1], None),)].any()
+    cl = np.ascontiguousarray(sources["canonical"])  # channels innermost: NumPy's copy
+    out = np.empty_like(cl)
+    used.clear()
+    rt.copy_blocked(out.transpose(*range(ndim)), cl[:, ::-1][:, ::-1], block=16)
+    np.testing.assert_array_equal(out, cl)
+    assert used in ([], [False])
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+    used.clear()
+    rt.copy_blocked(dst, sources["chunk view"], block=16)
+    np.testing.assert_array_equal(dst, sources["chunk view"])
+    assert used == []
+
+
+def numba_on():
+    return os.environ.get("FMTARRAY_NUMBA") != "0" and _numba.unavailable() is None

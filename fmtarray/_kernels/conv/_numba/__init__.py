@@ -29,6 +29,7 @@ import os
 
 from ..registry import Algo, register
 from .._numpy import ALL, _backward, _exact_near_non_finite_weights, _forward, _no_input_dilation
+from .._numpy import _runtime
 from .._numpy._common import data_dtypes_match
 from .._numpy.gemm import input_grad_col2im
 from . import depthwise, direct
@@ -54,6 +55,20 @@ def unavailable():
         _import_error.append(f"numba cannot be imported ({type(e).__name__}: {e})")
         return _import_error[0]
     return None
+
+
+def _transposing_copy(dst, src):
+    """:data:`.._numpy._runtime.transposing_copy`: :func:`._copy.copy` while the compiled
+    kernels can run (``FMTARRAY_NUMBA=0`` keeps NumPy's copies), without importing Numba
+    before a convolution has."""
+    if unavailable() is not None:
+        return False
+    from . import _copy
+
+    return _copy.copy(dst, src)
+
+
+_runtime.transposing_copy = _transposing_copy
 
 
 def _when_compiled(applies):

@@ -525,13 +525,20 @@ def _outer_axis(src):
     return max(big, key=lambda i: abs(src.strides[i])) if big else None
 
 
+#: ``copy(dst, src) -> bool``: a compiled transposing copy that :func:`copy_blocked`
+#: tries first (set by the compiled kernels' package; it declines when they are off)
+transposing_copy = None
+
+
 def copy_blocked(dst, src, block=None):
     """``dst[...] = src`` in blocks of ``Tuning.copy_block`` elements, so a transposing
-    copy works in cache."""
+    copy works in cache (or by :data:`transposing_copy` where it applies)."""
     if block is None:
         block = current().copy_block
     if src.size <= block or _c_order(src):
         np.copyto(dst, src)
+        return
+    if transposing_copy is not None and transposing_copy(dst, src):
         return
     ax = _outer_axis(src)
     step = max(1, (block * src.shape[ax]) // src.size)
