@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import array_api_compat.numpy as cnp
 
+from fmtarray import _backend as fa_backend
 from fmtarray._kernels import pool as P
 from fmtarray._kernels.conv._numba import unavailable
 
@@ -137,3 +138,42 @@ def test_other_dtypes_and_mixed_dtypes_keep_the_numpy_formulation():
     y32 = P.pool_forward(cnp, x32, "max", 2, stride=2)
     gx = P.pool_backward(cnp, np.ones(y32.shape), x32, y32, "max", 2, stride=2)  # float64 gy
     assert gx.dtype == np.float64 and gx.sum() == y32.size
+
+
+def test_dask_pooling_blocks_stay_on_their_scheduler_thread(monkeypatch):
+    """Each block of a Dask max pooling runs on the scheduler thread that took it (the
+    compiled kernels hand nothing to the worker pool), with the NumPy values."""
+    da = pytest.importorskip("dask.array")
+    import dask
+
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    submitted = []
+    real = rt.workers
+
+    def spy():
+        pool, n, ctl = real()
+
+        class Watch:
+            def submit(self, *a, **k):
+                submitted.append(1)
+                return pool.submit(*a, **k)
+
+        return Watch(), n, ctl
+
+    monkeypatch.setattr(rt, "workers", spy)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 40, 40, 16)).astype(np.float32)  # above serial_macs
+    xd = da.from_array(x, chunks=(16, 40, 40, 16))
+    kw = dict(stride=2)
+    dxp = fa_backend.namespace(xd)
+    with dask.config.set(scheduler="threads"):
+        y = P.pool_forward(dxp, xd, "max", 2, **kw).compute()
+        gy = np.ones(y.shape, np.float32)
+        gx = P.pool_backward(dxp, da.from_array(gy, chunks=(16, 20, 20, 16)), xd,
+                             da.from_array(y, chunks=(16, 20, 20, 16)), "max", 2,
+                             **kw).compute()
+    assert submitted == []
+    np.testing.assert_array_equal(y, P.pool_forward(cnp, x, "max", 2, **kw))
+    np.testing.assert_array_equal(gx, P.pool_backward(cnp, gy, x, y, "max", 2, **kw))
+    assert bool(submitted) == COMPILED  # the whole NumPy array: split over the workers

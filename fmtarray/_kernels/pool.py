@@ -321,16 +321,26 @@ def _is_dask(xp) -> bool:
     return _backend.library_key(xp) == "dask"
 
 
+def _on_scheduler_thread():
+    """A block runs on its Dask scheduler thread alone (Dask's threads are the
+    parallelism; the compiled kernels would otherwise split it over the workers too)."""
+    from .conv._numpy._runtime import on_calling_thread
+
+    return on_calling_thread()
+
+
 def _pool_block(x, lb, la, *, mode, k, stride, count_pad):
-    return pool_forward(_backend.namespace(x), x, mode, k, stride=stride, pad_before=lb,
-                        pad_after=la, count_pad=count_pad)
+    with _on_scheduler_thread():
+        return pool_forward(_backend.namespace(x), x, mode, k, stride=stride, pad_before=lb,
+                            pad_after=la, count_pad=count_pad)
 
 
 def _pool_grad_block(x, lb, la, gy, y, *, mode, k, stride, count_pad):
     from .conv._dask_halo import Grads
 
-    return Grads(pool_backward(_backend.namespace(x), gy, x, y, mode, k, stride=stride,
-                               pad_before=lb, pad_after=la, count_pad=count_pad))
+    with _on_scheduler_thread():
+        return Grads(pool_backward(_backend.namespace(x), gy, x, y, mode, k, stride=stride,
+                                   pad_before=lb, pad_after=la, count_pad=count_pad))
 
 
 def _pool_dask(x, geo, mode, count_pad, gy=None, y=None):
