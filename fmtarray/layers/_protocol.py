@@ -16,7 +16,7 @@ import numbers
 from .. import _backend
 from ..array import FormattedArray
 from ..ops.elementwise import astype
-from .base import own_value
+from .base import Layer, own_value
 
 # default names of layers without a ``default_name`` attribute, by class name
 _DEFAULT_NAMES = {"Convolution2DLayer": "conv"}
@@ -86,21 +86,25 @@ def swap(layer, params):
             setattr(layer, n, v)
 
 
-@contextlib.contextmanager
 def bound(layer, params):
-    """The layer to evaluate with ``params`` (``{name: value}``) in place of its learnables.
+    """A context giving the layer to evaluate with ``params`` (``{name: value}``) in place
+    of its learnables.
 
     Pure: the values go into a shallow copy of the layer (through its ``using``, or an
     attribute swap), never into the shared layer object, so threads evaluating one
-    network with different learnables do not see each other's values.
+    network with different learnables do not see each other's values. The copy of a
+    layer whose ``using`` is :class:`~.base.Layer`'s gets the values as ``using`` sets
+    them and is dropped afterwards, with nothing to restore.
     """
     if not params:
-        yield layer
-        return
+        return contextlib.nullcontext(layer)
     clone = copy.copy(layer)
     u = getattr(clone, "using", None)
-    with (u(params) if callable(u) else swap(clone, params)):
-        yield clone
+    if getattr(u, "__func__", None) is Layer.using:
+        for n, v in params.items():
+            object.__setattr__(clone, n, v)
+        return contextlib.nullcontext(clone)
+    return u(params) if callable(u) else swap(clone, params)
 
 
 def set_values(layer, values: dict) -> None:
