@@ -177,3 +177,23 @@ def test_dask_pooling_blocks_stay_on_their_scheduler_thread(monkeypatch):
     np.testing.assert_array_equal(y, P.pool_forward(cnp, x, "max", 2, **kw))
     np.testing.assert_array_equal(gx, P.pool_backward(cnp, gy, x, y, "max", 2, **kw))
     assert bool(submitted) == COMPILED  # the whole NumPy array: split over the workers
+
+
+def test_pooling_plan_cache_keeps_every_argument_check():
+    """Pooling calls reuse their checked arguments per signature; a value equal to a
+    cached one but of another kind (``True == 1``) is still refused, and a cached plan
+    gives the values of a fresh one."""
+    import fmtarray as fa
+    from fmtarray.ops import pool as OP
+
+    x = fa.FormattedArray(np.arange(4 * 5 * 2 * 3, dtype=np.float32).reshape(4, 5, 2, 3),
+                          "SSCB")
+    first = fa.max_pool(x, 1, stride=1, padding=0)
+    for args, kw in (((True,), {}), ((1,), {"stride": True}), (((1, True),), {}),
+                     ((1,), {"padding": (0, True)})):
+        with pytest.raises(TypeError, match="bool|True"):
+            fa.max_pool(x, *args, **kw)
+    OP._PLANS.clear()
+    np.testing.assert_array_equal(fa.max_pool(x, 1, stride=1, padding=0).data, first.data)
+    y = fa.avg_pool(x, (2, 3), stride=(2, 1), padding="same")
+    assert fa.avg_pool(x, (2, 3), stride=(2, 1), padding="same").shape == y.shape == (2, 5, 2, 3)

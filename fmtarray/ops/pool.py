@@ -68,12 +68,25 @@ def _count_pad(padding_value, fn):
     raise ValueError(f"{fn}: padding_value must be 0 or 'mean', got {padding_value!r}")
 
 
-def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn):
-    x, df = _as_input(x, data_format, fn)
-    fmt = x._fmt
-    xd = x._data
-    xp = _backend.namespace(xd)
-    shape = tuple(xd.shape)
+_PLANS: dict = {}
+_PLANS_MAX = 512
+
+
+def _plain(v) -> bool:
+    """An int, a string or a tuple of ints: safe in a cache key (``True == 1`` is not)."""
+    return (type(v) in (int, str) or type(v) is tuple and all(type(a) is int for a in v))
+
+
+def _plan(fmt, shape, pool_size, stride, padding, dims, fn):
+    """The checked arguments and the permutation of one pooling call: built once per
+    signature of plain arguments (a training loop pools the same shapes every step)."""
+    key = (fmt, shape, pool_size, stride, padding, dims, fn)
+    if all(_plain(v) for v in (pool_size, stride, padding)):
+        got = _PLANS.get(key)
+        if got is not None:
+            return got
+    else:
+        key = None
     pooled = _pooled_axes(fmt, dims, fn)
     d = len(pooled)
     sizes = tuple(shape[i] for i in pooled)
@@ -86,6 +99,22 @@ def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn)
     c = fmt.find("C")
     rest = tuple(i for i in range(len(fmt)) if i not in pooled and i != c)
     perm = rest + pooled + ((c,) if c >= 0 else ())
+    plan = (pooled, sizes, pool_size, stride, pb, pa, c, rest, perm)
+    if key is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _pool(x, mode, pool_size, stride, padding, count_pad, dims, data_format, fn):
+    x, df = _as_input(x, data_format, fn)
+    fmt = x._fmt
+    xd = x._data
+    xp = _backend.namespace(xd)
+    shape = tuple(xd.shape)
+    pooled, sizes, pool_size, stride, pb, pa, c, rest, perm = _plan(
+        fmt, shape, pool_size, stride, padding, dims, fn)
     rsz = tuple(shape[i] for i in rest)
     nc = shape[c] if c >= 0 else 1
     xt = xd if _identity(perm) else xp.permute_dims(xd, perm)
