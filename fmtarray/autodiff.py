@@ -17,13 +17,30 @@ def _flatten(tree, path="arg"):
     return out
 
 
+_PATHS: dict = {}  # (path, key's type, key) -> f"{path}[{key!r}]": the same trees each step
+
+
+def _child(path, key):
+    k = (path, type(key), key)  # the type: 0 and False are equal keys, not equal paths
+    try:
+        return _PATHS[k]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable key
+        return f"{path}[{key!r}]"
+    if len(_PATHS) > 4096:
+        _PATHS.clear()
+    p = _PATHS[k] = f"{path}[{key!r}]"
+    return p
+
+
 def _leaves(tree, path, out):
     if isinstance(tree, dict):
         for k, v in tree.items():
-            _leaves(v, f"{path}[{k!r}]", out)
+            _leaves(v, _child(path, k), out)
     elif isinstance(tree, (list, tuple)) and not isinstance(tree, FormattedArray):
         for i, v in enumerate(tree):
-            _leaves(v, f"{path}[{i}]", out)
+            _leaves(v, _child(path, i), out)
     else:
         out.append((path, tree))
 

@@ -579,3 +579,13 @@ def test_nonfinite_check_names_what_it_finds(values, expected):
     a = np.array(values, dtype=np.float32)
     assert _nonfinite(a) == expected
     assert _nonfinite(FormattedArray(a, "C")) == expected
+
+
+def test_flatten_paths_name_each_key_as_written():
+    from fmtarray.autodiff import _flatten
+
+    a = FormattedArray(np.ones(2, np.float32), "C")
+    for _ in range(2):  # the second time from the path cache
+        assert [p for p, _ in _flatten({"w": a, 0: [a, (a,)]}, "t")] == [
+            "t['w']", "t[0][0]", "t[0][1][0]"]
+        assert [p for p, _ in _flatten({False: a, 1.0: a}, "t")] == ["t[False]", "t[1.0]"]

@@ -332,11 +332,12 @@ def _record(hist, it, epoch, loss, acc, vl, va, lr):
 def _nonfinite(v):
     """'NaN', 'inf' or '' for a raw array or FormattedArray."""
     d = v.data if isinstance(v, FormattedArray) else v
-    if isinstance(d, _np.ndarray):
-        with _np.errstate(over="ignore", invalid="ignore"):  # overflow: the check below
-            total = _np.add.reduce(d, axis=None)
-        if _np.isfinite(total):
-            return ""  # a finite sum has no inf or NaN term (one pass, no mask)
+    if isinstance(d, _np.ndarray) and d.size:
+        # finite extremes: no inf, and no NaN (both reductions propagate it); no mask,
+        # no overflow, no warning
+        if math.isfinite(_np.maximum.reduce(d, axis=None)) and math.isfinite(
+                _np.minimum.reduce(d, axis=None)):
+            return ""
     xp = _backend.namespace(d)
     if bool(xp.all(xp.isfinite(d))):
         return ""
