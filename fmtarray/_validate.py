@@ -136,9 +136,9 @@ def option(name, value, legal, *, allow_other=False):
     return v
 
 
-def _padding_legal(n, labels, strings):
+def _padding_legal(n, labels, strings, per="convolved dim"):
     return (
-        f"a non-negative integer, {n} integers (one per convolved dim {labels})"
+        f"a non-negative integer, {n} integers (one per {per}{' ' + labels if labels else ''})"
         + (f", {2 * n} integers (before/after per dim, like MATLAB's [t b l r])" if n > 1
            else ", 2 integers (before, after)")
         + f", a 2-by-{n} matrix [[before...], [after...]], or "
@@ -146,14 +146,15 @@ def _padding_legal(n, labels, strings):
     )
 
 
-def padding(value, n, labels, *, strings=("same", "valid", "causal"), name="padding"):
+def padding(value, n, labels, *, strings=("same", "valid", "causal"), name="padding",
+            per="convolved dim"):
     """``(before, after)`` tuples of ``n`` ints, or the string ``"same"`` / ``"causal"``.
 
     Forms: ``p``; ``n`` values (both sides of each dim); ``2n`` values (before/after per
     dim, MATLAB's ``[t b l r]``); a ``2×n`` nested sequence or array (MATLAB ``dlconv``'s
     ``[before; after]`` matrix); ``"same"``; ``"valid"`` (no padding); ``"causal"``
     (one convolved dim: everything before). ``strings`` limits the strings accepted."""
-    legal = _padding_legal(n, labels, strings)
+    legal = _padding_legal(n, labels, strings, per)
     if isinstance(value, str):
         v = value.lower()
         if v not in strings:
@@ -169,8 +170,9 @@ def padding(value, n, labels, *, strings=("same", "valid", "causal"), name="padd
     rows = _matrix_rows(value)
     if rows is not None and len(rows[0]) == len(rows[1]) and (n > 1 or len(rows[0]) == 1):
         if len(rows[0]) != n:
+            what = "convolved" if per == "convolved dim" else per.split()[0]
             raise ValueError(f"{name}={value!r} is a 2-by-{len(rows[0])} matrix but {n} dim(s) "
-                             f"are convolved ({labels}); use {legal}")
+                             f"are {what}{f' ({labels})' if labels else ''}; use {legal}")
         vals = [v for pair in zip(*rows) for v in pair]
     else:
         vals = numbers_list(name, value, legal)

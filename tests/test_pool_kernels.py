@@ -189,11 +189,24 @@ def test_pooling_plan_cache_keeps_every_argument_check():
     x = fa.FormattedArray(np.arange(4 * 5 * 2 * 3, dtype=np.float32).reshape(4, 5, 2, 3),
                           "SSCB")
     first = fa.max_pool(x, 1, stride=1, padding=0)
+    fa.max_pool(x, 1, padding=((0, 0), (0, 0)))  # the pooling layers' form, cached
     for args, kw in (((True,), {}), ((1,), {"stride": True}), (((1, True),), {}),
-                     ((1,), {"padding": (0, True)})):
+                     ((1,), {"padding": (0, True)}), ((1,), {"padding": ((0, 0), (0, True))})):
         with pytest.raises(TypeError, match="bool|True"):
             fa.max_pool(x, *args, **kw)
     OP._PLANS.clear()
     np.testing.assert_array_equal(fa.max_pool(x, 1, stride=1, padding=0).data, first.data)
     y = fa.avg_pool(x, (2, 3), stride=(2, 1), padding="same")
     assert fa.avg_pool(x, (2, 3), stride=(2, 1), padding="same").shape == y.shape == (2, 5, 2, 3)
+
+
+def test_pooling_padding_errors_speak_of_pooled_dims():
+    import fmtarray as fa
+
+    x = fa.FormattedArray(np.ones((4, 4, 2, 2), np.float32), "SSCB")
+    for bad in (-1, [[0, 0, 0], [0, 0, 0]], "causal"):
+        with pytest.raises(ValueError) as e:
+            fa.max_pool(x, 2, padding=bad)
+        msg = str(e.value)
+        assert "max_pool: padding=" in msg and "one per pooled dim)" in msg
+        assert "convolved" not in msg

@@ -49,7 +49,7 @@ def pool_padding(padding, sizes, pool_size, stride, fn="pooling"):
     the pooled dims (used by ``"same"``).
     """
     d = len(sizes)
-    p = _validate.padding(padding, d, "pooled dims", strings=("same", "valid"))
+    p = _validate.padding(padding, d, "", strings=("same", "valid"), per="pooled dim")
     if p == "same":
         pairs = [_k.same_padding(n, k, s) for n, k, s in zip(sizes, pool_size, stride)]
         return tuple(q[0] for q in pairs), tuple(q[1] for q in pairs)
@@ -73,8 +73,9 @@ _PLANS_MAX = 512
 
 
 def _plain(v) -> bool:
-    """An int, a string or a tuple of ints: safe in a cache key (``True == 1`` is not)."""
-    return (type(v) in (int, str) or type(v) is tuple and all(type(a) is int for a in v))
+    """An int, a string or a tuple of such (nested): safe in a cache key (``True == 1``
+    is not)."""
+    return type(v) in (int, str) or type(v) is tuple and all(_plain(a) for a in v)
 
 
 def _plan(fmt, shape, pool_size, stride, padding, dims, fn):
