@@ -126,3 +126,27 @@ def test_parallel_does_not_wait_for_a_worker_that_has_not_started(dynamic):
         for b in busy:
             b.result()
         caller.join()
+
+
+def test_parallel_waits_for_started_workers_and_raises_their_error():
+    """A worker's exception reaches the caller, after every started task has ended."""
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    pool, n, _ = rt.workers()
+    if n < 2:
+        pytest.skip("needs more than one worker")
+    main, done = threading.get_ident(), []
+    started = threading.Event()
+
+    def work(w, it):
+        if threading.get_ident() == main:
+            started.wait(5)  # let the pool thread start its share
+            return
+        started.set()
+        done.append(it)
+        if it == 1:
+            raise KeyError("worker failed")
+
+    with pytest.raises(KeyError, match="worker failed"):
+        rt.parallel(work, range(2 * n))
+    assert done == [1]  # worker 1 stopped at its failing item; the caller waited for it

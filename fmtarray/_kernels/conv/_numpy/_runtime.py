@@ -43,8 +43,8 @@ from ...pad import fill_border_numpy
 from ..thresholds import current
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
-           "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread", "parallel", "parallel_sum", "parallel_add",
-           "row_blocks", "scratch", "release_scratch", "cached_scratch", "copy_blocked",
+           "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread",
+           "parallel", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch", "cached_scratch", "copy_blocked",
            "parallel_copy", "Chunked"]
 
 _lock = threading.RLock()
@@ -332,22 +332,27 @@ def parallel(fn, items, dynamic=False):
 
     # each task in its own copy of the caller's context (tuning() settings travel)
     futures = [(w, pool.submit(contextvars.copy_context().run, run, w)) for w in range(1, n)]
+    failed = False
     try:
         run(0)
+        # A worker that has not started yet (its core busy with another process or
+        # another library's spinning threads, or its vCPU halted) is not waited for: its
+        # share runs here, under its own worker number (so per-worker sums stay the same
+        # bits); with dynamic items it finds none left.
+        for w, f in futures:
+            if f.cancel():
+                run(w)
     except BaseException:
-        for _, f in futures:  # nothing more starts; what runs is waited for
-            if not f.cancel():
-                f.result()
+        failed = True
         raise
-    # A worker that has not started yet (its core busy with another process or another
-    # library's spinning threads, or its vCPU halted) is not waited for: its share runs
-    # here, under its own worker number (so per-worker sums stay the same bits); with
-    # dynamic items it finds none left.
-    for w, f in futures:
-        if f.cancel():
-            run(w)
-        else:
-            f.result()
+    finally:
+        # every started task is waited for (after a failure nothing more starts); the
+        # first worker's exception is raised when the caller's own items went through
+        errors = [f.exception() for _, f in futures
+                  if not (failed and f.cancel()) and not f.cancelled()]
+        errors = [e for e in errors if e is not None]
+        if errors and not failed:
+            raise errors[0]
 
 
 @contextlib.contextmanager
