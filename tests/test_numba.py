@@ -199,6 +199,55 @@ def test_weight_gradient_split_by_filter_blocks(dtype, groups, fg):
     assert rel_err(gw, by_positions) <= TOL[dtype]
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,cg,fg,pad", [(1, 70, 70, 0), (2, 3, 130, 1), (1, 5, 90, 1)])
+def test_forward_and_input_grad_split_by_filter_blocks(monkeypatch, dtype, groups, cg, fg, pad):
+    """Big weights send the forward and the input gradient to the workers by blocks of
+    filter vectors, each over all the positions (forced here: direct_filter_split_bytes=0,
+    eight blocks as on a pool): the reference's values, and the same bits as the split by
+    positions (each output is the same running sum)."""
+    from fmtarray._kernels.conv._numba import direct as dr
+    from fmtarray._kernels.conv._numba._simd import NV_MAX
+
+    items = []
+    orig = dr.parallel
+    monkeypatch.setattr(dr, "parallel", lambda fn, it, **k: items.append(list(it)) or
+                        orig(fn, it, **k))
+    monkeypatch.setattr(dr, "dynamic_blocks", lambda: 8)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 6, 5, groups * cg)).astype(dtype)
+    w = rng.standard_normal((3, 2, cg, fg, groups)).astype(dtype)
+    b = rng.standard_normal(groups * fg).astype(dtype)
+    args = ((1, 2), (1, 1), (pad, 1), (pad, 0), 0.0)
+    kw = dict(stride=args[0], dilation=args[1], pad_before=args[2], pad_after=args[3],
+              pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
+    force = {"forward": "numba.direct", "input_grad": "numba.direct_input_grad"}
+    got = {}
+    for split in (0, 1 << 40):
+        items.clear()
+        with K.tuning(direct_filter_split_bytes=split, direct_in_place_ratio=0,
+                      direct_input_grad_in_place_ratio=0, direct_copy_min_cg=1):
+            y = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
+            gx = conv_backward(cnp, gy, x, w, needs=(True, False, False), force=force,
+                               **kw)[0]
+        got[split] = (y, gx)
+        vranges = {it[3:] for phase in items for it in phase}
+        lanes = dr._width(np.dtype(dtype), fg)[0]
+        if split == 0:  # the forward's filters (fg) in blocks of NV_MAX vectors
+            assert (0, NV_MAX) in vranges and len(vranges) > 1
+        else:
+            assert all(va == 0 for va, _ in vranges)
+            assert (0, -(-fg // lanes)) in vranges
+    refs = (ref_conv(x, w, b, *args), ref_conv_vjp(x, w, gy, *args)[0])
+    for a, ref in zip(got[0], refs):
+        assert rel_err(a, ref) <= TOL[dtype]
+    for a, c in zip(got[0], got[1 << 40]):
+        np.testing.assert_array_equal(a, c)
+
+
 def test_plan_cache_is_bounded_by_bytes(monkeypatch):
     """The plans' index arrays (16 bytes per output position) are kept for the next calls
     within PLAN_CACHE_BYTES, the least recently used going first; a hit returns the same

@@ -87,6 +87,13 @@ class Tuning:
     #: numba.direct forward: the most weight bytes of one filter block summed at once
     #: (bigger reductions go a block of runs, or of one run, at a time: kept in L2)
     direct_weight_block_bytes: int = 256 * 2**10
+    #: numba.direct forward and input gradient: weights (of one group's filters, as
+    #: summed) of this many bytes and more go to the workers by filter blocks, each over
+    #: all (or few blocks of) the positions, so that each block of weights is read from
+    #: memory once, not once per block of positions (measured 2026-12-07, no other library
+    #: running: 512→512 3×3 b8 7×7 11.2-13.1 → 9.6-10.1 ms, b2 14×14 11.3 → 9.5 ms;
+    #: 256→256 14×14 a tie)
+    direct_filter_split_bytes: int = 2**20
     #: numba.direct weight gradients of this many bytes and more are split over the
     #: workers by filter blocks (else by positions, per-block partial gradients added in
     #: order; 512→512 3×3: 34 → 12 ms)

@@ -316,18 +316,19 @@ def _block(nv, narrow):
 
 
 @njit(**_JIT)
-def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1):
-    """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the ``Fg`` filters of each
-    group; ``wf`` ``(G, T·R, Fp)``, ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of
-    ``VECTOR_BYTES >> narrow`` bytes (``narrow`` > 0: ``Fp`` is one vector); the
-    reduction in blocks of at most ``wblock`` bytes of weights per filter block."""
+def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1, va,
+                      vb):
+    """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the filter vectors ``va ..
+    vb-1`` of each group (``f`` in those vectors and ``< Fg``); ``wf`` ``(G, T·R, Fp)``,
+    ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of ``VECTOR_BYTES >> narrow`` bytes
+    (``narrow`` > 0: ``Fp`` is one vector); the reduction in blocks of at most ``wblock``
+    bytes of weights per filter block."""
     G, T = offs.shape
     lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
-    nvec = Fp // lanes
     for g in range(G):
         og = offs[g]
-        for v0 in range(0, nvec, NV_MAX):
-            nv = min(NV_MAX, nvec - v0)
+        for v0 in range(va, vb, NV_MAX):
+            nv = min(NV_MAX, vb - v0)
             f0 = v0 * lanes
             xb = _block(nv, narrow)
             # the reduction in blocks whose weights stay in the cache: whole runs, or

@@ -214,27 +214,39 @@ def _border_run(x, wt, bias, spec, y, dtype):
 def _run_groups(src, groups, wts, bias, out, dtype):
     """``out[ypos[p] + g·n + f] = bias + Σ`` over each group's positions ``(pos, ypos,
     offs, R, ·)`` (a plan of :mod:`.plans`, or one of its border groups), the group's
-    weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose blocks of positions
-    go to the workers as they come free. Returns the bias ``(G, n)``."""
+    weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose items go to the
+    workers as they come free: blocks of positions, or, for weights of at least
+    ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
+    positions (or as few blocks of them as keep the workers busy). Returns the bias
+    ``(G, n)``."""
+    from ._simd import NV_MAX
+
     k = _k()
     G, n = wts[0].shape[0], wts[0].shape[2]
     lanes, narrow = _width(dtype, n)
     b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
     bf = _vectors(b, lanes).reshape(-1)
     wts = [_vectors(wt, lanes) for wt in wts]
+    nvec = wts[0].shape[2] // lanes
     sf, of = src.reshape(-1), out.reshape(-1)
-    wblock = current().direct_weight_block_bytes
+    t = current()
+    wblock = t.direct_weight_block_bytes
     total, nb = sum(len(g[0]) for g in groups), dynamic_blocks()
+    vblocks = [(0, nvec)]
+    if wts[0].nbytes // G >= t.direct_filter_split_bytes and nvec > NV_MAX and nb > 1:
+        vblocks = [(v, min(v + NV_MAX, nvec)) for v in range(0, nvec, NV_MAX)]
+        nb = -(-nb // len(vblocks))
     items = []
     for i, g in enumerate(groups):
-        items += [(i, q0, q1) for q0, q1 in
-                  _rows(len(g[0]), max(1, round(nb * len(g[0]) / total)))]
+        items += [(i, q0, q1, va, vb) for q0, q1 in
+                  _rows(len(g[0]), max(1, round(nb * len(g[0]) / total)))
+                  for va, vb in vblocks]
 
     def run(_w, it):
         pos, ypos, offs, R, _ = groups[it[0]]
         wg = wts[it[0]]
         k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
-                            narrow, wblock, it[1], it[2])
+                            narrow, wblock, it[1], it[2], it[3], it[4])
 
     parallel(run, items, dynamic=True)
     return b
