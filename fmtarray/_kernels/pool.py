@@ -172,7 +172,7 @@ def pool_forward(xp, x, mode, pool_size, *, stride=1, pad_before=0, pad_after=0,
     """
     _check_mode(mode)
     geo = _geometry(tuple(x.shape), pool_size, stride, pad_before, pad_after)
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _backend.isdtype(xp, x.dtype, "real floating"):
         raise TypeError(f"pooling needs a real floating-point array, got dtype {x.dtype}")
     if _is_dask(xp):
         return _pool_dask(x, geo, mode, count_pad)

@@ -284,16 +284,16 @@ class Layout:
 
     def perm(self, target: str) -> tuple:
         """Axes that take a ``dims``-ordered array to ``target`` order (e.g. ``"N01C"``)."""
-        return tuple(self.dims.index(c) for c in target)
+        return _axes(self.dims, target)
 
     def inverse(self, source: str) -> tuple:
         """Axes that take a ``source``-ordered array back to ``dims`` order."""
-        return tuple(source.index(c) for c in self.dims)
+        return _axes(source, self.dims)
 
     @property
     def channels_last(self) -> str:
         """``"N01C"`` (the NumPy kernels' order)."""
-        return "N" + "".join(str(i) for i in range(self.d)) + "C"
+        return _channels_last(len(self.dims) - 2)
 
     @property
     def channels_first(self) -> str:
@@ -307,6 +307,17 @@ class Layout:
 
     def memory(self, which: str = "x") -> str:
         return self.x_memory if which == "x" else self.gy_memory
+
+
+@functools.lru_cache(maxsize=256)
+def _axes(dims, target):
+    """Where each role of ``target`` sits in ``dims`` (every kernel call asks)."""
+    return tuple(dims.index(c) for c in target)
+
+
+@functools.lru_cache(maxsize=8)
+def _channels_last(d):
+    return "N" + "".join(str(i) for i in range(d)) + "C"
 
 
 @functools.lru_cache(maxsize=1024)

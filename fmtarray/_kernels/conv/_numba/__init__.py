@@ -37,6 +37,7 @@ from . import depthwise, direct
 __all__ = ["unavailable"]
 
 _import_error: list = []  # [reason] once ``import numba`` failed
+_imported: list = []  # [True] once it worked
 
 
 def unavailable():
@@ -47,6 +48,8 @@ def unavailable():
     if env not in ("", "1"):
         raise ValueError(f"FMTARRAY_NUMBA={env!r}: expected 0 (compiled kernels off) or 1 "
                          "(on, the default when numba is installed)")
+    if _imported:
+        return None
     if _import_error:
         return _import_error[0]
     try:
@@ -54,6 +57,7 @@ def unavailable():
     except Exception as e:  # ImportError, or numba refusing this NumPy
         _import_error.append(f"numba cannot be imported ({type(e).__name__}: {e})")
         return _import_error[0]
+    _imported.append(True)
     return None
 
 

@@ -313,7 +313,7 @@ def _padded_weight_grad(x, gf, spec, dtype, cp):
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(
             xf, pos, gpos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
-        wgrad_blocks(len(pos)), (len(o), cp), dtype)
+        wgrad_blocks(len(pos), spec), (len(o), cp), dtype)
     return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)
 
 
@@ -335,7 +335,7 @@ def _border_weight_grad(x, gf, spec, dtype):
     rows = np.cumsum([0] + [len(g[4]) for g in groups])
     items = []
     for i, (pos, *_) in enumerate(groups):
-        blocks = wgrad_blocks(len(pos)) if i == 0 else [(0, len(pos))]
+        blocks = wgrad_blocks(len(pos), spec) if i == 0 else [(0, len(pos))]
         items += [(i, q0, q1) for q0, q1 in blocks]
 
     def run(_w, it, a):

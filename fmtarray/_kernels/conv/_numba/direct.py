@@ -36,6 +36,7 @@ is formed, padding included, and each result is one running sum in a fixed order
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -53,10 +54,15 @@ from .plans import (border_gpos, border_plan, forward_plan, gpos, input_grad_bor
 __all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
 
-def _k():
-    from . import _simd
+_simd = []  # [the module], once a kernel has run (importing it imports Numba)
 
-    return _simd
+
+def _k():
+    if not _simd:
+        from . import _simd as k
+
+        _simd.append(k)
+    return _simd[0]
 
 
 def applies(spec, layout):
@@ -133,13 +139,19 @@ def padded_cotangent(gy, spec, pads, channels, dtype):
     return gp
 
 
+_widths: dict = {}
+
+
 def _width(dtype, n):
     """``(lanes, narrow)`` of the vectors for ``n`` filters (see :data:`._simd.NARROW`)."""
-    from ._simd import NARROW, VECTOR_BYTES
-
-    full = VECTOR_BYTES // np.dtype(dtype).itemsize
-    narrow = max([0, *(k for k in NARROW if n <= full >> k and full >> k >= 2)])
-    return full >> narrow, narrow
+    key = (dtype, n)
+    w = _widths.get(key)
+    if w is None:
+        k = _k()
+        full = k.VECTOR_BYTES // np.dtype(dtype).itemsize
+        narrow = max([0, *(i for i in k.NARROW if n <= full >> i and full >> i >= 2)])
+        w = _widths[key] = (full >> narrow, narrow)
+    return w
 
 
 def _vectors(a, lanes):
@@ -171,12 +183,12 @@ def packed(a, groups, lanes, dtype):
 def output(shape, dtype):
     """``np.empty(shape)`` with one 64-byte vector of slack past its end (the forward
     tiles read whole vectors back when they sum a reduction in blocks)."""
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     return np.empty(n + 64 // np.dtype(dtype).itemsize, dtype=dtype)[:n].reshape(shape)
 
 
 def forward(x, w, bias, spec, dtype):
-    wm = np.moveaxis(np.asarray(w, dtype=dtype), spec.d + 2, 0)  # (G, *k, Cg, Fg)
+    wm = np.asarray(w, dtype=dtype).transpose(spec.d + 2, *range(spec.d + 2))  # (G, *k, Cg, Fg)
     wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
     y = output((spec.N, *spec.out, spec.F), dtype)
     if in_place(x, wt, spec, dtype):
@@ -219,9 +231,8 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
     positions (or as few blocks of them as keep the workers busy). Returns the bias
     ``(G, n)``."""
-    from ._simd import NV_MAX
-
     k = _k()
+    NV_MAX = k.NV_MAX
     G, n = wts[0].shape[0], wts[0].shape[2]
     lanes, narrow = _width(dtype, n)
     b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
@@ -296,12 +307,16 @@ def _input_grad_in_place(gy, w, spec, dtype):
 WGRAD_TILE_POSITIONS = 128
 
 
-def wgrad_blocks(n):
+def wgrad_blocks(n, spec):
     """Position blocks of a weight gradient split by positions: 4 to ``WGRAD_BLOCKS``,
     one per 4096 positions — a fixed number for the problem (the partials, added in
     block order, give the same bits whatever the number of threads), few enough that
     their zero-filled partial gradients stay small (16 blocks of 4096 positions cost
-    1.3 ms more than 4 in a 5×5 48→48 training step)."""
+    1.3 ms more than 4 in a 5×5 48→48 training step); one block for a problem below
+    ``Tuning.serial_macs``, which runs on the calling thread alone (its partials would
+    only cost: zero-filled buffers, kernel calls and their sum)."""
+    if spec.macs < current().serial_macs:
+        return [(0, n)]
     return _rows(n, max(4, min(WGRAD_BLOCKS, n // 4096)))
 
 
@@ -349,16 +364,15 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     and each other group (the border groups of :func:`border_plan`) whole, each item
     summing into a buffer of its own, the first group's added in block order (the same
     bits whatever the number of threads)."""
-    from ._simd import NV_MAX
-
     k = _k()
-    _, narrow = _width(dtype, spec.Fg)
+    NV_MAX = k.NV_MAX
+    lanes, narrow = _width(dtype, spec.Fg)
     Fp = gp.shape[-1]
     gf = gp.reshape(-1)
-    nvec = Fp // (_width(dtype, spec.Fg)[0])
+    nvec = Fp // lanes
     shapes = [(spec.G, offs.shape[1] * R, Fp) for _, _, offs, R in groups]
     sizes = [math.prod(sh) for sh in shapes]
-    starts = np.cumsum([0] + sizes)
+    starts = list(itertools.accumulate(sizes, initial=0))
     per = WGRAD_TILE_POSITIONS
     full = spec.G * spec.K * spec.Cg * Fp * dtype.itemsize  # the gradient's own bytes
     if nvec >= 2 and full >= current().direct_wgrad_split_bytes:
@@ -377,7 +391,7 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
         pos, gq, offs, R = groups[i]
         k.weight_grad_positions(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec)
 
-    blocks = wgrad_blocks(len(groups[0][0]))
+    blocks = wgrad_blocks(len(groups[0][0]), spec)
     if len(groups) == 1:
         first = parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
                              shapes[0], dtype)

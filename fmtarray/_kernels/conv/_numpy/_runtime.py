@@ -391,6 +391,10 @@ def parallel_sum(fn, items, shape, dtype):
     items = list(items)
     if not items:
         return np.zeros(shape, dtype=dtype)
+    if len(items) == 1:  # one sum, on the calling thread (as parallel() runs one item)
+        acc = np.zeros(shape, dtype=dtype)
+        fn(0, items[0], acc)
+        return acc
     size = math.prod(shape) * np.dtype(dtype).itemsize
     if len(items) > 1 and len(items) * size <= current().ordered_sum_bytes:
         parts = np.zeros((len(items), *shape), dtype=dtype)
@@ -556,8 +560,11 @@ def parallel_copy(dst, src):
     """Copy split over the workers along the source's outermost dim (caller holds BLAS)."""
     n = n_workers()
     block = current().copy_block
+    if n == 1 or src.size < 4 * block:
+        copy_blocked(dst, src, block)
+        return
     ax = _outer_axis(src)
-    if n == 1 or ax is None or src.size < 4 * block or src.shape[ax] < n:
+    if ax is None or src.shape[ax] < n:
         copy_blocked(dst, src, block)
         return
     # about three parts per worker, taken dynamically
