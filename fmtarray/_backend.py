@@ -125,6 +125,25 @@ def namespace(*xs):
     return ns
 
 
+_ISDTYPE: dict = {}
+
+
+def isdtype(xp, dtype, kind) -> bool:
+    """``xp.isdtype(dtype, kind)``, remembered per namespace, dtype and kind (several
+    calls of every training step ask it of the same few dtypes)."""
+    key = (id(xp), dtype, kind)
+    try:
+        return _ISDTYPE[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype object
+        return bool(xp.isdtype(dtype, kind))
+    if len(_ISDTYPE) > 1024:
+        _ISDTYPE.clear()
+    hit = _ISDTYPE[key] = bool(xp.isdtype(dtype, kind))
+    return hit
+
+
 def device(x):
     return _compat.device(x)
 

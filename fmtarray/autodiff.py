@@ -72,7 +72,7 @@ def _trace_leaf(path, x):
             "values out of argnums"
         )
     xp = _backend.namespace(x._data)
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not _backend.isdtype(xp, x.dtype, "real floating"):
         raise TypeError(
             f"cannot differentiate with respect to {path}: its dtype is {x.dtype}, "
             "gradients need float32 or float64"

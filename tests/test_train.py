@@ -589,3 +589,29 @@ def test_flatten_paths_name_each_key_as_written():
         assert [p for p, _ in _flatten({"w": a, 0: [a, (a,)]}, "t")] == [
             "t['w']", "t[0][0]", "t[0][1][0]"]
         assert [p for p, _ in _flatten({False: a, 1.0: a}, "t")] == ["t[False]", "t[1.0]"]
+
+
+def test_factor_tables_are_checked_once_then_reused():
+    """train() checks a factor tree once (factor_table) and hands the solver that table
+    every step: the solver takes it as it is when it covers the learnables, checks it
+    like any tree when it does not, and the update equals the one from the tree."""
+    from fmtarray.training.solvers import FactorTable, _factor_table, factor_table
+
+    w = {"a": {"w": FormattedArray(np.ones(3, np.float32))},
+         "b": [FormattedArray(np.full(2, 2.0, np.float32))]}
+    g = {"a": {"w": FormattedArray(np.full(3, 0.5, np.float32))},
+         "b": [FormattedArray(np.ones(2, np.float32))]}
+    tree = {"a": {"w": 0.5}, "b": [0.0]}
+    table = factor_table(tree, w, "learn-rate factor")
+    assert isinstance(table, FactorTable)
+    assert table == {"arg['a']['w']": 0.5, "arg['b'][0]": 0.0}
+    assert _factor_table(table, list(table), "learn-rate factor") is table
+    with pytest.raises(ValueError, match="no factor for"):
+        _factor_table(table, [*table, "arg['c']"], "learn-rate factor")
+    with pytest.raises(ValueError, match=r"learn-rate factor for \['a'\]\['w'\] must be .*>= 0"):
+        factor_table({"a": {"w": -1.0}, "b": [1.0]}, w, "learn-rate factor")
+    by_tree = sgdm(learn_rate=0.1, l2_regularization=0).update(w, g, tree)
+    by_table = sgdm(learn_rate=0.1, l2_regularization=0).update(w, g, table)
+    np.testing.assert_array_equal(_np(by_table["a"]["w"]), _np(by_tree["a"]["w"]))
+    np.testing.assert_allclose(_np(by_tree["a"]["w"]), 1.0 - 0.1 * 0.5 * 0.5, rtol=1e-7)
+    assert by_table["b"][0] is w["b"][0]  # frozen: the very same object

@@ -86,6 +86,21 @@ def swap(layer, params):
             setattr(layer, n, v)
 
 
+def _shallow_copy(obj):
+    """``copy.copy(obj)``, by its own two steps for a plain object (an instance
+    ``__dict__``, no ``__slots__``, no copy or pickle hooks of its class): what the
+    network does for each layer with learnables at every evaluation."""
+    cls = type(obj)
+    if (getattr(cls, "__copy__", None) is None and "__slots__" not in cls.__dict__
+            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
+            and isinstance(getattr(obj, "__dict__", None), dict)):
+        new = cls.__new__(cls)
+        new.__dict__.update(obj.__dict__)
+        return new
+    return copy.copy(obj)
+
+
 def bound(layer, params):
     """A context giving the layer to evaluate with ``params`` (``{name: value}``) in place
     of its learnables.
@@ -98,7 +113,7 @@ def bound(layer, params):
     """
     if not params:
         return contextlib.nullcontext(layer)
-    clone = copy.copy(layer)
+    clone = _shallow_copy(layer)
     u = getattr(clone, "using", None)
     if getattr(u, "__func__", None) is Layer.using:
         for n, v in params.items():
@@ -152,7 +167,7 @@ def float_dtype(v):
     if not _backend.is_array(d):
         return None
     try:
-        if not _backend.namespace(d).isdtype(d.dtype, "real floating"):
+        if not _backend.isdtype(_backend.namespace(d), d.dtype, "real floating"):
             return None
     except (TypeError, ValueError):
         return None

@@ -32,11 +32,15 @@ from __future__ import annotations
 import contextlib
 import re
 
+import numpy as np
+
 from .. import _backend
 from ..array import FormattedArray
 
 
 def _copy_data(a):
+    if type(a) is np.ndarray:
+        return a.copy()
     lib = _backend.library_name(a)
     if lib in ("jax", "dask"):
         return a  # immutable arrays (a Dask graph is never written in place)

@@ -246,7 +246,7 @@ class ImageInputLayer(Layer):
             if fmt == "SSC":
                 out = FormattedArray(out, "SSCB")
         xp = _backend.namespace(out.data)
-        if not xp.isdtype(out.dtype, "real floating"):
+        if not _backend.isdtype(xp, out.dtype, "real floating"):
             out = astype(out, xp.float32)  # integer images: MATLAB converts them to single
         if check and tuple(out.shape[:3]) != (h, w, c):
             raise ValueError(

@@ -135,6 +135,8 @@ def weights_hint(w, wfmt, x_fmt, x_c, nconv):
 def weak_scalar(v):
     """A Python or NumPy scalar bias as a float (it takes the arrays' dtype), ``None``
     when ``v`` is something else. Bools and complex numbers are refused."""
+    if v is None or type(v) is _np.ndarray:
+        return None
     if not isinstance(v, (numbers.Number, _np.generic)):
         return None
     if isinstance(v, (bool, _np.bool_)) or not isinstance(v, (numbers.Real, _np.integer,

@@ -194,7 +194,10 @@ def _rebind(plan, x, weights, bias, weights_format):
         b_arr = xp.broadcast_to(xp.reshape(_ca.cast(xp, bd, plan.dtype), (1,)), (F,))
     else:
         b_arr = xp.reshape(_ca.cast(xp, bd, plan.dtype), (F,))
-    return _dc.replace(plan, xk=xk, wk=wk, b=b_arr, X=X, W=W, B=B, xd=xd, wd=wd, bd=bd)
+    c = object.__new__(_Call)  # ``dataclasses.replace`` without its per-call introspection
+    c.__dict__.update(plan.__dict__)
+    c.xk, c.wk, c.b, c.X, c.W, c.B, c.xd, c.wd, c.bd = xk, wk, b_arr, X, W, B, xd, wd, bd
+    return c
 
 
 def _prepare_full(x, weights, bias, stride, dilation_factor, padding, padding_value,
@@ -325,10 +328,10 @@ def conv(x, weights, bias=None, *, stride=1, dilation_factor=1, padding=0, paddi
     layout = _k.Layout.of(c.dims, c.xk)
     y = _k.forward(xp, c.spec, layout, c.xk, c.wk, c.b, force=algorithm)
     y = xp.reshape(y, c.oshape) if tuple(y.shape) != c.oshape else y
-    if c.data_format is None:  # Dask: the merged batch-like dims keep x's chunks
+    if c.data_format is None and _backend.is_dask(xp):  # the batch-like dims keep x's chunks
         y = match_chunks(xp, y, c.xd, _batch_like(c.ofmt, c.cfmt, c.oshape, c.xd.shape))
-    okeys = _keys(c.ofmt)
     if c.data_format is not None:
+        okeys = _keys(c.ofmt)
         ufmt = c.data_format if c.has_c else _insert_c_user(c.data_format)
         ukeys = _keys(ufmt)
         y = _maybe_permute(xp, y, _perm(okeys, ukeys))

@@ -232,16 +232,9 @@ minimum = _binary(
 
 # unary -----------------------------------------------------------------------
 
-_FLOAT_CACHE: dict = {}
-
-
 def _is_float(xp, dtype) -> bool:
-    """``xp.isdtype(dtype, floating)``, cached per dtype (it is on every unary call)."""
-    key = (id(xp), dtype)
-    hit = _FLOAT_CACHE.get(key)
-    if hit is None:
-        hit = _FLOAT_CACHE[key] = bool(xp.isdtype(dtype, ("real floating", "complex floating")))
-    return hit
+    """``xp.isdtype(dtype, floating)`` (remembered: it is on every unary call)."""
+    return _backend.isdtype(xp, dtype, ("real floating", "complex floating"))
 
 
 def _unary(name, fn, vjp, *, float_only=True):

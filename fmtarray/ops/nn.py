@@ -222,7 +222,7 @@ def softmax(x, *, data_format=None):
     c = _channel_axis(x, fn)
     xd = x._data
     xp = _backend.namespace(xd)
-    if not xp.isdtype(xd.dtype, "real floating"):
+    if not _backend.isdtype(xp, xd.dtype, "real floating"):
         raise TypeError(f"{fn} needs a real floating-point array, got dtype {xd.dtype}")
     e = xp.exp(xd - xp.max(xd, axis=c, keepdims=True))
     y = e / xp.sum(e, axis=c, keepdims=True)
@@ -279,9 +279,9 @@ def cross_entropy(y, targets, *, normalization="batch", data_format=None):
     yd = y._data
     xp = _backend.namespace(yd, td)
     _backend.check_same_device(yd, td)
-    if not xp.isdtype(yd.dtype, "real floating"):
+    if not _backend.isdtype(xp, yd.dtype, "real floating"):
         raise TypeError(f"{fn}: predictions must be real floating point, got dtype {yd.dtype}")
-    if not xp.isdtype(td.dtype, "real floating"):
+    if not _backend.isdtype(xp, td.dtype, "real floating"):
         td = xp.astype(td, yd.dtype)  # one-hot integers / booleans: an explicit cast
     b = y._fmt.find("B")
     n = y.shape[b] if (b >= 0 and normalization == "batch") else 1
@@ -349,7 +349,7 @@ def batch_norm(x, offset, scale, mean=None, var=None, epsilon=1e-5, training=Fal
     vd, Vf = _param(var, fn, "var")
     xp = _backend.namespace(xd, od, sd, md, vd)
     _backend.check_same_device(xd, od, sd, md, vd)
-    if not xp.isdtype(xd.dtype, "real floating"):
+    if not _backend.isdtype(xp, xd.dtype, "real floating"):
         raise TypeError(f"{fn} needs a real floating-point input, got dtype {xd.dtype}")
 
     def chan(d, name):

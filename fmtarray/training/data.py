@@ -28,7 +28,7 @@ def _as_inputs(x, input_format, what):
     if not finddim(x, "B"):
         raise ValueError(f"{what} must have a batch dim 'B' to slice mini-batches from, got "
                          f"format {x.format!r} with shape {x.shape}")
-    if not x.xp.isdtype(x.dtype, "real floating"):
+    if not _backend.isdtype(x.xp, x.dtype, "real floating"):
         raise TypeError(f"{what} must be floating point (float32 or float64), got {x.dtype}; "
                         "convert first, e.g. fmtarray.astype(x, float32)")
     return x
@@ -40,7 +40,7 @@ def _as_targets(t, n, like, num_classes, what):
         if t.size("B") != n:
             raise ValueError(f"{what} have {t.size('B')} observations along 'B' (format "
                              f"{t.format!r}, shape {t.shape}) but the inputs have {n}")
-        if not t.xp.isdtype(t.dtype, "real floating"):
+        if not _backend.isdtype(t.xp, t.dtype, "real floating"):
             raise TypeError(f"{what}: one-hot targets must be floating point, got {t.dtype}")
         return t
     raw = t.data if isinstance(t, FormattedArray) else t
@@ -70,7 +70,9 @@ def _batch(a: FormattedArray, order, start, stop):
         data = a.data[key]
     else:
         xp = a.xp
-        idx = _backend._from_host(order[start:stop], xp, None, a.device)
+        idx = order[start:stop]
+        if not isinstance(a.data, _np.ndarray):  # the indices where the data lives
+            idx = _backend._from_host(idx, xp, None, a.device)
         data = _take(xp, a.data, idx, ax)
     return FormattedArray._wrap(data, a.format)
 
@@ -183,7 +185,10 @@ def _correct(y: FormattedArray, t: FormattedArray):
     xp = y.xp
     py = xp.argmax(y.data, axis=cy[0])
     pt = xp.argmax(t.data, axis=ct[0])
-    hits = float(xp.sum(xp.astype(py == pt, xp.float32)))
+    if isinstance(py, _np.ndarray):
+        hits = float(_np.count_nonzero(py == pt))
+    else:
+        hits = float(xp.sum(xp.astype(py == pt, xp.float32)))
     total = 1
     for s in py.shape:
         total *= int(s)

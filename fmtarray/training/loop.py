@@ -16,6 +16,7 @@ from .data import Batches, _as_inputs, _as_targets, _correct, _detach, permutati
 from .history import TrainingHistory, plot_training
 from .options import TrainingOptions, learn_rate_at
 from .progress import _HEADER, _make_bar, _row
+from .solvers import factor_table
 
 __all__ = ["train"]
 
@@ -181,7 +182,8 @@ def train(net, inputs, targets, options: TrainingOptions | None = None, *, loss=
     if options.verbose:
         out(_HEADER)
     params = net.learnables()
-    lrf, l2f = net.learn_rate_factors(), net.l2_factors()
+    lrf = factor_table(net.learn_rate_factors(), params, "learn-rate factor")
+    l2f = factor_table(net.l2_factors(), params, "L2 factor")
     best = (math.inf, None, 0)
     since_best = 0
     t0 = time.perf_counter()
@@ -352,10 +354,10 @@ def _step(solver, params, grads, lrf, l2f, lr, loss):
         return "nan-loss", f"the training loss is {'NaN' if math.isnan(loss) else loss}", None
     p_flat = _flatten(params, "learnables")
     g_flat = _flatten(grads, "learnables")
-    f_flat = dict(_flatten(lrf, "learnables"))
+    paths = ["arg" + path[10:] for path, _ in p_flat]  # the solver's: "arg[...]"
     cast = []
-    for (path, w), (_, g) in zip(p_flat, g_flat):
-        if f_flat.get(path, 1.0) != 0.0:  # frozen parameters do not learn from it
+    for (path, w), (_, g), key in zip(p_flat, g_flat, paths):
+        if lrf.get(key, 1.0) != 0.0:  # frozen parameters do not learn from it
             bad = _nonfinite(g)
             if bad:
                 return ("non-finite-gradient",
@@ -365,14 +367,14 @@ def _step(solver, params, grads, lrf, l2f, lr, loss):
                 and g.dtype != w.dtype and float_dtype(w) is not None:
             g = FormattedArray._wrap(w.xp.astype(g.data, w.dtype), g.format)
         cast.append(g)
-    new = solver.update(params, _unflatten(grads, cast), lrf, l2f, learn_rate=lr)
-    for (path, w), (_, v) in zip(p_flat, _flatten(new, "learnables")):
+    new = solver._update_leaves(paths, [w for _, w in p_flat], cast, lrf, l2f, lr)
+    for (path, w), v in zip(p_flat, new):
         if v is not w:
             bad = _nonfinite(v)
             if bad:
                 return ("non-finite-update",
                         f"the solver step made {path} non-finite ({bad})", None)
-    return None, "", new
+    return None, "", _unflatten(params, new)
 
 
 def _net_dtype(net):

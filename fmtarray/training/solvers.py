@@ -32,8 +32,23 @@ SOLVERS = ("sgdm", "adam", "rmsprop")
 GRADIENT_THRESHOLD_METHODS = ("l2norm", "global-l2norm", "absolute-value")
 
 
+class FactorTable(dict):
+    """``{path: float}`` of a factor tree, checked once against the learnables' paths
+    (:func:`factor_table`): what :func:`fmtarray.train` hands the solver at every step,
+    so that the tree is not walked and checked again each iteration."""
+
+
+def factor_table(tree, params, what):
+    """The :class:`FactorTable` of ``tree`` (a factor tree, a number or ``None``) for the
+    learnables ``params``; a ``ValueError`` as :meth:`Solver.update` gives for a bad one."""
+    return FactorTable(_factor_table(tree, [p for p, _ in _flatten(params, "arg")], what))
+
+
 def _factor_table(tree, paths, what, default=1.0):
     """``{path: float}`` for the leaves of a factor tree shaped like the learnables."""
+    if isinstance(tree, FactorTable) and len(tree) == len(paths) and all(
+            p in tree for p in paths):
+        return tree
     if tree is None:
         return {p: default for p in paths}
     if isinstance(tree, numbers.Real) and not isinstance(tree, bool):
@@ -116,8 +131,6 @@ class Solver:
         ``None`` for 1.  The inputs are not modified; frozen parameters (factor
         0) come back as the very same objects.
         """
-        lr_glob = self.learn_rate if learn_rate is None else _check_real(
-            type(self).__name__, "learn_rate", learn_rate, lo=0)
         p_flat = _flatten(params, "arg")
         g_flat = _flatten(grads, "arg")
         paths = [p for p, _ in p_flat]
@@ -126,6 +139,16 @@ class Solver:
                 "the gradient tree does not match the learnables tree: "
                 f"{[p[3:] for p, _ in g_flat][:4]} vs {[p[3:] for p in paths][:4]}"
             )
+        new_leaves = self._update_leaves(paths, [w for _, w in p_flat], [g for _, g in g_flat],
+                                         learn_rate_factors, l2_factors, learn_rate)
+        return _unflatten(params, new_leaves)
+
+    def _update_leaves(self, paths, ws, gs, learn_rate_factors, l2_factors, learn_rate):
+        """:meth:`update` on the flattened trees: ``paths`` (``"arg[...]"``, the keys of
+        the solver's state), the parameters ``ws`` and gradients ``gs``; returns the new
+        parameters, a list (what :func:`fmtarray.train` calls, its trees flattened once)."""
+        lr_glob = self.learn_rate if learn_rate is None else _check_real(
+            type(self).__name__, "learn_rate", learn_rate, lo=0)
         lrf = _factor_table(learn_rate_factors, paths, "learn-rate factor")
         l2f = _factor_table(l2_factors, paths, "L2 factor")
         self.iteration += 1
@@ -133,7 +156,7 @@ class Solver:
 
         # 1-2. regularised gradients of the parameters that learn
         live = []  # (index, xp, w, g)
-        for i, ((path, w), (_, g)) in enumerate(zip(p_flat, g_flat)):
+        for i, (path, w, g) in enumerate(zip(paths, ws, gs)):
             if not isinstance(w, FormattedArray):
                 raise TypeError(f"learnable {path[3:]} is a {type(w).__name__}, not a FormattedArray")
             if lrf[path] == 0.0:
@@ -153,16 +176,15 @@ class Solver:
         live = self._clip(live)
 
         # 4. solver step
-        new_leaves = [w for _, w in p_flat]
+        new_leaves = list(ws)
         for i, xp, wd, gd in live:
             path = paths[i]
             st = self.state.get(path)
             if st is None:
                 st = self.state[path] = self._init(xp, wd)
             lr = lr_glob * lrf[path]
-            new_leaves[i] = FormattedArray._wrap(self._step(xp, wd, gd, lr, st, t),
-                                                 p_flat[i][1].format)
-        return _unflatten(params, new_leaves)
+            new_leaves[i] = FormattedArray._wrap(self._step(xp, wd, gd, lr, st, t), ws[i].format)
+        return new_leaves
 
     def _clip(self, live):
         thr = self.gradient_threshold
