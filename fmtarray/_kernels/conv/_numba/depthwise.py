@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from ...pad import fill_border_numpy
-from .._numpy._common import all_finite, cl_strides, has_gy, unpad
+from .._numpy._common import SUM_BLOCKS, all_finite, cl_strides, has_gy, row_ranges, sum_blocks, unpad
 from .._numpy._runtime import dynamic_blocks, parallel, parallel_sum
 
 __all__ = ["applies", "forward", "backward"]
@@ -103,15 +103,6 @@ def _value(spec):
     return float(spec.value) if spec.constant_padding else 0.0
 
 
-def _rows(total, n_blocks):
-    """``[r0, r1)`` ranges: ``total`` rows in at most ``n_blocks`` blocks."""
-    step = max(1, -(-total // n_blocks))
-    return [(r, min(r + step, total)) for r in range(0, total, step)]
-
-
-#: row blocks of the weight gradient (fixed, not one per worker: the partials, added in
-#: block order, give the same bits whatever the number of threads)
-WGRAD_BLOCKS = 16
 
 
 def forward(x, w, bias, spec, dtype):
@@ -126,7 +117,7 @@ def forward(x, w, bias, spec, dtype):
     b = np.zeros(1, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     v = dtype.type(_value(spec))
     parallel(lambda _w, r: k.forward_rows(xk, wk, b, y2, r[0], r[1], *geo, v, bias is not None),
-             _rows(spec.N * y2.shape[1], dynamic_blocks()), dynamic=True)
+             row_ranges(spec.N * y2.shape[1], dynamic_blocks()), dynamic=True)
     return y
 
 
@@ -157,7 +148,7 @@ def _rows_input_grad(gy, w, spec, dtype):
     g = np.empty((spec.N, *(spec.padded if copy else spec.sp), spec.C), dtype=dtype)
     g2 = _as_2d(g, spec.d)
     parallel(lambda _w, r: k.input_grad_rows(gk, wk, g2, r[0], r[1], *geo),
-             _rows(spec.N * g2.shape[1], dynamic_blocks()), dynamic=True)
+             row_ranges(spec.N * g2.shape[1], dynamic_blocks()), dynamic=True)
     return unpad(g, spec) if copy else g
 
 
@@ -170,7 +161,7 @@ def _rows_weight_grad(gy, x, w, spec, dtype):
     v = dtype.type(_value(spec))
     acc = parallel_sum(
         lambda _w, r, a: k.weight_grad_rows(gk, xk, a, r[0], r[1], *geo, v),
-        _rows(spec.N * gk.shape[1], WGRAD_BLOCKS), wk.shape, dtype)
+        row_ranges(spec.N * gk.shape[1], SUM_BLOCKS), wk.shape, dtype)
     gw = np.moveaxis(acc, -1, -2)[..., None, :, :]  # (kh, kw, 1, M, C)
     return gw if spec.d == 2 else gw[0]
 
@@ -251,7 +242,7 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
     total = sum(len(g[0]) for g in groups)
     for i, (pos, *_) in enumerate(groups):
         n = max(1, round(dynamic_blocks() * len(pos) / max(total, 1)))
-        items += [(i, q0, q1) for q0, q1 in _rows(len(pos), n)]
+        items += [(i, q0, q1) for q0, q1 in row_ranges(len(pos), n)]
 
     def run(_w, it):
         pos, ypos, offs, _, _ = groups[it[0]]
@@ -303,7 +294,7 @@ def _simd_weight_grad(gy, x, spec, dtype):
 
 def _padded_weight_grad(x, gf, spec, dtype, cp):
     from . import _simd as dk
-    from .direct import WGRAD_TILE_POSITIONS, padded_input, wgrad_blocks
+    from .direct import WGRAD_TILE_POSITIONS, padded_input
     from .plans import forward_plan
 
     pos, ypos, offs, _ = forward_plan(spec, cp)
@@ -313,7 +304,7 @@ def _padded_weight_grad(x, gf, spec, dtype, cp):
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(
             xf, pos, gpos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
-        wgrad_blocks(len(pos), spec), (len(o), cp), dtype)
+        sum_blocks(len(pos), spec), (len(o), cp), dtype)
     return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)
 
 
@@ -324,7 +315,7 @@ def _border_weight_grad(x, gf, spec, dtype):
     the number of threads). ``(T, C)``; ``None`` when some output's window lies wholly in
     the padding (its cotangent would meet only padding, unseen here)."""
     from . import _simd as dk
-    from .direct import WGRAD_TILE_POSITIONS, wgrad_blocks
+    from .direct import WGRAD_TILE_POSITIONS
     from .plans import border_plan
 
     groups, empty = border_plan(spec, spec.C)
@@ -335,7 +326,7 @@ def _border_weight_grad(x, gf, spec, dtype):
     rows = np.cumsum([0] + [len(g[4]) for g in groups])
     items = []
     for i, (pos, *_) in enumerate(groups):
-        blocks = wgrad_blocks(len(pos), spec) if i == 0 else [(0, len(pos))]
+        blocks = sum_blocks(len(pos), spec) if i == 0 else [(0, len(pos))]
         items += [(i, q0, q1) for q0, q1 in blocks]
 
     def run(_w, it, a):

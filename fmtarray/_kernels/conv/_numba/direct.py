@@ -43,11 +43,11 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from .._numpy import winograd
-from .._numpy._common import all_finite, cl_strides, unpad
+from .._numpy._common import all_finite, cl_strides, row_ranges, sum_blocks, unpad
 from .._numpy.relayout import canonical_layout
 from .._numpy._runtime import dynamic_blocks, parallel, parallel_copy, parallel_sum, scratch
 from ..thresholds import current
-from .depthwise import WGRAD_BLOCKS, _c_strides, _rows
+from .depthwise import _c_strides
 from .plans import (border_gpos, border_plan, forward_plan, gpos, input_grad_border_plan,
                     input_grad_plans)
 
@@ -250,7 +250,7 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     items = []
     for i, g in enumerate(groups):
         items += [(i, q0, q1, va, vb) for q0, q1 in
-                  _rows(len(g[0]), max(1, round(nb * len(g[0]) / total)))
+                  row_ranges(len(g[0]), max(1, round(nb * len(g[0]) / total)))
                   for va, vb in vblocks]
 
     def run(_w, it):
@@ -305,19 +305,6 @@ def _input_grad_in_place(gy, w, spec, dtype):
 
 #: output positions per weight-gradient tile
 WGRAD_TILE_POSITIONS = 128
-
-
-def wgrad_blocks(n, spec):
-    """Position blocks of a weight gradient split by positions: 4 to ``WGRAD_BLOCKS``,
-    one per 4096 positions — a fixed number for the problem (the partials, added in
-    block order, give the same bits whatever the number of threads), few enough that
-    their zero-filled partial gradients stay small (16 blocks of 4096 positions cost
-    1.3 ms more than 4 in a 5×5 48→48 training step); one block for a problem below
-    ``Tuning.serial_macs``, which runs on the calling thread alone (its partials would
-    only cost: zero-filled buffers, kernel calls and their sum)."""
-    if spec.macs < current().serial_macs:
-        return [(0, n)]
-    return _rows(n, max(4, min(WGRAD_BLOCKS, n // 4096)))
 
 
 def _weight_grad(gy, x, spec, dtype):
@@ -391,7 +378,7 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
         pos, gq, offs, R = groups[i]
         k.weight_grad_positions(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec)
 
-    blocks = wgrad_blocks(len(groups[0][0]), spec)
+    blocks = sum_blocks(len(groups[0][0]), spec)
     if len(groups) == 1:
         first = parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
                              shapes[0], dtype)
