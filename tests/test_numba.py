@@ -454,6 +454,28 @@ def test_direct_reads_zero_padded_input_in_place(monkeypatch, dtype, d, groups, 
 
 
 @needs_numba
+@pytest.mark.parametrize("bias", [True, False])
+def test_direct_forward_where_every_window_reads_only_padding(bias):
+    """A 1×1 stride-2 filter over a size-1 dim padded by one before: the one output
+    position along it reads the padding only, so every output is the bias (zero
+    without one); read in place there is no group of positions left to run (found by
+    hypothesis: it raised an IndexError)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 1, 2, 3)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 1, 3, 2, 1)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32) if bias else None
+    args = ((1, 2, 1), (1, 1, 1), (0, 1, 0), (0, 0, 0), 0.0)
+    kw = dict(stride=args[0], dilation=args[1], pad_before=args[2], pad_after=args[3],
+              pad_value=0.0)
+    with K.tuning(direct_in_place_ratio=0):
+        y = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
+    ref = ref_conv(x, w, b, *args)
+    np.testing.assert_array_equal(np.asarray(y), ref.astype(np.float32))
+    assert np.asarray(y).shape == (2, 2, 1, 2, 2)
+    np.testing.assert_array_equal(np.asarray(y)[0, 0, 0, 0], b if bias else 0.0)
+
+
+@needs_numba
 @pytest.mark.parametrize("cg,fg,groups,copied", [
     (16, 16, 1, True),   # whole vectors of filters: both passes read the one copy
     (8, 16, 4, True),    # grouped

@@ -218,9 +218,10 @@ def _border_run(x, wt, bias, spec, y, dtype):
     full = np.arange(wt.shape[1])
     wts = [wt if len(r) == len(full) and (r == full).all() else wt[:, r, :]
            for *_, r in groups]
-    b = _run_groups(x, groups, wts, bias, y, dtype)
-    if len(empty):
-        y.reshape(-1, spec.F)[empty // spec.F] = b.reshape(-1)
+    if groups:
+        _run_groups(x, groups, wts, bias, y, dtype)
+    if len(empty):  # (every output, when no window reaches the input)
+        y.reshape(-1, spec.F)[empty // spec.F] = 0 if bias is None else np.asarray(bias, dtype)
 
 
 def _run_groups(src, groups, wts, bias, out, dtype):
@@ -229,8 +230,7 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose items go to the
     workers as they come free: blocks of positions, or, for weights of at least
     ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
-    positions (or as few blocks of them as keep the workers busy). Returns the bias
-    ``(G, n)``."""
+    positions (or as few blocks of them as keep the workers busy)."""
     k = _k()
     NV_MAX = k.NV_MAX
     G, n = wts[0].shape[0], wts[0].shape[2]
@@ -260,7 +260,6 @@ def _run_groups(src, groups, wts, bias, out, dtype):
                             narrow, wblock, it[1], it[2], it[3], it[4])
 
     parallel(run, items, dynamic=True)
-    return b
 
 
 def _input_grad(gy, w, spec, dtype):
