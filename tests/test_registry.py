@@ -137,6 +137,50 @@ def test_register_rejects_bad_entries():
                                         forward=lambda *a: None))
 
 
+def test_remembered_selection_follows_values_tuning_switches_and_registrations(monkeypatch):
+    """select() remembers which entries apply per op, spec, layout, tuning and adapter
+    switch, but still asks each candidate's ``accepts`` of the values (Winograd refuses
+    non-finite ones every time), follows a new tuning and FMTARRAY_NUMBA at once, and
+    forgets everything when an entry registers."""
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+    small = dict(winograd_min_c=1, winograd_min_f=1, winograd_min_n=2,
+                 winograd_min_total_cols=1)
+    x = np.random.default_rng(1).standard_normal((6, 6, 2, 4))  # canonical SSCB
+    w = np.random.default_rng(2).standard_normal((3, 3, 2, 3, 1))
+    spec = ConvSpec(4, (6, 6), 2, (3, 3), 2, 3, 1, (1, 1), (1, 1), (1, 1), (1, 1), 0.0,
+                    (1, 1), "float64")
+    lay = Layout.of("01CN", x)
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+
+    def pick(arr):
+        return registry.select("forward", spec, lay, "numpy", None, (arr, w)).name
+
+    with K.tuning(**small):
+        picks = [pick(x), pick(bad), pick(x)]
+    assert picks[0] == picks[2] == "numpy.winograd" != picks[1]
+    assert pick(x) != "numpy.winograd"  # default tuning: too small for Winograd
+    monkeypatch.delenv("FMTARRAY_NUMBA")
+    if _numba_runs():
+        assert pick(x).startswith("numba.")
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+    assert not pick(x).startswith("numba.")
+    assert registry._applicable
+    ok = lambda spec, layout: None  # noqa: E731
+    try:
+        registry.register(registry.Algo("t.memo", "t-lib", ("forward",), ok,
+                                        forward=lambda *a: None))
+        assert not registry._applicable
+    finally:
+        registry._entries.pop("t-lib", None)
+
+
+def _numba_runs():
+    from fmtarray._kernels.conv._numba import unavailable
+
+    return unavailable() is None
+
+
 def test_tuning_is_scoped_to_the_block_and_the_thread():
     base = K.current()
     with K.tuning(tile_bytes=123) as t:

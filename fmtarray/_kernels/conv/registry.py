@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ... import _backend
+from .thresholds import current
 
 __all__ = ["OPS", "Algo", "register", "algorithms", "select", "explain", "forward",
            "backward", "library_of", "Choice", "load_all", "markdown_table"]
@@ -70,6 +71,11 @@ class Algo:
 
 _lock = threading.Lock()
 _entries: dict[str, list[Algo]] = {}
+#: zero-argument functions whose values the entries' ``applies`` read besides the spec,
+#: the layout and the tuning in force (an adapter's on/off switch): part of the key
+#: under which :func:`select` remembers which entries apply
+STATE: list = []
+_applicable: dict = {}  # (op, library, spec, layout, *STATE values) -> (tuning, entries)
 _front: dict[str, int] = {}  # entries registered with front=True, per library
 _loaded: set[str] = set()
 
@@ -89,6 +95,7 @@ def register(algo: Algo, *, front: bool = False) -> Algo:
         lst = _entries.setdefault(algo.library, [])
         if any(a.name == algo.name for a in lst):
             raise ValueError(f"register: an algorithm named {algo.name!r} is registered already")
+        _applicable.clear()
         if front:
             lst.insert(_front.get(algo.library, 0), algo)
             _front[algo.library] = _front.get(algo.library, 0) + 1
@@ -181,11 +188,30 @@ def select(op, spec, layout, library, force=None, arrays=None) -> Algo:
             raise ValueError(f"algorithm={name!r} cannot run this {op} ({spec.describe()}, "
                              f"layout {layout.dims}): {reason}")
         return a
-    for a in algorithms(library):
-        if _why_not(a, op, spec, layout, library, arrays) is None:
+    for a in _applying(op, spec, layout, library):
+        if a.accepts is None or arrays is None or a.accepts(spec, layout, *arrays) is None:
             return a
     raise RuntimeError(f"no convolution algorithm applies to this {op} ({spec.describe()}); "
                        "the portable entries should always apply")  # pragma: no cover
+
+
+def _applying(op, spec, layout, library):
+    """The entries, in selection order, that serve ``op`` on ``library`` and whose
+    ``applies`` says yes (their ``accepts`` not asked): remembered per op, library, spec,
+    layout, tuning in force and :data:`STATE` (a training loop selects for the same
+    convolutions at every step; ``applies`` reads nothing else). A new registration
+    forgets them all."""
+    t = current()
+    key = (op, library, spec, layout, *[h() for h in STATE])
+    hit = _applicable.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    found = tuple(a for a in algorithms(library)
+                  if _why_not(a, op, spec, layout, library, None) is None)
+    if len(_applicable) >= 4096:
+        _applicable.clear()
+    _applicable[key] = (t, found)
+    return found
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 
+from .. import registry
 from ..registry import Algo, register
 from .._numpy import ALL, _backward, _exact_near_non_finite_weights, _forward, _no_input_dilation
 from .._numpy import _runtime
@@ -73,6 +74,8 @@ def _transposing_copy(dst, src):
 
 
 _runtime.transposing_copy = _transposing_copy
+# whether these entries apply depends on the switch too (tests and users flip it)
+registry.STATE.append(lambda: os.environ.get("FMTARRAY_NUMBA"))
 
 
 def _when_compiled(applies):
