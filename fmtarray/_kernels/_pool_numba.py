@@ -61,46 +61,65 @@ def _forward(x, y, n0, n1, k, s, p):
 
 
 @nb.njit(**_JIT)
-def _backward(gy, x, y, gx, n0, n1, k, s, p, overlap):
+def _first_max(gy, x, y, gx, n, a, b, c, f, k, s, p, add):
+    """Window ``(a, b, c)`` of sample ``n``: ``f[ch]`` its first tap equal to the result
+    (-1: none); with ``add`` (windows that do not overlap) the tap also gets the
+    window's cotangent, its only contribution."""
     D, H, W, C = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
-    Od, Oh, Ow = y.shape[1], y.shape[2], y.shape[3]
-    first = np.empty((Od, Oh, Ow, C), dtype=np.int32)  # each window's first max, -1: none
     zero = gx.dtype.type(0)  # adding +0 to a sum started at +0 changes no bit
+    t = y[n, a, b, c]
+    g = gy[n, a, b, c]
+    f[:] = -1
+    tap = 0
+    for i in range(k[0]):
+        zz = a * s[0] + i - p[0]
+        for j in range(k[1]):
+            yy = b * s[1] + j - p[1]
+            for m in range(k[2]):
+                xx = c * s[2] + m - p[2]
+                if zz >= 0 and zz < D and yy >= 0 and yy < H and xx >= 0 and xx < W:
+                    v = x[n, zz, yy, xx]
+                    o = gx[n, zz, yy, xx]
+                    # selects, no branches (the data decide each lane)
+                    for ch in range(C):
+                        h = (f[ch] < 0) & (v[ch] == t[ch])
+                        f[ch] = tap if h else f[ch]
+                        if add:
+                            o[ch] += g[ch] if h else zero
+                else:  # a padding tap reads -inf
+                    for ch in range(C):
+                        h = (f[ch] < 0) & (t[ch] == -np.inf)
+                        f[ch] = tap if h else f[ch]
+                tap += 1
+
+
+@nb.njit(**_JIT)
+def _backward(gy, x, y, gx, n0, n1, k, s, p):
+    """Windows that do not overlap: each tap gets at most one window's cotangent, added
+    as its first maximum is found."""
+    f = np.empty(x.shape[4], dtype=np.int32)
+    for n in range(n0, n1):
+        for a in range(y.shape[1]):
+            for b in range(y.shape[2]):
+                for c in range(y.shape[3]):
+                    _first_max(gy, x, y, gx, n, a, b, c, f, k, s, p, True)
+
+
+@nb.njit(**_JIT)
+def _backward_overlapping(gy, x, y, gx, n0, n1, k, s, p):
+    """Overlapping windows: each window's first maximum, then the contributions added
+    tap by tap, as the NumPy formulation adds its per-offset contributions: the same
+    sums in the same order, hence the same bits (a kernel of its own: the common,
+    non-overlapping pooling does not wait for this one's compilation)."""
+    D, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Od, Oh, Ow, C = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    first = np.empty((Od, Oh, Ow, C), dtype=np.int32)  # each window's first max, -1: none
+    zero = gx.dtype.type(0)
     for n in range(n0, n1):
         for a in range(Od):
             for b in range(Oh):
                 for c in range(Ow):
-                    f = first[a, b, c]
-                    t = y[n, a, b, c]
-                    f[:] = -1
-                    tap = 0
-                    for i in range(k[0]):
-                        zz = a * s[0] + i - p[0]
-                        for j in range(k[1]):
-                            yy = b * s[1] + j - p[1]
-                            for m in range(k[2]):
-                                xx = c * s[2] + m - p[2]
-                                if (zz >= 0 and zz < D and yy >= 0 and yy < H and xx >= 0
-                                        and xx < W):
-                                    v = x[n, zz, yy, xx]
-                                    o = gx[n, zz, yy, xx]
-                                    g = gy[n, a, b, c]
-                                    # selects, no branches (the data decide each lane:
-                                    # branches would mispredict)
-                                    for ch in range(C):
-                                        h = (f[ch] < 0) & (v[ch] == t[ch])
-                                        f[ch] = tap if h else f[ch]
-                                        if not overlap:  # its only contribution
-                                            o[ch] += g[ch] if h else zero
-                                else:  # a padding tap reads -inf
-                                    for ch in range(C):
-                                        h = (f[ch] < 0) & (t[ch] == -np.inf)
-                                        f[ch] = tap if h else f[ch]
-                                tap += 1
-        if not overlap:
-            continue
-        # overlapping windows: added tap by tap, as the NumPy formulation adds its
-        # per-offset contributions: the same sums in the same order, hence the same bits
+                    _first_max(gy, x, y, gx, n, a, b, c, first[a, b, c], k, s, p, False)
         tap = 0
         for i in range(k[0]):
             for j in range(k[1]):
@@ -165,6 +184,7 @@ def max_backward(gy, x, y, geo):
     gy = np.ascontiguousarray(gy)
     gy5, x5, y5, gx5 = (_five(a, geo.d) for a in (gy, x, y, gx))
     k, s, p = _geometry(geo)
-    overlap = any(st < kk for st, kk in zip(geo.stride, geo.k))
-    _split(geo, lambda n0, n1: _backward(gy5, x5, y5, gx5, n0, n1, k, s, p, overlap))
+    kernel = (_backward_overlapping if any(st < kk for st, kk in zip(geo.stride, geo.k))
+              else _backward)
+    _split(geo, lambda n0, n1: kernel(gy5, x5, y5, gx5, n0, n1, k, s, p))
     return gx
