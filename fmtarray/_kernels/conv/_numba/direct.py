@@ -232,7 +232,7 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
     positions (or as few blocks of them as keep the workers busy)."""
     k = _k()
-    NV_MAX = k.NV_MAX
+    nv_max = k.NV_MAX
     G, n = wts[0].shape[0], wts[0].shape[2]
     lanes, narrow = _width(dtype, n)
     b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
@@ -244,8 +244,8 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     wblock = t.direct_weight_block_bytes
     total, nb = sum(len(g[0]) for g in groups), dynamic_blocks()
     vblocks = [(0, nvec)]
-    if wts[0].nbytes // G >= t.direct_filter_split_bytes and nvec > NV_MAX and nb > 1:
-        vblocks = [(v, min(v + NV_MAX, nvec)) for v in range(0, nvec, NV_MAX)]
+    if wts[0].nbytes // G >= t.direct_filter_split_bytes and nvec > nv_max and nb > 1:
+        vblocks = [(v, min(v + nv_max, nvec)) for v in range(0, nvec, nv_max)]
         nb = -(-nb // len(vblocks))
     items = []
     for i, g in enumerate(groups):
@@ -351,7 +351,7 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     summing into a buffer of its own, the first group's added in block order (the same
     bits whatever the number of threads)."""
     k = _k()
-    NV_MAX = k.NV_MAX
+    nv_max = k.NV_MAX
     lanes, narrow = _width(dtype, spec.Fg)
     Fp = gp.shape[-1]
     gf = gp.reshape(-1)
@@ -363,7 +363,7 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     full = spec.G * spec.K * spec.Cg * Fp * dtype.itemsize  # the gradient's own bytes
     if nvec >= 2 and full >= current().direct_wgrad_split_bytes:
         flat = np.zeros(int(starts[-1]), dtype=dtype)
-        step = NV_MAX if nvec >= 2 * NV_MAX else 1
+        step = nv_max if nvec >= 2 * nv_max else 1
 
         def by_filters(_w, v):
             for (pos, gq, offs, R), a in zip(groups, starts):
