@@ -203,3 +203,23 @@ def test_docs_table_is_the_registry():
     assert doc[start:end].strip() == registry.markdown_table(), (
         "docs/architecture.md is stale: run `python -m fmtarray._kernels.conv` and paste "
         "its table between the markers")
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: g,                                                  # canonical, C-contiguous
+    lambda g: np.ascontiguousarray(g.transpose(3, 0, 1, 2)).transpose(1, 2, 3, 0),  # NHWC
+    lambda g: np.ascontiguousarray(g.transpose(2, 0, 1, 3)).transpose(1, 2, 0, 3),  # C outer
+    lambda g: np.concatenate([g, g], axis=1)[:, ::2],             # strided: the plain sum
+    lambda g: g[::-1],                                            # negative strides
+    lambda g: g[:, :1],                                           # a size-1 dim
+])
+def test_bias_gradient_sums_every_dim_but_c_in_any_memory_order(make):
+    """The bias gradient reduces a NumPy cotangent in its memory order (outer dims as
+    one reduction over rows): the same sums as the definition, whatever the strides."""
+    g = np.random.default_rng(4).standard_normal((5, 6, 7, 3)).astype(np.float32)
+    gy = make(g)
+    lay = Layout.of("01CN", gy, gy)
+    gb = registry._bias_grad(np, gy, lay)
+    ref = np.asarray(gy, np.float64).sum(axis=(0, 1, 3))
+    assert gb.shape == (7,) and gb.dtype == np.float32
+    np.testing.assert_allclose(gb, ref, rtol=1e-5, atol=1e-5)
