@@ -395,3 +395,36 @@ def test_user_defined_layers_get_correct_gradients():
 def test_user_layer_display_defaults():
     net = Network([ChannelScale()])
     assert "ChannelScale" in repr(net)
+
+
+def test_layer_copies_keep_slots_and_copy_hooks():
+    """The network evaluates a layer with learnables on a shallow copy: a plain class's
+    ``__dict__`` is copied directly, and a class with ``__slots__`` (here a mixin's) or
+    its own ``__copy__`` goes through ``copy.copy``, keeping what it holds."""
+    from fmtarray.layers._protocol import _shallow_copy
+
+    class Slotted:
+        __slots__ = ("tag",)
+
+    class Plain(fa.layers.Layer):
+        pass
+
+    class WithSlots(Plain, Slotted):
+        pass
+
+    class Hooked(Plain):
+        def __copy__(self):
+            out = Hooked.__new__(Hooked)
+            out.__dict__.update(self.__dict__, copied_by_hook=True)
+            return out
+
+    p = Plain()
+    p.extra = [1]
+    c = _shallow_copy(p)
+    assert type(c) is Plain and c is not p and c.extra is p.extra
+    s = WithSlots()
+    s.tag, s.extra = "kept", 2
+    c = _shallow_copy(s)
+    assert c.tag == "kept" and c.extra == 2
+    h = Hooked()
+    assert _shallow_copy(h).copied_by_hook

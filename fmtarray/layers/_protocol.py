@@ -86,15 +86,22 @@ def swap(layer, params):
             setattr(layer, n, v)
 
 
+_PLAIN_COPY: dict = {}  # class -> whether _shallow_copy may copy its __dict__ itself
+
+
 def _shallow_copy(obj):
-    """``copy.copy(obj)``, by its own two steps for a plain object (an instance
-    ``__dict__``, no ``__slots__``, no copy or pickle hooks of its class): what the
-    network does for each layer with learnables at every evaluation."""
+    """``copy.copy(obj)``, by its own two steps for an instance of a plain class (an
+    instance ``__dict__``, no ``__slots__`` anywhere in its classes, no copy or pickle
+    hooks): what the network does for each layer with learnables at every evaluation."""
     cls = type(obj)
-    if (getattr(cls, "__copy__", None) is None and "__slots__" not in cls.__dict__
+    plain = _PLAIN_COPY.get(cls)
+    if plain is None:
+        plain = _PLAIN_COPY[cls] = (
+            getattr(cls, "__copy__", None) is None
+            and not any("__slots__" in k.__dict__ for k in cls.__mro__)
             and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
-            and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
-            and isinstance(getattr(obj, "__dict__", None), dict)):
+            and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None))
+    if plain and isinstance(getattr(obj, "__dict__", None), dict):
         new = cls.__new__(cls)
         new.__dict__.update(obj.__dict__)
         return new
