@@ -40,7 +40,7 @@ from ..array import FormattedArray
 
 def _copy_data(a):
     if type(a) is np.ndarray:
-        return a.copy()
+        return a.copy(order="K")  # what asarray(copy=True) below gives, sooner
     lib = _backend.library_name(a)
     if lib in ("jax", "dask"):
         return a  # immutable arrays (a Dask graph is never written in place)
