@@ -346,15 +346,19 @@ def _nonfinite(v):
     return "NaN" if bool(xp.any(xp.isnan(d))) else "inf"
 
 
+#: the root of the learnables' paths in this module's messages ("learnables['fc'][...]")
+_ROOT = "learnables"
+
+
 def _step(solver, params, grads, lrf, l2f, lr, loss):
     """One checked solver step: ``(stop reason, why, new params)``; the reason is
     ``"nan-loss"`` (a NaN or infinite loss), ``"non-finite-gradient"`` or
     ``"non-finite-update"`` (the step itself overflowed), else ``None``."""
     if not math.isfinite(loss):
         return "nan-loss", f"the training loss is {'NaN' if math.isnan(loss) else loss}", None
-    p_flat = _flatten(params, "learnables")
-    g_flat = _flatten(grads, "learnables")
-    paths = ["arg" + path[10:] for path, _ in p_flat]  # the solver's: "arg[...]"
+    p_flat = _flatten(params, _ROOT)
+    g_flat = _flatten(grads, _ROOT)
+    paths = ["arg" + path[len(_ROOT):] for path, _ in p_flat]  # the solver's: "arg[...]"
     cast = []
     for (path, w), (_, g), key in zip(p_flat, g_flat, paths):
         if lrf.get(key, 1.0) != 0.0:  # frozen parameters do not learn from it

@@ -41,6 +41,7 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from ..thresholds import current
+from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
            "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread",
@@ -279,9 +280,7 @@ def row_blocks(m):
     """One block of GEMM rows per worker. The big GEMMs of wide mode are split over
     our workers (BLAS held at one thread) rather than handed to BLAS's own threads,
     which spin for a long while after each call and slow whatever runs next."""
-    nw = n_workers()
-    step = -(-m // nw)
-    return [(r0, min(r0 + step, m)) for r0 in range(0, m, step)]
+    return row_ranges(m, n_workers())
 
 
 def parallel(fn, items, dynamic=False):
