@@ -7,6 +7,8 @@ there, and the rest of the suite checks them)."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -257,7 +259,7 @@ def test_plan_cache_is_bounded_by_bytes(monkeypatch):
     rng = np.random.default_rng(0)
     specs = [spec_of(cnp, rng.standard_normal((2, n, n, 3)), np.zeros((3, 3, 3, 4, 1)))
              for n in (9, 10, 11, 12)]
-    direct.forward_plan.cache.clear()
+    direct.forward_plan.cache_clear()
     first = direct.forward_plan(specs[0])
     assert direct.forward_plan(specs[0])[0] is first[0]
     for s in specs[1:3]:
@@ -270,6 +272,62 @@ def test_plan_cache_is_bounded_by_bytes(monkeypatch):
     monkeypatch.setattr(direct, "PLAN_CACHE_BYTES", 7000)
     direct.forward_plan(specs[2])  # 2·9·9 positions fit beside it
     assert list(direct.forward_plan.cache) == [(specs[3], None), (specs[2], None)]
+    held = [a.nbytes for plan, _ in direct.forward_plan.cache.values() for a in plan
+            if isinstance(a, np.ndarray)]
+    assert direct.forward_plan.cache_bytes() == sum(held) >= 16 * 2 * (10 * 10 + 9 * 9)
+
+
+class _SlowHash:
+    """A key whose hash runs Python code and gives the GIL away, as a ConvSpec's does."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __hash__(self):
+        time.sleep(0)
+        return hash(self.n)
+
+    def __eq__(self, other):
+        return isinstance(other, _SlowHash) and other.n == self.n
+
+
+def test_plan_cache_is_safe_across_threads(monkeypatch):
+    """Dask runs blocks in several threads at once: lookups, insertions and evictions
+    of one plan cache interleave (a CI run once raised "OrderedDict mutated during
+    iteration" here). Every caller gets its own key's plan, and the cache's byte count
+    stays the sum of what it holds, within the bound."""
+    import threading
+
+    from fmtarray._kernels.conv._numba import plans
+
+    monkeypatch.setattr(plans, "PLAN_CACHE_BYTES", 5 * 80)
+    get = plans._cached(lambda key, channels: np.full(10, key.n, np.int64))  # 80 bytes
+    errors, barrier = [], threading.Barrier(4)
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        barrier.wait()
+        try:
+            for n in rng.integers(0, 12, 3000).tolist():
+                got = get(_SlowHash(n))
+                assert got.shape == (10,) and (got == n).all(), (n, got)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    held = list(get.cache.values())
+    assert 1 <= len(held) <= 5
+    assert get.cache_bytes() == sum(nbytes for _, nbytes in held) == 80 * len(held)
 
 
 @needs_numba

@@ -17,6 +17,7 @@ import collections
 import functools
 import itertools
 import math
+import threading
 
 import numpy as np
 
@@ -65,37 +66,52 @@ def _cached(build):
     the cache's index arrays pass ``PLAN_CACHE_BYTES`` (a plan holds 16 bytes per output
     position: large batches of large images make big plans).
 
-    No lock: a signal handler that convolves may interrupt the thread anywhere in here
-    and come back in (a lock held across that would deadlock the thread on itself).
-    Each step is one dictionary operation, which threads and handlers see whole; at
-    worst two callers build the same plan, or an eviction removes one plan too many."""
+    Threads (Dask's scheduler runs blocks in several) change the cache only while they
+    hold its lock: even a lookup runs Python code (the spec's hash), so another thread
+    may move or drop entries meanwhile, and an ``OrderedDict`` iterated then raises. The
+    lock is only ever tried, never waited for: a signal handler that convolves may
+    interrupt its holder and come back in here, and waiting would deadlock the thread on
+    itself. A caller that finds it held returns its plan without recording it (a hit
+    stays where it is in the order; a new plan is built again next time)."""
     cache = collections.OrderedDict()
-
-    def size(v):
-        return sum(a.nbytes for a in _arrays(v))
+    lock = threading.Lock()
+    state = {"bytes": 0}
 
     @functools.wraps(build)
     def get(spec, channels=None):
         key = (spec, channels)
-        value = cache.get(key)
-        if value is not None:
-            try:
-                cache.move_to_end(key)
-            except KeyError:  # evicted meanwhile by another caller
-                pass
-            return value
+        hit = cache.get(key)
+        if hit is not None:
+            if lock.acquire(blocking=False):
+                try:
+                    if key in cache:
+                        cache.move_to_end(key)
+                finally:
+                    lock.release()
+            return hit[0]
         value = build(spec, channels)
-        cache[key] = value
-        entries = list(cache.items())  # oldest first
-        total = sum(size(v) for _, v in entries)
-        for k, v in entries[:-1]:
-            if total <= PLAN_CACHE_BYTES:
-                break
-            if k != key and cache.pop(k, None) is not None:
-                total -= size(v)
+        size = sum(a.nbytes for a in _arrays(value))
+        if not lock.acquire(blocking=False):
+            return value
+        try:
+            old = cache.pop(key, None)  # built meanwhile by another thread
+            state["bytes"] += size - (old[1] if old is not None else 0)
+            cache[key] = (value, size)
+            while len(cache) > 1 and state["bytes"] > PLAN_CACHE_BYTES:
+                _, (_, nbytes) = cache.popitem(last=False)
+                state["bytes"] -= nbytes
+        finally:
+            lock.release()
         return value
 
-    get.cache = cache  # for inspection
+    def cache_clear():
+        with lock:
+            cache.clear()
+            state["bytes"] = 0
+
+    get.cache = cache  # for inspection: ``{(spec, channels): (plan, bytes)}``
+    get.cache_bytes = lambda: state["bytes"]
+    get.cache_clear = cache_clear
     return get
 
 
