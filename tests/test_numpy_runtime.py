@@ -150,3 +150,92 @@ def test_parallel_waits_for_started_workers_and_raises_their_error():
     with pytest.raises(KeyError, match="worker failed"):
         rt.parallel(work, range(2 * n))
     assert done == [1]  # worker 1 stopped at its failing item; the caller waited for it
+
+
+_LINUX_AFFINITY = pytest.mark.skipif(
+    not hasattr(__import__("os"), "sched_setaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+    reason="needs Linux CPU affinity and at least two CPUs")
+
+
+def _run_phase(rt, n_items=8):
+    out = np.zeros(n_items)
+
+    def fill(_w, i):
+        out[i] = i * i
+
+    rt.parallel(fill, range(n_items), dynamic=True)
+    np.testing.assert_array_equal(out, np.arange(n_items) ** 2)
+
+
+@_LINUX_AFFINITY
+def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
+    """Before a phase wakes them, the pool's threads may run on every CPU the caller
+    may, except the one it is on (a halted vCPU is not passed over for the caller's);
+    re-applied when the caller is on another CPU, or may run on one CPU only."""
+    import os
+
+    from fmtarray._kernels.conv._numpy import _placement as pl
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    pool, n, _ = rt.workers()
+    if n < 2:
+        pytest.skip("needs more than one worker")
+    _run_phase(rt)
+    _run_phase(rt)  # the pool's threads exist (and are registered) by now
+    tids = pl.worker_ids()
+    assert 1 <= len(tids) <= n
+    mine = os.sched_getaffinity(0)
+    cpu, placed = pl._placed[0]
+    assert placed == tids and cpu in mine
+    for tid in tids:
+        assert os.sched_getaffinity(tid) == mine - {cpu}
+    other = min(mine - {cpu})
+    try:
+        monkeypatch.setattr(pl, "_getcpu", [lambda: other])  # the caller moved
+        _run_phase(rt)
+        for tid in tids:
+            assert os.sched_getaffinity(tid) == mine - {other}
+        os.sched_setaffinity(0, {other})  # the caller may run on one CPU only
+        pl._placed[0] = None
+        _run_phase(rt)
+        for tid in tids:
+            assert os.sched_getaffinity(tid) == {other}  # theirs too: never an empty set
+    finally:
+        os.sched_setaffinity(0, mine)
+        monkeypatch.undo()
+        pl._placed[0] = None
+        _run_phase(rt)  # as before the test
+    for tid in tids:
+        assert os.sched_getaffinity(tid) == mine - {pl._placed[0][0]}
+
+
+@_LINUX_AFFINITY
+def test_refused_placement_leaves_the_threads_alone(monkeypatch):
+    """A system that refuses the affinity call (a sandbox) turns the placement off:
+    phases still run, on the pool's threads wherever the scheduler puts them."""
+    import os
+
+    from fmtarray._kernels.conv._numpy import _placement as pl
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    pool, n, _ = rt.workers()
+    if n < 2:
+        pytest.skip("needs more than one worker")
+    _run_phase(rt)
+    calls = []
+
+    def refuse(tid, cpus):
+        calls.append(tid)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(pl, "_placed", [None])
+    monkeypatch.setattr(pl, "_getcpu", [None])
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    _run_phase(rt)
+    assert len(calls) == 1 and pl._getcpu[0] is False
+    _run_phase(rt)  # not tried again
+    assert len(calls) == 1
+    monkeypatch.undo()  # the real module state back: its placement applies again
+    pl._placed[0] = None
+    _run_phase(rt)
+    assert pl._placed[0] is not None

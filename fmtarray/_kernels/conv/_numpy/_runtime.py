@@ -6,7 +6,7 @@
   run on every core, instead of a single-threaded gather followed by a multi-threaded
   GEMM. NumPy and BLAS release the GIL. Every task handed to the pool runs in a copy
   of the caller's :mod:`contextvars` context, so :func:`~fmtarray._kernels.conv.tuning`
-  settings reach the worker threads.
+  settings reach the worker threads; they wake off the caller's CPU (:mod:`._placement`).
 * **Small problems** (fewer multiply-adds than ``Tuning.serial_macs``) run on the
   calling thread alone (:class:`kernel_call`): waking a pool thread costs more than
   it saves.
@@ -41,6 +41,7 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from ..thresholds import current
+from . import _placement
 from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
@@ -72,6 +73,7 @@ def _after_fork_in_child():
     global _lock, _blas_lock, _blas_users, _blas_limiter, _local_saved
     _lock = threading.RLock()
     _state.clear()
+    _placement.reset()
     _blas_lock = threading.Lock()
     if _blas_limiter is not None:  # forked inside a convolution: give BLAS its threads back
         _blas_limiter.restore_original_limits()
@@ -132,6 +134,7 @@ def _restore_local_blas(prev):
 
 def _mark_pool_thread():
     _tls.pool_thread = True
+    _placement.register_worker()
 
 
 def workers():
@@ -329,6 +332,7 @@ def parallel(fn, items, dynamic=False):
             for it in items[w::n]:
                 fn(w, it)
 
+    _placement.place_workers()
     # each task in its own copy of the caller's context (tuning() settings travel)
     futures = [(w, pool.submit(contextvars.copy_context().run, run, w)) for w in range(1, n)]
     failed = False
