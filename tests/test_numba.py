@@ -625,3 +625,46 @@ def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
 
 def numba_on():
     return os.environ.get("FMTARRAY_NUMBA") != "0" and _numba.unavailable() is None
+
+
+@needs_numba
+@pytest.mark.parametrize("case", ["3-D", "grouped, strided 2-D", "channel-wise"])
+def test_border_groups_gather_and_add_their_weight_rows_as_one_op_per_group(case):
+    """The groups of a border plan take their rows of the weights by one gather and
+    add their weight-gradient sums into the gradient by one compiled loop: the same
+    values (and bits) as one ``wt[:, rows]`` and one ``acc[:, rows] += part`` per group;
+    a group that reads every row gets the weights themselves."""
+    from fmtarray._kernels.conv._numba import direct, plans
+
+    rng = np.random.default_rng(3)
+    if case == "3-D":
+        spec = spec_of(cnp, np.zeros((2, 5, 6, 7, 4)), np.zeros((3, 3, 3, 4, 5, 1)),
+                       pad_before=1, pad_after=1)
+    elif case == "grouped, strided 2-D":
+        spec = spec_of(cnp, np.zeros((2, 9, 8, 6)), np.zeros((3, 2, 3, 5, 2)), stride=2,
+                       pad_before=(1, 0), pad_after=(2, 1))
+    else:
+        spec = spec_of(cnp, np.zeros((2, 7, 7, 16)), np.zeros((3, 3, 1, 1, 16)),
+                       pad_before=1, pad_after=1)
+    axis = 0 if case == "channel-wise" else 1
+    groups, _ = plans.border_plan(spec, spec.C if axis == 0 else None)
+    assert len(groups) >= 3
+    total = spec.K if axis == 0 else spec.K * spec.Cg
+    shape = (total, 16) if axis == 0 else (spec.G, total, spec.Fg)
+    wt = rng.standard_normal(shape).astype(np.float32)
+    got = direct.group_weights(wt, groups, axis)
+    for g, w in zip(groups, got):
+        rows = np.asarray(g[4])
+        np.testing.assert_array_equal(w, np.take(wt, rows, axis=axis))
+        if len(rows) == total and (rows == np.arange(total)).all():
+            assert w is wt
+    assert any(w is wt for w in got) and not all(w is wt for w in got)
+    parts = [rng.standard_normal(np.take(wt, np.asarray(g[4]), axis=axis).shape)
+             .astype(np.float32) for g in groups]
+    want = np.zeros_like(wt)
+    for g, p in zip(groups, parts):
+        idx = (slice(None),) * axis + (np.asarray(g[4]),)
+        want[idx] += p
+    cat = [np.concatenate(parts, axis=0)] if axis == 0 else parts
+    got = direct.summed_rows(cat, groups, total, axis)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()

@@ -219,8 +219,10 @@ def _border_forward(x, wt, bias, spec, y, dtype):
     only those (the others meet zero padding)."""
     from .plans import border_plan
 
+    from .direct import group_weights
+
     groups, empty = border_plan(spec, spec.C)
-    b = _simd_groups(x, groups, [wt[taps] for *_, taps in groups], bias, y, spec.C, dtype)
+    b = _simd_groups(x, groups, group_weights(wt, groups, 0), bias, y, spec.C, dtype)
     if len(empty):  # windows wholly in the padding: the bias alone
         y.reshape(-1, spec.C)[empty // spec.C] = b
 
@@ -263,9 +265,11 @@ def _simd_input_grad(gy, w, spec, dtype):
     if cp == spec.C and gy.dtype == dtype and gy.flags.c_contiguous:
         # the cotangent read in place: each phase's targets grouped by the taps that
         # read inside it (dropping only 0 · w terms)
+        from .direct import group_weights
+
         tshape, groups, zero = input_grad_border_plan(spec, cp)
         gx = np.empty(tshape, dtype=dtype)
-        _simd_groups(gy, groups, [wt[rows] for *_, rows in groups], None, gx, spec.C, dtype)
+        _simd_groups(gy, groups, group_weights(wt, groups, 0), None, gx, spec.C, dtype)
         if len(zero):
             gx.reshape(-1, spec.C)[zero // spec.C] = 0
     else:
@@ -335,7 +339,7 @@ def _border_weight_grad(x, gf, spec, dtype):
                                              a.reshape(-1)[rows[it[0]] * C:], C,
                                              WGRAD_TILE_POSITIONS, it[1], it[2])
 
+    from .direct import summed_rows
+
     part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
-    acc = np.zeros((math.prod(spec.k), C), dtype=dtype)
-    np.add.at(acc, np.concatenate([g[4] for g in groups]), part)
-    return acc
+    return summed_rows([part], groups, math.prod(spec.k), 0)
