@@ -236,7 +236,8 @@ def test_forward_and_input_grad_split_by_filter_blocks(monkeypatch, dtype, group
             gx = conv_backward(cnp, gy, x, w, needs=(True, False, False), force=force,
                                **kw)[0]
         got[split] = (y, gx)
-        vranges = {it[3:] for phase in items for it in phase}
+        # the phases over positions (not the weights' transposing copy, by taps)
+        vranges = {it[3:] for phase in items for it in phase if len(it) == 5}
         lanes = dr._width(np.dtype(dtype), fg)[0]
         if split == 0:  # the forward's filters (fg) in blocks of NV_MAX vectors
             assert (0, NV_MAX) in vranges and len(vranges) > 1
@@ -668,3 +669,25 @@ def test_border_groups_gather_and_add_their_weight_rows_as_one_op_per_group(case
     cat = [np.concatenate(parts, axis=0)] if axis == 0 else parts
     got = direct.summed_rows(cat, groups, total, axis)
     assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+@needs_numba
+@pytest.mark.parametrize("groups, cg, fg", [(1, 16, 24), (2, 11, 13), (3, 5, 3), (1, 1, 9)])
+def test_input_grad_weights_transposed_by_the_compiled_copy(groups, cg, fg):
+    """The input gradient's weights ``(G, T·Fg, Cg)`` (the taps in the given order),
+    written by the 8×8-blocked compiled copy and its remainders, from weights in any
+    memory order: NumPy's transposing copy gives the same array."""
+    from fmtarray._kernels.conv._numba import direct
+    from fmtarray._kernels.conv._numpy._runtime import kernel_call
+
+    rng = np.random.default_rng(4)
+    k = (3, 2)
+    w = rng.standard_normal((groups, fg, cg, *k)).astype(np.float32).transpose(3, 4, 2, 1, 0)
+    assert not w.flags.c_contiguous  # MATLAB's (*k, Cg, Fg, G) as a strided view
+    spec = spec_of(cnp, np.zeros((1, 4, 4, groups * cg)), w)
+    taps = np.array([[2, 1], [0, 0], [1, 1], [0, 1]])
+    with kernel_call(spec):  # (its taps split over the workers)
+        got = direct._transposed(w, taps, spec)
+    want = np.ascontiguousarray(w[taps[:, 0], taps[:, 1]].transpose(3, 0, 2, 1))
+    assert got.shape == (groups, len(taps) * fg, cg)
+    np.testing.assert_array_equal(got, want.reshape(groups, -1, cg))

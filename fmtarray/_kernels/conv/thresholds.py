@@ -81,9 +81,11 @@ class Tuning:
     direct_copy_max_cf: int = 2304
     direct_copy_min_cg: int = 8
     #: numba.direct_input_grad with more than direct_max_cf channels × filters: the
-    #: fewest output positions (below, the weights' per-call transposed copy costs more
-    #: than the kernel saves: 512→512 3×3 b8 7×7, 392 positions, 17.8 vs 14.2 ms)
-    direct_input_grad_min_positions: int = 1024
+    #: fewest output positions (below, the weights' per-call transposed copy, about 36/P
+    #: of the kernel's time over P positions, costs more than the kernel saves over
+    #: numpy.grad_as_conv; 512→512 3×3 b8 7×7, 392 positions: 11.3 vs 13.1 ms, the copy
+    #: 0.8 ms; before the copy was compiled, 5.6 ms: 17.8 vs 14.2)
+    direct_input_grad_min_positions: int = 256
     #: numba.direct forward: the most weight bytes of one filter block summed at once
     #: (bigger reductions go a block of runs, or of one run, at a time: kept in L2)
     direct_weight_block_bytes: int = 256 * 2**10

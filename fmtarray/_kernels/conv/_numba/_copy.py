@@ -1,4 +1,5 @@
-"""Compiled transposing copy: batch-innermost data into channels-last buffers.
+"""Compiled transposing copies: batch-innermost data into channels-last buffers, and
+the weights with their channels and filters swapped for the input gradient.
 
 The NumPy kernels read their operands channels-last ``(N, *sp, C)``; data in fmtarray's
 canonical layout (``SSCB``: the batch innermost in memory) is copied there first, as are
@@ -12,13 +13,18 @@ of one position stay within its channels' lines (1.6–2.3× faster than ``copyt
 :func:`copy` takes ``dst[...] = src`` for 3- to 5-d arrays of one dtype whose source
 has the batch (dim 0) stored more inwards than the channels (the last dim); it returns
 ``False`` for anything else, which :func:`.._numpy._runtime.copy_blocked` then copies.
+
+:func:`transpose_taps` writes the input gradient's weights ``(G, T, Fg, Cg)`` from
+MATLAB's ``(K, Cg, Fg, G)``, a tap at a time, in 8×8 blocks of channels × filters:
+NumPy's transposing copy of 512×512 3×3 weights (9.4 MB) took 5.6 ms, this one 1.45 ms
+on one thread (32×32 blocks with variable bounds: 4.4 ms).
 """
 
 from __future__ import annotations
 
 import numba as nb
 
-__all__ = ["copy"]
+__all__ = ["copy", "transpose_taps"]
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
@@ -46,3 +52,26 @@ def copy(dst, src) -> bool:
         return False
     _batch_inner(_five(src), _five(dst))
     return True
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def transpose_taps(w, taps, out, t0, t1):
+    """``out[g, t, f, c] = w[taps[t], c, f, g]`` for ``t0 <= t < t1``: 8×8 blocks of
+    channels × filters (whose fixed loops LLVM compiles to vector shuffles), a band of
+    8 filters at a time across the channels, then the remainders."""
+    _, Cg, Fg, G = w.shape
+    C8, F8 = Cg - Cg % 8, Fg - Fg % 8
+    for g in range(G):
+        for t in range(t0, t1):
+            s = taps[t]
+            for f0 in range(0, F8, 8):
+                for c0 in range(0, C8, 8):
+                    for f in range(8):
+                        for c in range(8):
+                            out[g, t, f0 + f, c0 + c] = w[s, c0 + c, f0 + f, g]
+                for f in range(f0, f0 + 8):
+                    for c in range(C8, Cg):
+                        out[g, t, f, c] = w[s, c, f, g]
+            for f in range(F8, Fg):
+                for c in range(Cg):
+                    out[g, t, f, c] = w[s, c, f, g]

@@ -277,9 +277,17 @@ def _input_grad(gy, w, spec, dtype):
 
 
 def _transposed(w, taps, spec):
-    """The weights of ``taps`` as the input gradient reads them: ``(G, T·Fg, Cg)``."""
-    wk = w[tuple(np.asarray(taps).reshape(-1, spec.d).T)]  # (T, Cg, Fg, G)
-    return np.ascontiguousarray(wk.transpose(3, 0, 2, 1)).reshape(spec.G, -1, spec.Cg)
+    """The weights of ``taps`` as the input gradient reads them: ``(G, T·Fg, Cg)``, by
+    the compiled blocked copy of :mod:`._copy`, its taps split over the workers."""
+    from ._copy import transpose_taps
+
+    taps = np.asarray(taps).reshape(-1, spec.d)
+    flat = np.ravel_multi_index(tuple(taps.T), spec.k).astype(np.int64)
+    w4 = w.reshape(spec.K, spec.Cg, spec.Fg, spec.G)
+    out = np.empty((spec.G, len(flat), spec.Fg, spec.Cg), dtype=w.dtype)
+    parallel(lambda _w, r: transpose_taps(w4, flat, out, r[0], r[1]),
+             row_ranges(len(flat), min(len(flat), dynamic_blocks())), dynamic=True)
+    return out.reshape(spec.G, -1, spec.Cg)
 
 
 def _input_grad_in_place(gy, w, spec, dtype):
