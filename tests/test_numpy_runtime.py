@@ -169,9 +169,9 @@ def _run_phase(rt, n_items=8):
 
 @_LINUX_AFFINITY
 def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
-    """Before a phase wakes them, the pool's threads may run on every CPU the caller
-    may, except the one it is on (a halted vCPU is not passed over for the caller's);
-    re-applied when the caller is on another CPU, or may run on one CPU only."""
+    """Before a phase wakes them, the pool's threads may run on the CPUs they started
+    with, except the one the caller is on (a halted vCPU is not passed over for the
+    caller's); re-applied when the caller is on another CPU; never an empty set."""
     import os
 
     from fmtarray._kernels.conv._numpy import _placement as pl
@@ -184,29 +184,29 @@ def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
     _run_phase(rt)  # the pool's threads exist (and are registered) by now
     tids = pl.worker_ids()
     assert 1 <= len(tids) <= n
-    mine = os.sched_getaffinity(0)
+    started = dict(pl._tids)
     cpu, placed = pl._placed[0]
-    assert placed == tids and cpu in mine
+    assert [t for t, _ in placed] == list(tids) and cpu in os.sched_getaffinity(0)
     for tid in tids:
-        assert os.sched_getaffinity(tid) == mine - {cpu}
-    other = min(mine - {cpu})
+        assert os.sched_getaffinity(tid) == started[tid] - {cpu}
+    other = min(started[tids[0]] - {cpu})
     try:
         monkeypatch.setattr(pl, "_getcpu", [lambda: other])  # the caller moved
         _run_phase(rt)
         for tid in tids:
-            assert os.sched_getaffinity(tid) == mine - {other}
-        os.sched_setaffinity(0, {other})  # the caller may run on one CPU only
-        pl._placed[0] = None
+            assert os.sched_getaffinity(tid) == started[tid] - {other}
+        pl._tids[:] = [(t, frozenset({other})) for t, _ in started.items()]  # one CPU each
         _run_phase(rt)
         for tid in tids:
-            assert os.sched_getaffinity(tid) == {other}  # theirs too: never an empty set
+            assert os.sched_getaffinity(tid) == {other}  # not an empty set
     finally:
-        os.sched_setaffinity(0, mine)
+        pl._tids[:] = list(started.items())
         monkeypatch.undo()
         pl._placed[0] = None
         _run_phase(rt)  # as before the test
+    cpu = pl._placed[0][0]
     for tid in tids:
-        assert os.sched_getaffinity(tid) == mine - {pl._placed[0][0]}
+        assert os.sched_getaffinity(tid) == started[tid] - {cpu}
 
 
 @_LINUX_AFFINITY
