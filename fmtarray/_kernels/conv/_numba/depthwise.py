@@ -217,12 +217,12 @@ def _border_forward(x, wt, bias, spec, y, dtype):
     """The forward on the unpadded input: the output positions grouped by the taps of
     their window that fall inside it (:func:`.plans.border_plan`), each group summing
     only those (the others meet zero padding)."""
-    from .plans import border_plan
-
     from .direct import group_weights
+    from .plans import border_plan, border_rows
 
     groups, empty = border_plan(spec, spec.C)
-    b = _simd_groups(x, groups, group_weights(wt, groups, 0), bias, y, spec.C, dtype)
+    b = _simd_groups(x, groups, group_weights(wt, border_rows(spec, spec.C), 0), bias, y,
+                     spec.C, dtype)
     if len(empty):  # windows wholly in the padding: the bias alone
         y.reshape(-1, spec.C)[empty // spec.C] = b
 
@@ -266,10 +266,12 @@ def _simd_input_grad(gy, w, spec, dtype):
         # the cotangent read in place: each phase's targets grouped by the taps that
         # read inside it (dropping only 0 · w terms)
         from .direct import group_weights
+        from .plans import input_grad_border_rows
 
         tshape, groups, zero = input_grad_border_plan(spec, cp)
         gx = np.empty(tshape, dtype=dtype)
-        _simd_groups(gy, groups, group_weights(wt, groups, 0), None, gx, spec.C, dtype)
+        _simd_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec, cp), 0), None,
+                     gx, spec.C, dtype)
         if len(zero):
             gx.reshape(-1, spec.C)[zero // spec.C] = 0
     else:
@@ -320,7 +322,7 @@ def _border_weight_grad(x, gf, spec, dtype):
     the padding (its cotangent would meet only padding, unseen here)."""
     from . import _simd as dk
     from .direct import WGRAD_TILE_POSITIONS
-    from .plans import border_plan
+    from .plans import border_plan, border_rows
 
     groups, empty = border_plan(spec, spec.C)
     if len(empty):
@@ -342,4 +344,4 @@ def _border_weight_grad(x, gf, spec, dtype):
     from .direct import summed_rows
 
     part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
-    return summed_rows([part], groups, math.prod(spec.k), 0)
+    return summed_rows([part], border_rows(spec, spec.C), math.prod(spec.k), 0)

@@ -48,8 +48,8 @@ from .._numpy.relayout import canonical_layout
 from .._numpy._runtime import dynamic_blocks, parallel, parallel_copy, parallel_sum, scratch
 from ..thresholds import current
 from .depthwise import _c_strides
-from .plans import (border_gpos, border_plan, concat_rows, forward_plan, gpos, group_rows,
-                    input_grad_border_plan, input_grad_plans)
+from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos,
+                    input_grad_border_plan, input_grad_border_rows, input_grad_plans)
 
 __all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
@@ -216,7 +216,7 @@ def _border_run(x, wt, bias, spec, y, dtype):
     weights; outputs whose window is all padding get the bias."""
     groups, empty = border_plan(spec)
     if groups:
-        _run_groups(x, groups, group_weights(wt, groups, 1), bias, y, dtype)
+        _run_groups(x, groups, group_weights(wt, border_rows(spec), 1), bias, y, dtype)
     if len(empty):  # (every output, when no window reaches the input)
         y.reshape(-1, spec.F)[empty // spec.F] = 0 if bias is None else np.asarray(bias, dtype)
 
@@ -301,7 +301,8 @@ def _input_grad_in_place(gy, w, spec, dtype):
     if groups:
         taps = np.stack(np.unravel_index(np.arange(spec.K), spec.k), axis=1)
         wt = _transposed(w, taps, spec)  # (G, K·Fg, Cg): rows tap·Fg + f
-        _run_groups(gy, groups, group_weights(wt, groups, 1), None, gx, dtype)
+        _run_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec), 1), None, gx,
+                    dtype)
     if len(zero):
         gx.reshape(-1, spec.C)[zero // spec.C] = 0
     return gx if spec.constant_padding else unpad(gx, spec)
@@ -341,28 +342,30 @@ def _border_weight_grad(x, gp, spec, dtype):
     where = border_gpos(spec, gp.shape[-1])
     parts = _weight_grad_sum(x.reshape(-1), [(g[0], q, g[2], g[3]) for g, q in
                                              zip(groups, where)], gp, spec, dtype)
-    return summed_rows(parts, groups, spec.K * spec.Cg, 1)
+    return summed_rows(parts, border_rows(spec), spec.K * spec.Cg, 1)
 
 
-def group_weights(wt, groups, axis):
-    """Each group's rows of the weights ``wt`` (rows along ``axis``), by one gather
-    (:func:`.plans.group_rows`); views of it, or ``wt`` itself for a group with all."""
-    idx, spans = group_rows(groups, wt.shape[axis])
+def group_weights(wt, rows, axis):
+    """Each border group's rows of the weights ``wt`` (rows along ``axis``; ``rows``: the
+    plan's :func:`.plans.border_rows`), by one gather: views of it, or ``wt`` itself for
+    a group that reads all of them."""
+    idx, spans, _ = rows
     cat = np.take(wt, idx, axis=axis) if len(idx) else None
     cut = (slice(None),) * axis
     return [wt if sp is None else cat[cut + (slice(*sp),)] for sp in spans]
 
 
-def summed_rows(parts, groups, total, axis):
-    """The groups' sums over their rows (``parts``, rows along ``axis`` 0 or 1, groups of
-    weights before it) added, group by group from zeros, into the ``total`` rows of the
-    whole gradient (:mod:`._scatter`)."""
+def summed_rows(parts, rows, total, axis):
+    """The border groups' sums over their rows (``parts``, rows along ``axis`` 0 or 1,
+    groups of weights before it; ``rows``: the plan's :func:`.plans.border_rows`) added,
+    group by group from zeros, into the ``total`` rows of the whole gradient
+    (:mod:`._scatter`)."""
     from ._scatter import add_rows
 
     cat = np.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
     cat3 = cat if axis == 1 else cat[None]
     acc = np.zeros((cat3.shape[0], total, cat3.shape[2]), dtype=cat.dtype)
-    add_rows(acc, concat_rows(groups), np.ascontiguousarray(cat3))
+    add_rows(acc, rows[2], np.ascontiguousarray(cat3))
     return acc if axis == 1 else acc[0]
 
 

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 __all__ = ["PLAN_CACHE_BYTES", "forward_plan", "input_grad_plans", "border_plan",
-           "input_grad_border_plan", "gpos", "border_gpos", "group_rows", "concat_rows"]
+           "input_grad_border_plan", "gpos", "border_gpos", "border_rows", "input_grad_border_rows"]
 
 
 def _strides(shape):
@@ -271,42 +271,39 @@ def border_gpos(spec, fp):
 
 # ---- the weight rows of a border plan's groups, worked out once per plan
 
-_DERIVED: dict = {}  # (what, id(groups), total) -> (groups, value): the plan kept alive
+
+def _rows_of(groups, total):
+    """``(idx, spans, cat)`` of the groups ``(pos, ypos, offs, R, rows)`` of a border plan
+    over weights with ``total`` rows: ``idx`` the rows of every group that does not read
+    them all, concatenated (one gather per call instead of one per group: a 3-D plan has
+    27 groups), per group its ``(start, stop)`` in ``idx`` or ``None`` where it reads
+    every row in order (the weights as they are); ``cat`` every group's rows in group
+    order (where their weight-gradient sums go back)."""
+    rows = [np.asarray(g[4], dtype=np.int64) for g in groups]
+    idx, spans, at = [], [], 0
+    for r in rows:
+        if len(r) == total and (r == np.arange(total)).all():
+            spans.append(None)
+        else:
+            idx.append(r)
+            spans.append((at, at + len(r)))
+            at += len(r)
+    empty = np.zeros(0, np.int64)
+    return (np.concatenate(idx) if idx else empty, spans,
+            np.concatenate(rows) if rows else empty)
 
 
-def _derived(what, groups, total, build):
-    key = (what, id(groups), total)
-    hit = _DERIVED.get(key)
-    if hit is not None and hit[0] is groups:
-        return hit[1]
-    value = build([np.asarray(g[4]) for g in groups])
-    if len(_DERIVED) >= 256:
-        _DERIVED.clear()
-    _DERIVED[key] = (groups, value)
-    return value
+@_cached
+def border_rows(spec, channels=None):
+    """:func:`_rows_of` for :func:`border_plan` (weights ``(G, K·Cg, Fg)``; channel-wise,
+    ``channels`` given: ``(K, channels)``)."""
+    return _rows_of(border_plan(spec, channels)[0],
+                    spec.K if channels is not None else spec.K * spec.Cg)
 
 
-def group_rows(groups, total):
-    """How the groups ``(pos, ypos, offs, R, rows)`` of a border plan take their rows of
-    weights with ``total`` rows: ``(idx, spans)``, ``idx`` the rows of every group that
-    does not read them all, concatenated (one gather per call instead of one per
-    group: a 3-D plan has 27 groups), and per group its ``(start, stop)`` in ``idx``,
-    or ``None`` where it reads every row in order (the weights as they are)."""
-    def build(rows):
-        idx, spans, at = [], [], 0
-        for r in rows:
-            if len(r) == total and (r == np.arange(total)).all():
-                spans.append(None)
-            else:
-                idx.append(r)
-                spans.append((at, at + len(r)))
-                at += len(r)
-        return (np.concatenate(idx) if idx else np.zeros(0, np.int64)), spans
-
-    return _derived("rows", groups, total, build)
-
-
-def concat_rows(groups):
-    """The groups' rows of weights, concatenated in group order (int64)."""
-    return _derived("cat", groups, None, lambda rows: np.concatenate(
-        [r.astype(np.int64, copy=False) for r in rows]) if rows else np.zeros(0, np.int64))
+@_cached
+def input_grad_border_rows(spec, channels=None):
+    """:func:`_rows_of` for :func:`input_grad_border_plan` (weights ``(G, K·Fg, Cg)``;
+    channel-wise: ``(K, channels)``)."""
+    return _rows_of(input_grad_border_plan(spec, channels)[1],
+                    spec.K if channels is not None else spec.K * spec.Fg)
