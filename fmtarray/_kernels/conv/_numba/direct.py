@@ -286,7 +286,7 @@ def _transposed(w, taps, spec):
     w4 = w.reshape(spec.K, spec.Cg, spec.Fg, spec.G)
     out = np.empty((spec.G, len(flat), spec.Fg, spec.Cg), dtype=w.dtype)
     parallel(lambda _w, r: transpose_taps(w4, flat, out, r[0], r[1]),
-             row_ranges(len(flat), min(len(flat), dynamic_blocks())), dynamic=True)
+             row_ranges(len(flat), max(1, min(len(flat), dynamic_blocks()))), dynamic=True)
     return out.reshape(spec.G, -1, spec.Cg)
 
 
