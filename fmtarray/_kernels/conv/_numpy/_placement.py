@@ -32,7 +32,7 @@ import threading
 __all__ = ["register_worker", "place_workers", "worker_ids", "reset"]
 
 _tids: list = []  # (native id, CPUs it may run on) of the pool's threads, in start order
-_placed = [None]  # (caller's CPU, worker ids) last applied
+_placed = [None]  # (caller's CPU, the _tids entries) last applied
 _getcpu = [None]  # the C library's sched_getcpu; False: placement unavailable
 
 
