@@ -394,7 +394,7 @@ def test_fmtarray_numba_bad_value_names_the_variable(monkeypatch):
     ("numba.depthwise", (5, 5, 4, 2), (3, 3, 1, 2, 4), "SSCB", "not channels-innermost"),
     ("numba.depthwise", (2, 4, 4, 4, 3), (2, 2, 2, 1, 2, 3), "BSSSC", "1 or 2 only"),
     ("numba.direct", (2, 5, 5, 4), (3, 3, 1, 1, 4), "BSSC", "numba.depthwise's domain"),
-    ("numba.direct", (5, 5, 64, 2), (3, 3, 64, 64), "SSCB", "direct_copy_max_cf"),
+    ("numba.direct", (2, 2, 1024, 2), (1, 1, 1024, 1024), "SSCB", "direct_copy_max_cf"),
 ])
 def test_forced_outside_the_domain_names_the_reason(name, shape, wshape, fmt, reason):
     x = FormattedArray(np.zeros(shape), fmt)

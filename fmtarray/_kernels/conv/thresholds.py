@@ -76,9 +76,11 @@ class Tuning:
     #: numba.direct on data not stored channels innermost (e.g. canonical, copied
     #: channels-last): the most channels × filters per group, and for the input gradient
     #: the fewest channels per group (measured float32 2026-12-06: 16→16, 16→32, 48→48
-    #: and grouped 16→16 2-4× faster than the BLAS entries, 64→64's gradients and 1→20's
-    #: and 3→64's input gradients slower)
-    direct_copy_max_cf: int = 2304
+    #: and grouped 16→16 2-4× faster than the BLAS entries, 1→20's and 3→64's input
+    #: gradients slower; 2026-12-07, canonical data against the BLAS/Winograd entries,
+    #: forward / VJP: 64→64 3×3 1.12 / 0.97, dilated 64→64 1.10 / 1.22, 1×1 32→96 1.36 /
+    #: 1.10, 512→512 3×3 1.12 / 1.02, 64→64 float64 0.95 / 0.99: up to 512×512)
+    direct_copy_max_cf: int = 262144
     direct_copy_min_cg: int = 8
     #: numba.direct_input_grad with more than direct_max_cf channels × filters: the
     #: fewest output positions (below, the weights' per-call transposed copy, about 36/P
