@@ -1,0 +1,215 @@
+"""What the compiled (Numba) kernels keep and copy around their tiles: the index plans'
+cache (bounded, shared by threads), the border groups' weight rows, the transposing copies
+of batch-innermost data and of the input gradient's weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import array_api_compat.numpy as cnp
+
+from fmtarray._kernels.conv import _numba
+from kernel_calls import spec_of
+
+needs_numba = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
+                                 or _numba.unavailable() is not None,
+                                 reason="numba unavailable or FMTARRAY_NUMBA=0")
+
+
+def test_plan_cache_is_bounded_by_bytes(monkeypatch):
+    """The plans' index arrays (16 bytes per output position) are kept for the next calls
+    within PLAN_CACHE_BYTES, the least recently used going first; a hit returns the same
+    arrays."""
+    from fmtarray._kernels.conv._numba import plans as direct
+
+    rng = np.random.default_rng(0)
+    specs = [spec_of(cnp, rng.standard_normal((2, n, n, 3)), np.zeros((3, 3, 3, 4, 1)))
+             for n in (9, 10, 11, 12)]
+    direct.forward_plan.cache_clear()
+    first = direct.forward_plan(specs[0])
+    assert direct.forward_plan(specs[0])[0] is first[0]
+    for s in specs[1:3]:
+        direct.forward_plan(s)
+    assert len(direct.forward_plan.cache) == 3
+    direct.forward_plan(specs[0])  # a hit: now the most recently used
+    monkeypatch.setattr(direct, "PLAN_CACHE_BYTES", 4000)  # one 10×10 output's plan
+    direct.forward_plan(specs[3])  # 2·10·10 positions × 16 bytes: the others go
+    assert list(direct.forward_plan.cache) == [(specs[3], None)]
+    monkeypatch.setattr(direct, "PLAN_CACHE_BYTES", 7000)
+    direct.forward_plan(specs[2])  # 2·9·9 positions fit beside it
+    assert list(direct.forward_plan.cache) == [(specs[3], None), (specs[2], None)]
+    held = [a.nbytes for plan, _ in direct.forward_plan.cache.values() for a in plan
+            if isinstance(a, np.ndarray)]
+    assert direct.forward_plan.cache_bytes() == sum(held) >= 16 * 2 * (10 * 10 + 9 * 9)
+
+
+class _SlowHash:
+    """A key whose hash runs Python code and gives the GIL away, as a ConvSpec's does."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __hash__(self):
+        time.sleep(0)
+        return hash(self.n)
+
+    def __eq__(self, other):
+        return isinstance(other, _SlowHash) and other.n == self.n
+
+
+def test_plan_cache_is_safe_across_threads(monkeypatch):
+    """Dask runs blocks in several threads at once: lookups, insertions and evictions
+    of one plan cache interleave (a CI run once raised "OrderedDict mutated during
+    iteration" here). Every caller gets its own key's plan, and the cache's byte count
+    stays the sum of what it holds, within the bound."""
+    import threading
+
+    from fmtarray._kernels.conv._numba import plans
+
+    monkeypatch.setattr(plans, "PLAN_CACHE_BYTES", 5 * 80)
+    get = plans._cached(lambda key, channels: np.full(10, key.n, np.int64))  # 80 bytes
+    errors, barrier = [], threading.Barrier(4)
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        barrier.wait()
+        try:
+            for n in rng.integers(0, 12, 3000).tolist():
+                got = get(_SlowHash(n))
+                assert got.shape == (10,) and (got == n).all(), (n, got)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    held = list(get.cache.values())
+    assert 1 <= len(held) <= 5
+    assert get.cache_bytes() == sum(nbytes for _, nbytes in held) == 80 * len(held)
+
+
+@pytest.mark.parametrize("ndim", [3, 4, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
+    """The runtime's blocked copy hands a batch-innermost source (canonical data, a Dask
+    batch chunk's view, a flipped view) to the compiled transposing copy: the same values
+    as NumPy's copyto into any destination strides; channels-innermost sources, other
+    dtypes and ``FMTARRAY_NUMBA=0`` keep NumPy's copy."""
+    from fmtarray._kernels.conv._numba import _copy
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    used = []
+    real = _copy.copy
+    monkeypatch.setattr(_copy, "copy", lambda d, s: used.append(real(d, s)) or used[-1])
+    rng = np.random.default_rng(ndim)
+    shape = (12, *(9, 7, 5)[:ndim - 2], 6)  # (N, *sp, C)
+    whole = rng.standard_normal((*shape[1:], 3 * shape[0])).astype(dtype)  # batch innermost
+    sources = {
+        "canonical": np.moveaxis(np.ascontiguousarray(whole[..., :shape[0]]), -1, 0),
+        "chunk view": np.moveaxis(whole[..., shape[0]:2 * shape[0]], -1, 0),
+        "flipped": np.moveaxis(whole[..., ::-1][..., :shape[0]], -1, 0),
+    }
+    for name, src in sources.items():
+        pad = np.zeros((shape[0], *(n + 2 for n in shape[1:-1]), shape[-1] + 3), dtype)
+        dst = pad[(slice(None),) + (slice(1, -1),) * (ndim - 2) + (slice(0, shape[-1]),)]
+        used.clear()
+        rt.copy_blocked(dst, src, block=16)
+        np.testing.assert_array_equal(dst, src, err_msg=name)
+        assert used == ([True] if numba_on() else []), name
+        assert not pad[(slice(None),) * (ndim - 1) + (slice(shape[-1], None),)].any()
+    cl = np.ascontiguousarray(sources["canonical"])  # channels innermost: NumPy's copy
+    out = np.empty_like(cl)
+    used.clear()
+    rt.copy_blocked(out.transpose(*range(ndim)), cl[:, ::-1][:, ::-1], block=16)
+    np.testing.assert_array_equal(out, cl)
+    assert used in ([], [False])
+    monkeypatch.setenv("FMTARRAY_NUMBA", "0")
+    used.clear()
+    rt.copy_blocked(dst, sources["chunk view"], block=16)
+    np.testing.assert_array_equal(dst, sources["chunk view"])
+    assert used == []
+
+
+def numba_on():
+    return os.environ.get("FMTARRAY_NUMBA") != "0" and _numba.unavailable() is None
+
+
+@needs_numba
+@pytest.mark.parametrize("case", ["3-D", "grouped, strided 2-D", "channel-wise"])
+def test_border_groups_gather_and_add_their_weight_rows_as_one_op_per_group(case):
+    """The groups of a border plan take their rows of the weights by one gather and
+    add their weight-gradient sums into the gradient by one compiled loop: the same
+    values (and bits) as one ``wt[:, rows]`` and one ``acc[:, rows] += part`` per group;
+    a group that reads every row gets the weights themselves."""
+    from fmtarray._kernels.conv._numba import direct, plans
+
+    rng = np.random.default_rng(3)
+    if case == "3-D":
+        spec = spec_of(cnp, np.zeros((2, 5, 6, 7, 4)), np.zeros((3, 3, 3, 4, 5, 1)),
+                       pad_before=1, pad_after=1)
+    elif case == "grouped, strided 2-D":
+        spec = spec_of(cnp, np.zeros((2, 9, 8, 6)), np.zeros((3, 2, 3, 5, 2)), stride=2,
+                       pad_before=(1, 0), pad_after=(2, 1))
+    else:
+        spec = spec_of(cnp, np.zeros((2, 7, 7, 16)), np.zeros((3, 3, 1, 1, 16)),
+                       pad_before=1, pad_after=1)
+    axis = 0 if case == "channel-wise" else 1
+    channels = spec.C if axis == 0 else None
+    groups, _ = plans.border_plan(spec, channels)
+    rows = plans.border_rows(spec, channels)
+    assert plans.border_rows(spec, channels) is rows  # kept with the plans
+    assert len(groups) >= 3
+    total = spec.K if axis == 0 else spec.K * spec.Cg
+    shape = (total, 16) if axis == 0 else (spec.G, total, spec.Fg)
+    wt = rng.standard_normal(shape).astype(np.float32)
+    got = direct.group_weights(wt, rows, axis)
+    for g, w in zip(groups, got):
+        r = np.asarray(g[4])
+        np.testing.assert_array_equal(w, np.take(wt, r, axis=axis))
+        if len(r) == total and (r == np.arange(total)).all():
+            assert w is wt
+    assert any(w is wt for w in got) and not all(w is wt for w in got)
+    parts = [rng.standard_normal(np.take(wt, np.asarray(g[4]), axis=axis).shape)
+             .astype(np.float32) for g in groups]
+    want = np.zeros_like(wt)
+    for g, p in zip(groups, parts):
+        idx = (slice(None),) * axis + (np.asarray(g[4]),)
+        want[idx] += p
+    cat = [np.concatenate(parts, axis=0)] if axis == 0 else parts
+    got = direct.summed_rows(cat, rows, total, axis)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+@needs_numba
+@pytest.mark.parametrize("groups, cg, fg", [(1, 16, 24), (2, 11, 13), (3, 5, 3), (1, 1, 9)])
+def test_input_grad_weights_transposed_by_the_compiled_copy(groups, cg, fg):
+    """The input gradient's weights ``(G, T·Fg, Cg)`` (the taps in the given order),
+    written by the 8×8-blocked compiled copy and its remainders, from weights in any
+    memory order: NumPy's transposing copy gives the same array."""
+    from fmtarray._kernels.conv._numba import direct
+    from fmtarray._kernels.conv._numpy._runtime import kernel_call
+
+    rng = np.random.default_rng(4)
+    k = (3, 2)
+    w = rng.standard_normal((groups, fg, cg, *k)).astype(np.float32).transpose(3, 4, 2, 1, 0)
+    assert not w.flags.c_contiguous  # MATLAB's (*k, Cg, Fg, G) as a strided view
+    spec = spec_of(cnp, np.zeros((1, 4, 4, groups * cg)), w)
+    taps = np.array([[2, 1], [0, 0], [1, 1], [0, 1]])
+    with kernel_call(spec):  # (its taps split over the workers)
+        got = direct._transposed(w, taps, spec)
+    want = np.ascontiguousarray(w[taps[:, 0], taps[:, 1]].transpose(3, 0, 2, 1))
+    assert got.shape == (groups, len(taps) * fg, cg)
+    np.testing.assert_array_equal(got, want.reshape(groups, -1, cg))
