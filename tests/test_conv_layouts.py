@@ -199,6 +199,16 @@ def test_op_any_stored_layout(n, stored):
     assert rel_err(gw.data, gw_ref[..., 0]) <= 1e-5
 
 
+def _geometry(d, *args):
+    """Each of stride, dilation and the pads for ``d`` dims (a scalar or a 2-tuple
+    repeated), and the spatial and kernel sizes of the batch-innermost tests."""
+    def per_dim(v):
+        v = v if isinstance(v, tuple) else (v,) * 2
+        return (v * 2)[:d]
+
+    return (*(per_dim(v) for v in args), (7, 6, 5)[:d], (3, 2, 3)[:d])
+
+
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("stride,dil,pb,pa", [(1, 1, (1, 1), (1, 1)), (1, 2, (2, 0), (1, 2)),
                                               (2, 1, (1, 0), (0, 1)), ((1, 2), (2, 1), (0, 3), (2, 0)),
@@ -209,13 +219,7 @@ def test_depthwise_batch_innermost(value, stride, dil, pb, pa, d):
     unmaterialised zero padding, border patches) against the reference, with VJP."""
     import array_api_compat.numpy as cnp
 
-    def per_dim(v):
-        v = v if isinstance(v, tuple) else (v,) * 2
-        return (v * 2)[:d]
-
-    stride, dil, pb, pa = per_dim(stride), per_dim(dil), per_dim(pb), per_dim(pa)
-    sp = (7, 6, 5)[:d]
-    k = (3, 2, 3)[:d]
+    stride, dil, pb, pa, sp, k = _geometry(d, stride, dil, pb, pa)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, *sp, 3))
     w = rng.standard_normal((*k, 1, 1, 3))
@@ -240,13 +244,7 @@ def test_few_channels_batch_innermost_vjp(value, stride, dil, pb, pa, d, c):
     scatter of ``Wᵀ·gy`` into per-worker padded inputs) against the reference VJP."""
     import array_api_compat.numpy as cnp
 
-    def per_dim(v):
-        v = v if isinstance(v, tuple) else (v,) * 2
-        return (v * 2)[:d]
-
-    stride, dil, pb, pa = per_dim(stride), per_dim(dil), per_dim(pb), per_dim(pa)
-    sp = (7, 6, 5)[:d]
-    k = (3, 2, 3)[:d]
+    stride, dil, pb, pa, sp, k = _geometry(d, stride, dil, pb, pa)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, *sp, c))
     w = rng.standard_normal((*k, c, 4, 1))
