@@ -317,6 +317,9 @@ def main(argv=None):
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"WARNING: {var}={os.environ[var]} is set; run with env -u {var}")
+    if "OMP_WAIT_POLICY" in os.environ:  # a diagnostic: torch's OpenMP workers changed
+        print(f"NOTE: OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} is set: torch's "
+              "OpenMP workers do not run as they do by default")
     print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
           f"mode: {mode} ({BLOCK} timed call(s) per turn, {GAP * 1e3:g} ms idle before each "
           f"turn{', one untimed call first' if WARM else ''}), {repeats} turns")
