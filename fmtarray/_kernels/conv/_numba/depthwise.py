@@ -321,7 +321,7 @@ def _border_weight_grad(x, gf, spec, dtype):
     the number of threads). ``(T, C)``; ``None`` when some output's window lies wholly in
     the padding (its cotangent would meet only padding, unseen here)."""
     from . import _simd as dk
-    from .direct import WGRAD_TILE_POSITIONS
+    from .direct import WGRAD_TILE_POSITIONS, summed_rows
     from .plans import border_plan, border_rows
 
     groups, empty = border_plan(spec, spec.C)
@@ -340,8 +340,6 @@ def _border_weight_grad(x, gf, spec, dtype):
         dk.channelwise_weight_grad_positions(xf, pos, ypos, offs, gf,
                                              a.reshape(-1)[rows[it[0]] * C:], C,
                                              WGRAD_TILE_POSITIONS, it[1], it[2])
-
-    from .direct import summed_rows
 
     part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
     return summed_rows([part], border_rows(spec, spec.C), math.prod(spec.k), 0)
