@@ -291,9 +291,7 @@ def parallel(fn, items, dynamic=False):
     (a fixed assignment: sums per worker are reproducible). Worker 0 is the calling
     thread, which starts at once: a pool thread that has been idle takes a while to
     wake up (hundreds of µs on a virtual machine), and each conv runs a few of these
-    parallel phases.
-
-    The calling thread never waits for a pool thread that has not started: it takes
+    parallel phases. It never waits for a pool thread that has not started: it takes
     that worker's items itself (see below).
 
     ``dynamic=True`` (for items whose results do not depend on which worker ran them:
