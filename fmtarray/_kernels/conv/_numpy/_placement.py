@@ -69,8 +69,8 @@ def _cpu_getter():
                 g.restype, g.argtypes = ctypes.c_int, []
                 if g() >= 0:
                     f = g
-            except (OSError, AttributeError):
-                pass
+            except (OSError, AttributeError):  # no sched_getcpu in this C library
+                f = False  # placement stays off
         _getcpu[0] = f
     return f
 
