@@ -501,3 +501,32 @@ def test_both_direct_gradients_share_one_channels_last_cotangent(cg, fg, groups,
     # a cotangent stored channels-last already is handed over as it is
     out = share(spec, K.Layout.of(nsc_dims(2), x, gy_cl), gy_cl, x, w)
     assert out[0] is gy_cl
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cg,in_place", [(5, False), (16, False), (16, True), (7, True)])
+def test_weight_gradient_of_two_filter_vectors(dtype, cg, in_place):
+    """Two vectors of filters per tile (32 float32 / 16 float64 filters): the tile sums
+    ``WGRAD_BLOCK[2]`` window offsets at a time, fewer than the forward's ``BLOCK[2]``
+    (see ``_simd``); window rows of 3 taps × ``cg`` channels that are (48) and are not
+    (15, 21) whole numbers of blocks, by position blocks and on the padded copy or in
+    place, against the reference."""
+    from fmtarray._kernels.conv._numba import _simd
+
+    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    fg = 2 * lanes
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 9, 13, cg)).astype(dtype)
+    w = rng.standard_normal((3, 3, cg, fg, 1)).astype(dtype)
+    kw = dict(stride=(1, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
+              pad_value=0.0)
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
+    ratio = 0 if in_place else 1 << 40
+    with K.tuning(direct_in_place_ratio=ratio, direct_wgrad_split_bytes=1 << 40):
+        gw = conv_backward(cnp, gy, x, w, needs=(False, True, False), force="numba.direct",
+                           **kw)[1]
+    ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)[1]
+    assert gw.shape == ref.shape
+    assert rel_err(gw, ref) <= TOL[dtype]

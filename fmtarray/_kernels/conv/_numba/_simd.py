@@ -46,7 +46,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["VECTOR_BYTES", "BLOCK", "NARROW", "forward_tile", "wgrad_tile",
+__all__ = ["VECTOR_BYTES", "BLOCK", "WGRAD_BLOCK", "NARROW", "forward_tile", "wgrad_tile",
            "channelwise_wgrad_tile", "forward_positions", "weight_grad_positions",
            "channelwise_positions", "channelwise_weight_grad_positions"]
 
@@ -71,6 +71,12 @@ BLOCK = ({1: 8, 2: 8, 3: 6, 4: 5} if _REGISTERS == 32 else
 #: vector of that width, so that a channel or two does not fill 16 lanes of zeros
 NARROW = (1, 2)
 NARROW_BLOCK = 12
+#: window offsets per weight-gradient tile: as :data:`BLOCK`, but 6 for two filter
+#: vectors, whose loop LLVM unrolls twice: 8 offsets then need 36 vector registers (16
+#: sums, 2 × (8 broadcasts + 2 cotangent vectors)) and spilled to the stack in every
+#: position (measured: the SCBT 16→32 weight gradient 7.2-9.8 → 5.0-5.3 ms; 4, 5, 6 or 8
+#: for one, three or four vectors were within the noise)
+WGRAD_BLOCK = {**BLOCK, **({2: 6} if _REGISTERS == 32 else {})}
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -217,8 +223,8 @@ def forward_tile(nv, narrow=0, channelwise=False):
 @functools.lru_cache(maxsize=None)
 def wgrad_tile(nv, narrow=0):
     """The weight-gradient tile with ``nv`` filter vectors of ``VECTOR_BYTES >> narrow``
-    bytes and ``BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) offsets."""
-    kb_n = NARROW_BLOCK if narrow else BLOCK[nv]
+    bytes and ``WGRAD_BLOCK[nv]`` (narrow vectors: ``NARROW_BLOCK``) offsets."""
+    kb_n = NARROW_BLOCK if narrow else WGRAD_BLOCK[nv]
 
     @intrinsic
     def tile(typingctx, xf, gy, acc, pos, gpos, a):
@@ -296,6 +302,7 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False)
 _f1, _f2, _f3, _f4 = (forward_tile(nv) for nv in range(1, NV_MAX + 1))
 _w1, _w2, _w3, _w4 = (wgrad_tile(nv) for nv in range(1, NV_MAX + 1))
 _B1, _B2, _B3, _B4 = (BLOCK[nv] for nv in range(1, NV_MAX + 1))
+_V1, _V2, _V3, _V4 = (WGRAD_BLOCK[nv] for nv in range(1, NV_MAX + 1))
 _fh, _fq = forward_tile(1, 1), forward_tile(1, 2)  # half and quarter vectors
 _wh, _wq = wgrad_tile(1, 1), wgrad_tile(1, 2)
 _c1, _c2, _c3, _c4 = (forward_tile(nv, 0, True) for nv in range(1, NV_MAX + 1))
@@ -313,6 +320,19 @@ def _block(nv, narrow):
     if nv == 3:
         return _B3
     return _B4
+
+
+@njit(**_JIT)
+def _wblock(nv, narrow):
+    if narrow:
+        return NARROW_BLOCK
+    if nv == 1:
+        return _V1
+    if nv == 2:
+        return _V2
+    if nv == 3:
+        return _V3
+    return _V4
 
 
 @njit(**_JIT)
@@ -373,7 +393,7 @@ def weight_grad_positions(xf, pos, gpos, offs, R, gf, af, Fp, narrow, per_tile, 
                 for v0 in range(va, vb, NV_MAX):
                     nv = min(NV_MAX, vb - v0)
                     f0 = v0 * lanes
-                    kb = _block(nv, narrow)
+                    kb = _wblock(nv, narrow)
                     for k0 in range(0, R, kb):
                         a = (pa, pb, offs[g, t] + k0, min(kb, R - k0), g * Fp + f0,
                              (g * T * R + t * R + k0) * Fp + f0, Fp)
