@@ -32,7 +32,11 @@ our-time (> 1: we are faster):
 Regimes: default, one call per turn (each call starts right after the other library's,
 whose threads may still spin); ``--steady`` (``--block 5 --gap 30 --warm``: per turn
 30 ms idle, one untimed call, 5 timed calls: each library in its own steady state).
-The summary per layout gives the geometric means and minima and the issue's targets
+Every case is measured in ``--rounds`` rounds (default 3) that each go over all the
+cases, its medians taken over the turns of all its rounds: a burst of load from other
+tenants of the VM, or a state of the scheduler that lasts a second or two (torch's
+spinning worker sharing a vCPU with ours), then falls on a third of a case's turns,
+not on all of them. The summary per layout gives the geometric means and minima and the issue's targets
 (forward geomean ≥ 1.0 and no case below 0.7; training step geomean ≥ 1.0 and no case
 below 0.6) as met / not met, with the BLAS kernel (threadpoolctl), the numba version
 and whether the compiled kernels are on (``FMTARRAY_NUMBA``).
@@ -41,8 +45,8 @@ Options: ``--quick`` (3 repeats, the cases marked quick, no memory: under a minu
 ``--cases 0,3,depthwise`` (indices or name substrings), ``--layout nhwc|canonical|both``,
 ``--no-backward``, ``--no-vjp``, ``--no-memory``, ``--chain`` (also time
 ``conv → relu → conv`` and show the intermediate's memory order), ``--markdown`` (the tables again as
-Markdown at the end), ``--repeats N``, ``--block``/``--gap``/``--warm`` (see
-:func:`median_interleaved`).
+Markdown at the end), ``--repeats N`` (turns per case over all rounds), ``--rounds R``,
+``--block``/``--gap``/``--warm`` (see :func:`median_interleaved`).
 """
 
 from __future__ import annotations
@@ -88,8 +92,8 @@ COLUMNS = {"fwd": "forward", "step": "training step (fa.grad, forward included)"
            "vjp": "VJP only (input + weight gradient)"}
 
 
-def median_interleaved(fns, repeats):
-    """Median time of each function, running them round-robin ``repeats`` times.
+def timed_interleaved(fns, repeats):
+    """The times of each function, running them round-robin ``repeats`` times.
 
     With ``BLOCK = b > 1`` each turn is ``b`` consecutive calls (ours ×b, torch ×b,
     ...; ``repeats`` turns each): steady-state timings of each library on its own,
@@ -110,7 +114,12 @@ def median_interleaved(fns, repeats):
                 t0 = time.perf_counter()
                 f()
                 times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def median_interleaved(fns, repeats):
+    """Median time of each function over :func:`timed_interleaved`'s turns."""
+    return [statistics.median(t) for t in timed_interleaved(fns, repeats)]
 
 
 def gemm_rate(repeats, dtype):
@@ -179,21 +188,38 @@ def peak_extra_memory(case, batch):
     return fwd_peak, bwd_peak, d.x.data.nbytes
 
 
-def run_case(case, layout, rates, repeats, kinds):
-    """Time one case in one layout; returns the row (seconds, ratios, algorithms)."""
-    d = Data(case, layout)
-    d.check("step" in kinds)
-    row = dict(case=case.name, layout=layout, algos=d.algorithms(), dtype=case.dtype)
-    t_ours, t_torch = median_interleaved([d.forward, d.torch_forward], repeats)
-    row["fwd"] = (t_ours, t_torch)
-    row["gflops"] = d.flops / t_ours / 1e9
-    row["pct_gemm"] = 100 * row["gflops"] / rates[case.dtype]
-    brep = max(3, repeats // 2 + 1)
-    if "step" in kinds:
-        row["step"] = tuple(median_interleaved([d.train_step, d.torch_train_step], brep))
-    if "vjp" in kinds:
-        row["vjp"] = tuple(median_interleaved([d.vjp_closure(), d.torch_vjp_closure()], brep))
-    return row
+class CaseRun:
+    """One case in one layout, timed a part of its turns per round (:meth:`measure`);
+    :meth:`row` gives the medians over all of them (seconds, ratios, algorithms)."""
+
+    def __init__(self, case, layout, kinds):
+        self.d = d = Data(case, layout)
+        d.check("step" in kinds)
+        self.case, self.kinds = case, kinds
+        self.fns = {"fwd": (d.forward, d.torch_forward)}
+        if "step" in kinds:
+            self.fns["step"] = (d.train_step, d.torch_train_step)
+        if "vjp" in kinds:
+            self.fns["vjp"] = (d.vjp_closure(), d.torch_vjp_closure())
+        self.times = {k: ([], []) for k in self.fns}
+        self.base = dict(case=case.name, layout=layout, algos=d.algorithms(),
+                         dtype=case.dtype)
+
+    def measure(self, repeats):
+        """``repeats`` turns of the forward, about half as many of the others."""
+        for k, (ours, theirs) in self.fns.items():
+            n = repeats if k == "fwd" else max(1, (repeats + 1) // 2)
+            a, b = timed_interleaved([ours, theirs], n)
+            self.times[k][0].extend(a)
+            self.times[k][1].extend(b)
+
+    def row(self, rates):
+        row = dict(self.base)
+        for k, (a, b) in self.times.items():
+            row[k] = (statistics.median(a), statistics.median(b))
+        row["gflops"] = self.d.flops / row["fwd"][0] / 1e9
+        row["pct_gemm"] = 100 * row["gflops"] / rates[self.case.dtype]
+        return row
 
 
 def run_chain(layout, repeats):
@@ -278,7 +304,11 @@ def main(argv=None):
     ap.add_argument("--chain", action="store_true",
                     help="also time conv -> relu -> conv (forward and training step)")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables at the end")
-    ap.add_argument("--repeats", type=int, default=0, help="turns per timing (default 11, quick 3)")
+    ap.add_argument("--repeats", type=int, default=0,
+                    help="turns per case over all rounds (default 12, quick 3)")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="rounds over all the cases, each timing a share of every case's "
+                         "turns (default 3, quick 1)")
     ap.add_argument("--block", type=int, default=1,
                     help="consecutive calls per turn of the interleaving (default 1)")
     ap.add_argument("--gap", type=float, default=0.0,
@@ -296,7 +326,8 @@ def main(argv=None):
     BLOCK = max(1, args.block)
     GAP = max(0.0, args.gap) / 1e3
     WARM = args.warm
-    repeats = args.repeats or (3 if args.quick else 11)
+    repeats = args.repeats or (3 if args.quick else 12)
+    rounds = max(1, min(repeats, args.rounds or (1 if args.quick else 3)))
     cases = select(args.cases, args.quick)
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
     kinds = ["fwd"] + ([] if args.no_backward else ["step"] + ([] if args.no_vjp else ["vjp"]))
@@ -322,7 +353,8 @@ def main(argv=None):
               "OpenMP workers do not run as they do by default")
     print(f"threads: {nthreads} (numpy workers/BLAS and torch), cpus: {os.cpu_count()}; "
           f"mode: {mode} ({BLOCK} timed call(s) per turn, {GAP * 1e3:g} ms idle before each "
-          f"turn{', one untimed call first' if WARM else ''}), {repeats} turns")
+          f"turn{', one untimed call first' if WARM else ''}), {repeats} turns per case in "
+          f"{rounds} round(s) over the cases")
     rates = {dt: gemm_rate(repeats, dt) for dt in sorted({c.dtype for c in cases})}
     print("GEMM rate (2048^3 matmul): "
           + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in rates.items()))
@@ -336,13 +368,19 @@ def main(argv=None):
               + ("in channels-last memory (BSSC, BSSSC, BSTC, BTSSC)" if layout == "nhwc"
                  else "canonical and C-contiguous (SSCB, SSSCB, SCBT, SSCBT)")
               + "; torch: contiguous NCHW / NCDHW; ratio = torch/ours")
+        runs = [CaseRun(case, layout, kinds) for case in cases]
+        gc.collect()
+        for r in range(rounds):  # each round times its share of every case's turns
+            share = repeats // rounds + (r < repeats % rounds)
+            for run in runs:
+                run.measure(share)
+            print(f"  round {r + 1}/{rounds} done", flush=True)
         print(header(kinds))
-        rows = results[layout] = []
-        for case in cases:
-            row = run_case(case, layout, rates, repeats, kinds)
+        rows = results[layout] = [run.row(rates) for run in runs]
+        for row in rows:
             print(line(row, kinds), flush=True)
-            rows.append(row)
-            gc.collect()
+        del runs
+        gc.collect()
     if args.chain:
         print(f"\n{Chain.name} (not in the geomeans; ratio = torch/ours):")
         for layout in layouts:
