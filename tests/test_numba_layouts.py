@@ -104,12 +104,12 @@ def test_plan_cache_is_safe_across_threads(monkeypatch):
 @pytest.mark.parametrize("ndim", [3, 4, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
-    """The runtime's blocked copy hands a batch-innermost source (canonical data, a Dask
+    """The blocked copy hands a batch-innermost source (canonical data, a Dask
     batch chunk's view, a flipped view) to the compiled transposing copy: the same values
     as NumPy's copyto into any destination strides; channels-innermost sources, other
     dtypes and ``FMTARRAY_NUMBA=0`` keep NumPy's copy."""
     from fmtarray._kernels.conv._numba import _copy
-    from fmtarray._kernels.conv._numpy import _runtime as rt
+    from fmtarray._kernels.conv._numpy import _copies as rt
 
     used = []
     real = _copy.copy

@@ -30,7 +30,7 @@ import os
 from .. import registry
 from ..registry import Algo, register
 from .._numpy import ALL, _backward, _exact_near_non_finite_weights, _forward, _no_input_dilation
-from .._numpy import _runtime
+from .._numpy import _copies
 from .._numpy._common import data_dtypes_match
 from .._numpy.gemm import input_grad_col2im
 from . import depthwise, direct
@@ -63,7 +63,7 @@ def unavailable():
 
 
 def _transposing_copy(dst, src):
-    """:data:`.._numpy._runtime.transposing_copy`: :func:`._copy.copy` while the compiled
+    """:data:`.._numpy._copies.transposing_copy`: :func:`._copy.copy` while the compiled
     kernels can run (``FMTARRAY_NUMBA=0`` keeps NumPy's copies), without importing Numba
     before a convolution has."""
     if unavailable() is not None:
@@ -73,7 +73,7 @@ def _transposing_copy(dst, src):
     return _copy.copy(dst, src)
 
 
-_runtime.transposing_copy = _transposing_copy
+_copies.transposing_copy = _transposing_copy
 # whether these entries apply depends on the switch too (tests and users flip it)
 registry.STATE.append(lambda: os.environ.get("FMTARRAY_NUMBA"))
 

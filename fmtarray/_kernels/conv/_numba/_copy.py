@@ -12,7 +12,7 @@ of one position stay within its channels' lines (1.6–2.3× faster than ``copyt
 
 :func:`copy` takes ``dst[...] = src`` for 3- to 5-d arrays of one dtype whose source
 has the batch (dim 0) stored more inwards than the channels (the last dim); it returns
-``False`` for anything else, which :func:`.._numpy._runtime.copy_blocked` then copies.
+``False`` for anything else, which :func:`.._numpy._copies.copy_blocked` then copies.
 
 :func:`transpose_taps` writes the input gradient's weights ``(G, T, Fg, Cg)`` from
 MATLAB's ``(K, Cg, Fg, G)``, a tap at a time, in 8×8 blocks of channels × filters:

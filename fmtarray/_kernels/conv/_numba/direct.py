@@ -45,7 +45,8 @@ from ...pad import fill_border_numpy
 from .._numpy import winograd
 from .._numpy._common import all_finite, cl_strides, row_ranges, sum_blocks, unpad
 from .._numpy.relayout import canonical_layout
-from .._numpy._runtime import dynamic_blocks, parallel, parallel_copy, parallel_sum, scratch
+from .._numpy._copies import parallel_copy
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_sum, scratch
 from ..thresholds import current
 from .depthwise import _c_strides
 from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos,

@@ -23,8 +23,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ...pad import fill_border_numpy
 from ..thresholds import current
 from ._common import chunk_size, cl_strides, grad_input, has_gy, padded_bytes, unpad
-from ._runtime import (Chunked, n_workers, parallel, parallel_add, parallel_copy, parallel_sum,
-                       single_threaded_blas)
+from ._copies import Chunked, parallel_copy
+from ._runtime import n_workers, parallel, parallel_add, parallel_sum, single_threaded_blas
 
 __all__ = ["applies_bi", "applies", "forward_bi", "backward_bi", "forward", "backward"]
 

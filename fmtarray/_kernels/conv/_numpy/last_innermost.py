@@ -23,7 +23,8 @@ import numpy as np
 from ...pad import fill_border_numpy
 from ..thresholds import current
 from ._common import cl_strides, grad_conv, grad_input, itemsize, weight_matrix
-from ._runtime import n_workers, parallel, parallel_copy, scratch
+from ._copies import parallel_copy
+from ._runtime import n_workers, parallel, scratch
 
 __all__ = ["applies", "applies_input_grad", "forward", "weight_grad", "input_grad"]
 

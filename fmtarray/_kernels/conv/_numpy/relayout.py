@@ -29,8 +29,8 @@ import numpy as np
 from ..registry import Algo
 from ..spec import Layout
 from ..thresholds import current
-from ._runtime import (_outer_axis, copy_blocked, kernel_call, n_workers, parallel,
-                       parallel_copy)
+from ._copies import _outer_axis, copy_blocked, parallel_copy
+from ._runtime import kernel_call, n_workers, parallel
 
 __all__ = ["via_canonical", "canonical_layout", "winograd_worth", "batch_innermost_worth",
            "PREFIX"]
