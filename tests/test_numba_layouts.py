@@ -213,3 +213,64 @@ def test_input_grad_weights_transposed_by_the_compiled_copy(groups, cg, fg):
     want = np.ascontiguousarray(w[taps[:, 0], taps[:, 1]].transpose(3, 0, 2, 1))
     assert got.shape == (groups, len(taps) * fg, cg)
     np.testing.assert_array_equal(got, want.reshape(groups, -1, cg))
+
+
+@needs_numba
+@pytest.mark.parametrize("entry,kernel,groups,in_place", [
+    ("numba.direct", "forward_positions", 1, False),
+    ("numba.direct", "forward_positions", 1, True),
+    ("numba.depthwise", "channelwise_positions", 16, True),
+])
+def test_forward_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, groups,
+                                                       in_place):
+    """A pool thread stopped in the middle of a forward item (another thread holding its
+    CPU) does not hold up the call: the caller redoes the item into a copy of the output
+    and returns it; the stale item, when it ends, writes only the old one."""
+    import threading
+
+    from conv_reference import ref_conv
+    from fmtarray._kernels.conv import tuning
+    from fmtarray._kernels.conv._numba import _simd
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+    from kernel_calls import conv_forward
+
+    if rt.workers()[1] < 2:
+        pytest.skip("needs more than one worker")
+    real = getattr(_simd, kernel)
+    main = threading.get_ident()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    stuck = []
+
+    def held(*a):
+        if threading.get_ident() != main and not stuck:
+            stuck.append(True)
+            started.set()
+            release.wait(30)
+            real(*a)
+            finished.set()
+            return
+        started.wait(5)
+        real(*a)
+
+    monkeypatch.setattr(_simd, kernel, held)
+    rng = np.random.default_rng(3)
+    c = 16
+    x = rng.standard_normal((4, 11, 9, c)).astype(np.float32)
+    w = rng.standard_normal((3, 3, c // groups, 1 if groups > 1 else 24, groups)
+                            ).astype(np.float32)
+    b = rng.standard_normal(w.shape[3] * groups).astype(np.float32)
+    kw = dict(stride=(1, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
+              pad_value=0.0)
+    t0 = time.perf_counter()
+    try:
+        with tuning(serial_macs=0, direct_in_place_ratio=0 if in_place else 1 << 40):
+            y = conv_forward(cnp, x, w, b, force=entry, **kw)
+        took = time.perf_counter() - t0
+        kept = np.array(y, copy=True)
+    finally:
+        release.set()
+    assert stuck and took < 10
+    ref = ref_conv(x, w, b, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)
+    np.testing.assert_allclose(kept, ref, rtol=1e-4, atol=1e-4)
+    assert finished.wait(30)
+    np.testing.assert_array_equal(y, kept)

@@ -152,6 +152,68 @@ def test_parallel_waits_for_started_workers_and_raises_their_error():
     assert done == [1]  # worker 1 stopped at its failing item; the caller waited for it
 
 
+def _stuck_phase(rt, n_items, on_worker):
+    """A :func:`parallel_into` phase of ``n_items`` items (item ``i`` writes ``i + 1`` at
+    ``flat[i]``) whose pool thread stops in its first item, in ``on_worker(flat, it)``,
+    until the returned ``release`` is set; the caller starts its items once it has."""
+    main, started, release = threading.get_ident(), threading.Event(), threading.Event()
+    stuck = []
+
+    def fill(_w, it, flat):
+        if threading.get_ident() != main and not stuck:
+            stuck.append(it)
+            started.set()
+            release.wait(30)
+            on_worker(flat, it)
+            return
+        started.wait(5)  # let the pool thread claim its item
+        flat[it] = it + 1
+
+    out = np.zeros(n_items)
+    return out, stuck, release, lambda: rt.parallel_into(fill, range(n_items), out)
+
+
+def test_an_item_a_pool_thread_is_stuck_in_is_redone_by_the_caller():
+    """parallel_into: the caller runs every other item, waits a little for the stuck
+    pool thread, then copies the output, redoes that item into the copy and returns it
+    without waiting; the stuck thread finishes into the old array, which the returned
+    one never sees, and the pool serves the next phase."""
+    import time
+
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    pool, n, _ = rt.workers()
+    if n < 2:
+        pytest.skip("needs more than one worker")
+    finished = threading.Event()
+    out, stuck, release, phase = _stuck_phase(
+        rt, 12, lambda flat, it: (flat.fill(-7.0), finished.set()))
+    t0 = time.perf_counter()
+    got = phase()
+    took = time.perf_counter() - t0
+    try:
+        assert len(stuck) == 1 and took < 10
+        assert got is not out and got.shape == out.shape
+        np.testing.assert_array_equal(got, np.arange(1, 13))  # the stuck item redone
+    finally:
+        release.set()
+    assert finished.wait(10)
+    assert (out == -7.0).all()  # the stale item wrote the old array only
+    np.testing.assert_array_equal(got, np.arange(1, 13))
+    # a phase whose threads all finish returns its own array
+    out2 = np.zeros(40)
+    res = rt.parallel_into(lambda _w, it, flat: flat.__setitem__(it, 2.0 * it), range(40), out2)
+    assert res is out2
+    np.testing.assert_array_equal(out2, 2.0 * np.arange(40))
+
+
+def test_parallel_into_needs_a_contiguous_output():
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    with pytest.raises(ValueError, match=r"out must be C-contiguous.*strides"):
+        rt.parallel_into(lambda _w, it, flat: None, range(4), np.zeros((4, 4)).T)
+
+
 _LINUX_AFFINITY = pytest.mark.skipif(
     not hasattr(__import__("os"), "sched_setaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
     reason="needs Linux CPU affinity and at least two CPUs")

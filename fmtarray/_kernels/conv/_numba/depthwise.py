@@ -30,7 +30,7 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from .._numpy._common import SUM_BLOCKS, all_finite, cl_strides, has_gy, row_ranges, sum_blocks, unpad
-from .._numpy._runtime import dynamic_blocks, parallel, parallel_sum
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, parallel_sum
 
 __all__ = ["applies", "forward", "backward"]
 
@@ -193,12 +193,10 @@ def _simd_forward(x, w, bias, spec, dtype):
     wt = _simd_weights(w, dtype, cp)
     x = np.asarray(x)
     if _in_place(x, wt, spec, dtype, cp):
-        _border_forward(x, wt, bias, spec, y, dtype)
-        return y
+        return _border_forward(x, wt, bias, spec, y, dtype)
     pos, ypos, offs, _ = forward_plan(spec, cp)
-    _simd_groups(padded_input(x, spec, dtype, cp), [(pos, ypos, offs[0], 1, None)], [wt],
-                 bias, y, spec.C, dtype)
-    return y
+    return _simd_groups(padded_input(x, spec, dtype, cp), [(pos, ypos, offs[0], 1, None)],
+                        [wt], bias, y, spec.C, dtype)[0]
 
 
 def _in_place(x, wt, spec, dtype, cp):
@@ -216,29 +214,33 @@ def _in_place(x, wt, spec, dtype, cp):
 def _border_forward(x, wt, bias, spec, y, dtype):
     """The forward on the unpadded input: the output positions grouped by the taps of
     their window that fall inside it (:func:`.plans.border_plan`), each group summing
-    only those (the others meet zero padding)."""
+    only those (the others meet zero padding). Returns the output (``y`` or its
+    replacement: :func:`_simd_groups`)."""
     from .direct import group_weights
     from .plans import border_plan, border_rows
 
     groups, empty = border_plan(spec, spec.C)
-    b = _simd_groups(x, groups, group_weights(wt, border_rows(spec, spec.C), 0), bias, y,
-                     spec.C, dtype)
+    y, b = _simd_groups(x, groups, group_weights(wt, border_rows(spec, spec.C), 0), bias, y,
+                        spec.C, dtype)
     if len(empty):  # windows wholly in the padding: the bias alone
         y.reshape(-1, spec.C)[empty // spec.C] = b
+    return y
 
 
 def _simd_groups(src, groups, wts, bias, y, C, dtype):
     """``y[ypos[p] + c] = bias[c] + Σ_t src[pos[p] + offs[t] + c] · w[t, c]`` over each
     group's positions ``(pos, ypos, offs, ·, ·)`` (a channel-wise plan of :mod:`.plans`,
     or one of its border groups; ``wts[i]`` its ``(taps, Cp)`` weights, ``C`` channels
-    stored), one parallel phase. Returns the bias."""
+    stored), one parallel phase. ``y`` is fresh; returns it (or the copy that
+    :func:`.._numpy._runtime.parallel_into` finished when a pool thread was stuck in an
+    item) and the bias."""
     from . import _simd as dk
 
     cp = wts[0].shape[-1]  # whole vectors: the source and the weights hold cp ≥ C channels
     b = np.zeros(cp, dtype)
     if bias is not None:
         b[:C] = bias
-    sf, yf = src.reshape(-1), y.reshape(-1)
+    sf = src.reshape(-1)
     wts = [np.ascontiguousarray(w).reshape(-1) for w in wts]
     items = []
     total = sum(len(g[0]) for g in groups)
@@ -246,13 +248,12 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
         n = max(1, round(dynamic_blocks() * len(pos) / max(total, 1)))
         items += [(i, q0, q1) for q0, q1 in row_ranges(len(pos), n)]
 
-    def run(_w, it):
+    def run(_w, it, yf):
         pos, ypos, offs, _, _ = groups[it[0]]
         dk.channelwise_positions(sf, pos, ypos, offs, wts[it[0]], b, cp, yf, C, it[1],
                                  it[2])
 
-    parallel(run, items, dynamic=True)
-    return b[:C]
+    return parallel_into(run, items, y), b[:C]
 
 
 def _simd_input_grad(gy, w, spec, dtype):
@@ -270,8 +271,8 @@ def _simd_input_grad(gy, w, spec, dtype):
 
         tshape, groups, zero = input_grad_border_plan(spec, cp)
         gx = np.empty(tshape, dtype=dtype)
-        _simd_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec, cp), 0), None,
-                     gx, spec.C, dtype)
+        gx = _simd_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec, cp), 0),
+                          None, gx, spec.C, dtype)[0]
         if len(zero):
             gx.reshape(-1, spec.C)[zero // spec.C] = 0
     else:
@@ -280,8 +281,8 @@ def _simd_input_grad(gy, w, spec, dtype):
         gx = (np.zeros if empty else np.empty)(tshape, dtype=dtype)
         wk = wt.reshape(*spec.k, cp)
         for pos, ypos, offs, _, taps in passes:
-            _simd_groups(gp, [(pos, ypos, offs[0], 1, None)], [wk[tuple(taps.T)]], None, gx,
-                         spec.C, dtype)
+            gx = _simd_groups(gp, [(pos, ypos, offs[0], 1, None)], [wk[tuple(taps.T)]], None,
+                              gx, spec.C, dtype)[0]
     return gx if spec.constant_padding else unpad(gx, spec)
 
 

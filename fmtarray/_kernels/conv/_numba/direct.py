@@ -46,7 +46,7 @@ from .._numpy import winograd
 from .._numpy._common import all_finite, cl_strides, row_ranges, sum_blocks, unpad
 from .._numpy.relayout import canonical_layout
 from .._numpy._copies import parallel_copy
-from .._numpy._runtime import dynamic_blocks, parallel, parallel_sum, scratch
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, parallel_sum, scratch
 from ..thresholds import current
 from .depthwise import _c_strides
 from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos,
@@ -193,12 +193,10 @@ def forward(x, w, bias, spec, dtype):
     wt = wm.reshape(spec.G, spec.K * spec.Cg, spec.Fg)
     y = output((spec.N, *spec.out, spec.F), dtype)
     if in_place(x, wt, spec, dtype):
-        _border_run(x, wt, bias, spec, y, dtype)
-        return y
+        return _border_run(x, wt, bias, spec, y, dtype)
     pos, ypos, offs, R = forward_plan(spec)
-    _run_groups(padded_input(x, spec, dtype), [(pos, ypos, offs, R, None)], [wt], bias, y,
-                dtype)
-    return y
+    return _run_groups(padded_input(x, spec, dtype), [(pos, ypos, offs, R, None)], [wt], bias,
+                       y, dtype)
 
 
 def in_place(x, wt, spec, dtype):
@@ -214,12 +212,14 @@ def in_place(x, wt, spec, dtype):
 
 def _border_run(x, wt, bias, spec, y, dtype):
     """The forward by the groups of :func:`border_plan`, each with its rows of the
-    weights; outputs whose window is all padding get the bias."""
+    weights; outputs whose window is all padding get the bias. Returns the output
+    (``y``, or its replacement: :func:`_run_groups`)."""
     groups, empty = border_plan(spec)
     if groups:
-        _run_groups(x, groups, group_weights(wt, border_rows(spec), 1), bias, y, dtype)
+        y = _run_groups(x, groups, group_weights(wt, border_rows(spec), 1), bias, y, dtype)
     if len(empty):  # (every output, when no window reaches the input)
         y.reshape(-1, spec.F)[empty // spec.F] = 0 if bias is None else np.asarray(bias, dtype)
+    return y
 
 
 def _run_groups(src, groups, wts, bias, out, dtype):
@@ -228,7 +228,9 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose items go to the
     workers as they come free: blocks of positions, or, for weights of at least
     ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
-    positions (or as few blocks of them as keep the workers busy)."""
+    positions (or as few blocks of them as keep the workers busy). ``out`` is fresh
+    (:func:`output`); returns it, or the copy that :func:`.._numpy._runtime.parallel_into`
+    finished when a pool thread was stuck in an item."""
     k = _k()
     nv_max = k.NV_MAX
     G, n = wts[0].shape[0], wts[0].shape[2]
@@ -237,7 +239,7 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     bf = _vectors(b, lanes).reshape(-1)
     wts = [_vectors(wt, lanes) for wt in wts]
     nvec = wts[0].shape[2] // lanes
-    sf, of = src.reshape(-1), out.reshape(-1)
+    sf = src.reshape(-1)
     t = current()
     wblock = t.direct_weight_block_bytes
     total, nb = sum(len(g[0]) for g in groups), dynamic_blocks()
@@ -251,13 +253,13 @@ def _run_groups(src, groups, wts, bias, out, dtype):
                   row_ranges(len(g[0]), max(1, round(nb * len(g[0]) / total)))
                   for va, vb in vblocks]
 
-    def run(_w, it):
+    def run(_w, it, of):
         pos, ypos, offs, R, _ = groups[it[0]]
         wg = wts[it[0]]
         k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
                             narrow, wblock, it[1], it[2], it[3], it[4])
 
-    parallel(run, items, dynamic=True)
+    return parallel_into(run, items, out)
 
 
 def _input_grad(gy, w, spec, dtype):
@@ -272,8 +274,8 @@ def _input_grad(gy, w, spec, dtype):
     if empty:
         gx[...] = 0
     for pos, ypos, offs, R, taps in passes:
-        _run_groups(gp, [(pos, ypos, offs, R, None)], [_transposed(w, taps, spec)], None, gx,
-                    dtype)
+        gx = _run_groups(gp, [(pos, ypos, offs, R, None)], [_transposed(w, taps, spec)], None,
+                         gx, dtype)
     return gx if spec.constant_padding else unpad(gx, spec)
 
 
@@ -302,8 +304,8 @@ def _input_grad_in_place(gy, w, spec, dtype):
     if groups:
         taps = np.stack(np.unravel_index(np.arange(spec.K), spec.k), axis=1)
         wt = _transposed(w, taps, spec)  # (G, K·Fg, Cg): rows tap·Fg + f
-        _run_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec), 1), None, gx,
-                    dtype)
+        gx = _run_groups(gy, groups, group_weights(wt, input_grad_border_rows(spec), 1), None,
+                         gx, dtype)
     if len(zero):
         gx.reshape(-1, spec.C)[zero // spec.C] = 0
     return gx if spec.constant_padding else unpad(gx, spec)

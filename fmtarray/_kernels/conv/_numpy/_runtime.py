@@ -34,7 +34,9 @@ import itertools
 import math
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 
 import numpy as np
 
@@ -44,7 +46,7 @@ from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
            "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread",
-           "parallel", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch",
+           "parallel", "parallel_into", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch",
            "cached_scratch"]
 
 _lock = threading.RLock()
@@ -296,21 +298,61 @@ def parallel(fn, items, dynamic=False):
     disjoint outputs, no per-worker sums): each worker takes the next item as it
     becomes free, so a core slowed by something else (another library's threads still
     spinning after its call, another process) gets fewer items instead of holding up
-    the whole phase."""
+    the whole phase (:func:`parallel_into` also redoes an item that a pool thread was
+    stopped in the middle of)."""
+    _phase(fn, items, dynamic, None)
+
+
+def parallel_into(fn, items, out):
+    """A dynamic :func:`parallel` phase whose items each write their own part of
+    ``out`` through ``fn(worker, item, flat)``, ``flat`` a 1-D C-contiguous array of
+    ``out``'s size; returns the array holding the results, ``out``'s shape.
+
+    ``out`` must be private to the call (fresh, C-contiguous, not yet returned to
+    anyone): when the calling thread has run every item it could and a pool thread is
+    still in the middle of one a while later (see :func:`_redo_stuck`; the scheduler may
+    leave a thread preempted for a whole tick, 4 ms, when another thread shares its CPU:
+    torch's OpenMP workers spin for milliseconds after each of its calls), the caller
+    copies ``out`` into a new array (64 bytes of slack past its end, as
+    the compiled tiles need), redoes those items into it and returns it without waiting.
+    The stuck thread finishes into the old array, which nobody reads any more (its
+    task holds the only references), and then serves later phases."""
+    if not out.flags.c_contiguous:
+        raise ValueError(f"parallel_into: out must be C-contiguous, got strides {out.strides} "
+                         f"for shape {out.shape}")
+    flat = out.reshape(-1)
+    got = _phase(fn, items, True, flat)
+    return out if got is flat else got.reshape(out.shape)
+
+
+#: the least wait for a stuck pool thread before its item is redone (seconds), and the
+#: wait per byte of the output: about what copying it into fresh pages costs (0.4 ms per
+#: MiB measured, page faults included), so that a takeover costs at most twice the
+#: wait it cuts short
+BACKUP_WAIT = 2e-4
+BACKUP_WAIT_PER_BYTE = 0.4e-3 / 2**20
+
+
+def _phase(fn, items, dynamic, flat):
+    """:func:`parallel`, and with ``flat`` (dynamic only) :func:`parallel_into`."""
     pool, n, _ = workers()
     items = list(items)
     mode = _SERIAL.get()
+    call = (lambda w, it, _o: fn(w, it)) if flat is None else fn
     if n == 1 or len(items) <= 1 or mode is True:
         for it in items:
-            fn(0, it)
-        return
+            call(0, it, flat)
+        return flat
     n = min(n, len(items))
     if mode is _REENTRANT:  # on this thread, each worker's items in the pool's order
         for w in range(n):
             for it in items[w::n]:
-                fn(w, it)
-        return
+                call(w, it, flat)
+        return flat
 
+    target = [flat]  # where items write: read with each claim, under the lock
+    running = {}  # pool worker -> the item it is in the middle of
+    spent = [0.0, 0]  # seconds and count of the items run so far
     if dynamic:
         nxt = iter(items)
         lock = threading.Lock()
@@ -319,10 +361,18 @@ def parallel(fn, items, dynamic=False):
             while True:
                 with lock:
                     it = next(nxt, _END)
-                if it is _END:
-                    return
-                fn(w, it)
+                    if it is _END:
+                        return
+                    running[w] = it
+                    dst = target[0]
+                t0 = time.perf_counter()
+                call(w, it, dst)
+                with lock:
+                    del running[w]
+                    spent[0] += time.perf_counter() - t0
+                    spent[1] += 1
     else:
+        lock = None
 
         def run(w):
             for it in items[w::n]:
@@ -332,6 +382,7 @@ def parallel(fn, items, dynamic=False):
     # each task in its own copy of the caller's context (tuning() settings travel)
     futures = [(w, pool.submit(contextvars.copy_context().run, run, w)) for w in range(1, n)]
     failed = False
+    left = set()  # futures whose item was redone here: not waited for
     try:
         run(0)
         # A worker that has not started yet (its core busy with another process or
@@ -341,17 +392,46 @@ def parallel(fn, items, dynamic=False):
         for w, f in futures:
             if f.cancel():
                 run(w)
+        if flat is not None:
+            left = _redo_stuck(futures, lock, running, spent, target, call)
     except BaseException:
         failed = True
         raise
     finally:
-        # every started task is waited for (after a failure nothing more starts); the
-        # first worker's exception is raised when the caller's own items went through
+        # every started task is waited for (after a failure nothing more starts), but
+        # those whose item was redone; the first worker's exception is raised when the
+        # caller's own items went through
         errors = [f.exception() for _, f in futures
-                  if not (failed and f.cancel()) and not f.cancelled()]
+                  if f not in left and not (failed and f.cancel()) and not f.cancelled()]
         errors = [e for e in errors if e is not None]
         if errors and not failed:
             raise errors[0]
+    return target[0]
+
+
+def _redo_stuck(futures, lock, running, spent, target, call):
+    """:func:`parallel_into`'s backup: the futures of the pool threads whose item was
+    redone on this thread into a copy of the output (``target[0]`` replaced), after
+    waiting for them :data:`BACKUP_WAIT`, twice the mean item time or what the copy
+    costs (:data:`BACKUP_WAIT_PER_BYTE`), whichever is longest."""
+    pending = [f for _, f in futures if not f.done()]
+    if not pending:
+        return set()
+    with lock:
+        wait = max(BACKUP_WAIT, 2 * spent[0] / max(1, spent[1]),
+                   target[0].nbytes * BACKUP_WAIT_PER_BYTE)
+    futures_wait(pending, timeout=wait)
+    with lock:  # every item is claimed: nothing reads target[0] after this but here
+        stuck = dict(running)
+        if not stuck:
+            return set()
+        old = target[0]
+        fresh = np.empty(old.size + 64 // old.itemsize, old.dtype)[:old.size]
+        target[0] = fresh
+    np.copyto(fresh, old)  # the finished items' results (the stuck ones': redone below)
+    for it in stuck.values():
+        call(0, it, fresh)
+    return {f for w, f in futures if w in stuck}
 
 
 @contextlib.contextmanager
