@@ -408,21 +408,30 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
         k.weight_grad_positions(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec)
 
     blocks = sum_blocks(len(groups[0][0]), spec)
-    if len(groups) == 1:
-        first = parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
-                             shapes[0], dtype)
-        return [first]
+    nb = len(blocks)
+    if len(groups) == 1 and nb > 1 and nb * full > current().ordered_sum_bytes:
+        # partials too big to keep one per block: one sum per worker
+        return [parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
+                             shapes[0], dtype)]
     # the first (interior) group by position blocks, each other group whole; every item
-    # sums into a buffer of its own, added in item order
+    # sums into a part of its own, which it zeroes first (an item redone after a pool
+    # thread was stuck in it starts afresh: parallel_into), the first group's parts added
+    # in block order
     items = [(0, q0, q1) for q0, q1 in blocks] + [(i, 0, len(g[0]))
                                                    for i, g in enumerate(groups) if i]
-    bufs = [np.zeros(sizes[i], dtype=dtype) for i, _, _ in items]
-    parallel(lambda _w, j: run(*items[j], bufs[j]), range(len(items)), dynamic=True)
-    first = bufs[0]
-    for b in bufs[1:len(blocks)]:
-        first += b
-    return [first.reshape(shapes[0])] + [b.reshape(sh) for b, sh in
-                                         zip(bufs[len(blocks):], shapes[1:])]
+    at = list(itertools.accumulate((sizes[i] for i, _, _ in items), initial=0))
+
+    def one(_w, j, flat):
+        a = flat[at[j]:at[j + 1]]
+        a[...] = 0
+        run(*items[j], a)
+
+    parts = parallel_into(one, range(len(items)), np.empty(at[-1], dtype=dtype))
+    first = np.array(parts[:at[1]])
+    for j in range(1, nb):
+        first += parts[at[j]:at[j + 1]]
+    return [first.reshape(shapes[0])] + [parts[at[j]:at[j + 1]].reshape(sh)
+                                         for j, sh in zip(range(nb, len(items)), shapes[1:])]
 
 
 def shared_cotangent(spec, layout, gy, x, w):
