@@ -311,7 +311,7 @@ def _padded_weight_grad(x, gf, spec, dtype, cp):
     acc = parallel_sum(
         lambda _w, q, a: dk.channelwise_weight_grad_positions(
             xf, pos, gpos, o, gf, a.reshape(-1), cp, WGRAD_TILE_POSITIONS, q[0], q[1]),
-        sum_blocks(len(pos), spec), (len(o), cp), dtype)
+        sum_blocks(len(pos), spec), (len(o), cp), dtype, redo=True)
     return acc[:, :spec.C].reshape(*spec.k, 1, 1, spec.C)
 
 
@@ -342,5 +342,5 @@ def _border_weight_grad(x, gf, spec, dtype):
                                              a.reshape(-1)[rows[it[0]] * C:], C,
                                              WGRAD_TILE_POSITIONS, it[1], it[2])
 
-    part = parallel_sum(run, items, (int(rows[-1]), C), dtype)
+    part = parallel_sum(run, items, (int(rows[-1]), C), dtype, redo=True)
     return summed_rows([part], border_rows(spec, spec.C), math.prod(spec.k), 0)

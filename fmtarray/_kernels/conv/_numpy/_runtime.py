@@ -304,19 +304,14 @@ def parallel(fn, items, dynamic=False):
 
 
 def parallel_into(fn, items, out):
-    """A dynamic :func:`parallel` phase whose items each write their own part of
-    ``out`` through ``fn(worker, item, flat)``, ``flat`` a 1-D C-contiguous array of
-    ``out``'s size; returns the array holding the results, ``out``'s shape.
-
-    ``out`` must be private to the call (fresh, C-contiguous, not yet returned to
-    anyone): when the calling thread has run every item it could and a pool thread is
-    still in the middle of one a while later (see :func:`_redo_stuck`; the scheduler may
-    leave a thread preempted for a whole tick, 4 ms, when another thread shares its CPU:
-    torch's OpenMP workers spin for milliseconds after each of its calls), the caller
-    copies ``out`` into a new array (64 bytes of slack past its end, as
-    the compiled tiles need), redoes those items into it and returns it without waiting.
-    The stuck thread finishes into the old array, which nobody reads any more (its
-    task holds the only references), and then serves later phases."""
+    """A dynamic :func:`parallel` phase whose items each write their own part of the
+    fresh, C-contiguous ``out`` through ``fn(worker, item, flat)`` (``flat``: 1-D, its
+    size); returns the array holding the results. When the caller has run every item it
+    could and a pool thread is still in one a while later (:func:`_redo_stuck`: the
+    scheduler may leave a thread off its CPU for a tick, 4 ms, when another library's
+    thread spins there), the caller redoes that item into a copy of ``out`` (64 bytes of
+    slack past its end, as the compiled tiles need) and returns the copy at once; the
+    stuck thread finishes into the old array, which nothing else reads."""
     if not out.flags.c_contiguous:
         raise ValueError(f"parallel_into: out must be C-contiguous, got strides {out.strides} "
                          f"for shape {out.shape}")
@@ -325,10 +320,8 @@ def parallel_into(fn, items, out):
     return out if got is flat else got.reshape(out.shape)
 
 
-#: the least wait for a stuck pool thread before its item is redone (seconds), and the
-#: wait per byte of the output: about what copying it into fresh pages costs (0.4 ms per
-#: MiB measured, page faults included), so that a takeover costs at most twice the
-#: wait it cuts short
+#: the least wait (s) for a stuck pool thread before its item is redone, and the wait per
+#: byte of the output: about what copying it into fresh pages costs (0.4 ms per MiB)
 BACKUP_WAIT = 2e-4
 BACKUP_WAIT_PER_BYTE = 0.4e-3 / 2**20
 
@@ -461,12 +454,15 @@ def on_calling_thread():
         _SERIAL.reset(token)
 
 
-def parallel_sum(fn, items, shape, dtype):
+def parallel_sum(fn, items, shape, dtype, redo=False):
     """``Σ`` over ``items`` of what ``fn(worker, item, acc)`` accumulates into ``acc``
     (zeros of ``shape``), reproducibly whatever the timing: with per-item partials
     (within ``Tuning.ordered_sum_bytes``) the items are handed out dynamically and the
     partials added in item order; else each worker sums its fixed share of the items
-    and the workers' sums are added in worker order."""
+    and the workers' sums are added in worker order. ``redo=True`` (for an ``fn`` that
+    writes nothing but ``acc``: no scratch buffers, which would go back to the thread's
+    free list while a stuck pool thread still wrote them) hands the per-item partials
+    out through :func:`parallel_into`."""
     items = list(items)
     if not items:
         return np.zeros(shape, dtype=dtype)
@@ -476,6 +472,15 @@ def parallel_sum(fn, items, shape, dtype):
         return acc
     size = math.prod(shape) * np.dtype(dtype).itemsize
     if len(items) > 1 and len(items) * size <= current().ordered_sum_bytes:
+        if redo:  # each item zeroes its own part: one redone after a stuck thread too
+            parts = np.empty((len(items), *shape), dtype=dtype)
+
+            def one(w, iv, flat):
+                acc = flat.reshape(parts.shape)[iv[0]]
+                acc[...] = 0
+                fn(w, iv[1], acc)
+
+            return parallel_into(one, list(enumerate(items)), parts).sum(axis=0)
         parts = np.zeros((len(items), *shape), dtype=dtype)
         parallel(lambda w, iv: fn(w, iv[1], parts[iv[0]]), list(enumerate(items)),
                  dynamic=True)
