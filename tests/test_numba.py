@@ -213,9 +213,12 @@ def test_forward_and_input_grad_split_by_filter_blocks(monkeypatch, dtype, group
     from fmtarray._kernels.conv._numba._simd import NV_MAX
 
     items = []
+
+    def recording(real):
+        return lambda fn, it, *a, **k: items.append(list(it)) or real(fn, it, *a, **k)
+
     for name in ("parallel", "parallel_into"):
-        monkeypatch.setattr(dr, name, lambda fn, it, *a, _f=getattr(dr, name), **k:
-                            items.append(list(it)) or _f(fn, it, *a, **k))
+        monkeypatch.setattr(dr, name, recording(getattr(dr, name)))
     monkeypatch.setattr(dr, "dynamic_blocks", lambda: 8)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 6, 5, groups * cg)).astype(dtype)
