@@ -207,6 +207,31 @@ def test_an_item_a_pool_thread_is_stuck_in_is_redone_by_the_caller():
     np.testing.assert_array_equal(out2, 2.0 * np.arange(40))
 
 
+def test_a_big_output_waits_for_its_stuck_thread(monkeypatch):
+    """Above BACKUP_MAX_BYTES the output is not copied: the caller waits for the stuck
+    pool thread and returns ``out`` itself, every item written once."""
+    import time
+
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+
+    if rt.workers()[1] < 2:
+        pytest.skip("needs more than one worker")
+    monkeypatch.setattr(rt, "BACKUP_MAX_BYTES", 8)
+    out, stuck, release, phase = _stuck_phase(
+        rt, 12, lambda flat, it: flat.__setitem__(it, it + 1))
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        got = phase()
+    finally:
+        release.set()
+        timer.cancel()
+    assert stuck and time.perf_counter() - t0 >= 0.25
+    assert got is out
+    np.testing.assert_array_equal(out, np.arange(1, 13))
+
+
 def test_parallel_into_needs_a_contiguous_output():
     from fmtarray._kernels.conv._numpy import _runtime as rt
 

@@ -298,8 +298,7 @@ def parallel(fn, items, dynamic=False):
     disjoint outputs, no per-worker sums): each worker takes the next item as it
     becomes free, so a core slowed by something else (another library's threads still
     spinning after its call, another process) gets fewer items instead of holding up
-    the whole phase (:func:`parallel_into` also redoes an item that a pool thread was
-    stopped in the middle of)."""
+    the whole phase (:func:`parallel_into` also redoes an item a thread is stuck in)."""
     _phase(fn, items, dynamic, None)
 
 
@@ -320,10 +319,11 @@ def parallel_into(fn, items, out):
     return out if got is flat else got.reshape(out.shape)
 
 
-#: the least wait (s) for a stuck pool thread before its item is redone, and the wait per
-#: byte of the output: about what copying it into fresh pages costs (0.4 ms per MiB)
+#: :func:`_redo_stuck`'s least wait (s), its wait per byte of the output (what a copy
+#: into fresh pages costs) and the most bytes it copies (a tick's stall is about 4 ms)
 BACKUP_WAIT = 2e-4
 BACKUP_WAIT_PER_BYTE = 0.4e-3 / 2**20
+BACKUP_MAX_BYTES = 4 * 2**20
 
 
 def _phase(fn, items, dynamic, flat):
@@ -406,9 +406,10 @@ def _redo_stuck(futures, lock, running, spent, target, call):
     """:func:`parallel_into`'s backup: the futures of the pool threads whose item was
     redone on this thread into a copy of the output (``target[0]`` replaced), after
     waiting for them :data:`BACKUP_WAIT`, twice the mean item time or what the copy
-    costs (:data:`BACKUP_WAIT_PER_BYTE`), whichever is longest."""
+    costs (:data:`BACKUP_WAIT_PER_BYTE`), whichever is longest; none for an output of more
+    than :data:`BACKUP_MAX_BYTES`."""
     pending = [f for _, f in futures if not f.done()]
-    if not pending:
+    if not pending or target[0].nbytes > BACKUP_MAX_BYTES:
         return set()
     with lock:
         wait = max(BACKUP_WAIT, 2 * spent[0] / max(1, spent[1]),
@@ -459,10 +460,9 @@ def parallel_sum(fn, items, shape, dtype, redo=False):
     (zeros of ``shape``), reproducibly whatever the timing: with per-item partials
     (within ``Tuning.ordered_sum_bytes``) the items are handed out dynamically and the
     partials added in item order; else each worker sums its fixed share of the items
-    and the workers' sums are added in worker order. ``redo=True`` (for an ``fn`` that
-    writes nothing but ``acc``: no scratch buffers, which would go back to the thread's
-    free list while a stuck pool thread still wrote them) hands the per-item partials
-    out through :func:`parallel_into`."""
+    and the workers' sums are added in worker order. ``redo=True``, for an ``fn`` that
+    writes nothing but ``acc`` (no scratch a stuck thread could write after the call):
+    the per-item partials through :func:`parallel_into`."""
     items = list(items)
     if not items:
         return np.zeros(shape, dtype=dtype)
