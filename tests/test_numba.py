@@ -44,9 +44,7 @@ DOMAINS = {
                  {"direct_weight_block_bytes": 3 * 64 * 8},
                  # zero-padded input read in place (border groups) however small
                  {"direct_in_place_ratio": 0},
-                 {"direct_in_place_ratio": 0, "direct_wgrad_split_bytes": 0},
-                 # the border groups read the weights' rows where they lie (big weights)
-                 {"direct_in_place_ratio": 1 << 40, "direct_shared_rows_bytes": 0}))),
+                 {"direct_in_place_ratio": 0, "direct_wgrad_split_bytes": 0}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
         N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),

@@ -107,9 +107,6 @@ class Tuning:
     #: bytes (the border groups gather their rows of the weights, about 5× them for 3×3;
     #: measured: the weight gradient loses at 2.7×, ties at 14×, wins from 40×)
     direct_in_place_ratio: int = 8
-    #: ... and from this many bytes of weights whatever the input's size, each border
-    #: group reading its runs' rows of the weights where they lie (no gather)
-    direct_shared_rows_bytes: int = 1 << 20
     #: numba.direct_input_grad reads a channels-last cotangent in place when it has at
     #: least this many times the weights' bytes (5×5 s2 48→48 at 3.4×: 2.6 against 3.1
     #: ms; b8 7×7 128→256 at 0.3×: 1.9 against 1.7)

@@ -10,11 +10,10 @@ kernel. The drivers (plain Numba functions) choose the tiles and pass flat offse
 
 Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
 
-* :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a, wo)`` with ``a = (p0, nx,
-  R, wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1)``: for the ``nx`` positions ``p = p0
-  + j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s + Σ_{t0 ≤
-  t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (wo[t] + k)·wstep + f]``
-  (``wo[t]``: the row of run ``t``'s weights, ``t·R`` for a group's own rows)
+* :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a)`` with ``a = (p0, nx, R,
+  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1)``: for the ``nx`` positions ``p = p0 +
+  j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s + Σ_{t0 ≤
+  t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]``
   for the ``f < nf`` valid filters (the weights and bias padded to whole vectors with
   zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``t0 =
   k0 = 0``), else the sum so far in ``y`` (weights too big for the cache are summed a
@@ -41,8 +40,6 @@ on the blocking, and every product of the definition is formed.
 from __future__ import annotations
 
 import functools
-
-import numpy as np
 
 from llvmlite import ir
 from numba import njit
@@ -164,12 +161,11 @@ def forward_tile(nv, narrow=0, channelwise=False):
     xb_n = NARROW_BLOCK if narrow else BLOCK[nv]
 
     @intrinsic
-    def tile(typingctx, xf, wt, y, bias, offs, pos, ypos, a, wo):
+    def tile(typingctx, xf, wt, y, bias, offs, pos, ypos, a):
         def codegen(context, builder, sig, args):
             v = _Vec(context, builder, sig.args[0].dtype, VECTOR_BYTES >> narrow)
             xp, wp, yp, bp, op, pp, qp = (_data(context, builder, t, x)
                                           for t, x in zip(sig.args[:7], args[:7]))
-            wop = _data(context, builder, sig.args[8], args[8])
             p0, nx, R, wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1 = (
                 builder.extract_value(args[7], i) for i in range(12))
             cb = builder.extract_value(args[7], 12) if channelwise else None
@@ -195,8 +191,7 @@ def forward_tile(nv, narrow=0, channelwise=False):
                     for j in range(xb_n)]
             with cgutils.for_range_slice(builder, t0, t1, _i(1)) as (t, _):
                 o = builder.load(builder.gep(op, [t]))
-                wrow = builder.add(wbase, builder.mul(builder.load(builder.gep(wop, [t])),
-                                                      wstep))
+                wrow = builder.add(wbase, builder.mul(builder.mul(t, R), wstep))
                 with cgutils.for_range_slice(builder, k0, k1, _i(1)) as (k, _):
                     wk = builder.add(wrow, builder.mul(k, wstep))
                     ws = [v.load(wp, builder.add(wk, _i(c * v.lanes))) for c in range(nv)]
@@ -220,7 +215,7 @@ def forward_tile(nv, narrow=0, channelwise=False):
                                       builder.add(yj, _i(c * v.lanes)))
             return context.get_dummy_value()
 
-        return types.void(xf, wt, y, bias, offs, pos, ypos, a, wo), codegen
+        return types.void(xf, wt, y, bias, offs, pos, ypos, a), codegen
 
     return tile
 
@@ -342,10 +337,9 @@ def _wblock(nv, narrow):
 
 @njit(**_JIT)
 def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1, va,
-                      vb, wo, wrows):
+                      vb):
     """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the filter vectors ``va ..
-    vb-1`` of each group (``f`` in those vectors and ``< Fg``); ``wf`` ``(G, wrows, Fp)``,
-    run ``t``'s weights at row ``wo[t]``,
+    vb-1`` of each group (``f`` in those vectors and ``< Fg``); ``wf`` ``(G, T·R, Fp)``,
     ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of ``VECTOR_BYTES >> narrow`` bytes
     (``narrow`` > 0: ``Fp`` is one vector); the reduction in blocks of at most ``wblock``
     bytes of weights per filter block."""
@@ -367,20 +361,20 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock,
                 for k0 in range(0, R, piece):
                     k1 = min(R, k0 + piece)
                     for p0 in range(q0, q1, xb):
-                        a = (p0, min(xb, q1 - p0), R, g * wrows * Fp + f0, g * Fg + f0,
+                        a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0,
                              Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1)
                         if narrow == 1:
-                            _fh(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _fh(xf, wf, y, bf, og, pos, ypos, a)
                         elif narrow == 2:
-                            _fq(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _fq(xf, wf, y, bf, og, pos, ypos, a)
                         elif nv == 1:
-                            _f1(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _f1(xf, wf, y, bf, og, pos, ypos, a)
                         elif nv == 2:
-                            _f2(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _f2(xf, wf, y, bf, og, pos, ypos, a)
                         elif nv == 3:
-                            _f3(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _f3(xf, wf, y, bf, og, pos, ypos, a)
                         else:
-                            _f4(xf, wf, y, bf, og, pos, ypos, a, wo)
+                            _f4(xf, wf, y, bf, og, pos, ypos, a)
 
 
 @njit(**_JIT)
@@ -423,7 +417,6 @@ def channelwise_positions(xf, pos, ypos, offs, wf, bf, Cp, y, C, q0, q1):
     xf[pos[p] + offs[t] + c] · wf[t·Cp + c]`` for ``c < C`` (``Cp``: whole vectors)."""
     lanes = VECTOR_BYTES // xf.itemsize
     nvec = Cp // lanes
-    wo = np.arange(offs.shape[0])  # tap t's weights at row t
     for v0 in range(0, nvec, NV_MAX):
         nv = min(NV_MAX, nvec - v0)
         c0 = v0 * lanes
@@ -431,13 +424,13 @@ def channelwise_positions(xf, pos, ypos, offs, wf, bf, Cp, y, C, q0, q1):
         for p0 in range(q0, q1, xb):
             a = (p0, min(xb, q1 - p0), 1, c0, c0, C - c0, Cp, c0, 0, offs.shape[0], 0, 1, c0)
             if nv == 1:
-                _c1(xf, wf, y, bf, offs, pos, ypos, a, wo)
+                _c1(xf, wf, y, bf, offs, pos, ypos, a)
             elif nv == 2:
-                _c2(xf, wf, y, bf, offs, pos, ypos, a, wo)
+                _c2(xf, wf, y, bf, offs, pos, ypos, a)
             elif nv == 3:
-                _c3(xf, wf, y, bf, offs, pos, ypos, a, wo)
+                _c3(xf, wf, y, bf, offs, pos, ypos, a)
             else:
-                _c4(xf, wf, y, bf, offs, pos, ypos, a, wo)
+                _c4(xf, wf, y, bf, offs, pos, ypos, a)
 
 
 @njit(**_JIT)

@@ -25,9 +25,7 @@ positions × filter vectors at once over each run, the partial sums in vector re
 Zero padding is not materialised where a channels-last source can be read in place
 (:mod:`.plans`' border groups: each position sums only the taps of its window inside
 the source): the forward and the weight gradient on the input when it has at least
-``Tuning.direct_in_place_ratio`` times the weights' bytes (the forward also from
-``Tuning.direct_shared_rows_bytes`` of weights, each group reading its rows where they
-lie), the input gradient on a
+``Tuning.direct_in_place_ratio`` times the weights' bytes, the input gradient on a
 channels-last cotangent of ``direct_input_grad_in_place_ratio`` times them. The terms dropped are ``0 · w`` (forward; weights checked
 finite, else the padded copy), ``0 · gy`` (weight gradient; a non-finite result is
 recomputed on the padded copy, whose ``0 · inf`` gives the definition's NaN) and
@@ -205,14 +203,11 @@ def in_place(x, wt, spec, dtype):
     """Whether the forward reads the input where it lies, its zero padding never
     materialised (:func:`border_plan`): the input channels-last C-contiguous in
     ``dtype``, padded (else it is read in place anyway) with zeros, weights small next to
-    the input (the border groups gather their rows of them) or big (the groups read them
-    where they lie: the padded copy's products with zeros cost more) and finite (a padded copy
+    the input (the border groups gather their rows of them) and finite (a padded copy
     forms ``0 · w`` at every padded tap: ``0 · ±inf = NaN``, kept by the copy)."""
-    t = current()
     return (any(spec.pb + spec.pa) and spec.constant_padding and float(spec.value) == 0.0
             and x.dtype == dtype and x.flags.c_contiguous
-            and (wt.nbytes * t.direct_in_place_ratio <= x.nbytes
-                 or wt.nbytes >= t.direct_shared_rows_bytes) and all_finite(wt))
+            and wt.nbytes * current().direct_in_place_ratio <= x.nbytes and all_finite(wt))
 
 
 def _border_run(x, wt, bias, spec, y, dtype):
@@ -221,11 +216,7 @@ def _border_run(x, wt, bias, spec, y, dtype):
     (``y``, or its replacement: :func:`_run_groups`)."""
     groups, empty = border_plan(spec)
     if groups:
-        # big weights: each group reads its runs' rows where they lie (a gather of
-        # each group's rows would copy most of the weights several times)
-        shared = wt.nbytes >= current().direct_shared_rows_bytes
-        wts = [wt] * len(groups) if shared else group_weights(wt, border_rows(spec), 1)
-        y = _run_groups(x, groups, wts, bias, y, dtype)
+        y = _run_groups(x, groups, group_weights(wt, border_rows(spec), 1), bias, y, dtype)
     if len(empty):  # (every output, when no window reaches the input)
         y.reshape(-1, spec.F)[empty // spec.F] = 0 if bias is None else np.asarray(bias, dtype)
     return y
@@ -262,32 +253,13 @@ def _run_groups(src, groups, wts, bias, out, dtype):
                   row_ranges(len(g[0]), max(1, round(nb * len(g[0]) / total)))
                   for va, vb in vblocks]
 
-    wos = [_weight_rows(g, wg) for g, wg in zip(groups, wts)]
-
     def run(_w, it, of):
         pos, ypos, offs, R, _ = groups[it[0]]
         wg = wts[it[0]]
         k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
-                            narrow, wblock, it[1], it[2], it[3], it[4], wos[it[0]],
-                            wg.shape[1])
+                            narrow, wblock, it[1], it[2], it[3], it[4])
 
     return parallel_into(run, items, out)
-
-
-def _weight_rows(group, wg):
-    """The row of each of the group's runs in its weights ``wg`` ``(G, rows, n)``: ``t·R``
-    when ``wg`` holds the group's own rows in run order, else (the whole weights, shared
-    by the forward's border groups) where each run's ``R`` rows start in it
-    (:func:`.plans.border_plan`'s ``rows``: taps in increasing order, so each run's rows
-    follow each other; checked)."""
-    _, _, offs, R, rows = group
-    T = offs.shape[-1]
-    if wg.shape[1] == T * R:
-        return np.arange(T, dtype=np.int64) * R
-    rows = np.asarray(rows, dtype=np.int64).reshape(T, R)
-    if not (rows == rows[:, :1] + np.arange(R)).all():
-        raise AssertionError("internal error: a border group's runs are not contiguous rows")
-    return np.ascontiguousarray(rows[:, 0])
 
 
 def _input_grad(gy, w, spec, dtype):
