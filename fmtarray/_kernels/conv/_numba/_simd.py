@@ -310,29 +310,17 @@ _cw1, _cw2, _cw3, _cw4 = (channelwise_wgrad_tile(nv) for nv in range(1, NV_MAX +
 
 
 @njit(**_JIT)
-def _block(nv, narrow):
+def _block(nv, narrow, wgrad=False):
+    """Outputs per forward tile, or (``wgrad``) window offsets per weight-gradient tile."""
     if narrow:
         return NARROW_BLOCK
     if nv == 1:
-        return _B1
+        return _V1 if wgrad else _B1
     if nv == 2:
-        return _B2
+        return _V2 if wgrad else _B2
     if nv == 3:
-        return _B3
-    return _B4
-
-
-@njit(**_JIT)
-def _wblock(nv, narrow):
-    if narrow:
-        return NARROW_BLOCK
-    if nv == 1:
-        return _V1
-    if nv == 2:
-        return _V2
-    if nv == 3:
-        return _V3
-    return _V4
+        return _V3 if wgrad else _B3
+    return _V4 if wgrad else _B4
 
 
 @njit(**_JIT)
@@ -393,7 +381,7 @@ def weight_grad_positions(xf, pos, gpos, offs, R, gf, af, Fp, narrow, per_tile, 
                 for v0 in range(va, vb, NV_MAX):
                     nv = min(NV_MAX, vb - v0)
                     f0 = v0 * lanes
-                    kb = _wblock(nv, narrow)
+                    kb = _block(nv, narrow, True)
                     for k0 in range(0, R, kb):
                         a = (pa, pb, offs[g, t] + k0, min(kb, R - k0), g * Fp + f0,
                              (g * T * R + t * R + k0) * Fp + f0, Fp)
