@@ -30,7 +30,8 @@ import numpy as np
 
 from ...pad import fill_border_numpy
 from .._numpy._common import SUM_BLOCKS, all_finite, cl_strides, has_gy, row_ranges, sum_blocks, unpad
-from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, parallel_sum
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_into
+from .._numpy._sums import parallel_sum
 
 __all__ = ["applies", "forward", "backward"]
 

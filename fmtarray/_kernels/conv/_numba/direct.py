@@ -46,7 +46,8 @@ from .._numpy import winograd
 from .._numpy._common import all_finite, cl_strides, row_ranges, sum_blocks, unpad
 from .._numpy.relayout import canonical_layout
 from .._numpy._copies import parallel_copy
-from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, parallel_sum, scratch
+from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, scratch
+from .._numpy._sums import in_order, parallel_parts, parallel_sum
 from ..thresholds import current
 from .depthwise import _c_strides
 from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos,
@@ -414,24 +415,14 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
         return [parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
                              shapes[0], dtype)]
     # the first (interior) group by position blocks, each other group whole; every item
-    # sums into a part of its own, which it zeroes first (an item redone after a pool
-    # thread was stuck in it starts afresh: parallel_into), the first group's parts added
-    # in block order
+    # sums into a part of its own (a stuck pool thread's item is redone: parallel_parts),
+    # the first group's parts added in block order
     items = [(0, q0, q1) for q0, q1 in blocks] + [(i, 0, len(g[0]))
                                                    for i, g in enumerate(groups) if i]
-    at = list(itertools.accumulate((sizes[i] for i, _, _ in items), initial=0))
-
-    def one(_w, j, flat):
-        a = flat[at[j]:at[j + 1]]
-        a[...] = 0
-        run(*items[j], a)
-
-    parts = parallel_into(one, range(len(items)), np.empty(at[-1], dtype=dtype))
-    first = np.array(parts[:at[1]])
-    for j in range(1, nb):
-        first += parts[at[j]:at[j + 1]]
-    return [first.reshape(shapes[0])] + [parts[at[j]:at[j + 1]].reshape(sh)
-                                         for j, sh in zip(range(nb, len(items)), shapes[1:])]
+    parts = parallel_parts(lambda _w, it, a: run(*it, a), items,
+                           [sizes[i] for i, _, _ in items], dtype)
+    return [in_order(parts[:nb]).reshape(shapes[0])] + [
+        p.reshape(sh) for p, sh in zip(parts[nb:], shapes[1:])]
 
 
 def shared_cotangent(spec, layout, gy, x, w):

@@ -46,7 +46,7 @@ from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
            "single_threaded_blas", "kernel_call", "serial_if_small", "on_calling_thread",
-           "parallel", "parallel_into", "parallel_sum", "parallel_add", "row_blocks", "scratch", "release_scratch",
+           "parallel", "parallel_into", "parallel_add", "row_blocks", "scratch", "release_scratch",
            "cached_scratch"]
 
 _lock = threading.RLock()
@@ -453,51 +453,6 @@ def on_calling_thread():
             yield
     finally:
         _SERIAL.reset(token)
-
-
-def parallel_sum(fn, items, shape, dtype, redo=False):
-    """``Σ`` over ``items`` of what ``fn(worker, item, acc)`` accumulates into ``acc``
-    (zeros of ``shape``), reproducibly whatever the timing: with per-item partials
-    (within ``Tuning.ordered_sum_bytes``) the items are handed out dynamically and the
-    partials added in item order; else each worker sums its fixed share of the items
-    and the workers' sums are added in worker order. ``redo=True``, for an ``fn`` that
-    writes nothing but ``acc`` (no scratch a stuck thread could write after the call):
-    the per-item partials through :func:`parallel_into`."""
-    items = list(items)
-    if not items:
-        return np.zeros(shape, dtype=dtype)
-    if len(items) == 1:  # one sum, on the calling thread (as parallel() runs one item)
-        acc = np.zeros(shape, dtype=dtype)
-        fn(0, items[0], acc)
-        return acc
-    size = math.prod(shape) * np.dtype(dtype).itemsize
-    if len(items) > 1 and len(items) * size <= current().ordered_sum_bytes:
-        if redo:  # each item zeroes its own part: one redone after a stuck thread too
-            parts = np.empty((len(items), *shape), dtype=dtype)
-
-            def one(w, iv, flat):
-                acc = flat.reshape(parts.shape)[iv[0]]
-                acc[...] = 0
-                fn(w, iv[1], acc)
-
-            return parallel_into(one, list(enumerate(items)), parts).sum(axis=0)
-        parts = np.zeros((len(items), *shape), dtype=dtype)
-        parallel(lambda w, iv: fn(w, iv[1], parts[iv[0]]), list(enumerate(items)),
-                 dynamic=True)
-        return parts.sum(axis=0)
-    accs = [None] * n_workers()
-
-    def run(w, it):
-        if accs[w] is None:
-            accs[w] = np.zeros(shape, dtype=dtype)
-        fn(w, it, accs[w])
-
-    parallel(run, items)
-    total = None
-    for a in accs:
-        if a is not None:
-            total = a if total is None else total + a
-    return total
 
 
 def parallel_add(out, bias):

@@ -27,7 +27,8 @@ from ...pad import fill_border_numpy, pad_indices
 from ..thresholds import current
 from . import winograd
 from ._common import cl_strides, has_gy, itemsize, padded_bytes, unpad, weight_matrix
-from ._runtime import n_workers, parallel, parallel_sum, scratch
+from ._runtime import n_workers, parallel, scratch
+from ._sums import parallel_sum
 
 __all__ = ["applies_forward", "applies_input_grad", "applies_flat", "forward", "input_grad",
            "backward_flat"]

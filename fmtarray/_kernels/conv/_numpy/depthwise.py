@@ -24,7 +24,8 @@ from ...pad import fill_border_numpy
 from ..thresholds import current
 from ._common import chunk_size, cl_strides, grad_input, has_gy, padded_bytes, unpad
 from ._copies import Chunked, parallel_copy
-from ._runtime import n_workers, parallel, parallel_add, parallel_sum, single_threaded_blas
+from ._runtime import n_workers, parallel, parallel_add, single_threaded_blas
+from ._sums import parallel_sum
 
 __all__ = ["applies_bi", "applies", "forward_bi", "backward_bi", "forward", "backward"]
 

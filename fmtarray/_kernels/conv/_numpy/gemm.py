@@ -40,7 +40,8 @@ from numpy.lib.stride_tricks import as_strided
 from ..thresholds import current
 from ._common import (chunk_size, gemm, grad_input, itemsize, plain, unpad, weight_matrix)
 from ._copies import Chunked, parallel_copy
-from ._runtime import n_workers, parallel, parallel_sum, row_blocks, scratch
+from ._runtime import n_workers, parallel, row_blocks, scratch
+from ._sums import parallel_sum
 
 __all__ = ["forward_gemm", "applies_wide", "applies_grad_as_conv", "forward_tiles",
            "forward_wide", "weight_grad_tiles", "weight_grad_wide", "input_grad_as_conv",

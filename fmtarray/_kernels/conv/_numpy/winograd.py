@@ -52,7 +52,8 @@ import numpy as np
 
 from ..thresholds import current
 from ._common import cl_strides, grad_conv, grad_input, itemsize, unpad
-from ._runtime import n_workers, parallel, parallel_sum
+from ._runtime import n_workers, parallel
+from ._sums import parallel_sum
 
 __all__ = ["applies_forward", "applies_weight_grad", "applies_input_grad", "accepts_forward",
            "accepts_weight_grad", "accepts_input_grad", "forward",
