@@ -329,3 +329,68 @@ def test_refused_placement_leaves_the_threads_alone(monkeypatch):
     pl._placed[0] = None
     _run_phase(rt)
     assert pl._placed[0] is not None
+
+
+_HEAP_SCRIPT = r"""
+import resource, sys
+import numpy as np
+import fmtarray as fa
+x = fa.FormattedArray(np.ones((4, 4, 2, 1), np.float32), "SSCB")
+fa.conv(x, np.ones((3, 3, 2, 2), np.float32))  # the first NumPy convolution tunes the heap
+from fmtarray._kernels.conv._numpy import _heap
+print(_heap._result[0])  # set by the convolution, not here
+
+def step():  # a step's arrays of a few MiB, freed in an order that empties the heap top
+    a = np.ones(1600000, np.float32); b = a * 2; c = b + a; d = c * b
+    del a, b
+    e = d + 1.0
+    return float(e[0] + c[0])
+
+for _ in range(3):
+    step()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
+"""
+
+
+def _heap_run(env):
+    import os
+    import subprocess
+    import sys
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+    e.pop("FMTARRAY_HEAP_TUNING", None)
+    r = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], env={**e, **env}, timeout=120,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    reason, faults = r.stdout.split("\n")[-3:-1]
+    return reason, float(faults)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's heap")
+def test_heap_thresholds_keep_step_arrays_mapped():
+    """After the first NumPy convolution, arrays of a few MiB freed and allocated again
+    come back without page faults; with the tuning off, glibc gives the heap top back to
+    the system and every step faults its pages in again."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
+    except AttributeError:
+        pytest.skip("not glibc")
+    reason, faults = _heap_run({})
+    assert reason == "None" and faults == 0
+    reason, faults = _heap_run({"FMTARRAY_HEAP_TUNING": "0"})
+    assert reason == "FMTARRAY_HEAP_TUNING=0" and faults > 500
+    reason, _ = _heap_run({"MALLOC_TOP_PAD_": "1048576"})
+    assert reason == "the environment sets glibc's malloc (MALLOC_TOP_PAD_)"
+
+
+def test_heap_tuning_env_value_is_checked(monkeypatch):
+    from fmtarray._kernels.conv._numpy import _heap
+
+    monkeypatch.setenv("FMTARRAY_HEAP_TUNING", "yes")
+    with pytest.raises(ValueError, match=r"FMTARRAY_HEAP_TUNING='yes': expected 0 .* or 1"):
+        _heap._tune()

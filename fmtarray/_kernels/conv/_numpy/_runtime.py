@@ -23,6 +23,8 @@
   BLAS's limit to the outer call; it hands its items to the same worker numbers as a
   pooled call, so its sums, hence its results, are bit-identical to one.
 * **Fork safety.** A forked child starts its own pool on first use.
+* **Heap.** The first kernel call sets glibc's malloc thresholds (:mod:`._heap`), so
+  that a step's arrays of a few MiB are not returned to the system and faulted in again.
 * Copies split over the workers are in :mod:`._copies`.
 """
 
@@ -41,7 +43,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ..thresholds import current
-from . import _placement
+from . import _heap, _placement
 from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
@@ -247,6 +249,7 @@ class kernel_call:
         self.spec, self.blas1 = spec, blas1
 
     def __enter__(self):
+        _heap.tune()
         depth = getattr(_tls, "depth", 0)
         self.depth, self.tokens, self.session, self.blas = depth, [], None, None
         _tls.depth = depth + 1
