@@ -106,7 +106,8 @@ def test_plan_cache_is_safe_across_threads(monkeypatch):
 def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
     """The blocked copy hands a batch-innermost source (canonical data, a Dask
     batch chunk's view, a flipped view) to the compiled transposing copy: the same values
-    as NumPy's copyto into any destination strides; channels-innermost sources, other
+    as NumPy's copyto into any destination strides (20 samples × 11 channels: 8×8 blocks
+    and both remainders); channels-innermost sources, batches under ``MIN_BATCH``, other
     dtypes and ``FMTARRAY_NUMBA=0`` keep NumPy's copy."""
     from fmtarray._kernels.conv._numba import _copy
     from fmtarray._kernels.conv._numpy import _copies as rt
@@ -115,7 +116,7 @@ def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
     real = _copy.copy
     monkeypatch.setattr(_copy, "copy", lambda d, s: used.append(real(d, s)) or used[-1])
     rng = np.random.default_rng(ndim)
-    shape = (12, *(9, 7, 5)[:ndim - 2], 6)  # (N, *sp, C)
+    shape = (20, *(9, 7, 5)[:ndim - 2], 11)  # (N, *sp, C)
     whole = rng.standard_normal((*shape[1:], 3 * shape[0])).astype(dtype)  # batch innermost
     sources = {
         "canonical": np.moveaxis(np.ascontiguousarray(whole[..., :shape[0]]), -1, 0),
@@ -136,6 +137,12 @@ def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
     rt.copy_blocked(out.transpose(*range(ndim)), cl[:, ::-1][:, ::-1], block=16)
     np.testing.assert_array_equal(out, cl)
     assert used in ([], [False])
+    few = sources["chunk view"][:_copy.MIN_BATCH - 1]  # too few samples: NumPy's copy
+    out = np.empty(few.shape, dtype)
+    used.clear()
+    rt.copy_blocked(out, few, block=16)
+    np.testing.assert_array_equal(out, few)
+    assert not any(used) and bool(used) == numba_on()  # asked (per block), declined
     monkeypatch.setenv("FMTARRAY_NUMBA", "0")
     used.clear()
     rt.copy_blocked(dst, sources["chunk view"], block=16)
