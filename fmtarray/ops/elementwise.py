@@ -7,6 +7,7 @@ import math
 import numbers
 
 from .. import _backend, _format, _tape
+from .._kernels import blocked_binary as _blocked
 from .._kernels import elementwise as _k
 from ..array import FormattedArray
 
@@ -139,7 +140,9 @@ def _binary(name, fn, vjp=None, *, scalar_ok=True):
                 a_al = _scalar_as_array(xp, a_al, b_al)
             if _is_scalar(b_al):
                 b_al = _scalar_as_array(xp, b_al, a_al)
-        y = fn(xp, a_al, b_al)
+        y = _blocked.apply(name, a_al, b_al) if _backend.is_numpy(xp) else None
+        if y is None:
+            y = fn(xp, a_al, b_al)
         out = FormattedArray._wrap(y, out_fmt)
         if vjp is not None and _tape.traced(A, B):
 
