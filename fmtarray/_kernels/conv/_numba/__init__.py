@@ -31,7 +31,7 @@ from .. import registry
 from ..registry import Algo, register
 from .._numpy import ALL, _backward, _exact_near_non_finite_weights, _forward, _no_input_dilation
 from .._numpy import _copies
-from .._numpy._common import data_dtypes_match
+from .._numpy._common import data_dtypes_match, switched_off
 from .._numpy.gemm import input_grad_col2im
 from . import depthwise, direct
 
@@ -43,12 +43,10 @@ _imported: list = []  # [True] once it worked
 
 def unavailable():
     """``None`` when the compiled kernels can run, else why not."""
-    env = os.environ.get("FMTARRAY_NUMBA", "").strip()
-    if env == "0":
-        return "FMTARRAY_NUMBA=0"
-    if env not in ("", "1"):
-        raise ValueError(f"FMTARRAY_NUMBA={env!r}: expected 0 (compiled kernels off) or 1 "
-                         "(on, the default when numba is installed)")
+    off = switched_off("FMTARRAY_NUMBA", "compiled kernels off",
+                       "on, the default when numba is installed")
+    if off:
+        return off
     if _imported:
         return None
     if _import_error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -20,11 +21,23 @@ from ...pad import pad_vjp
 from ..spec import ConvSpec
 from ..thresholds import current
 
-__all__ = ["plain", "cl_strides", "has_gy", "itemsize", "all_finite", "data_dtypes_match",
+__all__ = ["switched_off", "plain", "cl_strides", "has_gy", "itemsize", "all_finite", "data_dtypes_match",
            "row_ranges", "sum_blocks",
            "weight_matrix",
            "gemm", "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size",
            "padded_bytes"]
+
+
+def switched_off(name, off, on):
+    """``"NAME=0"`` when the environment switch ``name`` is ``0``, ``None`` when it is
+    unset or ``1``; any other value raises, naming both (``off`` / ``on``: what each
+    means)."""
+    env = os.environ.get(name, "").strip()
+    if env == "0":
+        return f"{name}=0"
+    if env not in ("", "1"):
+        raise ValueError(f"{name}={env!r}: expected 0 ({off}) or 1 ({on})")
+    return None
 
 
 def plain(a):

@@ -29,6 +29,8 @@ import os
 import sys
 import threading
 
+from ._common import switched_off
+
 __all__ = ["tune", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 #: glibc's ``mallopt`` parameters (``malloc.h``)
@@ -56,12 +58,10 @@ def tune():
 
 
 def _tune():
-    env = os.environ.get("FMTARRAY_HEAP_TUNING", "").strip()
-    if env == "0":
-        return "FMTARRAY_HEAP_TUNING=0"
-    if env not in ("", "1"):
-        raise ValueError(f"FMTARRAY_HEAP_TUNING={env!r}: expected 0 (leave glibc's malloc "
-                         "thresholds alone) or 1 (set them, the default)")
+    off = switched_off("FMTARRAY_HEAP_TUNING", "leave glibc's malloc thresholds alone",
+                       "set them, the default")
+    if off:
+        return off
     user = [k for k in _USER_SETTINGS if k in os.environ]
     if user:
         return f"the environment sets glibc's malloc ({', '.join(user)})"
