@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from . import _backend, _tape
+from ._kernels import blocked_binary as _blocked
 from .array import FormattedArray
 
 __all__ = ["grad", "value_and_grad"]
@@ -139,7 +140,7 @@ def value_and_grad(fn, argnums=0, has_aux=False):
             gs = [None] * len(nodes)
         else:
             g0 = xp.ones(loss.shape, dtype=loss.dtype, device=loss.device)
-            gs = _tape.backward(loss._node, g0, nodes, lambda a, b: a + b)
+            gs = _tape.backward(loss._node, g0, nodes, _blocked.add)
         # zeros where the output does not depend on a leaf
         flat_leaves = [t for tl in traced_leaves for t in tl]
         outs = []

@@ -95,3 +95,22 @@ def test_formatted_ops_take_it_and_keep_values():
             got, ref = np.asarray(op(y, g).data), uf(yd, gd)
         assert got.strides == ref.strides and np.array_equal(got.view(np.uint32),
                                                               ref.view(np.uint32))
+
+
+def test_tape_sums_mixed_order_cotangents_exactly(monkeypatch):
+    """A value read by a convolution (its input gradient: a channels-last view) and by a
+    product (a canonical cotangent): the tape's sum of the two goes through
+    :func:`blocked_binary.add`, with the bits of NumPy's sum of the two gradients."""
+    rng = np.random.default_rng(4)
+    x = fa.FormattedArray(rng.standard_normal((10, 9, 8, 16)).astype(np.float32), "SSCB")
+    w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    h = fa.FormattedArray(rng.standard_normal((10, 9, 8, 16)).astype(np.float32), "SSCB")
+    mixed = []
+    real = bb.add
+    monkeypatch.setattr(bb, "add", lambda a, b: mixed.append(
+        bb._order(a) != bb._order(b)) or real(a, b))
+    both = fa.grad(lambda x: fa.sum(fa.conv(x, w, padding=1) * h + x * h))(x)
+    assert mixed == [True]
+    g_conv = np.asarray(fa.grad(lambda x: fa.sum(fa.conv(x, w, padding=1) * h))(x).data)
+    g_prod = np.asarray(fa.grad(lambda x: fa.sum(x * h))(x).data)
+    assert np.array_equal(np.asarray(both.data), g_conv + g_prod)

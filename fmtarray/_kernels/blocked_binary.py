@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["UFUNCS", "apply"]
+__all__ = ["UFUNCS", "apply", "add"]
 
 #: the op names of :mod:`fmtarray.ops.elementwise` served here, and their ufuncs
 UFUNCS = {
@@ -82,3 +82,10 @@ def apply(name, a, b):
         ops.append(v)
     uf(ops[0], ops[1], out=out)
     return out
+
+
+def add(a, b):
+    """``a + b`` for the tape's sums of cotangents (a value read by two ops: the
+    convolution's input gradient, a channels-last view, meets a canonical one)."""
+    r = apply("add", a, b)
+    return a + b if r is None else r
