@@ -150,6 +150,31 @@ def test_transposing_copy_of_batch_innermost_data(monkeypatch, ndim, dtype):
     assert used == []
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposing_copy_swaps_any_two_innermost_dims(monkeypatch, dtype):
+    """``SCBT`` data copied channels-last (``(B, S, T, C)``, time innermost in the source,
+    channels in the destination), and the way back: the compiled copy takes it (the
+    source's innermost dim has at least ``MIN_BATCH`` values), with NumPy's values."""
+    from fmtarray._kernels.conv._numba import _copy
+    from fmtarray._kernels.conv._numpy import _copies as rt
+
+    used = []
+    real = _copy.copy
+    monkeypatch.setattr(_copy, "copy", lambda d, s: used.append(real(d, s)) or used[-1])
+    rng = np.random.default_rng(7)
+    S, C, B, T = 9, 19, 3, 21
+    scbt = rng.standard_normal((S, C, B, T)).astype(dtype)  # canonical SCBT memory
+    src = scbt.transpose(2, 0, 3, 1)  # (B, S, T, C) view: T innermost
+    dst = np.empty((B, S, T, C), dtype)
+    rt.copy_blocked(dst, src, block=16)
+    np.testing.assert_array_equal(dst, src)
+    back = np.empty_like(scbt).transpose(2, 0, 3, 1)  # canonical memory, channels-last view
+    rt.copy_blocked(back, dst, block=16)
+    np.testing.assert_array_equal(back, dst)
+    assert used[:1] == ([True] if numba_on() else [])
+    assert (True in used[1:]) == numba_on()
+
 def numba_on():
     return os.environ.get("FMTARRAY_NUMBA") != "0" and _numba.unavailable() is None
 

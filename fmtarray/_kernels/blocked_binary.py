@@ -66,18 +66,9 @@ def apply(name, a, b):
     for v, ov in ((a, oa), (b, ob)):
         if ov != order:
             alike = np.empty_like(out, dtype=v.dtype)
-            # the two dims that are innermost in one order and not the other swap by
-            # blocks: first the destination's innermost, last the source's
-            di, si = order[-1], ov[-1]
-            if di == si:
+            tc = _copies.transposing_copy  # compiled, when the kernels run
+            if tc is None or not tc(alike, v):
                 copy_blocked(alike, v)
-            else:
-                ones = [i for i in range(v.ndim) if v.shape[i] == 1]
-                perm = [di, *(i for i in order if i not in (di, si)), *ones, si]
-                d, src = alike.transpose(perm), v.transpose(perm)
-                tc = _copies.transposing_copy  # compiled, when the kernels run
-                if tc is None or not tc(d, src):
-                    copy_blocked(d, src)
             v = alike
         ops.append(v)
     uf(ops[0], ops[1], out=out)

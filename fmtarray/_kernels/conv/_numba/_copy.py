@@ -13,11 +13,13 @@ NumPy's ``copyto`` / the element-wise loop it replaced (batch innermost): 1024×
 3136×64×32 5.6 / 21.8 / 21.0. With fewer than :data:`MIN_BATCH` samples ``copyto``
 serves.
 
-:func:`copy` takes ``dst[...] = src`` for 3- to 5-d arrays of one dtype whose source
-has the batch (dim 0) stored more inwards than the channels (the last dim), or whose
-destination has and source has not (the way back, e.g. a channels-last operand of a
-binary op brought to a canonical one's order: 32×32 96 channels b16 0.78 ms against
-``copyto``'s 2.81); it returns ``False`` for anything else, which
+:func:`copy` takes ``dst[...] = src`` for arrays of one dtype (float32 or float64, up to
+five dims of size > 1) whose innermost dims differ, the source's holding at least
+:data:`MIN_BATCH` values: those two dims swap by the blocks (the batch and the channels
+of canonical data copied channels-last, the time and the channels of ``SCBT`` data, a
+channels-last operand of a binary op brought to a canonical one's order: 32×32 96
+channels b16 0.78 ms against ``copyto``'s 2.81), the others walked as the destination
+stores them. It returns ``False`` for anything else, which
 :func:`.._numpy._copies.copy_blocked` then copies.
 
 :func:`transpose_taps` writes the input gradient's weights ``(G, T, Fg, Cg)`` from
@@ -32,9 +34,10 @@ import numba as nb
 
 __all__ = ["copy", "transpose_taps", "MIN_BATCH"]
 
-#: the smallest batch run the compiled copy takes: with fewer samples per position,
-#: NumPy's blocked ``copyto`` was faster (3136 positions × 64 channels × 8 samples: 0.63
-#: ms against 0.76; × 4 samples of 16 or 48 channels: 0.11-0.22 against 0.21-0.41)
+#: the fewest values in the source's innermost dim the compiled copy takes: with fewer
+#: (samples per position), NumPy's blocked ``copyto`` was faster (3136 positions × 64
+#: channels × 8 samples: 0.63 ms against 0.76; × 4 samples of 16 or 48 channels:
+#: 0.11-0.22 against 0.21-0.41)
 MIN_BATCH = 16
 
 
@@ -65,19 +68,30 @@ def _five(a):
     return a.reshape(a.shape[0], *(1,) * (5 - a.ndim), *a.shape[1:])
 
 
-def _inner_first(a):
-    """Whether dim 0 is stored more inwards than the last dim."""
-    return abs(a.strides[0]) < abs(a.strides[-1])
+def _inner(a):
+    """The dim of size > 1 stored innermost (``None`` when there is none)."""
+    dims = [i for i, n in enumerate(a.shape) if n > 1]
+    return min(dims, key=lambda i: abs(a.strides[i])) if dims else None
 
 
 def copy(dst, src) -> bool:
     """``dst[...] = src`` by the compiled loop when it applies (see the module); else
     ``False`` and nothing is written."""
-    if (not 3 <= src.ndim <= 5 or src.shape != dst.shape or src.dtype != dst.dtype
-            or src.dtype.char not in "fd" or src.shape[0] < MIN_BATCH
-            or not (_inner_first(src) or _inner_first(dst))):
+    if src.shape != dst.shape or src.dtype != dst.dtype or src.dtype.char not in "fd":
         return False
-    _batch_inner(_five(src), _five(dst))
+    si, di = _inner(src), _inner(dst)
+    if si is None or di is None or si == di or src.shape[si] < MIN_BATCH:
+        return False
+    # the loop's dims: the source's innermost first, the destination's innermost last,
+    # the others as the destination stores them (size-1 dims dropped)
+    rest = sorted((i for i, n in enumerate(src.shape) if n > 1 and i not in (si, di)),
+                  key=lambda i: -abs(dst.strides[i]))
+    if len(rest) > 3:
+        return False
+    at = tuple(slice(None) if n > 1 else 0 for n in src.shape)
+    pos = [i for i, n in enumerate(src.shape) if n > 1]  # dims left after dropping
+    perm = [pos.index(i) for i in (si, *rest, di)]
+    _batch_inner(_five(src[at].transpose(perm)), _five(dst[at].transpose(perm)))
     return True
 
 

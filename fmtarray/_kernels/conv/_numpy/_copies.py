@@ -39,10 +39,13 @@ def copy_blocked(dst, src, block=None):
     copy works in cache (or by :data:`transposing_copy` where it applies)."""
     if block is None:
         block = current().copy_block
-    if src.size <= block or _c_order(src):
+    if src.size <= block or _c_order(src) and _c_order(dst):
         np.copyto(dst, src)
         return
     if transposing_copy is not None and transposing_copy(dst, src):
+        return
+    if _c_order(src):
+        np.copyto(dst, src)
         return
     ax = _outer_axis(src)
     step = max(1, (block * src.shape[ax]) // src.size)
