@@ -43,8 +43,9 @@ MIN_BATCH = 16
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
 def _batch_inner(src, dst):
-    """``dst[n, d, h, w, c] = src[n, d, h, w, c]`` by 8×8 blocks of samples × channels at
-    each position (fixed loops, which LLVM compiles to vector loads, shuffles and
+    """``dst[n, d, h, w, c] = src[n, d, h, w, c]`` by 8×8 blocks of ``n`` × ``c`` (the
+    source's innermost dim × the destination's: samples × channels for canonical data)
+    at each ``(d, h, w)`` (fixed loops, which LLVM compiles to vector loads, shuffles and
     stores), then the remainders."""
     N, D, H, W, C = src.shape
     N8, C8 = N - N % 8, C - C % 8

@@ -21,8 +21,8 @@ from ...pad import pad_vjp
 from ..spec import ConvSpec
 from ..thresholds import current
 
-__all__ = ["switched_off", "plain", "cl_strides", "has_gy", "itemsize", "all_finite", "data_dtypes_match",
-           "row_ranges", "sum_blocks",
+__all__ = ["switched_off", "plain", "cl_strides", "has_gy", "itemsize", "all_finite",
+           "data_dtypes_match", "row_ranges", "sum_blocks",
            "weight_matrix",
            "gemm", "transposed_weights", "grad_conv", "grad_input", "unpad", "chunk_size",
            "padded_bytes"]
