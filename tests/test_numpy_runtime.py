@@ -381,7 +381,7 @@ def test_heap_thresholds_keep_step_arrays_mapped():
     except AttributeError:
         pytest.skip("not glibc")
     reason, faults = _heap_run({})
-    assert reason == "None" and faults == 0
+    assert reason == "None" and faults <= 20  # 0 here; 6.4 MB arrays are 1,563 pages each
     reason, faults = _heap_run({"FMTARRAY_HEAP_TUNING": "0"})
     assert reason == "FMTARRAY_HEAP_TUNING=0" and faults > 500
     reason, _ = _heap_run({"MALLOC_TOP_PAD_": "1048576"})
