@@ -533,3 +533,46 @@ def test_weight_gradient_of_two_filter_vectors(dtype, cg, in_place):
     ref = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)[1]
     assert gw.shape == ref.shape
     assert rel_err(gw, ref) <= TOL[dtype]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cg,fg,stride,dil,pb,pa,block", [
+    (3, 5, (1, 1), (1, 1), (1, 1), (1, 1), None),       # 3×3 p1: 9 classes
+    (24, 40, (2, 1), (2, 1), (2, 0), (1, 3), None),     # strides, row dilation, uneven
+    (16, 33, (1, 2), (1, 1), (3, 1), (0, 2), 512),      # runs summed in pieces
+    (5, 7, (1, 1), (1, 1), (4, 0), (0, 0), 300),        # windows wholly in the padding
+])
+def test_padded_forward_skips_the_zero_padding(monkeypatch, dtype, cg, fg, stride, dil, pb,
+                                               pa, block):
+    """numba.direct's forward over a padded copy (weights too big to read the input in
+    place) splits its positions by the window rows and offsets inside the input
+    (:func:`plans.span_plan`), all on the same weights: the reference's values, with
+    bias and without, the reduction in blocks or not; a ±inf weight keeps every product
+    (0 · inf at the padding is NaN) and the reference's NaN pattern."""
+    from fmtarray._kernels.conv._numba import direct as dr
+
+    calls = []
+    orig = dr.span_plan
+    monkeypatch.setattr(dr, "span_plan", lambda s: calls.append(s) or orig(s))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 6, 7, cg)).astype(dtype)
+    w = rng.standard_normal((3, 4, cg, fg, 1)).astype(dtype)
+    b = rng.standard_normal(fg).astype(dtype)
+    kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=0.0)
+    args = (stride, dil, pb, pa, 0.0)
+    tune = dict(direct_in_place_ratio=10**9)
+    if block:
+        tune["direct_weight_block_bytes"] = block
+    with K.tuning(**tune):
+        for bias in (b, None):
+            y = conv_forward(cnp, x, w, bias, force="numba.direct", **kw)
+            assert rel_err(y, ref_conv(x, w, bias, *args)) <= TOL[dtype]
+        assert len(calls) == 2
+        w[1, 0, 0, 1, 0] = np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = conv_forward(cnp, x, w, None, force="numba.direct", **kw)
+            ref = ref_conv(x, w, None, *args)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))

@@ -11,12 +11,12 @@ kernel. The drivers (plain Numba functions) choose the tiles and pass flat offse
 Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
 
 * :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a)`` with ``a = (p0, nx, R,
-  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1)``: for the ``nx`` positions ``p = p0 +
+  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1, first)``: for the ``nx`` positions ``p = p0 +
   j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s + Σ_{t0 ≤
   t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]``
   for the ``f < nf`` valid filters (the weights and bias padded to whole vectors with
-  zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``t0 =
-  k0 = 0``), else the sum so far in ``y`` (weights too big for the cache are summed a
+  zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``a``'s
+  13th value, ``first``, non-zero), else the sum so far in ``y`` (weights too big for the cache are summed a
   block of runs, or of one run, at a time; ``y`` then needs a vector of slack past its
   end: whole vectors are read back).
 * :func:`wgrad_tile` ``(xf, gy, acc, pos, gpos, a)`` with ``a = (p0, p1, xoff, nk, gbase,
@@ -25,8 +25,8 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   xf[pos[p] + xoff + i] · gy[gpos[p] + gbase + f]`` (the cotangent padded to whole
   vectors).
 * channel-wise (one channel per group, one filter per channel: vectors of channels
-  instead of filters): :func:`forward_tile` with ``channelwise`` and ``a`` extended by
-  ``cb`` (``k0 = 0``, ``k1 = 1``): ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
+  instead of filters): :func:`forward_tile` with ``channelwise`` and ``cb`` in place of
+  ``first`` (``k0 = 0``, ``k1 = 1``; the first block is ``t0 = 0``): ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
   wt[wbase + t·wstep + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
   pos, gpos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, abase, astep)``: ``acc[abase +
   i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[gpos[p] + cb + c]`` for the
@@ -173,8 +173,11 @@ def forward_tile(nv, narrow=0, channelwise=False):
                     for _ in range(xb_n)]
             yoff = [builder.add(ybase, builder.load(builder.gep(
                 qp, [builder.add(p0, _clamped(builder, j, nx))]))) for j in range(xb_n)]
-            first = builder.and_(builder.icmp_signed("==", t0, _i(0)),
-                                 builder.icmp_signed("==", k0, _i(0)))
+            if channelwise:
+                first = builder.and_(builder.icmp_signed("==", t0, _i(0)),
+                                     builder.icmp_signed("==", k0, _i(0)))
+            else:  # a[12]: this block starts the sums (from the bias)
+                first = builder.icmp_signed("!=", builder.extract_value(args[7], 12), _i(0))
             with builder.if_else(first) as (start, more):
                 with start:  # the bias
                     for c in range(nv):
@@ -325,13 +328,16 @@ def _block(nv, narrow, wgrad=False):
 
 @njit(**_JIT)
 def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1, va,
-                      vb):
+                      vb, span):
     """Positions ``q0 .. q1-1``: ``y[ypos[p] + g·Fg + f]`` for the filter vectors ``va ..
     vb-1`` of each group (``f`` in those vectors and ``< Fg``); ``wf`` ``(G, T·R, Fp)``,
     ``bf`` ``(G, Fp)`` and ``y``, flat; vectors of ``VECTOR_BYTES >> narrow`` bytes
     (``narrow`` > 0: ``Fp`` is one vector); the reduction in blocks of at most ``wblock``
-    bytes of weights per filter block."""
+    bytes of weights per filter block, over the runs ``span[0] <= t < span[1]`` and the
+    offsets ``span[2] <= k < span[3]`` of each (all of them: ``(0, T, 0, R)``; fewer:
+    the positions' windows read padding outside them)."""
     G, T = offs.shape
+    tl, th, kl, kh = span
     lanes = (VECTOR_BYTES >> narrow) // xf.itemsize
     for g in range(G):
         og = offs[g]
@@ -344,13 +350,18 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock,
             per_k = nv * lanes * xf.itemsize
             runs = max(1, wblock // (R * per_k))
             piece = R if R * per_k <= wblock else max(1, wblock // per_k)
-            for t0 in range(0, T, runs):
-                t1 = min(T, t0 + runs)
-                for k0 in range(0, R, piece):
-                    k1 = min(R, k0 + piece)
+            for b0 in range(0, T, runs):
+                t0, t1 = max(b0, tl), min(T, b0 + runs, th)
+                if t0 >= t1:
+                    continue
+                for c0 in range(0, R, piece):
+                    k0, k1 = max(c0, kl), min(R, c0 + piece, kh)
+                    if k0 >= k1:
+                        continue
+                    first = 1 if t0 == tl and k0 == kl else 0
                     for p0 in range(q0, q1, xb):
                         a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0,
-                             Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1)
+                             Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1, first)
                         if narrow == 1:
                             _fh(xf, wf, y, bf, og, pos, ypos, a)
                         elif narrow == 2:

@@ -50,7 +50,7 @@ from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, scratch
 from .._numpy._sums import in_order, parallel_parts, parallel_sum
 from ..thresholds import current
 from .depthwise import _c_strides
-from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos,
+from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos, span_plan,
                     input_grad_border_plan, input_grad_border_rows, input_grad_plans)
 
 __all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
@@ -195,9 +195,27 @@ def forward(x, w, bias, spec, dtype):
     y = output((spec.N, *spec.out, spec.F), dtype)
     if in_place(x, wt, spec, dtype):
         return _border_run(x, wt, bias, spec, y, dtype)
+    src = padded_input(x, spec, dtype)
+    if _spans(spec, wt):
+        groups, spans, empty = span_plan(spec)
+        if groups:
+            y = _run_groups(src, groups, [wt] * len(groups), bias, y, dtype, spans)
+        if len(empty):
+            y.reshape(-1, spec.F)[empty // spec.F] = 0 if bias is None else np.asarray(
+                bias, dtype)
+        return y
     pos, ypos, offs, R = forward_plan(spec)
-    return _run_groups(padded_input(x, spec, dtype), [(pos, ypos, offs, R, None)], [wt], bias,
-                       y, dtype)
+    return _run_groups(src, [(pos, ypos, offs, R, None)], [wt], bias, y, dtype)
+
+
+def _spans(spec, wt):
+    """Whether the padded forward skips its products with the zero padding
+    (:func:`.plans.span_plan`): 2-d, one group, the taps of a window row adjacent (runs of
+    whole rows), zero padding, and finite weights (``0 · ±inf`` is NaN, which the
+    products with the padding would form)."""
+    return (len(spec.k) == 2 and spec.G == 1 and spec.dilation[-1] == 1
+            and all(d == 1 for d in spec.lhs_dilation) and any(spec.pb + spec.pa)
+            and spec.constant_padding and float(spec.value) == 0.0 and all_finite(wt))
 
 
 def in_place(x, wt, spec, dtype):
@@ -223,13 +241,14 @@ def _border_run(x, wt, bias, spec, y, dtype):
     return y
 
 
-def _run_groups(src, groups, wts, bias, out, dtype):
+def _run_groups(src, groups, wts, bias, out, dtype, spans=None):
     """``out[ypos[p] + g·n + f] = bias + Σ`` over each group's positions ``(pos, ypos,
     offs, R, ·)`` (a plan of :mod:`.plans`, or one of its border groups), the group's
     weights ``wts[i]`` ``(G, T·R, n)``, in one parallel phase whose items go to the
     workers as they come free: blocks of positions, or, for weights of at least
     ``Tuning.direct_filter_split_bytes``, blocks of filter vectors each over all the
-    positions (or as few blocks of them as keep the workers busy). ``out`` is fresh
+    positions (or as few blocks of them as keep the workers busy). ``spans[i]``: group
+    ``i``'s runs and offsets ``(t0, t1, k0, k1)`` (default all of them). ``out`` is fresh
     (:func:`output`); returns it, or the copy that :func:`.._numpy._runtime.parallel_into`
     finished when a pool thread was stuck in an item."""
     k = _k()
@@ -238,7 +257,13 @@ def _run_groups(src, groups, wts, bias, out, dtype):
     lanes, narrow = _width(dtype, n)
     b = np.zeros((G, n), dtype) if bias is None else np.asarray(bias, dtype).reshape(G, n)
     bf = _vectors(b, lanes).reshape(-1)
-    wts = [_vectors(wt, lanes) for wt in wts]
+    padded = {}  # groups sharing one weights array share its padded form
+    for wt in wts:
+        if id(wt) not in padded:
+            padded[id(wt)] = _vectors(wt, lanes)
+    wts = [padded[id(wt)] for wt in wts]
+    if spans is None:
+        spans = [(0, g[2].shape[1], 0, g[3]) for g in groups]
     nvec = wts[0].shape[2] // lanes
     sf = src.reshape(-1)
     t = current()
@@ -258,7 +283,7 @@ def _run_groups(src, groups, wts, bias, out, dtype):
         pos, ypos, offs, R, _ = groups[it[0]]
         wg = wts[it[0]]
         k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
-                            narrow, wblock, it[1], it[2], it[3], it[4])
+                            narrow, wblock, it[1], it[2], it[3], it[4], spans[it[0]])
 
     return parallel_into(run, items, out)
 

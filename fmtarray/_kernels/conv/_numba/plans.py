@@ -2,6 +2,8 @@
 the source, where it writes, and the offsets of its runs (see :mod:`._simd`).
 
 * :func:`forward_plan` and :func:`input_grad_plans` read a padded copy of the source;
+  :func:`span_plan` splits the forward's positions by the runs and offsets of their
+  window that read inside the source, all of them sharing the weights;
 * :func:`border_plan` and :func:`input_grad_border_plan` read the source where it lies,
   its zero padding never materialised: along each convolved dim the positions fall in
   classes by which taps of their window read inside the source, and each product of
@@ -21,7 +23,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["PLAN_CACHE_BYTES", "forward_plan", "input_grad_plans", "border_plan",
+__all__ = ["PLAN_CACHE_BYTES", "forward_plan", "span_plan", "input_grad_plans", "border_plan",
            "input_grad_border_plan", "gpos", "border_gpos", "border_rows", "input_grad_border_rows"]
 
 
@@ -134,6 +136,46 @@ def forward_plan(spec, channels=None):
                      1, False)[:4]
     return _plan(dims, (spec.N, *spec.padded, spec.C), (spec.N, *spec.out, spec.F), spec.G,
                  spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
+
+
+def _inside(o, s, k, dl, lo, n):
+    """The taps ``[a, b)`` of window ``o`` that read inside ``[lo, lo + n)``."""
+    src = o * s + np.arange(k) * dl
+    j = np.flatnonzero((src >= lo) & (src < lo + n))
+    return (int(j[0]), int(j[-1]) + 1) if len(j) else (0, 0)
+
+
+@_cached
+def span_plan(spec, channels=None):
+    """``(groups, spans, empty)``: the 2-d forward over a padded copy (one group, runs of
+    a window row: :func:`forward_plan`'s merged form) with its positions split by which
+    rows ``[t0, t1)`` of their window and which offsets ``[k0, k1)`` of each row read
+    inside the source — a zero-padded border skips the products with its zeros, on the
+    same weights. ``groups`` as :func:`border_plan`'s (no rows), ``spans[i]`` group
+    ``i``'s ``(t0, t1, k0, k1)``, ``empty`` the ``ypos`` of windows that read only
+    padding."""
+    pos, ypos, offs, R = forward_plan(spec)
+    (o0, o1), (n0, n1), C = spec.out, spec.sp, spec.C
+    rows = [_inside(o, spec.stride[0], spec.k[0], spec.dilation[0], spec.pb[0], n0)
+            for o in range(o0)]
+    cols = [_inside(o, spec.stride[1], spec.k[1], spec.dilation[1], spec.pb[1], n1)
+            for o in range(o1)]
+    classes: dict = {}
+    for i, (a, b) in enumerate(rows):
+        for j, (c, e) in enumerate(cols):
+            classes.setdefault((a, b, c * C, e * C), []).append(i * o1 + j)
+    per_sample = np.arange(spec.N, dtype=np.int64)[:, None] * (o0 * o1)
+    groups, spans, empty = [], [], []
+    for span, at in classes.items():
+        p = (per_sample + np.asarray(at, np.int64)[None, :]).ravel()
+        if span[0] == span[1] or span[2] == span[3]:
+            empty.append(ypos[p])
+            continue
+        groups.append((pos[p], ypos[p], offs, R, None))
+        spans.append(span)
+    order = sorted(range(len(groups)), key=lambda i: -len(groups[i][0]))
+    return ([groups[i] for i in order], [spans[i] for i in order],
+            np.concatenate(empty) if empty else np.zeros(0, np.int64))
 
 
 def _classes(src, tgt, off, ids, n):
