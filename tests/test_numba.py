@@ -548,8 +548,9 @@ def test_padded_forward_skips_the_zero_padding(monkeypatch, dtype, cg, fg, strid
     """numba.direct's forward over a padded copy (weights too big to read the input in
     place) splits its positions by the window rows and offsets inside the input
     (:func:`plans.span_plan`), all on the same weights: the reference's values, with
-    bias and without, the reduction in blocks or not; a ±inf weight keeps every product
-    (0 · inf at the padding is NaN) and the reference's NaN pattern."""
+    bias and without, the reduction in blocks or not, and the input gradient's over the
+    padded cotangent; a ±inf weight keeps every product (0 · inf at the padding is NaN)
+    and the reference's NaN pattern."""
     from fmtarray._kernels.conv._numba import direct as dr
 
     calls = []
@@ -561,14 +562,19 @@ def test_padded_forward_skips_the_zero_padding(monkeypatch, dtype, cg, fg, strid
     b = rng.standard_normal(fg).astype(dtype)
     kw = dict(stride=stride, dilation=dil, pad_before=pb, pad_after=pa, pad_value=0.0)
     args = (stride, dil, pb, pa, 0.0)
-    tune = dict(direct_in_place_ratio=10**9)
+    tune = dict(direct_in_place_ratio=10**9, direct_input_grad_in_place_ratio=10**9)
     if block:
         tune["direct_weight_block_bytes"] = block
+    spec = spec_of(cnp, x, w, **kw)
+    gy = rng.standard_normal((spec.N, *spec.out, spec.F)).astype(dtype)
     with K.tuning(**tune):
         for bias in (b, None):
             y = conv_forward(cnp, x, w, bias, force="numba.direct", **kw)
             assert rel_err(y, ref_conv(x, w, bias, *args)) <= TOL[dtype]
         assert len(calls) == 2
+        gx = conv_backward(cnp, gy, x, w, needs=(True, False, False),
+                           force={"input_grad": "numba.direct_input_grad"}, **kw)[0]
+        assert rel_err(gx, ref_conv_vjp(x, w, gy, *args)[0]) <= TOL[dtype]
         w[1, 0, 0, 1, 0] = np.inf
         with np.errstate(invalid="ignore", over="ignore"):
             y = conv_forward(cnp, x, w, None, force="numba.direct", **kw)

@@ -138,33 +138,27 @@ def forward_plan(spec, channels=None):
                  spec.Cg, spec.G == 1 and spec.dilation[-1] == 1)[:4]
 
 
-def _inside(o, s, k, dl, lo, n):
-    """The taps ``[a, b)`` of window ``o`` that read inside ``[lo, lo + n)``."""
-    src = o * s + np.arange(k) * dl
-    j = np.flatnonzero((src >= lo) & (src < lo + n))
-    return (int(j[0]), int(j[-1]) + 1) if len(j) else (0, 0)
-
-
-@_cached
-def span_plan(spec, channels=None):
-    """``(groups, spans, empty)``: the 2-d forward over a padded copy (one group, runs of
-    a window row: :func:`forward_plan`'s merged form) with its positions split by which
-    rows ``[t0, t1)`` of their window and which offsets ``[k0, k1)`` of each row read
-    inside the source — a zero-padded border skips the products with its zeros, on the
-    same weights. ``groups`` as :func:`border_plan`'s (no rows), ``spans[i]`` group
-    ``i``'s ``(t0, t1, k0, k1)``, ``empty`` the ``ypos`` of windows that read only
-    padding."""
-    pos, ypos, offs, R = forward_plan(spec)
-    (o0, o1), (n0, n1), C = spec.out, spec.sp, spec.C
-    rows = [_inside(o, spec.stride[0], spec.k[0], spec.dilation[0], spec.pb[0], n0)
-            for o in range(o0)]
-    cols = [_inside(o, spec.stride[1], spec.k[1], spec.dilation[1], spec.pb[1], n1)
-            for o in range(o1)]
+def _spanned(plan, dims, inside, cin):
+    """``(groups, spans, empty)`` of one 2-d pass ``plan`` (:func:`_plan`'s, window rows
+    as runs) over a zero-padded source: its positions split by the runs ``[t0, t1)`` of
+    their window and the offsets ``[k0, k1)`` of each run that read inside the source
+    (``inside``: per dim the ``[lo, hi)`` of the source proper), all on the pass's
+    weights; ``empty``: the ``ypos`` of windows that read only padding."""
+    pos, ypos, offs, R = plan[:4]
+    per = []
+    for (src, _, off, _), (lo, hi) in zip(dims, inside):
+        at = np.asarray(src, np.int64)[:, None] + np.asarray(off, np.int64)[None, :]
+        ok = (at >= lo) & (at < hi)  # the taps' offsets ascend: each row's are a range
+        first = np.where(ok.any(1), ok.argmax(1), 0)
+        per.append(list(zip(first.tolist(), (first + ok.sum(1)).tolist())))
+    rows, cols = per
+    n1 = len(cols)
     classes: dict = {}
     for i, (a, b) in enumerate(rows):
         for j, (c, e) in enumerate(cols):
-            classes.setdefault((a, b, c * C, e * C), []).append(i * o1 + j)
-    per_sample = np.arange(spec.N, dtype=np.int64)[:, None] * (o0 * o1)
+            classes.setdefault((a, b, c * cin, e * cin), []).append(i * n1 + j)
+    n = len(pos) // (len(rows) * n1)
+    per_sample = np.arange(n, dtype=np.int64)[:, None] * (len(rows) * n1)
     groups, spans, empty = [], [], []
     for span, at in classes.items():
         p = (per_sample + np.asarray(at, np.int64)[None, :]).ravel()
@@ -176,6 +170,17 @@ def span_plan(spec, channels=None):
     order = sorted(range(len(groups)), key=lambda i: -len(groups[i][0]))
     return ([groups[i] for i in order], [spans[i] for i in order],
             np.concatenate(empty) if empty else np.zeros(0, np.int64))
+
+
+@_cached
+def span_plan(spec, channels=None):
+    """:func:`_spanned` of the 2-d forward over a padded copy (one group, window rows as
+    runs: :func:`forward_plan`'s merged form): a zero-padded border skips the products
+    with its zeros, on the same weights."""
+    dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
+            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+    inside = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
+    return _spanned(forward_plan(spec), dims, inside, spec.C)
 
 
 def _classes(src, tgt, off, ids, n):
