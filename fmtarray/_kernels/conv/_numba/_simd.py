@@ -11,14 +11,15 @@ kernel. The drivers (plain Numba functions) choose the tiles and pass flat offse
 Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] + ...]``.
 
 * :func:`forward_tile` ``(xf, wt, y, bias, offs, pos, ypos, a)`` with ``a = (p0, nx, R,
-  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1, first)``: for the ``nx`` positions ``p = p0 +
-  j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s + Σ_{t0 ≤
-  t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (t·R + k)·wstep + f]``
-  for the ``f < nf`` valid filters (the weights and bias padded to whole vectors with
-  zeros), ``s`` the bias ``bias[bbase + f]`` for the first block of the reduction (``a``'s
-  13th value, ``first``, non-zero), else the sum so far in ``y`` (weights too big for the cache are summed a
-  block of runs, or of one run, at a time; ``y`` then needs a vector of slack past its
-  end: whole vectors are read back).
+  wbase, ybase, nf, wstep, bbase, t0, t1, k0, k1, first)``: for the ``nx`` positions
+  ``p = p0 + j`` and the ``NV`` filter vectors at ``wbase``, ``y[ypos[p] + ybase + f] = s
+  + Σ_{t0 ≤ t < t1} Σ_{k0 ≤ k < k1} xf[pos[p] + offs[t] + k] · wt[wbase + (t·R +
+  k)·wstep + f]`` for the ``f < nf`` valid filters (the weights and bias padded to whole
+  vectors with zeros), ``s`` the bias ``bias[bbase + f]`` for the block that starts the
+  reduction (``first`` non-zero), else the sum so far in ``y`` (weights too big for the
+  cache are summed a block of runs, or of one run, at a time, and a window that reads
+  padding may skip runs and offsets; ``y`` then needs a vector of slack past its end:
+  whole vectors are read back).
 * :func:`wgrad_tile` ``(xf, gy, acc, pos, gpos, a)`` with ``a = (p0, p1, xoff, nk, gbase,
   abase, astep)``: for each of the ``nk`` window offsets ``xoff + i`` and the ``NV``
   filter vectors at ``gbase``, ``acc[abase + i·astep + f] += Σ_{p0 ≤ p < p1}
@@ -26,8 +27,9 @@ Output position ``p`` (in ``(N, *out)`` order) reads its window at ``xf[pos[p] +
   vectors).
 * channel-wise (one channel per group, one filter per channel: vectors of channels
   instead of filters): :func:`forward_tile` with ``channelwise`` and ``cb`` in place of
-  ``first`` (``k0 = 0``, ``k1 = 1``; the first block is ``t0 = 0``): ``y[ypos[p] + ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] ·
-  wt[wbase + t·wstep + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
+  ``first`` (``k0 = 0``, ``k1 = 1``; the first block is ``t0 = 0``): ``y[ypos[p] +
+  ybase + c] = bias[bbase + c] + Σ_t xf[pos[p] + offs[t] + cb + c] · wt[wbase + t·wstep
+  + c]`` (``R = 1``); :func:`channelwise_wgrad_tile` ``(xf, gy, acc,
   pos, gpos, offs, a)`` with ``a = (p0, p1, t0, nk, cb, abase, astep)``: ``acc[abase +
   i·astep + c] += Σ_p xf[pos[p] + offs[t0 + i] + cb + c] · gy[gpos[p] + cb + c]`` for the
   ``nk`` taps ``t0 + i``. The channels are padded to whole vectors in the source, the

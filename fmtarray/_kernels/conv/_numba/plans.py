@@ -125,12 +125,18 @@ def _arrays(v):
             yield from _arrays(x)
 
 
+def _forward_dims(spec):
+    """Per convolved dim of the forward over a padded copy: ``(src, tgt, off, ids)`` (see
+    :func:`_plan`)."""
+    return [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
+            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+
+
 @_cached
 def forward_plan(spec, channels=None):
     """``(pos, ypos, offs, R)`` of the forward; ``channels``: the channel-wise form, the
     padded input holding that many channels (one group, one-value runs)."""
-    dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
-            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
+    dims = _forward_dims(spec)
     if channels is not None:
         return _plan(dims, (spec.N, *spec.padded, channels), (spec.N, *spec.out, spec.F), 1,
                      1, False)[:4]
@@ -177,10 +183,8 @@ def span_plan(spec, channels=None):
     """:func:`_spanned` of the 2-d forward over a padded copy (one group, window rows as
     runs: :func:`forward_plan`'s merged form): a zero-padded border skips the products
     with its zeros, on the same weights."""
-    dims = [(np.arange(o) * s, np.arange(o), np.arange(k) * dl, np.arange(k))
-            for o, s, k, dl in zip(spec.out, spec.stride, spec.k, spec.dilation)]
     inside = [(b, b + n) for b, n in zip(spec.pb, spec.sp)]
-    return _spanned(forward_plan(spec), dims, inside, spec.C)
+    return _spanned(forward_plan(spec), _forward_dims(spec), inside, spec.C)
 
 
 def _classes(src, tgt, off, ids, n):
