@@ -239,8 +239,10 @@ def test_forward_and_input_grad_split_by_filter_blocks(monkeypatch, dtype, group
             gx = conv_backward(cnp, gy, x, w, needs=(True, False, False), force=force,
                                **kw)[0]
         got[split] = (y, gx)
-        # the phases over positions (not the weights' transposing copy, by taps)
-        vranges = {it[3:] for phase in items for it in phase if len(it) == 5}
+        # the phases over positions, whose items are bundles of (group, q0, q1, va, vb)
+        # (not the weights' transposing copy, by taps)
+        vranges = {s[3:] for phase in items for it in phase if isinstance(it[0], tuple)
+                   for s in it}
         lanes = dr._width(np.dtype(dtype), fg)[0]
         if split == 0:  # the forward's filters (fg) in blocks of NV_MAX vectors
             assert (0, NV_MAX) in vranges and len(vranges) > 1

@@ -318,3 +318,67 @@ def test_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, group
     np.testing.assert_allclose(kept, ref, rtol=1e-4, atol=1e-3)
     assert finished.wait(30)
     np.testing.assert_array_equal(y, kept)
+
+
+def test_group_items_cover_each_position_once_small_groups_bundled():
+    """A phase's items over a plan's groups: every position of every group once per
+    filter block, about ``nb`` blocks of equal size, the groups smaller than a block
+    bundled (not one item each), the biggest items first; the list is kept for the same
+    groups list (a cached plan's) and rebuilt for a fresh single group."""
+    from fmtarray._kernels.conv._numba import plans
+
+    sizes = [1000, 90, 90, 90, 7, 7, 3, 3, 0, 250]
+    groups = [(np.zeros(m, np.int64),) for m in sizes]
+    vblocks = ((0, 4), (4, 6))
+    items = plans.group_items(groups, 8, vblocks)
+    assert plans.group_items(groups, 8, vblocks) is items
+    assert plans.group_items(list(groups), 8, vblocks) is not items  # another list
+    for vb in vblocks:
+        seen = {i: np.zeros(m, int) for i, m in enumerate(sizes)}
+        for item in items:
+            for i, q0, q1, va, vbb in item:
+                if (va, vbb) == vb:
+                    seen[i][q0:q1] += 1
+        assert all((s == 1).all() for s in seen.values())
+    size = -(-sum(sizes) // 8)
+    per = [sum(q1 - q0 for _, q0, q1, _, _ in it) for it in items[::len(vblocks)]]
+    assert per == sorted(per, reverse=True)
+    assert len(per) <= 8 + 2 and max(per) <= 2 * size
+    bundles = [it for it in items if len(it) > 1]
+    assert bundles and all(sum(q1 - q0 for _, q0, q1, _, _ in it) <= 2 * size for it in bundles)
+    one = [(np.zeros(100, np.int64),)]
+    got = plans.group_items(one, 4)
+    assert [(it[0][1], it[0][2]) for it in got] == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert plans.group_items([(np.zeros(100, np.int64),)], 4) is not got
+
+
+@needs_numba
+def test_bundled_border_weight_grad_has_the_same_bits_for_any_workers():
+    """The weight gradient read in place (border groups, the small ones bundled into
+    items by the number of workers): the direct-loop reference's values, and the same
+    bits with 1, 2 or 3 workers."""
+    from fmtarray._kernels.conv import tuning
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+    from kernel_calls import conv_backward
+    from test_numpy_algos import ref_conv_vjp
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 7, 6, 5, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4, 5, 1)).astype(np.float32)
+    gy = rng.standard_normal((3, 7, 6, 5, 5)).astype(np.float32)
+    kw = dict(stride=(1, 1, 1), dilation=(1, 1, 1), pad_before=(1, 1, 1),
+              pad_after=(1, 1, 1), pad_value=0.0)
+    ref = ref_conv_vjp(x, w, gy, (1, 1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1), 0.0)[1]
+    bits = set()
+    old = rt.n_workers
+    try:
+        for workers in (1, 2, 3):
+            rt.n_workers = lambda workers=workers: workers
+            with tuning(serial_macs=0, direct_in_place_ratio=0):
+                gw = conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                                   force="numba.direct", **kw)[1]
+            np.testing.assert_allclose(gw, ref, rtol=1e-4, atol=1e-4)
+            bits.add(gw.tobytes())
+    finally:
+        rt.n_workers = old
+    assert len(bits) == 1

@@ -236,6 +236,7 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
     :func:`.._numpy._runtime.parallel_into` finished when a pool thread was stuck in an
     item) and the bias."""
     from . import _simd as dk
+    from .plans import group_items
 
     cp = wts[0].shape[-1]  # whole vectors: the source and the weights hold cp ≥ C channels
     b = np.zeros(cp, dtype)
@@ -243,18 +244,13 @@ def _simd_groups(src, groups, wts, bias, y, C, dtype):
         b[:C] = bias
     sf = src.reshape(-1)
     wts = [np.ascontiguousarray(w).reshape(-1) for w in wts]
-    items = []
-    total = sum(len(g[0]) for g in groups)
-    for i, (pos, *_) in enumerate(groups):
-        n = max(1, round(dynamic_blocks() * len(pos) / max(total, 1)))
-        items += [(i, q0, q1) for q0, q1 in row_ranges(len(pos), n)]
 
-    def run(_w, it, yf):
-        pos, ypos, offs, _, _ = groups[it[0]]
-        dk.channelwise_positions(sf, pos, ypos, offs, wts[it[0]], b, cp, yf, C, it[1],
-                                 it[2])
+    def run(_w, item, yf):
+        for i, q0, q1, _, _ in item:
+            pos, ypos, offs, _, _ = groups[i]
+            dk.channelwise_positions(sf, pos, ypos, offs, wts[i], b, cp, yf, C, q0, q1)
 
-    return parallel_into(run, items, y), b[:C]
+    return parallel_into(run, group_items(groups, dynamic_blocks()), y), b[:C]
 
 
 def _simd_input_grad(gy, w, spec, dtype):

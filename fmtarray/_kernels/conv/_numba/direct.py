@@ -50,8 +50,8 @@ from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, scratch
 from .._numpy._sums import in_order, parallel_parts, parallel_sum
 from ..thresholds import current
 from .depthwise import _c_strides
-from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos, span_plan,
-                    input_grad_border_plan, input_grad_border_rows, input_grad_plans)
+from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos, group_items,
+                    input_grad_border_plan, input_grad_border_rows, input_grad_plans, span_plan)
 
 __all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
@@ -268,24 +268,20 @@ def _run_groups(src, groups, wts, bias, out, dtype, spans=None):
     sf = src.reshape(-1)
     t = current()
     wblock = t.direct_weight_block_bytes
-    total, nb = sum(len(g[0]) for g in groups), dynamic_blocks()
-    vblocks = [(0, nvec)]
+    nb = dynamic_blocks()
+    vblocks = ((0, nvec),)
     if wts[0].nbytes // G >= t.direct_filter_split_bytes and nvec > nv_max and nb > 1:
-        vblocks = [(v, min(v + nv_max, nvec)) for v in range(0, nvec, nv_max)]
+        vblocks = tuple((v, min(v + nv_max, nvec)) for v in range(0, nvec, nv_max))
         nb = -(-nb // len(vblocks))
-    items = []
-    for i, g in enumerate(groups):
-        items += [(i, q0, q1, va, vb) for q0, q1 in
-                  row_ranges(len(g[0]), max(1, round(nb * len(g[0]) / total)))
-                  for va, vb in vblocks]
+    flat = [w.reshape(-1) for w in wts]
 
-    def run(_w, it, of):
-        pos, ypos, offs, R, _ = groups[it[0]]
-        wg = wts[it[0]]
-        k.forward_positions(sf, pos, ypos, offs, R, wg.reshape(-1), bf, wg.shape[2], of, n,
-                            narrow, wblock, it[1], it[2], it[3], it[4], spans[it[0]])
+    def run(_w, item, of):
+        for i, q0, q1, va, vb in item:
+            pos, ypos, offs, R, _ = groups[i]
+            k.forward_positions(sf, pos, ypos, offs, R, flat[i], bf, wts[i].shape[2], of, n,
+                                narrow, wblock, q0, q1, va, vb, spans[i])
 
-    return parallel_into(run, items, out)
+    return parallel_into(run, group_items(groups, nb, vblocks), out)
 
 
 def _input_grad(gy, w, spec, dtype):
@@ -307,15 +303,18 @@ def _input_grad(gy, w, spec, dtype):
 
 def _transposed(w, taps, spec):
     """The weights of ``taps`` as the input gradient reads them: ``(G, T·Fg, Cg)``, by
-    the compiled blocked copy of :mod:`._copy`, its taps split over the workers."""
+    the compiled blocked copy of :mod:`._copy`, its taps split over the workers (from
+    ``4 · Tuning.copy_block`` values, as :func:`.._numpy._copies.parallel_copy`)."""
     from ._copy import transpose_taps
 
     taps = np.asarray(taps).reshape(-1, spec.d)
     flat = np.ravel_multi_index(tuple(taps.T), spec.k).astype(np.int64)
     w4 = w.reshape(spec.K, spec.Cg, spec.Fg, spec.G)
     out = np.empty((spec.G, len(flat), spec.Fg, spec.Cg), dtype=w.dtype)
+    # small weights on this thread: waking the pool costs more than the copy
+    blocks = 1 if out.size < 4 * current().copy_block else min(len(flat), dynamic_blocks())
     parallel(lambda _w, r: transpose_taps(w4, flat, out, r[0], r[1]),
-             row_ranges(len(flat), max(1, min(len(flat), dynamic_blocks()))), dynamic=True)
+             row_ranges(len(flat), max(1, blocks)), dynamic=True)
     return out.reshape(spec.G, -1, spec.Cg)
 
 
@@ -403,9 +402,10 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     cotangent ``gp``: a list of ``(G, T·R, Fp)`` sums. Split over the workers by filter
     blocks for big gradients (each worker sums disjoint filter vectors over every
     position: no partials), else the first group by a fixed number of position blocks
-    and each other group (the border groups of :func:`border_plan`) whole, each item
+    and each other group (the border groups of :func:`border_plan`) whole, each group
     summing into a buffer of its own, the first group's added in block order (the same
-    bits whatever the number of threads)."""
+    bits whatever the number of threads, and however the small groups are bundled into
+    items)."""
     k = _k()
     nv_max = k.NV_MAX
     lanes, narrow = _width(dtype, spec.Fg)
@@ -439,15 +439,35 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
         # partials too big to keep one per block: one sum per worker
         return [parallel_sum(lambda _w, q, a: run(0, q[0], q[1], a.reshape(-1)), blocks,
                              shapes[0], dtype)]
-    # the first (interior) group by position blocks, each other group whole; every item
-    # sums into a part of its own (a stuck pool thread's item is redone: parallel_parts),
-    # the first group's parts added in block order
-    items = [(0, q0, q1) for q0, q1 in blocks] + [(i, 0, len(g[0]))
-                                                   for i, g in enumerate(groups) if i]
-    parts = parallel_parts(lambda _w, it, a: run(*it, a), items,
-                           [sizes[i] for i, _, _ in items], dtype)
-    return [in_order(parts[:nb]).reshape(shapes[0])] + [
-        p.reshape(sh) for p, sh in zip(parts[nb:], shapes[1:])]
+    # the first (interior) group by position blocks, each other group whole, the small
+    # ones bundled in order into items of about a block's positions; every item sums
+    # into a part of its own (a stuck pool thread's item is redone: parallel_parts), a
+    # bundle's part its groups' parts one after the other; the first group's parts added
+    # in block order
+    size = max(1, sum(len(g[0]) for g in groups) // dynamic_blocks())
+    items, bundle, held = [((0, q0, q1),) for q0, q1 in blocks], [], 0
+    for i in range(1, len(groups)):
+        bundle.append((i, 0, len(groups[i][0])))
+        held += len(groups[i][0])
+        if held >= size or i == len(groups) - 1:
+            items.append(tuple(bundle))
+            bundle, held = [], 0
+
+    def run_item(_w, item, a):
+        at = 0
+        for i, q0, q1 in item:
+            run(i, q0, q1, a[at:at + sizes[i]])
+            at += sizes[i]
+
+    parts = parallel_parts(run_item, items, [sum(sizes[i] for i, _, _ in it) for it in items],
+                           dtype)
+    out = [in_order(parts[:nb]).reshape(shapes[0])]
+    for item, part in zip(items[nb:], parts[nb:]):
+        at = 0
+        for i, _, _ in item:
+            out.append(part[at:at + sizes[i]].reshape(shapes[i]))
+            at += sizes[i]
+    return out
 
 
 def shared_cotangent(spec, layout, gy, x, w):

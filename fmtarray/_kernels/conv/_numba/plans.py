@@ -24,7 +24,8 @@ import threading
 import numpy as np
 
 __all__ = ["PLAN_CACHE_BYTES", "forward_plan", "span_plan", "input_grad_plans", "border_plan",
-           "input_grad_border_plan", "gpos", "border_gpos", "border_rows", "input_grad_border_rows"]
+           "input_grad_border_plan", "gpos", "border_gpos", "border_rows", "input_grad_border_rows",
+           "group_items"]
 
 
 def _strides(shape):
@@ -358,3 +359,49 @@ def input_grad_border_rows(spec, channels=None):
     channel-wise: ``(K, channels)``)."""
     return _rows_of(input_grad_border_plan(spec, channels)[1],
                     spec.K if channels is not None else spec.K * spec.Fg)
+
+
+#: the item lists of :func:`group_items` kept per groups list (a cached plan hands out
+#: the same list on every call), for at most this many lists
+ITEMS_KEPT = 32
+_items_kept: dict = {}
+
+
+def group_items(groups, nb, vblocks=((0, 0),)):
+    """The items of one dynamic parallel phase over ``groups`` (each ``(pos, ...)``: a
+    plan's positions, or its border groups'), each a tuple of sub-items ``(group, q0,
+    q1, va, vb)`` — positions ``q0 .. q1-1`` of that group, for one filter block ``(va,
+    vb)`` of ``vblocks``: about ``nb`` position blocks of equal size in all (times the
+    filter blocks), the groups too small for a block of their own bundled in order into
+    blocks of about that size (a border group of a few positions costs a sub-item, not an
+    item's hand-out between the threads), the biggest first. Remembered per ``groups``
+    list while that stays alive in the cache (a training loop runs the same plans every
+    step); a single group is not remembered (its list may be made for the call)."""
+    key = (id(groups), nb, tuple(vblocks))
+    hit = _items_kept.get(key) if len(groups) > 1 else None
+    if hit is not None and hit[0] is groups:
+        return hit[1]
+    total = sum(len(g[0]) for g in groups)
+    size = max(1, -(-total // nb))  # positions per item
+    blocks, bundle, held = [], [], 0
+    for i, g in enumerate(groups):
+        m = len(g[0])
+        if m >= size:
+            step = -(-m // round(m / size))
+            blocks += [[(i, q, min(q + step, m))] for q in range(0, m, step)]
+        elif m:
+            bundle.append((i, 0, m))
+            held += m
+            if held >= size:
+                blocks.append(bundle)
+                bundle, held = [], 0
+    if bundle:
+        blocks.append(bundle)
+    blocks.sort(key=lambda b: -sum(q1 - q0 for _, q0, q1 in b))
+    items = [tuple((i, q0, q1, va, vb) for i, q0, q1 in b) for b in blocks
+             for va, vb in vblocks]
+    if len(groups) > 1:
+        if len(_items_kept) >= ITEMS_KEPT:
+            _items_kept.clear()  # (one step: a thread holding a list it got keeps it)
+        _items_kept[key] = (groups, items)
+    return items
