@@ -382,3 +382,43 @@ def test_bundled_border_weight_grad_has_the_same_bits_for_any_workers():
     finally:
         rt.n_workers = old
     assert len(bits) == 1
+
+
+@needs_numba
+@pytest.mark.parametrize("in_place", [False, True])
+def test_grouped_forward_over_chunks_of_positions(in_place):
+    """A grouped forward and input gradient whose items hold more positions than
+    ``GROUP_CHUNK`` (on the calling thread: one item) sum every group over each chunk in
+    turn: the direct-loop reference's values, and the same bits as on the pool (items of
+    fewer positions than a chunk)."""
+    from conv_reference import ref_conv
+    from fmtarray._kernels.conv import tuning
+    from fmtarray._kernels.conv._numba._simd import GROUP_CHUNK
+    from kernel_calls import conv_backward, conv_forward
+    from test_numpy_algos import ref_conv_vjp
+
+    rng = np.random.default_rng(12)
+    G, cg, fg = 3, 5, 6
+    x = rng.standard_normal((3, 17, 15, G * cg)).astype(np.float32)
+    w = rng.standard_normal((3, 2, cg, fg, G)).astype(np.float32)
+    b = rng.standard_normal(G * fg).astype(np.float32)
+    kw = dict(stride=(1, 1), dilation=(1, 1), pad_before=(1, 0), pad_after=(1, 1),
+              pad_value=0.0)
+    args = ((1, 1), (1, 1), (1, 0), (1, 1), 0.0)
+    assert 3 * 17 * 15 > 2 * GROUP_CHUNK
+    gy = rng.standard_normal((3, 17, 15, G * fg)).astype(np.float32)
+    force = {"forward": "numba.direct", "input_grad": "numba.direct_input_grad"}
+    ratio = 0 if in_place else 1 << 40
+    got = []
+    for serial in (1 << 60, 0):
+        with tuning(serial_macs=serial, direct_in_place_ratio=ratio,
+                    direct_input_grad_in_place_ratio=ratio):
+            y = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
+            gx = conv_backward(cnp, gy, x, w, needs=(True, False, False), force=force,
+                               **kw)[0]
+        got.append((np.array(y), np.array(gx)))
+    np.testing.assert_allclose(got[0][0], ref_conv(x, w, b, *args), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[0][1], ref_conv_vjp(x, w, gy, *args)[0], rtol=1e-4,
+                               atol=1e-4)
+    assert got[0][0].tobytes() == got[1][0].tobytes()
+    assert got[0][1].tobytes() == got[1][1].tobytes()
