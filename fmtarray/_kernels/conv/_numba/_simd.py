@@ -350,52 +350,44 @@ def forward_positions(xf, pos, ypos, offs, R, wf, bf, Fp, y, Fg, narrow, wblock,
     # several groups: all of them over a chunk of positions before the next chunk (their
     # channels interleave in each source value: one group at a time over all the
     # positions read the source from the L3 once per group)
-    chunk = q1 - q0 if G == 1 else GROUP_CHUNK
-    for pc in range(q0, q1, max(1, chunk)):
-        pe = min(pc + max(1, chunk), q1)
+    chunk = max(1, q1 - q0 if G == 1 else GROUP_CHUNK)
+    for pc in range(q0, q1, chunk):
+        pe = min(pc + chunk, q1)
         for g in range(G):
-            _forward_group(xf, pos, ypos, offs[g], R, wf, bf, Fp, y, Fg, narrow, wblock,
-                           pc, pe, va, vb, tl, th, kl, kh, g, T, lanes)
-
-
-@njit(**_JIT)
-def _forward_group(xf, pos, ypos, og, R, wf, bf, Fp, y, Fg, narrow, wblock, q0, q1, va, vb,
-                   tl, th, kl, kh, g, T, lanes):
-    """:func:`forward_positions` for group ``g`` (its run offsets ``og``), positions
-    ``q0 .. q1-1``."""
-    for v0 in range(va, vb, NV_MAX):
-        nv = min(NV_MAX, vb - v0)
-        f0 = v0 * lanes
-        xb = _block(nv, narrow)
-        # the reduction in blocks whose weights stay in the cache: whole runs, or
-        # pieces of one run
-        per_k = nv * lanes * xf.itemsize
-        runs = max(1, wblock // (R * per_k))
-        piece = R if R * per_k <= wblock else max(1, wblock // per_k)
-        for b0 in range(0, T, runs):
-            t0, t1 = max(b0, tl), min(T, b0 + runs, th)
-            if t0 >= t1:
-                continue
-            for c0 in range(0, R, piece):
-                k0, k1 = max(c0, kl), min(R, c0 + piece, kh)
-                if k0 >= k1:
-                    continue
-                first = 1 if t0 == tl and k0 == kl else 0
-                for p0 in range(q0, q1, xb):
-                    a = (p0, min(xb, q1 - p0), R, g * T * R * Fp + f0, g * Fg + f0,
-                         Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1, first)
-                    if narrow == 1:
-                        _fh(xf, wf, y, bf, og, pos, ypos, a)
-                    elif narrow == 2:
-                        _fq(xf, wf, y, bf, og, pos, ypos, a)
-                    elif nv == 1:
-                        _f1(xf, wf, y, bf, og, pos, ypos, a)
-                    elif nv == 2:
-                        _f2(xf, wf, y, bf, og, pos, ypos, a)
-                    elif nv == 3:
-                        _f3(xf, wf, y, bf, og, pos, ypos, a)
-                    else:
-                        _f4(xf, wf, y, bf, og, pos, ypos, a)
+            og = offs[g]
+            for v0 in range(va, vb, NV_MAX):
+                nv = min(NV_MAX, vb - v0)
+                f0 = v0 * lanes
+                xb = _block(nv, narrow)
+                # the reduction in blocks whose weights stay in the cache: whole runs, or
+                # pieces of one run
+                per_k = nv * lanes * xf.itemsize
+                runs = max(1, wblock // (R * per_k))
+                piece = R if R * per_k <= wblock else max(1, wblock // per_k)
+                for b0 in range(0, T, runs):
+                    t0, t1 = max(b0, tl), min(T, b0 + runs, th)
+                    if t0 >= t1:
+                        continue
+                    for c0 in range(0, R, piece):
+                        k0, k1 = max(c0, kl), min(R, c0 + piece, kh)
+                        if k0 >= k1:
+                            continue
+                        first = 1 if t0 == tl and k0 == kl else 0
+                        for p0 in range(pc, pe, xb):
+                            a = (p0, min(xb, pe - p0), R, g * T * R * Fp + f0, g * Fg + f0,
+                                 Fg - f0, Fp, g * Fp + f0, t0, t1, k0, k1, first)
+                            if narrow == 1:
+                                _fh(xf, wf, y, bf, og, pos, ypos, a)
+                            elif narrow == 2:
+                                _fq(xf, wf, y, bf, og, pos, ypos, a)
+                            elif nv == 1:
+                                _f1(xf, wf, y, bf, og, pos, ypos, a)
+                            elif nv == 2:
+                                _f2(xf, wf, y, bf, og, pos, ypos, a)
+                            elif nv == 3:
+                                _f3(xf, wf, y, bf, og, pos, ypos, a)
+                            else:
+                                _f4(xf, wf, y, bf, og, pos, ypos, a)
 
 
 @njit(**_JIT)
