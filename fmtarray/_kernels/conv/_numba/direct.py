@@ -50,8 +50,9 @@ from .._numpy._runtime import dynamic_blocks, parallel, parallel_into, scratch
 from .._numpy._sums import in_order, parallel_parts, parallel_sum
 from ..thresholds import current
 from .depthwise import _c_strides
-from .plans import (border_gpos, border_plan, border_rows, forward_plan, gpos, group_items,
-                    input_grad_border_plan, input_grad_border_rows, input_grad_plans, span_plan)
+from .plans import (border_gpos, border_plan, border_rows, bundles, forward_plan, gpos,
+                    group_items, input_grad_border_plan, input_grad_border_rows,
+                    input_grad_plans, span_plan)
 
 __all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
@@ -445,13 +446,8 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     # bundle's part its groups' parts one after the other; the first group's parts added
     # in block order
     size = max(1, sum(len(g[0]) for g in groups) // dynamic_blocks())
-    items, bundle, held = [((0, q0, q1),) for q0, q1 in blocks], [], 0
-    for i in range(1, len(groups)):
-        bundle.append((i, 0, len(groups[i][0])))
-        held += len(groups[i][0])
-        if held >= size or i == len(groups) - 1:
-            items.append(tuple(bundle))
-            bundle, held = [], 0
+    items = [((0, q0, q1),) for q0, q1 in blocks] + [
+        tuple(b) for b in bundles(groups, range(1, len(groups)), size)]
 
     def run_item(_w, item, a):
         at = 0

@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["PLAN_CACHE_BYTES", "forward_plan", "span_plan", "input_grad_plans", "border_plan",
            "input_grad_border_plan", "gpos", "border_gpos", "border_rows", "input_grad_border_rows",
-           "group_items"]
+           "bundles", "group_items"]
 
 
 def _strides(shape):
@@ -367,6 +367,23 @@ ITEMS_KEPT = 32
 _items_kept: dict = {}
 
 
+def bundles(groups, which, size):
+    """The groups ``which`` (indices into ``groups``, each ``(pos, ...)``), whole, in
+    order, as bundles of sub-items ``(group, 0, positions)`` closed once they hold
+    ``size`` positions (the last may hold fewer)."""
+    out, bundle, held = [], [], 0
+    for i in which:
+        m = len(groups[i][0])
+        bundle.append((i, 0, m))
+        held += m
+        if held >= size:
+            out.append(bundle)
+            bundle, held = [], 0
+    if bundle:
+        out.append(bundle)
+    return out
+
+
 def group_items(groups, nb, vblocks=((0, 0),)):
     """The items of one dynamic parallel phase over ``groups`` (each ``(pos, ...)``: a
     plan's positions, or its border groups'), each a tuple of sub-items ``(group, q0,
@@ -383,20 +400,14 @@ def group_items(groups, nb, vblocks=((0, 0),)):
         return hit[1]
     total = sum(len(g[0]) for g in groups)
     size = max(1, -(-total // nb))  # positions per item
-    blocks, bundle, held = [], [], 0
+    blocks = []
     for i, g in enumerate(groups):
         m = len(g[0])
         if m >= size:
             step = -(-m // round(m / size))
             blocks += [[(i, q, min(q + step, m))] for q in range(0, m, step)]
-        elif m:
-            bundle.append((i, 0, m))
-            held += m
-            if held >= size:
-                blocks.append(bundle)
-                bundle, held = [], 0
-    if bundle:
-        blocks.append(bundle)
+    blocks += bundles(groups, [i for i, g in enumerate(groups) if 0 < len(g[0]) < size],
+                      size)
     blocks.sort(key=lambda b: -sum(q1 - q0 for _, q0, q1 in b))
     items = [tuple((i, q0, q1, va, vb) for i, q0, q1 in b) for b in blocks
              for va, vb in vblocks]
