@@ -110,3 +110,42 @@ def test_grad_step_leaves_no_cyclic_garbage():
     assert garbage == 0
     assert gp["w"].shape == (3, 3, 3, 4) and gp["b"][0].shape == (4,)
     assert gx.format == "SSCB" and float(fa.sum(gx * gx).data) > 0
+
+
+def test_recorded_vjps_keep_only_the_arrays_they_read():
+    """The tape keeps what each VJP reads, as torch autograd saves tensors: a sum keeps
+    nothing of its input, a product with an untraced factor keeps that factor only, a sum
+    of arrays keeps neither, relu keeps its output, not its input. So ``sum(conv(x) * g)``
+    frees the conv output and the product when the forward is done with them, instead of
+    holding both until the backward pass (two more arrays of the output's size)."""
+    import weakref
+
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((4, 3, 2))
+    x0 = rng.standard_normal((4, 3, 2))
+    dropped, kept = [], []
+
+    def f(x):
+        y = x + 1.0  # add: reads nothing
+        h = fa.relu(y * 3.0)  # multiply by a scalar: reads the scalar; relu: its output
+        q = h + y
+        p = q * g  # g untraced: the product keeps g, not q
+        s = fa.sum(p)  # reads nothing of p
+        dropped.extend(weakref.ref(a.data) for a in (y, q, p))
+        kept.append(weakref.ref(h.data))
+        del y, h, q, p
+        assert [r() is None for r in dropped] == [True] * 3
+        assert kept[0]() is not None  # relu's VJP reads it
+        return s
+
+    val, gx = fa.value_and_grad(f)(FormattedArray(x0, "SCB"))
+    y = x0 + 1.0
+    np.testing.assert_allclose(float(val.data), np.sum((np.maximum(3 * y, 0) + y) * g), rtol=1e-12)
+    np.testing.assert_allclose(gx.data, g * (3.0 * (y > 0) + 1.0), rtol=1e-12)
+
+    # both factors traced: each keeps the other, and the gradients are the other factor
+    a0, b0 = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    ga, gb = fa.grad(lambda a, b: fa.sum(a * b), argnums=(0, 1))(
+        FormattedArray(a0, "CB"), FormattedArray(b0, "CB"))
+    np.testing.assert_array_equal(ga.data, b0)
+    np.testing.assert_array_equal(gb.data, a0)

@@ -44,6 +44,11 @@ def _parts(v):
     )
 
 
+def _shape(a):
+    """``a``'s shape (``None`` for a Python scalar)."""
+    return tuple(a.shape) if hasattr(a, "shape") else None
+
+
 def _sum_to(xp, g, shape, final_shape=None):
     """Sum ``g`` down to ``shape`` (NumPy broadcasting in reverse), then reshape
     to ``final_shape`` (the operand's own shape, when it was aligned by label)."""
@@ -127,9 +132,14 @@ def _scalar_as_array(xp, s, like):
     return xp.asarray(s, dtype=dt, device=_backend.device(like))
 
 
-def _binary(name, fn, vjp=None, *, scalar_ok=True):
-    """Make a label-broadcasting binary op. ``vjp(xp, g, a, b, out) -> (ga, gb)``
-    in the aligned layout (before summing back over broadcast dims)."""
+def _binary(name, fn, vjp=None, *, scalar_ok=True, reads=("aby", "aby")):
+    """Make a label-broadcasting binary op. ``vjp(xp, g, a, b, out, needs) -> (ga, gb)``
+    in the aligned layout (before summing back over broadcast dims). ``reads``: which
+    of ``a``, ``b`` and the output ``y`` the VJP reads for ``ga`` and for ``gb``; the
+    recorded VJP keeps only those of the traced operands' gradients (``None`` in place
+    of the others), as torch autograd saves only what each backward formula reads: the
+    product ``y * g`` with ``g`` untraced keeps ``g``, not ``y``, so a training step's
+    intermediate arrays are freed as soon as the forward is done with them."""
 
     def op(a, b):
         da, fa, A = _parts(a)
@@ -145,11 +155,15 @@ def _binary(name, fn, vjp=None, *, scalar_ok=True):
             y = fn(xp, a_al, b_al)
         out = FormattedArray._wrap(y, out_fmt)
         if vjp is not None and _tape.traced(A, B):
+            read = (reads[0] if _tape.traced(A) else "") + (reads[1] if _tape.traced(B) else "")
+            ka, kb, ky = (a_al if "a" in read else None, b_al if "b" in read else None,
+                          y if "y" in read else None)
+            shapes = (_shape(a_al), _shape(da), _shape(b_al), _shape(db))
 
             def back(g, needs):
-                ga, gb = vjp(xp, g, a_al, b_al, y, needs)
-                ra = _sum_to(xp, ga, a_al.shape, da.shape) if needs[0] else None
-                rb = _sum_to(xp, gb, b_al.shape, db.shape) if needs[1] else None
+                ga, gb = vjp(xp, g, ka, kb, ky, needs)
+                ra = _sum_to(xp, ga, shapes[0], shapes[1]) if needs[0] else None
+                rb = _sum_to(xp, gb, shapes[2], shapes[3]) if needs[1] else None
                 return ra, rb
 
             _tape.record(out, (A, B), back, name)
@@ -165,17 +179,20 @@ def _binary(name, fn, vjp=None, *, scalar_ok=True):
     return op
 
 
-add = _binary("add", lambda xp, a, b: a + b, lambda xp, g, a, b, y, n: (g, g))
-subtract = _binary("subtract", lambda xp, a, b: a - b, lambda xp, g, a, b, y, n: (g, -g if n[1] else None))
+add = _binary("add", lambda xp, a, b: a + b, lambda xp, g, a, b, y, n: (g, g), reads=("", ""))
+subtract = _binary("subtract", lambda xp, a, b: a - b,
+                   lambda xp, g, a, b, y, n: (g, -g if n[1] else None), reads=("", ""))
 multiply = _binary(
     "multiply",
     lambda xp, a, b: a * b,
     lambda xp, g, a, b, y, n: (g * b if n[0] else None, g * a if n[1] else None),
+    reads=("b", "a"),
 )
 divide = _binary(
     "divide",
     lambda xp, a, b: a / b,
     lambda xp, g, a, b, y, n: (g / b if n[0] else None, -g * (y / b) if n[1] else None),
+    reads=("b", "by"),
 )
 
 
@@ -201,7 +218,7 @@ def _pow_vjp(xp, g, a, b, y, n):
     return ga, gb
 
 
-pow = _binary("pow", lambda xp, a, b: a ** b, _pow_vjp)
+pow = _binary("pow", lambda xp, a, b: a ** b, _pow_vjp, reads=("ab", "aby"))
 less = _binary("less", lambda xp, a, b: a < b)
 less_equal = _binary("less_equal", lambda xp, a, b: a <= b)
 greater = _binary("greater", lambda xp, a, b: a > b)
@@ -220,7 +237,7 @@ maximum = _binary(
         _k.zero_where(xp, a < b, g) if n[0] else None,
         _k.zero_where(xp, a >= b, g) if n[1] else None,
     ),
-    scalar_ok=False,
+    scalar_ok=False, reads=("ab", "ab"),
 )
 minimum = _binary(
     "minimum",
@@ -229,7 +246,7 @@ minimum = _binary(
         _k.zero_where(xp, a > b, g) if n[0] else None,
         _k.zero_where(xp, a <= b, g) if n[1] else None,
     ),
-    scalar_ok=False,
+    scalar_ok=False, reads=("ab", "ab"),
 )
 
 
@@ -240,7 +257,11 @@ def _is_float(xp, dtype) -> bool:
     return _backend.isdtype(xp, dtype, ("real floating", "complex floating"))
 
 
-def _unary(name, fn, vjp, *, float_only=True):
+def _unary(name, fn, vjp, *, float_only=True, reads="xy"):
+    """Make an elementwise op keeping the format; ``vjp(xp, g, x, y)``. ``reads``: which
+    of the input ``x`` and the output ``y`` the VJP reads (the recorded VJP keeps only
+    those, ``None`` in place of the other: see :func:`_binary`)."""
+
     def op(x):
         if not isinstance(x, FormattedArray):
             x = FormattedArray(x) if not _is_scalar(x) else x
@@ -256,7 +277,8 @@ def _unary(name, fn, vjp, *, float_only=True):
         y = fn(xp, xd)
         out = FormattedArray._wrap(y, x._fmt)
         if x._node is not None:
-            _tape.record(out, (x,), lambda g, needs: (vjp(xp, g, xd, y),), name)
+            kx, ky = (xd if "x" in reads else None), (y if "y" in reads else None)
+            _tape.record(out, (x,), lambda g, needs: (vjp(xp, g, kx, ky),), name)
         return out
 
     op.__name__ = name
@@ -265,23 +287,26 @@ def _unary(name, fn, vjp, *, float_only=True):
     return op
 
 
-negative = _unary("negative", lambda xp, x: -x, lambda xp, g, x, y: -g, float_only=False)
+negative = _unary("negative", lambda xp, x: -x, lambda xp, g, x, y: -g, float_only=False,
+                  reads="")
 # abs: torch's sign(NaN) is 0, so the gradient at a NaN input is 0 · g
 abs = _unary(
     "abs", lambda xp, x: xp.abs(x),
     lambda xp, g, x, y: g * _k.zero_where(xp, xp.isnan(x), xp.sign(x)), float_only=False,
+    reads="x",
 )
-exp = _unary("exp", lambda xp, x: xp.exp(x), lambda xp, g, x, y: g * y)
-log = _unary("log", lambda xp, x: xp.log(x), lambda xp, g, x, y: g / x)
-sqrt = _unary("sqrt", lambda xp, x: xp.sqrt(x), lambda xp, g, x, y: g / (2 * y))
-square = _unary("square", lambda xp, x: x * x, lambda xp, g, x, y: 2 * g * x, float_only=False)
-tanh = _unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, g, x, y: g * (1 - y * y))
-sigmoid = _unary("sigmoid", _k.sigmoid, lambda xp, g, x, y: _k.sigmoid_vjp(xp, g, y))
-sin = _unary("sin", lambda xp, x: xp.sin(x), lambda xp, g, x, y: g * xp.cos(x))
-cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x))
+exp = _unary("exp", lambda xp, x: xp.exp(x), lambda xp, g, x, y: g * y, reads="y")
+log = _unary("log", lambda xp, x: xp.log(x), lambda xp, g, x, y: g / x, reads="x")
+sqrt = _unary("sqrt", lambda xp, x: xp.sqrt(x), lambda xp, g, x, y: g / (2 * y), reads="y")
+square = _unary("square", lambda xp, x: x * x, lambda xp, g, x, y: 2 * g * x, float_only=False,
+                reads="x")
+tanh = _unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, g, x, y: g * (1 - y * y), reads="y")
+sigmoid = _unary("sigmoid", _k.sigmoid, lambda xp, g, x, y: _k.sigmoid_vjp(xp, g, y), reads="y")
+sin = _unary("sin", lambda xp, x: xp.sin(x), lambda xp, g, x, y: g * xp.cos(x), reads="x")
+cos = _unary("cos", lambda xp, x: xp.cos(x), lambda xp, g, x, y: -g * xp.sin(x), reads="x")
 # relu: the library's own relu / maximum (NaN in, NaN out); the VJP reads only the
 # output and is torch's threshold_backward: 0 where y <= 0, else g (NaN y included)
-relu = _unary("relu", _k.relu, lambda xp, g, x, y: _k.relu_vjp(xp, g, y))
+relu = _unary("relu", _k.relu, lambda xp, g, x, y: _k.relu_vjp(xp, g, y), reads="y")
 
 
 def leaky_relu(x, scale=0.01):

@@ -50,7 +50,13 @@ def _as_fa(x):
     return x if isinstance(x, FormattedArray) else FormattedArray(x)
 
 
-def _reducer(name, fwd, vjp, doc):
+def _reducer(name, fwd, vjp, doc, reads="xy"):
+    """A reduction by labels; ``vjp(xp, g, x, y, axes, keepdims, shape, **kw)``.
+    ``reads``: which of the input ``x`` and the result ``y`` the VJP reads; the recorded
+    VJP keeps only those (``None`` in place of the other; on Dask ``x`` is kept for its
+    chunks, a graph, not values), so that ``sum(a * b)`` does not hold on to ``a * b``
+    until the backward pass: a sum's cotangent needs only the shape."""
+
     def op(x, dims=None, *, keepdims=False, **kw):
         x = _as_fa(x)
         xd = x._data
@@ -60,10 +66,12 @@ def _reducer(name, fwd, vjp, doc):
         out = _result(x, y, axes, keepdims)
         if x._node is not None:
             shape = tuple(xd.shape)
+            kx = xd if "x" in reads or _backend.is_dask(xp) else None
+            ky = y if "y" in reads else None
 
             def back(g, needs):
                 gk = _expand(xp, g, shape, axes, keepdims)
-                return (vjp(xp, gk, xd, y, axes, keepdims, shape, **kw),)
+                return (vjp(xp, gk, kx, ky, axes, keepdims, shape, **kw),)
 
             _tape.record(out, (x,), back, name)
         return out
@@ -81,12 +89,12 @@ def _count(shape, axes):
     return n
 
 
-def _bt(xp, g, x):
-    """``g`` broadcast to ``x``'s shape; on Dask, in ``x``'s chunks (a scalar cotangent
-    broadcast as Dask does by default would be one chunk of ``x``'s whole shape, then
-    rechunked: materialised and copied, where NumPy's is a free view)."""
+def _bt(xp, g, x, shape):
+    """``g`` broadcast to ``shape`` (the input's); on Dask, in the input ``x``'s chunks (a
+    scalar cotangent broadcast as Dask does by default would be one chunk of the whole
+    shape, then rechunked: materialised and copied, where NumPy's is a free view)."""
     if not _backend.is_dask(xp):
-        return xp.broadcast_to(g, tuple(x.shape))
+        return xp.broadcast_to(g, shape)
     import dask.array as da
 
     g = da.asarray(g)
@@ -99,14 +107,16 @@ def _bt(xp, g, x):
 sum = _reducer(
     "sum",
     lambda xp, x, ax, kd: xp.sum(x, axis=ax, keepdims=kd),
-    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, x),
+    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, x, shape),
     "Sum over the dims with the given labels (``\"S\"`` = every S dim); all dims when ``dims`` is None or ``\"all\"``.",
+    reads="",
 )
 mean = _reducer(
     "mean",
     lambda xp, x, ax, kd: xp.mean(x, axis=ax, keepdims=kd),
-    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g / _count(shape, ax), x),
+    lambda xp, g, x, y, ax, kd, shape: _bt(xp, g / _count(shape, ax), x, shape),
     "Mean over the dims with the given labels.",
+    reads="",
 )
 
 
@@ -147,6 +157,7 @@ var = _reducer(
     lambda xp, x, ax, kd, correction=0: xp.var(x, axis=ax, keepdims=kd, correction=correction),
     _var_vjp,
     "Variance over the dims with the given labels; ``correction=1`` for the unbiased estimate.",
+    reads="x",
 )
 std = _reducer(
     "std",
