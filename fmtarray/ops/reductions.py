@@ -7,6 +7,7 @@ the result is an unformatted scalar unless ``keepdims=True``)."""
 from __future__ import annotations
 
 from .. import _backend, _format, _tape
+from .._kernels import total as _total
 from ..array import FormattedArray
 
 __all__ = ["sum", "mean", "max", "min", "var", "std"]
@@ -104,16 +105,26 @@ def _bt(xp, g, x, shape):
     return da.broadcast_to(g, tuple(x.shape), chunks=x.chunks)
 
 
+def _whole(xp, x, ax, kd, compiled, fallback):
+    """A sum or mean over every dim of a NumPy float array by the compiled kernel of
+    :mod:`.._kernels.total` where it runs, else ``fallback`` (the library's own)."""
+    if len(ax) == x.ndim and _backend.is_numpy(xp):
+        r = compiled(x)
+        if r is not None:
+            return xp.reshape(xp.asarray(r), (1,) * x.ndim) if kd else r
+    return fallback(x, axis=ax, keepdims=kd)
+
+
 sum = _reducer(
     "sum",
-    lambda xp, x, ax, kd: xp.sum(x, axis=ax, keepdims=kd),
+    lambda xp, x, ax, kd: _whole(xp, x, ax, kd, _total.compiled_total, xp.sum),
     lambda xp, g, x, y, ax, kd, shape: _bt(xp, g, x, shape),
     "Sum over the dims with the given labels (``\"S\"`` = every S dim); all dims when ``dims`` is None or ``\"all\"``.",
     reads="",
 )
 mean = _reducer(
     "mean",
-    lambda xp, x, ax, kd: xp.mean(x, axis=ax, keepdims=kd),
+    lambda xp, x, ax, kd: _whole(xp, x, ax, kd, _total.compiled_mean, xp.mean),
     lambda xp, g, x, y, ax, kd, shape: _bt(xp, g / _count(shape, ax), x, shape),
     "Mean over the dims with the given labels.",
     reads="",
