@@ -339,8 +339,10 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
     """One filter per channel, channels-last input with whole vectors of channels and zero
     padding: the forward and the weight gradient read the input where it lies (output
     positions grouped by their taps inside the input) and the input gradient the
-    cotangent, the reference's values; a ±inf
-    weight or cotangent keeps the padded copy's NaN pattern (0 · inf at padded taps)."""
+    cotangent, the reference's values; both gradients in one pass (the input gradient's
+    plan) unless a window lies wholly in the padding, the input gradient with the bits of
+    the input gradient alone; a ±inf weight or cotangent keeps the padded copy's NaN
+    pattern (0 · inf at padded taps)."""
     from fmtarray._kernels.conv._numba import _simd
     from fmtarray._kernels.conv._numba import depthwise as dw
 
@@ -351,6 +353,9 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
                     (plans, "input_grad_border_plan")):
         orig = getattr(mod, fn)
         monkeypatch.setattr(mod, fn, lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
+    both = dw._simd_gradients
+    monkeypatch.setattr(dw, "_simd_gradients", lambda *a: calls.append(
+        "_simd_gradients") or (lambda r: calls.append("one pass" if r else "none") or r)(both(*a)))
     c = 2 * _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, *(5, 6, 4)[:d], c)).astype(dtype)
@@ -367,16 +372,30 @@ def test_depthwise_reads_channels_last_input_in_place(monkeypatch, dtype, d, str
     refs = ref_conv_vjp(x, w, gy, *args)
     assert rel_err(gx, refs[0]) <= TOL[dtype] and rel_err(gw, refs[1]) <= TOL[dtype]
     seq = [c for i, c in enumerate(calls) if not i or calls[i - 1] != c]  # (the plan's
-    assert seq == ["_border_forward", "input_grad_border_plan", "_border_weight_grad"]  # rows)
+    wholly_in_padding = len(plans.border_plan(spec, c)[1]) > 0           # rows)
+    assert seq == (["_border_forward", "_simd_gradients", "none", "input_grad_border_plan",
+                    "_border_weight_grad"] if wholly_in_padding else
+                   ["_border_forward", "_simd_gradients", "input_grad_border_plan", "one pass"])
+    gx1 = conv_backward(cnp, gy, x, w, needs=(True, False, False), force="numba.depthwise",
+                        **kw)[0]
+    assert gx.tobytes() == gx1.tobytes()
     if not any(pb + pa):
         return
-    w[(0,) * d + (0, 0, 1)] = np.inf
-    gy[(0,) * (d + 1) + (2,)] = -np.inf
+    w2 = w.copy()
+    w2[(0,) * d + (0, 0, 1)] = np.inf
+    gy2 = gy.copy()
+    gy2[(0,) * (d + 1) + (2,)] = -np.inf
     with np.errstate(invalid="ignore", over="ignore"):
-        refs = (ref_conv(x, w, None, *args), ref_conv_vjp(x, w, gy, *args)[1])
-        got = (conv_forward(cnp, x, w, None, force="numba.depthwise", **kw),
-               conv_backward(cnp, gy, x, w, needs=(False, True, False),
-                             force="numba.depthwise", **kw)[1])
+        refs = (ref_conv(x, w2, None, *args), ref_conv_vjp(x, w2, gy, *args)[1],
+                ref_conv_vjp(x, w, gy2, *args)[1])
+        gx2, gw2 = conv_backward(cnp, gy2, x, w, needs=(True, True, False),
+                                 force="numba.depthwise", **kw)[:2]  # (one pass, then the
+        got = (conv_forward(cnp, x, w2, None, force="numba.depthwise", **kw),  # weight
+               conv_backward(cnp, gy, x, w2, needs=(False, True, False),   # gradient again)
+                             force="numba.depthwise", **kw)[1], gw2)
+        # (the reference's input gradient is exact for finite cotangents only)
+        assert gx2.tobytes() == conv_backward(cnp, gy2, x, w, needs=(True, False, False),
+                                              force="numba.depthwise", **kw)[0].tobytes()
     for g, r in zip(got, refs):
         np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
         np.testing.assert_array_equal(np.isinf(g), np.isinf(r))

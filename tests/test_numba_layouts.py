@@ -422,3 +422,42 @@ def test_grouped_forward_over_chunks_of_positions(in_place):
                                atol=1e-4)
     assert got[0][0].tobytes() == got[1][0].tobytes()
     assert got[0][1].tobytes() == got[1][1].tobytes()
+
+
+@needs_numba
+def test_depthwise_gradients_in_one_pass_have_the_same_bits_for_any_workers():
+    """Both channel-wise gradients in one pass over the cotangent (blocks of the interior
+    group, the border groups bundled, every block's weight-gradient part added in block
+    order): the direct-loop reference's values, the input gradient with the bits of the
+    input gradient alone, and the same bits with 1, 2 or 3 workers."""
+    from fmtarray._kernels.conv import tuning
+    from fmtarray._kernels.conv._numba import depthwise as dw
+    from fmtarray._kernels.conv._numpy import _runtime as rt
+    from kernel_calls import conv_backward
+    from test_numpy_algos import ref_conv_vjp
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 23, 19, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, 1, 32)).astype(np.float32)
+    gy = rng.standard_normal((3, 23, 19, 32)).astype(np.float32)
+    kw = dict(stride=(1, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
+              pad_value=0.0)
+    rx, rw = ref_conv_vjp(x, w, gy, (1, 1), (1, 1), (1, 1), (1, 1), 0.0)[:2]
+    used, bits = [], set()
+    orig, old = dw._simd_gradients, rt.n_workers
+    dw._simd_gradients = lambda *a: (lambda r: used.append(r is not None) or r)(orig(*a))
+    try:
+        for workers in (1, 2, 3):
+            rt.n_workers = lambda workers=workers: workers
+            with tuning(serial_macs=0):
+                gx, gw = conv_backward(cnp, gy, x, w, needs=(True, True, False),
+                                       force="numba.depthwise", **kw)[:2]
+                gx1 = conv_backward(cnp, gy, x, w, needs=(True, False, False),
+                                    force="numba.depthwise", **kw)[0]
+            np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(gw, rw, rtol=1e-4, atol=1e-4)
+            assert gx.tobytes() == gx1.tobytes()
+            bits.add(gx.tobytes() + gw.tobytes())
+    finally:
+        rt.n_workers, dw._simd_gradients = old, orig
+    assert used == [True] * 3 and len(bits) == 1

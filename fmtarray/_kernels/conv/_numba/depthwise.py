@@ -130,6 +130,10 @@ def backward(gy, x, w, spec, needs, dtype):
         from .direct import packed
 
         gy = packed(gy, 1, spec.C, dtype).reshape(gy.shape)
+    if all(needs) and spec.Fg == 1:
+        both = _simd_gradients(gy, x, w, spec, dtype)
+        if both is not None:
+            return both
     if needs[0]:  # the SIMD pass zero-pads the cotangent: not with ±inf/NaN weights
         if spec.Fg == 1 and all_finite(w):
             gx = _simd_input_grad(gy, w, spec, dtype)
@@ -281,6 +285,85 @@ def _simd_input_grad(gy, w, spec, dtype):
             gx = _simd_groups(gp, [(pos, ypos, offs[0], 1, None)], [wk[tuple(taps.T)]], None,
                               gx, spec.C, dtype)[0]
     return gx if spec.constant_padding else unpad(gx, spec)
+
+
+#: positions per block of the interior group in :func:`_simd_gradients` (at most
+#: :data:`GRADIENT_BLOCKS` blocks): items as fine as a dynamic phase's, since a pool
+#: thread held up in an item (another library's threads spinning on its core) holds up
+#: the phase, and each block's weight-gradient part is small (taps × channels)
+GRADIENT_BLOCK_POSITIONS = 1024
+GRADIENT_BLOCKS = 32
+
+
+def _gradient_blocks(n, spec):
+    """The interior group's blocks of positions in :func:`_simd_gradients`, fixed by the
+    problem alone (their parts are added in block order); one below
+    ``Tuning.serial_macs`` (run on the calling thread), as :func:`sum_blocks`."""
+    if len(sum_blocks(n, spec)) == 1:
+        return [(0, n)]
+    return row_ranges(n, max(4, min(GRADIENT_BLOCKS, n // GRADIENT_BLOCK_POSITIONS)))
+
+
+def _simd_gradients(gy, x, w, spec, dtype):
+    """Both gradients in one pass over the cotangent (:func:`._simd.
+    channelwise_gradients_positions`), the input gradient's plan of targets grouped by
+    the taps that read inside the cotangent (:func:`.plans.input_grad_border_plan`), each
+    target's input value read next to its cotangent values for the weight gradient;
+    ``None`` unless both read their data in place (whole vectors of channels, channels-last
+    C-contiguous ``x`` and ``gy`` in the result dtype, zero padding, finite weights, no
+    output window wholly in the padding). Each item sums its groups' weight gradients into
+    parts of its own, the first group's blocks (:func:`_gradient_blocks`) added in block
+    order, then every group's rows into the taps' (the same bits whatever
+    the number of threads); a weight gradient that is not finite is formed again by
+    :func:`_simd_weight_grad` (a non-finite cotangent may have met the padding, unseen
+    here: ``0 · ±inf``). The input gradient has the bits of :func:`_simd_input_grad`'s."""
+    from . import _simd as dk
+    from .._numpy._sums import in_order
+    from .direct import WGRAD_TILE_POSITIONS, group_weights, summed_rows
+    from .plans import border_plan, bundles, input_grad_border_plan, input_grad_border_rows
+
+    cp = _simd_channels(spec, dtype)
+    gy, x = np.asarray(gy), np.asarray(x)
+    if not (cp == spec.C and gy.dtype == dtype and gy.flags.c_contiguous
+            and _in_place(x, None, spec, dtype, cp) and all_finite(w)
+            and not len(border_plan(spec, spec.C)[1])):
+        return None
+    tshape, groups, zero = input_grad_border_plan(spec, cp)
+    if tuple(tshape) != x.shape:
+        return None
+    rows = input_grad_border_rows(spec, cp)
+    wts = [np.ascontiguousarray(a).reshape(-1)
+           for a in group_weights(_simd_weights(w, dtype, cp), rows, 0)]
+    psize = [g[2].shape[0] * cp for g in groups]
+    blocks = _gradient_blocks(len(groups[0][0]), spec)
+    size = max(1, sum(len(g[0]) for g in groups) // dynamic_blocks())
+    at, items = x.size, []  # the input gradient first, then each item's parts
+    for it in [[(0, q0, q1)] for q0, q1 in blocks] + bundles(groups, range(1, len(groups)), size):
+        items.append([(i, q0, q1, at + sum(psize[j] for j, _, _ in it[:k]))
+                      for k, (i, q0, q1) in enumerate(it)])
+        at += sum(psize[i] for i, _, _ in it)
+    gyf, xf = gy.reshape(-1), x.reshape(-1)
+
+    def run(_w, item, flat):
+        flat[item[0][3]:item[-1][3] + psize[item[-1][0]]] = 0
+        for i, q0, q1, a in item:
+            pos, ypos, offs, _, _ = groups[i]
+            dk.channelwise_gradients_positions(gyf, pos, ypos, offs, wts[i], cp, flat, xf,
+                                               flat[a:], WGRAD_TILE_POSITIONS, q0, q1)
+
+    flat = parallel_into(run, items, np.empty(at, dtype=dtype))
+    gx = flat[:x.size].reshape(x.shape)
+    if len(zero):
+        gx.reshape(-1, spec.C)[zero // spec.C] = 0
+    parts = {}
+    for item in items:
+        for i, _, _, a in item:
+            parts.setdefault(i, []).append(flat[a:a + psize[i]].reshape(-1, cp))
+    acc = summed_rows([in_order(parts[0])] + [parts[i][0] for i in range(1, len(groups))],
+                      rows, math.prod(spec.k), 0)
+    if all_finite(acc):
+        return gx, acc.reshape(*spec.k, 1, 1, spec.C)
+    return gx, _simd_weight_grad(gy, x, spec, dtype)
 
 
 def _simd_weight_grad(gy, x, spec, dtype):
