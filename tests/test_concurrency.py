@@ -43,6 +43,13 @@ CASES = {
                         {}),
     "numba.direct": ("cl", 3, (7, 6), 3, 4, 2, (3, 2), dict(stride=(2, 1), pad_before=1), {}),
     "numba.direct_input_grad": ("bi", 3, (7, 6), 8, 4, 2, (3, 2), dict(stride=(2, 1)), {}),
+    # several tile chunks (V of 3 tiles), transformed filters per item
+    "numba.winograd": ("cl", 3, (7, 6), 5, 70, 1, (3, 3), dict(pad_before=1, pad_after=1),
+                       dict(numba_winograd_min_cf=0, numba_winograd_max_v_bytes=960,
+                            numba_winograd_u_bytes=0)),
+    "numba.winograd_input_grad": ("bi", 3, (7, 6), 5, 70, 1, (3, 3), dict(pad_before=1),
+                                  dict(numba_winograd_min_cf=0,
+                                       numba_winograd_max_v_bytes=4480)),
     "numpy.flat_shift": ("bi", 3, (6, 7), 3, 4, 1, (3, 3), dict(pad_before=1, pad_after=1),
                          dict(flat_channels=(1, 32), flat_min_n=2, flat_min_row=1,
                               workspace_bytes=20000)),

@@ -73,6 +73,14 @@ class Tuning:
     #: channels × filters (above, the Winograd entries serve; measured NHWC forward:
     #: 128×128 a tie, 256×256 Winograd 1.3× faster)
     direct_max_cf: int = 32768
+    #: numba.winograd (channels-last Winograd forward): the fewest channels × filters;
+    #: the most bytes of transformed input ``V`` (16 · tiles · C values) built at once
+    #: (more tiles: in chunks of this size, one after the other); transformed filters
+    #: ``U`` (16 · C · F values) of at most this many bytes are formed once per call
+    #: (more: each item forms its block's, never the whole ``U``)
+    numba_winograd_min_cf: int = 2304
+    numba_winograd_max_v_bytes: int = 8 * 2**20
+    numba_winograd_u_bytes: int = 4 * 2**20
     #: numba.direct on data not stored channels innermost (e.g. canonical, copied
     #: channels-last): the most channels × filters per group, and for the input gradient
     #: the fewest channels per group (measured float32 2026-12-06: 16→16, 16→32, 48→48

@@ -33,7 +33,7 @@ from .._numpy import ALL, _backward, _exact_near_non_finite_weights, _forward, _
 from .._numpy import _copies
 from .._numpy._common import data_dtypes_match, switched_off
 from .._numpy.gemm import input_grad_col2im
-from . import depthwise, direct
+from . import depthwise, direct, winograd
 
 __all__ = ["unavailable"]
 
@@ -101,6 +101,21 @@ _entry("depthwise", ALL, depthwise.applies,
        "(1 or 2 convolved dims, input and cotangent channels-innermost C-contiguous, "
        "constant padding not materialised)",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
+_entry("winograd", ("forward",), winograd.applies,
+       "3×3, stride 1, undilated, one group, two convolved dims, constant padding, input "
+       "channels-innermost C-contiguous in the result's dtype: Winograd F(2×2, 3×3) with "
+       "compiled transforms and the SIMD tiles' products (2.25× fewer multiply-adds), from "
+       "numba_winograd_min_cf channels × filters, the tiles in chunks of "
+       "numba_winograd_max_v_bytes of transformed input; a non-finite result is formed "
+       "again by numba.direct",
+       forward=winograd.forward, accepts=winograd.accepts)
+_entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
+       "numba.winograd's domain (any layout): the input gradient as that "
+       "forward of the cotangent (copied channels-last C-contiguous unless it is) with the "
+       "filters turned and transposed; a non-finite result is formed again by "
+       "numba.direct_input_grad",
+       backward=winograd.input_grad, accepts=data_dtypes_match,
+       cotangent=direct.shared_cotangent)
 _entry("direct", ("forward", "weight_grad"), direct.applies,
        "dense or grouped (more than one channel per group), any convolved dims, any "
        "stride, dilation and padding: register-blocked SIMD sums over contiguous window "
@@ -112,10 +127,12 @@ _entry("direct", ("forward", "weight_grad"), direct.applies,
        "direct_max_cf",
        forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match,
        cotangent=direct.shared_cotangent)
+_DIRECT_INPUT_GRAD = _exact_near_non_finite_weights(direct.input_grad, input_grad_col2im)
+winograd.EXACT_INPUT_GRAD.append(_DIRECT_INPUT_GRAD)
 _entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,
        "numba.direct's domain, the input gradient by stride phase (no zeros inserted, no "
        "scatter); on input not stored channels innermost only from direct_copy_min_cg "
        "channels per group; with C·F > direct_max_cf only from "
        "direct_input_grad_min_positions output positions",
-       backward=_exact_near_non_finite_weights(direct.input_grad, input_grad_col2im),
-       accepts=data_dtypes_match, cotangent=direct.shared_cotangent)
+       backward=_DIRECT_INPUT_GRAD, accepts=data_dtypes_match,
+       cotangent=direct.shared_cotangent)

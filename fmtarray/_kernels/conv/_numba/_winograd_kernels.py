@@ -1,0 +1,178 @@
+"""The compiled transforms of :mod:`.winograd` (Winograd F(2×2, 3×3) on channels-last
+data): plain Numba loops whose innermost loop runs over contiguous channels or filters,
+which LLVM vectorises.
+
+Notation of :mod:`.._numpy.winograd`: ``V = Bᵀ d B`` (a 4×4 input tile ``d``), ``U = G
+g Gᵀ`` (a 3×3 filter ``g``), ``Y = Aᵀ M A`` (the 4×4 products ``M``, summed over the
+channels, to a 2×2 output block), with
+
+    Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G  = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]
+    Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+Tile ``t`` is ``(n, i, j)`` in ``(N, th, tw)`` order; undilated, its input tile is rows
+``2i .. 2i+3`` and columns ``2j .. 2j+3`` of the padded input, its outputs rows ``2i,
+2i+1`` and columns ``2j, 2j+1`` (those inside the output). A dilation ``dl`` splits the
+outputs into ``dl_h · dl_w`` phases (rows ≡ p, columns ≡ q), each an undilated
+convolution of the input rows and columns with the same residues: the kernels take
+a phase's offsets and steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["input_tiles", "filter_block", "output_block"]
+
+_JIT = dict(nogil=True, cache=True, boundscheck=False)
+_u = np.uint64
+
+
+@njit(**_JIT)
+def input_tiles(x, pad, v, r0, c0, dr, dc, th, tw, t0, t1, base):
+    """``v[4a+b, t - base, c] = (Bᵀ d B)[a, b]`` for the tiles ``t0 .. t1-1`` of ``x``
+    ``(N, H, W, C)``: tile ``(n, i, j)`` reads rows ``r0 + dr·(2i + q)`` and columns
+    ``c0 + dc·(2j + k)``, ``q, k < 4`` (a padding ``p`` before: ``r0 = -p``; a dilation
+    phase: its offset and the dilation as the step), the values outside ``x`` from
+    ``pad`` (``C`` copies of the padding value); ``v`` ``(16, ≥ t1 - base, C)``."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    per = th * tw
+    for t in range(t0, t1):
+        n = t // per
+        r = t - n * per
+        i = r // tw
+        j = r - i * tw
+        ra = r0 + 2 * dr * i
+        ca = c0 + 2 * dc * j
+        for k in range(4):  # column k of the tile: Bᵀ over its rows, into v rows a·4 + k
+            cc = ca + k * dc
+            inside = 0 <= cc < W
+            s0 = x[n, ra, cc] if inside and 0 <= ra < H else pad
+            s1 = x[n, ra + dr, cc] if inside and 0 <= ra + dr < H else pad
+            s2 = x[n, ra + 2 * dr, cc] if inside and 0 <= ra + 2 * dr < H else pad
+            s3 = x[n, ra + 3 * dr, cc] if inside and 0 <= ra + 3 * dr < H else pad
+            o0 = v[k, t - base]
+            o1 = v[4 + k, t - base]
+            o2 = v[8 + k, t - base]
+            o3 = v[12 + k, t - base]
+            for c in range(C):
+                a1 = s1[c]
+                a2 = s2[c]
+                o0[c] = s0[c] - a2
+                o1[c] = a1 + a2
+                o2[c] = a2 - a1
+                o3[c] = a1 - s3[c]
+        for a in range(4):  # then B over the columns of each row a, in place
+            u0 = v[4 * a, t - base]
+            u1 = v[4 * a + 1, t - base]
+            u2 = v[4 * a + 2, t - base]
+            u3 = v[4 * a + 3, t - base]
+            for c in range(C):
+                b0 = u0[c]
+                b1 = u1[c]
+                b2 = u2[c]
+                b3 = u3[c]
+                u0[c] = b0 - b2
+                u1[c] = b1 + b2
+                u2[c] = b2 - b1
+                u3[c] = b1 - b3
+
+
+@njit(**_JIT)
+def filter_block(w, u, f0, f1, flip):
+    """``u[4a+b, c, f - f0] = (G g Gᵀ)[a, b]`` for the filters ``f0 .. f1-1`` of ``w``
+    ``(3, 3, C, F)`` C-contiguous (``g = w[:, :, c, f]``; ``flip``: of the filters turned
+    by 180°, ``g = w[::-1, ::-1, c, f]``); ``u`` ``(16, C, m)`` C-contiguous, ``m ≥ f1 -
+    f0``, its columns past ``f1 - f0`` set to zero. (Flat indices are unsigned: Numba
+    then adds no negative-index check, and LLVM vectorises the loops over ``f``.)"""
+    C, F, m = _u(w.shape[2]), _u(w.shape[3]), _u(u.shape[2])
+    n = _u(f1 - f0)
+    h = w.dtype.type(0.5)
+    wf = w.reshape(-1)
+    uf = u.reshape(-1)
+    row = np.empty(12 * u.shape[2], u.dtype)  # one channel's G over the filter rows
+    cf, cm = C * F, C * m
+    for c in range(C):
+        for j in range(_u(3)):  # G over the filter rows i, for each filter column j
+            jj = _u(2) - j if flip else j
+            base = c * F + _u(f0)
+            g0 = (_u(6) if flip else _u(0)) * cf + jj * cf + base
+            g1 = _u(3) * cf + jj * cf + base
+            g2 = (_u(0) if flip else _u(6)) * cf + jj * cf + base
+            r = j * m
+            for f in range(n):
+                a0 = wf[g0 + f]
+                a1 = wf[g1 + f]
+                a2 = wf[g2 + f]
+                s = a0 + a2
+                row[r + f] = a0
+                row[r + _u(3) * m + f] = h * (s + a1)
+                row[r + _u(6) * m + f] = h * (s - a1)
+                row[r + _u(9) * m + f] = a2
+        for a in range(_u(4)):  # then Gᵀ over the columns j
+            q = _u(3) * a * m
+            o = _u(4) * a * cm + c * m
+            for f in range(n):
+                b0 = row[q + f]
+                b1 = row[q + m + f]
+                b2 = row[q + _u(2) * m + f]
+                s = b0 + b2
+                uf[o + f] = b0
+                uf[o + cm + f] = h * (s + b1)
+                uf[o + _u(2) * cm + f] = h * (s - b1)
+                uf[o + _u(3) * cm + f] = b2
+            for f in range(n, m):
+                uf[o + f] = 0
+                uf[o + cm + f] = 0
+                uf[o + _u(2) * cm + f] = 0
+                uf[o + _u(3) * cm + f] = 0
+
+
+@njit(**_JIT)
+def output_block(mf, y, bias, sink, p, q, dr, dc, hp, wp, th, tw, t0, t1, f0, nf):
+    """``y[n, p + dr·(2i+a), q + dc·(2j+b), f0 + f] = bias[f0 + f] + (Aᵀ M A)[a, b]`` for
+    the tiles ``t0 .. t1-1`` (``2i + a < hp``, ``2j + b < wp``: the outputs of the
+    dilation phase ``(p, q)``) and ``f < nf``, inside ``y`` ``(N, Ho, Wo, F)``
+    C-contiguous; ``mf`` flat, ``M[4x+z]`` of tile ``t`` at ``mf[((t - t0)·16 + 4x+z)·nf
+    + f]``; ``sink`` (``nf`` values) takes the outputs past the edge."""
+    Ho, Wo, F = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(-1)
+    per = th * tw
+    n_ = _u(nf)
+    bf = bias[f0:f0 + nf]
+    for t in range(t0, t1):
+        n = t // per
+        r = t - n * per
+        i = r // tw
+        j = r - i * tw
+        k = _u((t - t0) * 16 * nf)
+        o00 = _u(((n * Ho + p + 2 * dr * i) * Wo + q + 2 * dc * j) * F + f0)
+        right, down = 2 * j + 1 < wp, 2 * i + 1 < hp
+        out01 = yf if right else sink
+        out10 = yf if down else sink
+        out11 = yf if right and down else sink
+        o01 = o00 + _u(dc * F) if right else _u(0)
+        o10 = o00 + _u(dr * Wo * F) if down else _u(0)
+        o11 = o00 + _u(dr * Wo * F + dc * F) if right and down else _u(0)
+        for f in range(n_):
+            z = k + f
+            m4, m5, m6, m7 = mf[z + _u(4) * n_], mf[z + _u(5) * n_], mf[z + _u(6) * n_], mf[
+                z + _u(7) * n_]
+            m8, m9, m10, m11 = (mf[z + _u(8) * n_], mf[z + _u(9) * n_], mf[z + _u(10) * n_],
+                                mf[z + _u(11) * n_])
+            # Aᵀ over the rows x, for each column z
+            p0 = mf[z] + m4 + m8
+            p1 = mf[z + n_] + m5 + m9
+            p2 = mf[z + _u(2) * n_] + m6 + m10
+            p3 = mf[z + _u(3) * n_] + m7 + m11
+            q0 = m4 - m8 - mf[z + _u(12) * n_]
+            q1 = m5 - m9 - mf[z + _u(13) * n_]
+            q2 = m6 - m10 - mf[z + _u(14) * n_]
+            q3 = m7 - m11 - mf[z + _u(15) * n_]
+            # then A over the columns
+            b = bf[f]
+            yf[o00 + f] = b + (p0 + p1 + p2)
+            out01[o01 + f] = b + (p1 - p2 - p3)
+            out10[o10 + f] = b + (q0 + q1 + q2)
+            out11[o11 + f] = b + (q1 - q2 - q3)

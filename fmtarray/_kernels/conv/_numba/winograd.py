@@ -1,0 +1,245 @@
+"""``numba.winograd`` and ``numba.winograd_input_grad``: Winograd F(2×2, 3×3) on
+channels-last data, compiled.
+
+The forward of a 3×3, stride-1, undilated, one-group convolution over two dims on input
+stored channels innermost (``(N, H, W, C)`` C-contiguous: NHWC data formatted
+``"BSSC"``) with constant padding, and the input gradient of such a convolution (any
+layout: the cotangent is copied channels-last unless it is). :mod:`.._numpy.winograd`
+describes the algorithm (2.25× fewer multiply-adds than the direct sum); this module
+runs it on channels-last data in place, the products summed by the register tiles of
+:mod:`._simd`. The input gradient is the forward of the cotangent with the filters
+turned by 180° and transposed, padded by ``2 - p`` with zeros.
+
+Per chunk of tiles (2×2 outputs each) whose transformed input stays under
+``Tuning.numba_winograd_max_v_bytes``, two parallel phases:
+
+1. the chunk's padded 4×4 input tiles to ``V`` ``(16, tiles, C)``
+   (:func:`._winograd_kernels.input_tiles`; values outside the input read as the
+   padding value: no padded copy);
+2. one dynamic item per (filter block, run of at most :data:`TILES` tiles), a filter
+   block as wide as the widest SIMD tile (4 vectors): the block's transformed filters
+   ``U`` ``(16, C, block)`` (:func:`._winograd_kernels.filter_block`: formed once per
+   call when all of ``U`` has at most ``Tuning.numba_winograd_u_bytes``, else by each
+   item, never the whole ``(16, C, F)``: for 512 → 512 channels that would be 16 MiB
+   written and read back per call), the 16 products ``M[ξ] = V[ξ] · U[ξ]`` by
+   :func:`._simd.forward_positions` (the 16 ``ξ`` as 16 groups that read ``V`` at their
+   own offsets, one run of ``C`` values per tile), and ``Y = Aᵀ M A`` plus the bias
+   into the output (:func:`._winograd_kernels.output_block`).
+
+Values: the transforms add and subtract, so an input ±inf would turn into NaN where the
+direct sum keeps it, and values near the dtype's limit could overflow in them. Both
+leave a non-finite value in the result (an infinity only ever spreads as ±inf or NaN),
+so the result is checked (one summing pass over it, instead of a maximum and a minimum
+over the input and the weights before the call: those read the weights, 9 MiB for 512
+→ 512 channels, twice per call) and, where it is not finite, :mod:`.direct` does the
+call again: its results, bit for bit, the definition's inf/NaN pattern.
+
+Where: from ``Tuning.numba_winograd_min_cf`` channels × filters (measured NHWC forward,
+float32, against numba.direct, 2 threads: 16→16 0.38×, 32→32 0.70×, 32→64 0.92×, 48→48
+1.17×, 64→64 1.14-1.38×, 128→128 1.12-1.31×, 256→256 1.36×, 512→512 1.24×).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .._numpy._common import all_finite, cl_strides
+from .._numpy._copies import parallel_copy
+from .._numpy._runtime import dynamic_blocks, n_workers, parallel, parallel_into, scratch
+from ..thresholds import current
+from . import direct
+from .depthwise import _c_strides
+
+__all__ = ["applies", "applies_input_grad", "accepts", "forward", "input_grad", "TILES"]
+
+#: most tiles per item, and the fewest items per worker (tile runs are cut shorter
+#: until the filter blocks × runs reach it): more items re-form the filters per item
+#: (512 → 512: 32 items 9.0-9.4 ms against 8 items 6.7-7.4)
+TILES = 256
+RUNS_PER_WORKER = 2
+
+
+def _kernels():
+    from . import _simd, _winograd_kernels
+
+    return _simd, _winograd_kernels
+
+
+def _why_not(spec):
+    t = current()
+    if spec.d != 2 or spec.k != (3, 3):
+        return f"filter {spec.k}: 3×3 over two dims only"
+    if spec.stride != (1, 1):
+        return f"stride {spec.stride}: 1 only"
+    if spec.G != 1:
+        return f"{spec.G} groups: one group only"
+    if not spec.constant_padding:
+        return f"padding {spec.value!r}: constant padding only"
+    if spec.dtype not in ("float32", "float64"):
+        return f"dtype {spec.dtype}: float32 or float64 only"
+    if spec.C * spec.F < t.numba_winograd_min_cf:
+        return (f"{spec.C}×{spec.F} channels × filters < numba_winograd_min_cf "
+                f"({t.numba_winograd_min_cf}): the transforms cost more than they save")
+    return None
+
+
+def applies(spec, layout):
+    """The forward's domain: :func:`_why_not`'s, x channels-innermost C-contiguous."""
+    r = _why_not(spec)
+    if r is not None:
+        return r
+    st = cl_strides(spec, layout, "x")
+    if st is None or st != _c_strides((spec.N, *spec.sp, spec.C)):
+        return "x is not channels-innermost (N, H, W, C) C-contiguous memory"
+    return None
+
+
+def applies_input_grad(spec, layout):
+    """The input gradient's: the forward of the cotangent with the filters turned by
+    180° and transposed, its rows and columns read from ``p - 2`` for a padding ``p``
+    before (any padding: outside the cotangent, zeros)."""
+    return _why_not(spec)
+
+
+def accepts(spec, layout, x, w):
+    """Both arrays in the result's dtype: read in place."""
+    if x.dtype != np.dtype(spec.dtype) or w.dtype != np.dtype(spec.dtype):
+        return f"x is {x.dtype} and w {w.dtype}, the result {spec.dtype}: read in place only"
+    return None
+
+
+class _Conv(NamedTuple):
+    """What :func:`_winograd` reads of a convolution: batch, channels, filters, output
+    size, top and left padding, padding value, dilation."""
+    N: int
+    C: int
+    F: int
+    out: tuple
+    pb: tuple
+    value: float
+    dilation: tuple
+
+
+def forward(x, w, bias, spec, dtype):
+    """The Winograd forward; where its result holds a non-finite value (an input ±inf or
+    NaN, or an overflow in the transforms), numba.direct's instead."""
+    geo = _Conv(spec.N, spec.C, spec.F, spec.out, spec.pb, spec.value, spec.dilation)
+    wc = np.asarray(w, dtype=dtype).reshape(3, 3, spec.C, spec.F)
+    y = _winograd(x, wc, bias, geo, dtype, False)
+    if all_finite(y):
+        return y
+    return direct.forward(x, w, bias, spec, dtype)
+
+
+def input_grad(gy, x, w, spec, needs, dtype):
+    """``(gx, None)``: the forward of the cotangent (copied channels-last C-contiguous
+    unless it is) with the weights transposed ``(3, 3, F, C)`` (one parallel blocked copy) and turned by
+    180° (in the filter transform), padded by ``2·dl - p`` with zeros (a negative padding:
+    rows and columns the windows skip); where the result
+    holds a non-finite value, numba.direct_input_grad's (:data:`EXACT_INPUT_GRAD`)."""
+    g = gy
+    if g.dtype != dtype or not g.flags.c_contiguous:
+        g = np.empty(gy.shape, dtype)
+        parallel_copy(g, gy)
+    taps = np.stack(np.unravel_index(np.arange(9), (3, 3)), axis=1)
+    wt = direct._transposed(np.asarray(w, dtype=dtype), taps, spec).reshape(3, 3, spec.F,
+                                                                            spec.C)
+    geo = _Conv(spec.N, spec.F, spec.C, spec.sp,
+                tuple(2 * d - p for p, d in zip(spec.pb, spec.dilation)), 0.0, spec.dilation)
+    gx = _winograd(g, wt, None, geo, dtype, True)
+    if all_finite(gx):
+        return gx, None
+    return EXACT_INPUT_GRAD[0](gy, x, w, spec, needs, dtype)
+
+
+#: ``[numba.direct_input_grad's backward]``, set where that entry is registered
+EXACT_INPUT_GRAD: list = []
+
+
+def _winograd(x, wc, bias, spec, dtype, flip):
+    """The forward of ``x`` ``(N, H, W, C)`` with the filters ``wc`` ``(3, 3, C, F)``
+    (``flip``: turned by 180°) of the geometry ``spec`` (a :class:`_Conv`)."""
+    simd, wk = _kernels()
+    t = current()
+    N, C, F = spec.N, spec.C, spec.F
+    Ho, Wo = spec.out
+    isz = np.dtype(dtype).itemsize
+    x = np.ascontiguousarray(x, dtype=dtype)  # (in place: applies and accepts ask it)
+    pad = np.full(C, spec.value, dtype)
+    wc = np.ascontiguousarray(wc, dtype=dtype)
+    b = np.zeros(F, dtype) if bias is None else np.asarray(bias, dtype).reshape(F)
+    lanes = simd.VECTOR_BYTES // isz
+    fblock = simd.NV_MAX * lanes
+    fblocks = [(f, min(f + fblock, F)) for f in range(0, F, fblock)]
+    widths = [-(-(f1 - f0) // lanes) * lanes for f0, f1 in fblocks]
+    # every block's transformed filters at once when they are small, else per item
+    us = None
+    if 16 * C * F * isz <= t.numba_winograd_u_bytes:
+        us = [np.empty((16, C, m), dtype) for m in widths]
+        parallel(lambda _w, i: wk.filter_block(wc, us[i], *fblocks[i], flip),
+                 range(len(fblocks)), dynamic=True)
+    y = np.empty((N, Ho, Wo, F), dtype)
+    dr, dc = spec.dilation
+    for p in range(min(dr, Ho)):  # the dilation phases: rows ≡ p, columns ≡ q
+        for q in range(min(dc, Wo)):
+            y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
+    return y
+
+
+def _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q):
+    """The outputs of the dilation phase ``(p, q)`` into ``y``; returns ``y`` (or the
+    copy :func:`parallel_into` finished)."""
+    simd, wk = _kernels()
+    t = current()
+    N, C, F = spec.N, spec.C, spec.F
+    Ho, Wo = spec.out
+    dr, dc = spec.dilation
+    hp, wp = len(range(p, Ho, dr)), len(range(q, Wo, dc))
+    th, tw = -(-hp // 2), -(-wp // 2)
+    T = N * th * tw
+    isz = np.dtype(dtype).itemsize
+    lanes = simd.VECTOR_BYTES // isz
+    r0, c0 = p - spec.pb[0], q - spec.pb[1]
+    # the tiles in chunks whose V stays under numba_winograd_max_v_bytes
+    chunk = max(1, min(T, t.numba_winograd_max_v_bytes // (16 * C * isz)))
+    v = scratch("winograd V", (16, chunk, C), dtype)
+    vf = v.reshape(-1)
+    offs = (np.arange(16, dtype=np.int64) * (chunk * C)).reshape(16, 1)
+    zero = np.zeros(16 * widths[0], dtype)
+    nb = dynamic_blocks()
+    for s0 in range(0, T, chunk):
+        s1 = min(s0 + chunk, T)
+        step = -(-(s1 - s0) // nb)
+        parallel(lambda _w, r, s0=s0: wk.input_tiles(x, pad, v, r0, c0, dr, dc, th, tw, r[0],
+                                                     r[1], s0),
+                 [(k, min(k + step, s1)) for k in range(s0, s1, step)], dynamic=True)
+        # tile runs: enough items for the workers, each at most TILES
+        runs = max(-(-(s1 - s0) // TILES),
+                   -(-RUNS_PER_WORKER * n_workers() // len(fblocks)))
+        tstep = -(-(s1 - s0) // runs)
+        items = [(i, k, min(k + tstep, s1)) for k in range(s0, s1, tstep)
+                 for i in range(len(fblocks))]
+
+        def run(_w, item, yf, s0=s0):
+            i, t0, t1 = item
+            f0, f1 = fblocks[i]
+            nf, fp = f1 - f0, widths[i]
+            if us is None:
+                u = np.empty((16, C, fp), dtype)
+                wk.filter_block(wc, u, f0, f1, flip)
+            else:
+                u = us[i]
+            n = t1 - t0
+            m = np.empty(n * 16 * nf + lanes, dtype)
+            pos = np.arange(t0 - s0, t1 - s0, dtype=np.int64) * C
+            mpos = np.arange(n, dtype=np.int64) * (16 * nf)
+            simd.forward_positions(vf, pos, mpos, offs, C, u.reshape(-1), zero, fp, m, nf, 0,
+                                   t.direct_weight_block_bytes, 0, n, 0, fp // lanes,
+                                   (0, 1, 0, C))
+            wk.output_block(m, yf.reshape(N, Ho, Wo, F), b, np.empty(nf, dtype), p, q, dr,
+                            dc, hp, wp, th, tw, t0, t1, f0, nf)
+
+        y = parallel_into(run, items, y)
+    return y

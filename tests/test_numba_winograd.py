@@ -1,0 +1,161 @@
+"""``numba.winograd`` (Winograd F(2×2, 3×3) on channels-last data, compiled): its work
+cut into several filter blocks and tile runs against the direct-loop reference, where
+it is chosen, and the inputs it leaves to the direct kernel (non-finite or huge values,
+mixed dtypes) with the direct kernel's results. Its hypothesis-sampled domain test is
+in ``test_numba.py``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import array_api_compat.numpy as cnp
+
+import fmtarray as fa
+from fmtarray import FormattedArray
+from fmtarray._kernels import conv as K
+from fmtarray._kernels.conv import _numba
+from conv_reference import ref_conv
+from fmtarray._kernels.conv.spec import Layout
+from kernel_calls import conv_backward, conv_forward, nsc_dims, spec_of
+
+pytestmark = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
+                                or _numba.unavailable() is not None,
+                                reason="numba unavailable or FMTARRAY_NUMBA=0")
+
+ON = {"numba_winograd_min_cf": 0}
+
+
+def _case(n=2, hw=(7, 6), c=5, f=70, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *hw, c)).astype(dtype)
+    w = (rng.standard_normal((3, 3, c, f, 1)) / np.sqrt(9 * c)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    return x, w, b
+
+
+def _kw(pb=(1, 0), pa=(2, 1), value=0.0):
+    return dict(stride=(1, 1), dilation=(1, 1), pad_before=pb, pad_after=pa, pad_value=value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tiles", [1, 3, 7, 256])
+@pytest.mark.parametrize("tuning", [{}, {"numba_winograd_u_bytes": 0},
+                                    {"numba_winograd_max_v_bytes": 16 * 5 * 8 * 4}])
+@pytest.mark.parametrize("hw,pb,pa,value,dil", [((7, 6), (1, 0), (2, 1), 0.0, (1, 1)),
+                                                ((5, 9), (0, 3), (0, 1), -1.5, (1, 1)),
+                                                ((2, 2), (1, 1), (1, 1), 2.0, (1, 1)),
+                                                ((9, 8), (2, 1), (2, 0), 0.5, (2, 3))])
+def test_filter_blocks_and_tile_runs_match_the_reference(monkeypatch, dtype, tiles, tuning, hw,
+                                                         pb, pa, value, dil):
+    """70 filters (two float32 blocks of 64 filters, three float64 blocks of 32), the
+    tiles in runs of ``tiles`` (several items per filter block, a last short one), a
+    dilation (2 × 3 phases, each its own tiles, odd and even phase sizes), the
+    transformed filters formed once or per item, the tiles in chunks (V of 4 or 8
+    tiles at a time: several input and product phases), odd
+    and even output sizes (the last tile's second row or column is never stored),
+    asymmetric and non-zero constant padding, with and without a bias."""
+    from fmtarray._kernels.conv._numba import winograd
+
+    monkeypatch.setattr(winograd, "TILES", tiles)
+    x, w, b = _case(n=3, hw=hw, dtype=dtype)
+    kw = dict(_kw(pb, pa, value), dilation=dil)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for bias in (None, b):
+        with K.tuning(**ON, **tuning):
+            y = conv_forward(cnp, x, w, bias, force="numba.winograd", **kw)
+        ref = ref_conv(x, w, bias, 1, dil, pb, pa, value)
+        assert y.dtype == dtype and y.shape == ref.shape
+        assert np.abs(y - ref).max() <= tol * (np.abs(ref).max() + 1)
+
+
+def test_chosen_for_channels_last_data_with_many_channels():
+    """The benchmark's 512-channel shape, smaller: NHWC data gets ``numba.winograd``;
+    fewer channels × filters than ``numba_winograd_min_cf``, or canonical data, do not."""
+    x = np.zeros((2, 7, 7, 256), np.float32)
+    w = np.zeros((3, 3, 256, 256), np.float32)
+    plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, padding=1)
+    assert plan.forward.chosen == "numba.winograd"
+    small = fa.conv_plan(FormattedArray(np.zeros((2, 7, 7, 16), np.float32), "BSSC"),
+                         w[:, :, :16, :16], padding=1)
+    assert small.forward.chosen == "numba.direct"
+    assert "numba_winograd_min_cf" in str(small)
+    canon = fa.conv_plan(FormattedArray(np.zeros((7, 7, 256, 2), np.float32), "SSCB"), w,
+                         padding=1)
+    assert canon.forward.chosen != "numba.winograd"
+    assert "not channels-innermost" in str(canon)
+
+
+@pytest.mark.parametrize("where,bad", [("x", np.inf), ("x", -np.inf), ("x", np.nan),
+                                       ("w", np.inf), ("w", np.nan), ("x", "overflow")])
+def test_values_the_transforms_cannot_take_are_done_by_the_direct_kernel(where, bad):
+    """±inf (the transforms' differences would make NaN of it), NaN, or values whose
+    transform overflows (``3e38 - (-3e38)``) where the direct sum stays finite: the
+    direct kernel's result, bit for bit, inf/NaN in the same places."""
+    x, w, b = _case(c=8, f=8)
+    if bad == "overflow":  # rows 1 and 3 of x are rows 0 and 2 of one padded 4×4 tile
+        x[0, 1, 1, 0], x[0, 3, 1, 0] = 3e38, -3e38
+    else:
+        {"x": x, "w": w}[where][(0, 1, 1, 1) if where == "x" else (1, 1, 0, 0, 0)] = bad
+    kw = _kw()
+    with K.tuning(**ON), np.errstate(invalid="ignore", over="ignore"):
+        spec = spec_of(cnp, x, w, **kw)
+        choice = K.explain("forward", spec, Layout.of(nsc_dims(2), x), "numpy", None, (x, w))
+        y = conv_forward(cnp, x, w, b, **kw)
+        wino = conv_forward(cnp, x, w, b, force="numba.winograd", **kw)
+        direct = conv_forward(cnp, x, w, b, force="numba.direct", **kw)
+    assert choice.chosen == "numba.winograd"
+    np.testing.assert_array_equal(y, direct)
+    np.testing.assert_array_equal(wino, direct)
+    if bad == "overflow":
+        assert np.isfinite(direct).all()
+    else:
+        assert not np.isfinite(direct).all()
+
+
+def test_mixed_dtypes_are_not_read_in_place():
+    """float32 weights on float64 data: not this entry (it reads both in place in the
+    result's dtype); the result is float64 and matches the reference."""
+    x, w, b = _case(c=8, f=8, dtype=np.float64)
+    w32 = w.astype(np.float32)
+    kw = _kw()
+    with K.tuning(**ON):
+        with pytest.raises(ValueError, match="numba.winograd"):
+            conv_forward(cnp, x, w32, b, force="numba.winograd", **kw)
+        y = conv_forward(cnp, x, w32, b, **kw)
+    assert y.dtype == np.float64
+    ref = ref_conv(x, w32, b, 1, 1, (1, 0), (2, 1), 0.0)
+    assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("where,bad", [("gy", np.inf), ("gy", np.nan), ("w", -np.inf),
+                                       ("w", np.nan)])
+def test_input_gradient_with_non_finite_values_is_the_direct_kernels(where, bad):
+    """±inf or NaN in the cotangent or the weights: numba.direct_input_grad's input
+    gradient, bit for bit (for a non-finite weight, its exact scatter: no NaN where no
+    tap reaches)."""
+    x, w, _ = _case(c=8, f=8)
+    kw = _kw()
+    spec = spec_of(cnp, x, w, **kw)
+    gy = np.random.default_rng(4).standard_normal((spec.N, *spec.out, spec.F)).astype(x.dtype)
+    {"gy": gy, "w": w}[where][(0, 1, 1, 1) if where == "gy" else (1, 1, 0, 0, 0)] = bad
+    with K.tuning(**ON), np.errstate(invalid="ignore", over="ignore"):
+        got = conv_backward(cnp, gy, x, w, needs=(True, False, False), **kw)[0]
+        forced = conv_backward(cnp, gy, x, w, needs=(True, False, False),
+                               force="numba.winograd_input_grad", **kw)[0]
+        direct = conv_backward(cnp, gy, x, w, needs=(True, False, False),
+                               force="numba.direct_input_grad", **kw)[0]
+    assert not np.isfinite(direct).all()
+    np.testing.assert_array_equal(got, direct)
+    np.testing.assert_array_equal(forced, direct)
+
+
+def test_chosen_for_the_input_gradient_in_any_layout():
+    """The input gradient of a 3×3 stride-1 convolution of many channels, NHWC or
+    canonical data: numba.winograd_input_grad."""
+    w = np.zeros((3, 3, 64, 64), np.float32)
+    for fmt, shape in (("BSSC", (4, 14, 14, 64)), ("SSCB", (14, 14, 64, 4))):
+        plan = fa.conv_plan(FormattedArray(np.zeros(shape, np.float32), fmt), w, padding=1)
+        assert plan.input_grad.chosen == "numba.winograd_input_grad", (fmt, str(plan))
