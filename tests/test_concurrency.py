@@ -47,9 +47,10 @@ CASES = {
     "numba.winograd": ("cl", 3, (7, 6), 5, 70, 1, (3, 3), dict(pad_before=1, pad_after=1),
                        dict(numba_winograd_min_cf=0, numba_winograd_max_v_bytes=960,
                             numba_winograd_u_bytes=0)),
+    # transformed filters formed once, runs of 3 tiles
     "numba.winograd_input_grad": ("bi", 3, (7, 6), 5, 70, 1, (3, 3), dict(pad_before=1),
                                   dict(numba_winograd_min_cf=0,
-                                       numba_winograd_max_v_bytes=4480)),
+                                       numba_winograd_run_bytes=3 * 16 * 70 * 4)),
     "numpy.flat_shift": ("bi", 3, (6, 7), 3, 4, 1, (3, 3), dict(pad_before=1, pad_after=1),
                          dict(flat_channels=(1, 32), flat_min_n=2, flat_min_row=1,
                               workspace_bytes=20000)),

@@ -43,7 +43,9 @@ def _kw(pb=(1, 0), pa=(2, 1), value=0.0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("tiles", [1, 3, 7, 256])
 @pytest.mark.parametrize("tuning", [{}, {"numba_winograd_u_bytes": 0},
-                                    {"numba_winograd_max_v_bytes": 16 * 5 * 8 * 4}])
+                                    {"numba_winograd_u_bytes": 0,
+                                     "numba_winograd_max_v_bytes": 16 * 5 * 8 * 4},
+                                    {"numba_winograd_run_bytes": 16 * 5 * 8 * 4}])
 @pytest.mark.parametrize("hw,pb,pa,value,dil", [((7, 6), (1, 0), (2, 1), 0.0, (1, 1)),
                                                 ((5, 9), (0, 3), (0, 1), -1.5, (1, 1)),
                                                 ((2, 2), (1, 1), (1, 1), 2.0, (1, 1)),
@@ -53,8 +55,9 @@ def test_filter_blocks_and_tile_runs_match_the_reference(monkeypatch, dtype, til
     """70 filters (two float32 blocks of 64 filters, three float64 blocks of 32), the
     tiles in runs of ``tiles`` (several items per filter block, a last short one), a
     dilation (2 × 3 phases, each its own tiles, odd and even phase sizes), the
-    transformed filters formed once or per item, the tiles in chunks (V of 4 or 8
-    tiles at a time: several input and product phases), odd
+    transformed filters formed once (each item takes a run of tiles through all three
+    steps: runs of 4 or 8 tiles) or per item (the tiles in chunks, V of 4 or 8 tiles at
+    a time: several input and product phases), odd
     and even output sizes (the last tile's second row or column is never stored),
     asymmetric and non-zero constant padding, with and without a bias."""
     from fmtarray._kernels.conv._numba import winograd

@@ -81,6 +81,9 @@ class Tuning:
     numba_winograd_min_cf: int = 2304
     numba_winograd_max_v_bytes: int = 8 * 2**20
     numba_winograd_u_bytes: int = 4 * 2**20
+    #: with ``U`` formed once: the bytes of ``V`` per item (a run of tiles taken through
+    #: all three steps in the cache)
+    numba_winograd_run_bytes: int = 2**20
     #: numba.direct on data not stored channels innermost (e.g. canonical, copied
     #: channels-last): the most channels × filters per group, and for the input gradient
     #: the fewest channels per group (measured float32 2026-12-06: 16→16, 16→32, 48→48

@@ -184,8 +184,52 @@ def _winograd(x, wc, bias, spec, dtype, flip):
     dr, dc = spec.dilation
     for p in range(min(dr, Ho)):  # the dilation phases: rows ≡ p, columns ≡ q
         for q in range(min(dc, Wo)):
-            y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
+            if us is None:
+                y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
+            else:
+                y = _fused_phase(x, pad, us, b, y, spec, dtype, fblocks, widths, p, q)
     return y
+
+
+def _fused_phase(x, pad, us, b, y, spec, dtype, fblocks, widths, p, q):
+    """:func:`_phase` with the transformed filters formed already: one parallel phase
+    whose items each take a run of tiles through the input transform, the products of
+    every filter block and the output transform, its ``V`` and ``M`` in the cache
+    (never the whole ``V`` in memory: for 64 → 64 channels it is 4× the input)."""
+    simd, wk = _kernels()
+    t = current()
+    N, C, F = spec.N, spec.C, spec.F
+    Ho, Wo = spec.out
+    dr, dc = spec.dilation
+    hp, wp = len(range(p, Ho, dr)), len(range(q, Wo, dc))
+    th, tw = -(-hp // 2), -(-wp // 2)
+    T = N * th * tw
+    lanes = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    r0, c0 = p - spec.pb[0], q - spec.pb[1]
+    # runs of tiles whose V stays in the cache, at least dynamic_blocks() of them
+    per = 16 * C * np.dtype(dtype).itemsize
+    run_len = max(1, min(t.numba_winograd_run_bytes // per, -(-T // dynamic_blocks())))
+    zero = np.zeros(16 * widths[0], dtype)
+    sink = np.empty(widths[0], dtype)
+
+    def run(_w, item, yf):
+        t0, t1 = item
+        n = t1 - t0
+        v = np.empty((16, n, C), dtype)
+        wk.input_tiles(x, pad, v, r0, c0, dr, dc, th, tw, t0, t1, t0)
+        offs = (np.arange(16, dtype=np.int64) * (n * C)).reshape(16, 1)
+        pos = np.arange(n, dtype=np.int64) * C
+        for i, (f0, f1) in enumerate(fblocks):
+            nf, fp = f1 - f0, widths[i]
+            m = np.empty(n * 16 * nf + lanes, dtype)
+            mpos = np.arange(n, dtype=np.int64) * (16 * nf)
+            simd.forward_positions(v.reshape(-1), pos, mpos, offs, C, us[i].reshape(-1), zero,
+                                   fp, m, nf, 0, t.direct_weight_block_bytes, 0, n, 0,
+                                   fp // lanes, (0, 1, 0, C))
+            wk.output_block(m, yf.reshape(N, Ho, Wo, F), b, sink, p, q, dr, dc, hp, wp, th,
+                            tw, t0, t1, f0, nf)
+
+    return parallel_into(run, [(k, min(k + run_len, T)) for k in range(0, T, run_len)], y)
 
 
 def _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q):
