@@ -102,12 +102,13 @@ _entry("depthwise", ALL, depthwise.applies,
        "constant padding not materialised)",
        forward=depthwise.forward, backward=depthwise.backward, accepts=data_dtypes_match)
 _entry("winograd", ("forward",), winograd.applies,
-       "3×3, stride 1, undilated, one group, two convolved dims, constant padding, input "
-       "channels-innermost C-contiguous in the result's dtype: Winograd F(2×2, 3×3) with "
-       "compiled transforms and the SIMD tiles' products (2.25× fewer multiply-adds), from "
-       "numba_winograd_min_cf channels × filters, the tiles in chunks of "
-       "numba_winograd_max_v_bytes of transformed input; a non-finite result is formed "
-       "again by numba.direct",
+       "3×3, stride 1, any dilation (by phases), one group, two convolved dims, constant "
+       "padding, input channels-innermost C-contiguous in the result's dtype: Winograd "
+       "F(2×2, 3×3) with compiled transforms and the SIMD tiles' products (2.25× fewer "
+       "multiply-adds), from numba_winograd_min_cf channels × filters; runs of tiles "
+       "through every step in the cache where the transformed filters fit "
+       "numba_winograd_u_bytes, else filter blocks transformed per item; a non-finite "
+       "result is formed again by numba.direct",
        forward=winograd.forward, accepts=winograd.accepts)
 _entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
        "numba.winograd's domain (any layout): the input gradient as that "

@@ -1,30 +1,37 @@
 """``numba.winograd`` and ``numba.winograd_input_grad``: Winograd F(2×2, 3×3) on
 channels-last data, compiled.
 
-The forward of a 3×3, stride-1, undilated, one-group convolution over two dims on input
+The forward of a 3×3, stride-1, one-group convolution over two dims (any dilation) on input
 stored channels innermost (``(N, H, W, C)`` C-contiguous: NHWC data formatted
 ``"BSSC"``) with constant padding, and the input gradient of such a convolution (any
 layout: the cotangent is copied channels-last unless it is). :mod:`.._numpy.winograd`
 describes the algorithm (2.25× fewer multiply-adds than the direct sum); this module
 runs it on channels-last data in place, the products summed by the register tiles of
 :mod:`._simd`. The input gradient is the forward of the cotangent with the filters
-turned by 180° and transposed, padded by ``2 - p`` with zeros.
+turned by 180° and transposed, padded by ``2·dl - p`` with zeros.
 
-Per chunk of tiles (2×2 outputs each) whose transformed input stays under
-``Tuning.numba_winograd_max_v_bytes``, two parallel phases:
+The outputs (2×2 per tile; with a dilation ``dl``, per phase of rows ≡ p and columns
+≡ q mod ``dl``, each an undilated convolution of the input rows and columns with the
+same residues) go through three steps: the padded 4×4 input tiles to ``V`` ``(16,
+tiles, C)`` (:func:`._winograd_kernels.input_tiles`; values outside the input read as
+the padding value: no padded copy), the 16 products ``M[ξ] = V[ξ] · U[ξ]`` per filter
+block (as wide as the widest SIMD tile, 4 vectors) by :func:`._simd.forward_positions`
+(the 16 ``ξ`` as 16 groups that read ``V`` at their own offsets, one run of ``C``
+values per tile), and ``Y = Aᵀ M A`` plus the bias into the output
+(:func:`._winograd_kernels.output_block`). Two schedules:
 
-1. the chunk's padded 4×4 input tiles to ``V`` ``(16, tiles, C)``
-   (:func:`._winograd_kernels.input_tiles`; values outside the input read as the
-   padding value: no padded copy);
-2. one dynamic item per (filter block, run of at most :data:`TILES` tiles), a filter
-   block as wide as the widest SIMD tile (4 vectors): the block's transformed filters
-   ``U`` ``(16, C, block)`` (:func:`._winograd_kernels.filter_block`: formed once per
-   call when all of ``U`` has at most ``Tuning.numba_winograd_u_bytes``, else by each
-   item, never the whole ``(16, C, F)``: for 512 → 512 channels that would be 16 MiB
-   written and read back per call), the 16 products ``M[ξ] = V[ξ] · U[ξ]`` by
-   :func:`._simd.forward_positions` (the 16 ``ξ`` as 16 groups that read ``V`` at their
-   own offsets, one run of ``C`` values per tile), and ``Y = Aᵀ M A`` plus the bias
-   into the output (:func:`._winograd_kernels.output_block`).
+* transformed filters ``U`` ``(16, C, F)`` of at most ``Tuning.numba_winograd_u_bytes``
+  (:func:`._winograd_kernels.filter_block`, one parallel phase per call): one dynamic
+  phase whose items each take a run of tiles (``Tuning.numba_winograd_run_bytes`` of
+  ``V``) through all three steps, ``V`` and ``M`` in the cache (:func:`_fused`, every
+  dilation phase in the one parallel phase;
+  ``V`` is 4× the input for 64 channels: written whole and read back, it made the 64 →
+  64 forward no faster than numba.direct);
+* larger ``U`` (512 → 512 channels: 16 MiB, more than it saves to write and read back
+  per call): per chunk of tiles (``V`` of at most ``Tuning.numba_winograd_max_v_bytes``)
+  an input phase, then one item per (filter block, run of at most :data:`TILES` tiles)
+  that forms its block's ``U`` in the cache and its products and outputs
+  (:func:`_phase`).
 
 Values: the transforms add and subtract, so an input ±inf would turn into NaN where the
 direct sum keeps it, and values near the dtype's limit could overflow in them. Both
@@ -35,8 +42,9 @@ over the input and the weights before the call: those read the weights, 9 MiB fo
 call again: its results, bit for bit, the definition's inf/NaN pattern.
 
 Where: from ``Tuning.numba_winograd_min_cf`` channels × filters (measured NHWC forward,
-float32, against numba.direct, 2 threads: 16→16 0.38×, 32→32 0.70×, 32→64 0.92×, 48→48
-1.17×, 64→64 1.14-1.38×, 128→128 1.12-1.31×, 256→256 1.36×, 512→512 1.24×).
+float32, against numba.direct in the same process, 2 threads: 16→16 0.47×, 32→32 0.84×,
+32→64 1.12×, 48→48 1.07×, 64→64 1.15×, 128→128 1.47× (b4 14×14: 0.90×), 256→256 1.51×,
+512→512 1.24×).
 """
 
 from __future__ import annotations
@@ -182,43 +190,57 @@ def _winograd(x, wc, bias, spec, dtype, flip):
                  range(len(fblocks)), dynamic=True)
     y = np.empty((N, Ho, Wo, F), dtype)
     dr, dc = spec.dilation
+    if us is not None:
+        return _fused(x, pad, us, b, y, spec, dtype, fblocks, widths)
     for p in range(min(dr, Ho)):  # the dilation phases: rows ≡ p, columns ≡ q
         for q in range(min(dc, Wo)):
-            if us is None:
-                y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
-            else:
-                y = _fused_phase(x, pad, us, b, y, spec, dtype, fblocks, widths, p, q)
+            y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
     return y
 
 
-def _fused_phase(x, pad, us, b, y, spec, dtype, fblocks, widths, p, q):
-    """:func:`_phase` with the transformed filters formed already: one parallel phase
-    whose items each take a run of tiles through the input transform, the products of
-    every filter block and the output transform, its ``V`` and ``M`` in the cache
-    (never the whole ``V`` in memory: for 64 → 64 channels it is 4× the input)."""
+def _phases(spec):
+    """``(p, q, hp, wp, th, tw)`` of each dilation phase with outputs: rows ≡ p and
+    columns ≡ q, ``hp × wp`` of them in ``th × tw`` tiles per sample."""
+    Ho, Wo = spec.out
+    dr, dc = spec.dilation
+    out = []
+    for p in range(min(dr, Ho)):
+        for q in range(min(dc, Wo)):
+            hp, wp = len(range(p, Ho, dr)), len(range(q, Wo, dc))
+            out.append((p, q, hp, wp, -(-hp // 2), -(-wp // 2)))
+    return out
+
+
+def _fused(x, pad, us, b, y, spec, dtype, fblocks, widths):
+    """With the transformed filters formed already: one parallel phase (for every
+    dilation phase at once) whose items each take a run of tiles through the input
+    transform, the products of every filter block and the output transform, its ``V``
+    and ``M`` in the cache (never the whole ``V`` in memory: for 64 → 64 channels it is
+    4× the input)."""
     simd, wk = _kernels()
     t = current()
     N, C, F = spec.N, spec.C, spec.F
     Ho, Wo = spec.out
     dr, dc = spec.dilation
-    hp, wp = len(range(p, Ho, dr)), len(range(q, Wo, dc))
-    th, tw = -(-hp // 2), -(-wp // 2)
-    T = N * th * tw
     lanes = simd.VECTOR_BYTES // np.dtype(dtype).itemsize
-    r0, c0 = p - spec.pb[0], q - spec.pb[1]
+    phases = _phases(spec)
+    total = sum(N * ph[4] * ph[5] for ph in phases)
     # runs of tiles whose V stays in the cache, at least dynamic_blocks() of them
     per = 16 * C * np.dtype(dtype).itemsize
-    run_len = max(1, min(t.numba_winograd_run_bytes // per, -(-T // dynamic_blocks())))
+    run_len = max(1, min(t.numba_winograd_run_bytes // per, -(-total // dynamic_blocks())))
     zero = np.zeros(16 * widths[0], dtype)
-    sink = np.empty(widths[0], dtype)
+    items = [(k, t0, min(t0 + run_len, N * ph[4] * ph[5])) for k, ph in enumerate(phases)
+             for t0 in range(0, N * ph[4] * ph[5], run_len)]
 
     def run(_w, item, yf):
-        t0, t1 = item
+        k, t0, t1 = item
+        p, q, hp, wp, th, tw = phases[k]
         n = t1 - t0
         v = np.empty((16, n, C), dtype)
-        wk.input_tiles(x, pad, v, r0, c0, dr, dc, th, tw, t0, t1, t0)
+        wk.input_tiles(x, pad, v, p - spec.pb[0], q - spec.pb[1], dr, dc, th, tw, t0, t1, t0)
         offs = (np.arange(16, dtype=np.int64) * (n * C)).reshape(16, 1)
         pos = np.arange(n, dtype=np.int64) * C
+        sink = np.empty(widths[0], dtype)
         for i, (f0, f1) in enumerate(fblocks):
             nf, fp = f1 - f0, widths[i]
             m = np.empty(n * 16 * nf + lanes, dtype)
@@ -229,7 +251,7 @@ def _fused_phase(x, pad, us, b, y, spec, dtype, fblocks, widths, p, q):
             wk.output_block(m, yf.reshape(N, Ho, Wo, F), b, sink, p, q, dr, dc, hp, wp, th,
                             tw, t0, t1, f0, nf)
 
-    return parallel_into(run, [(k, min(k + run_len, T)) for k in range(0, T, run_len)], y)
+    return parallel_into(run, items, y)
 
 
 def _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q):
