@@ -64,7 +64,7 @@ __all__ = ["applies", "applies_input_grad", "accepts", "forward", "input_grad", 
 
 #: most tiles per item, and the fewest items per worker (tile runs are cut shorter
 #: until the filter blocks × runs reach it): more items re-form the filters per item
-#: (512 → 512: 32 items 9.0-9.4 ms against 8 items 6.7-7.4)
+#: (512 → 512: 32 items 9.4-9.9 ms against 8 items 7.4-7.5)
 TILES = 256
 RUNS_PER_WORKER = 2
 
