@@ -66,6 +66,11 @@ DOMAINS = {
                  {"numba_winograd_min_cf": 0, "numba_winograd_u_bytes": 0,
                   "numba_winograd_max_v_bytes": 5000},
                  {"numba_winograd_min_cf": 0, "numba_winograd_run_bytes": 3000}))),
+    "numba.winograd_weight_grad": (("weight_grad",), config(
+        d=2, k=[(3, 3)], stride=1, dil=(1, 1, 2, 3), G=1, Cg=(1, 2, 5, 17, 40),
+        Fg=(1, 3, 16, 17, 70), pads=(0, 1, 2, 3), values=(0.0, -1.5), layouts="cl",
+        tunings=({"numba_winograd_min_cf": 0},
+                 {"numba_winograd_min_cf": 0, "numba_winograd_run_bytes": 3000}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
         N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),

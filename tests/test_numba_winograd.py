@@ -162,3 +162,48 @@ def test_chosen_for_the_input_gradient_in_any_layout():
     for fmt, shape in (("BSSC", (4, 14, 14, 64)), ("SSCB", (14, 14, 64, 4))):
         plan = fa.conv_plan(FormattedArray(np.zeros(shape, np.float32), fmt), w, padding=1)
         assert plan.input_grad.chosen == "numba.winograd_input_grad", (fmt, str(plan))
+
+
+@pytest.mark.parametrize("where,bad", [("gy", np.inf), ("gy", np.nan), ("x", -np.inf),
+                                       ("x", np.nan)])
+def test_weight_gradient_with_non_finite_values_is_the_direct_kernels(where, bad):
+    """±inf or NaN in the cotangent or the input: numba.direct's weight gradient, bit for
+    bit (Winograd's adjoint would mix the infinity into NaN over whole 4×4 tiles)."""
+    x, w, _ = _case(c=8, f=8)
+    kw = _kw()
+    spec = spec_of(cnp, x, w, **kw)
+    gy = np.random.default_rng(5).standard_normal((spec.N, *spec.out, spec.F)).astype(x.dtype)
+    {"gy": gy, "x": x}[where][0, 1, 1, 1] = bad
+    with K.tuning(**ON), np.errstate(invalid="ignore", over="ignore"):
+        got = conv_backward(cnp, gy, x, w, needs=(False, True, False), **kw)[1]
+        forced = conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                               force="numba.winograd_weight_grad", **kw)[1]
+        direct = conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                               force="numba.direct", **kw)[1]
+    assert not np.isfinite(direct).all()
+    np.testing.assert_array_equal(got, direct)
+    np.testing.assert_array_equal(forced, direct)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_weight_gradient_has_the_same_bits_for_any_workers(monkeypatch, workers):
+    """The blocks of tiles are fixed by the problem and added in block order: 1, 2 or 3
+    workers give the same bits (a dilation's phases each have their blocks)."""
+    from fmtarray._kernels.conv._numpy import _runtime
+
+    x, w, _ = _case(n=4, hw=(11, 10), c=6, f=20, seed=7)
+    kw = dict(_kw(), dilation=(2, 1))
+    spec = spec_of(cnp, x, w, **kw)
+    gy = np.random.default_rng(6).standard_normal((spec.N, *spec.out, spec.F)).astype(x.dtype)
+    got = []
+    base = _runtime.workers()
+    for n in (1, workers):
+        monkeypatch.setattr(_runtime, "workers", lambda n=n: (base[0], n, base[2]))
+        with K.tuning(**ON, serial_macs=0, numba_winograd_run_bytes=16 * 20 * 4 * 5):
+            got.append(conv_backward(cnp, gy, x, w, needs=(False, True, False),
+                                     force="numba.winograd_weight_grad", **kw)[1])
+    np.testing.assert_array_equal(got[0], got[1])
+    ref = np.asarray(conv_backward(cnp, gy.astype(np.float64), x.astype(np.float64),
+                                   w.astype(np.float64), needs=(False, True, False),
+                                   force="numba.direct", **kw)[1])
+    assert np.abs(got[0] - ref).max() <= 2e-5 * np.abs(ref).max()

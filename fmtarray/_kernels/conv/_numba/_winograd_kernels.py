@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["input_tiles", "filter_block", "output_block"]
+__all__ = ["input_tiles", "filter_block", "output_block", "cotangent_tiles", "filter_grad"]
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 _u = np.uint64
@@ -176,3 +176,97 @@ def output_block(mf, y, bias, sink, p, q, dr, dc, hp, wp, th, tw, t0, t1, f0, nf
             out01[o01 + f] = b + (p1 - p2 - p3)
             out10[o10 + f] = b + (q0 + q1 + q2)
             out11[o11 + f] = b + (q1 - q2 - q3)
+
+
+@njit(**_JIT)
+def cotangent_tiles(gy, g, p, q, dr, dc, hp, wp, th, tw, t0, t1):
+    """``g[t - t0, 4x+z, f] = (A ∂Y Aᵀ)[x, z]`` for the tiles ``t0 .. t1-1`` of the
+    cotangent ``gy`` ``(N, Ho, Wo, F)`` C-contiguous: tile ``(n, i, j)``'s 2×2 block
+    ``∂Y`` is ``gy[n, p + dr·(2i + a), q + dc·(2j + b)]`` where ``2i + a < hp`` and ``2j
+    + b < wp`` (the dilation phase ``(p, q)``), zero past them; ``g`` ``(≥ t1 - t0, 16,
+    m)`` C-contiguous, ``m ≥ F``, its columns past ``F`` set to zero. With ``A`` the
+    rows ``[1, 0], [1, 1], [1, -1], [0, -1]`` (``Aᵀ`` of the output transform)."""
+    Ho, Wo, F = gy.shape[1], gy.shape[2], gy.shape[3]
+    m = g.shape[2]
+    yf = gy.reshape(-1)
+    gf = g.reshape(-1)
+    per = th * tw
+    F_ = _u(F)
+    m_ = _u(m)
+    zero = gy.dtype.type(0)
+    for t in range(t0, t1):
+        n = t // per
+        r = t - n * per
+        i = r // tw
+        j = r - i * tw
+        o00 = _u(((n * Ho + p + 2 * dr * i) * Wo + q + 2 * dc * j) * F)
+        right, down = 2 * j + 1 < wp, 2 * i + 1 < hp
+        # (past the edge: a valid address, not read)
+        o01 = o00 + _u(dc * F) if right else o00
+        o10 = o00 + _u(dr * Wo * F) if down else o00
+        o11 = o10 + _u(dc * F) if right and down else o00
+        k = _u((t - t0) * 16 * m)
+        for f in range(F_):
+            a = yf[o00 + f]
+            b = yf[o01 + f] if right else zero
+            c = yf[o10 + f] if down else zero
+            d = yf[o11 + f] if right and down else zero
+            # A over the rows: u_x0 = A[x]·(a, c), u_x1 = A[x]·(b, d)
+            s0, s1, s2, s3 = a, a + c, a - c, -c
+            e0, e1, e2, e3 = b, b + d, b - d, -d
+            # then Aᵀ over the columns: g[x, z] = A[z]·(s_x, e_x)
+            gf[k + f] = s0
+            gf[k + m_ + f] = s0 + e0
+            gf[k + _u(2) * m_ + f] = s0 - e0
+            gf[k + _u(3) * m_ + f] = -e0
+            gf[k + _u(4) * m_ + f] = s1
+            gf[k + _u(5) * m_ + f] = s1 + e1
+            gf[k + _u(6) * m_ + f] = s1 - e1
+            gf[k + _u(7) * m_ + f] = -e1
+            gf[k + _u(8) * m_ + f] = s2
+            gf[k + _u(9) * m_ + f] = s2 + e2
+            gf[k + _u(10) * m_ + f] = s2 - e2
+            gf[k + _u(11) * m_ + f] = -e2
+            gf[k + _u(12) * m_ + f] = s3
+            gf[k + _u(13) * m_ + f] = s3 + e3
+            gf[k + _u(14) * m_ + f] = s3 - e3
+            gf[k + _u(15) * m_ + f] = -e3
+        for x in range(16):
+            for f in range(F, m):
+                g[t - t0, x, f] = 0
+
+
+@njit(**_JIT)
+def filter_grad(du, gw):
+    """``gw[i, j, c, f] = (Gᵀ ∂U G)[i, j]`` of ``du`` ``(16, C, m)`` (``∂U[4a+b]``), into
+    ``gw`` ``(3, 3, C, F)`` C-contiguous, ``F ≤ m``."""
+    C, F = gw.shape[2], gw.shape[3]
+    h = du.dtype.type(0.5)
+    row = np.empty((3, 4, F), du.dtype)  # Gᵀ over a: rows i, columns b
+    for c in range(C):
+        for b in range(4):
+            d0 = du[b, c]
+            d1 = du[4 + b, c]
+            d2 = du[8 + b, c]
+            d3 = du[12 + b, c]
+            r0 = row[0, b]
+            r1 = row[1, b]
+            r2 = row[2, b]
+            for f in range(F):
+                s = h * (d1[f] + d2[f])
+                r0[f] = d0[f] + s
+                r1[f] = h * (d1[f] - d2[f])
+                r2[f] = s + d3[f]
+        for i in range(3):
+            e0 = row[i, 0]
+            e1 = row[i, 1]
+            e2 = row[i, 2]
+            e3 = row[i, 3]
+            o0 = gw[i, 0, c]
+            o1 = gw[i, 1, c]
+            o2 = gw[i, 2, c]
+            for f in range(F):
+                s = h * (e1[f] + e2[f])
+                o0[f] = e0[f] + s
+                o1[f] = h * (e1[f] - e2[f])
+                o2[f] = s + e3[f]

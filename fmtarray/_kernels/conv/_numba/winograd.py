@@ -1,5 +1,5 @@
-"""``numba.winograd`` and ``numba.winograd_input_grad``: Winograd F(2×2, 3×3) on
-channels-last data, compiled.
+"""``numba.winograd``, ``numba.winograd_input_grad`` and ``numba.winograd_weight_grad``:
+Winograd F(2×2, 3×3) on channels-last data, compiled.
 
 The forward of a 3×3, stride-1, one-group convolution over two dims (any dilation) on input
 stored channels innermost (``(N, H, W, C)`` C-contiguous: NHWC data formatted
@@ -8,7 +8,9 @@ layout: the cotangent is copied channels-last unless it is). :mod:`.._numpy.wino
 describes the algorithm (2.25× fewer multiply-adds than the direct sum); this module
 runs it on channels-last data in place, the products summed by the register tiles of
 :mod:`._simd`. The input gradient is the forward of the cotangent with the filters
-turned by 180° and transposed, padded by ``2·dl - p`` with zeros.
+turned by 180° and transposed, padded by ``2·dl - p`` with zeros. The weight gradient
+is the adjoint (:func:`weight_grad`): ``∂U[ξ] = Σ_tiles V[ξ]ᵀ · (A ∂Y Aᵀ)[ξ]`` on the
+weight-gradient SIMD tiles, then ``Gᵀ ∂U G``.
 
 The outputs (2×2 per tile; with a dilation ``dl``, per phase of rows ≡ p and columns
 ≡ q mod ``dl``, each an undilated convolution of the input rows and columns with the
@@ -53,14 +55,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._numpy._common import all_finite, cl_strides
+from .._numpy._common import all_finite, cl_strides, sum_blocks
 from .._numpy._copies import parallel_copy
+from .._numpy._sums import parallel_sum
 from .._numpy._runtime import dynamic_blocks, n_workers, parallel, parallel_into, scratch
 from ..thresholds import current
 from . import direct
+from .direct import WGRAD_TILE_POSITIONS
 from .depthwise import _c_strides
 
-__all__ = ["applies", "applies_input_grad", "accepts", "forward", "input_grad", "TILES"]
+__all__ = ["applies", "applies_input_grad", "applies_weight_grad", "accepts", "forward",
+           "input_grad", "weight_grad", "TILES"]
 
 #: most tiles per item, and the fewest items per worker (tile runs are cut shorter
 #: until the filter blocks × runs reach it): more items re-form the filters per item
@@ -164,6 +169,70 @@ def input_grad(gy, x, w, spec, needs, dtype):
 
 #: ``[numba.direct_input_grad's backward]``, set where that entry is registered
 EXACT_INPUT_GRAD: list = []
+
+
+def applies_weight_grad(spec, layout):
+    """The weight gradient's: the forward's domain, with the transformed filters' sums
+    ``∂U`` (16 · C · F values) of at most ``Tuning.numba_winograd_u_bytes`` (one per
+    block of tiles, added in block order)."""
+    r = applies(spec, layout)
+    if r is not None:
+        return r
+    u = 16 * spec.C * spec.F * np.dtype(spec.dtype).itemsize
+    if u > current().numba_winograd_u_bytes:
+        return (f"transformed filters of {u} bytes > numba_winograd_u_bytes "
+                f"({current().numba_winograd_u_bytes}): one sum of them per block of tiles")
+    return None
+
+
+def weight_grad(gy, x, w, spec, needs, dtype):
+    """``(None, gw)``: ``∂U[ξ] = Σ_tiles V[ξ]ᵀ · (A ∂Y Aᵀ)[ξ]`` (the products on the
+    weight-gradient SIMD tiles, the 16 ``ξ`` as 16 groups), summed over fixed blocks of
+    tiles added in block order (the same bits whatever the number of threads), then ``gw
+    = Gᵀ ∂U G``; where that holds a non-finite value, numba.direct's."""
+    simd, wk = _kernels()
+    t = current()
+    g = gy
+    if g.dtype != dtype or not g.flags.c_contiguous:
+        g = np.empty(gy.shape, dtype)
+        parallel_copy(g, gy)
+    x = np.ascontiguousarray(x, dtype=dtype)  # (in place: applies and accepts ask it)
+    N, C, F = spec.N, spec.C, spec.F
+    dr, dc = spec.dilation
+    isz = np.dtype(dtype).itemsize
+    lanes = simd.VECTOR_BYTES // isz
+    fp = -(-F // lanes) * lanes
+    pad = np.full(C, spec.value, dtype)
+    geo = _Conv(N, C, F, spec.out, spec.pb, spec.value, spec.dilation)
+    phases = _phases(geo)
+    run_len = max(1, t.numba_winograd_run_bytes // (16 * max(C, fp) * isz))
+    # fixed blocks of tiles per phase (their count depends on the problem only)
+    blocks = [(k, b0, b1) for k, ph in enumerate(phases)
+              for b0, b1 in sum_blocks(N * ph[4] * ph[5], spec)]
+
+    def run(_w, item, acc):
+        k, b0, b1 = item
+        p, q, hp, wp, th, tw = phases[k]
+        for t0 in range(b0, b1, run_len):
+            t1 = min(t0 + run_len, b1)
+            n = t1 - t0
+            v = np.empty((16, n, C), dtype)
+            wk.input_tiles(x, pad, v, p - spec.pb[0], q - spec.pb[1], dr, dc, th, tw, t0, t1,
+                           t0)
+            m = np.empty((n, 16, fp), dtype)
+            wk.cotangent_tiles(g, m, p, q, dr, dc, hp, wp, th, tw, t0, t1)
+            offs = (np.arange(16, dtype=np.int64) * (n * C)).reshape(16, 1)
+            simd.weight_grad_positions(v.reshape(-1), np.arange(n, dtype=np.int64) * C,
+                                       np.arange(n, dtype=np.int64) * (16 * fp), offs, C,
+                                       m.reshape(-1), acc.reshape(-1), fp, 0,
+                                       WGRAD_TILE_POSITIONS, 0, n, 0, fp // lanes)
+
+    du = parallel_sum(run, blocks, (16, C, fp), dtype)
+    gw = np.empty((3, 3, C, F), dtype)
+    wk.filter_grad(du, gw)
+    if all_finite(gw):
+        return None, gw.reshape(np.shape(w))
+    return direct.weight_grad(gy, x, w, spec, needs, dtype)
 
 
 def _winograd(x, wc, bias, spec, dtype, flip):
