@@ -237,13 +237,13 @@ def cotangent_tiles(gy, g, p, q, dr, dc, hp, wp, th, tw, t0, t1):
 
 
 @njit(**_JIT)
-def filter_grad(du, gw):
-    """``gw[i, j, c, f] = (Gᵀ ∂U G)[i, j]`` of ``du`` ``(16, C, m)`` (``∂U[4a+b]``), into
-    ``gw`` ``(3, 3, C, F)`` C-contiguous, ``F ≤ m``."""
-    C, F = gw.shape[2], gw.shape[3]
+def filter_grad(du, gw, c0, c1):
+    """``gw[i, j, c, f] = (Gᵀ ∂U G)[i, j]`` of ``du`` ``(16, C, m)`` (``∂U[4a+b]``) for the
+    channels ``c0 .. c1-1``, into ``gw`` ``(3, 3, C, F)`` C-contiguous, ``F ≤ m``."""
+    F = gw.shape[3]
     h = du.dtype.type(0.5)
     row = np.empty((3, 4, F), du.dtype)  # Gᵀ over a: rows i, columns b
-    for c in range(C):
+    for c in range(c0, c1):
         for b in range(4):
             d0 = du[b, c]
             d1 = du[4 + b, c]
