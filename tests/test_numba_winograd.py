@@ -1,8 +1,10 @@
-"""``numba.winograd`` (Winograd F(2×2, 3×3) on channels-last data, compiled): its work
-cut into several filter blocks and tile runs against the direct-loop reference, where
-it is chosen, and the inputs it leaves to the direct kernel (non-finite or huge values,
-mixed dtypes) with the direct kernel's results. Its hypothesis-sampled domain test is
-in ``test_numba.py``."""
+"""``numba.winograd``, ``numba.winograd_input_grad`` and ``numba.winograd_weight_grad``
+(Winograd F(2×2, 3×3) on channels-last data, compiled): the forward's work cut into
+several filter blocks, tile runs, chunks and dilation phases against the direct-loop
+reference, where the entries are chosen, the inputs they leave to the direct kernels
+(non-finite or overflowing values, mixed dtypes) with the direct kernels' results bit
+for bit, and the weight gradient's bits for any number of workers. Their
+hypothesis-sampled domain tests are in ``test_numba.py``."""
 
 from __future__ import annotations
 
@@ -133,23 +135,28 @@ def test_mixed_dtypes_are_not_read_in_place():
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("where,bad", [("gy", np.inf), ("gy", np.nan), ("w", -np.inf),
-                                       ("w", np.nan)])
-def test_input_gradient_with_non_finite_values_is_the_direct_kernels(where, bad):
-    """±inf or NaN in the cotangent or the weights: numba.direct_input_grad's input
-    gradient, bit for bit (for a non-finite weight, its exact scatter: no NaN where no
-    tap reaches)."""
+@pytest.mark.parametrize("grad,where,bad", [
+    ("input", "gy", np.inf), ("input", "gy", np.nan), ("input", "w", -np.inf),
+    ("input", "w", np.nan), ("weight", "gy", np.inf), ("weight", "gy", np.nan),
+    ("weight", "x", -np.inf), ("weight", "x", np.nan)])
+def test_gradients_with_non_finite_values_are_the_direct_kernels(grad, where, bad):
+    """±inf or NaN in the cotangent, the weights (input gradient) or the input (weight
+    gradient): numba.direct_input_grad's / numba.direct's gradient, bit for bit (for a
+    non-finite weight, the exact scatter: no NaN where no tap reaches; Winograd's
+    transforms would mix an infinity into NaN over whole 4×4 tiles)."""
     x, w, _ = _case(c=8, f=8)
     kw = _kw()
     spec = spec_of(cnp, x, w, **kw)
     gy = np.random.default_rng(4).standard_normal((spec.N, *spec.out, spec.F)).astype(x.dtype)
-    {"gy": gy, "w": w}[where][(0, 1, 1, 1) if where == "gy" else (1, 1, 0, 0, 0)] = bad
+    {"gy": gy, "w": w, "x": x}[where][(1, 1, 0, 0, 0) if where == "w" else (0, 1, 1, 1)] = bad
+    i = 0 if grad == "input" else 1
+    needs = (i == 0, i == 1, False)
+    names = (("numba.winograd_input_grad", "numba.direct_input_grad") if i == 0 else
+             ("numba.winograd_weight_grad", "numba.direct"))
     with K.tuning(**ON), np.errstate(invalid="ignore", over="ignore"):
-        got = conv_backward(cnp, gy, x, w, needs=(True, False, False), **kw)[0]
-        forced = conv_backward(cnp, gy, x, w, needs=(True, False, False),
-                               force="numba.winograd_input_grad", **kw)[0]
-        direct = conv_backward(cnp, gy, x, w, needs=(True, False, False),
-                               force="numba.direct_input_grad", **kw)[0]
+        got = conv_backward(cnp, gy, x, w, needs=needs, **kw)[i]
+        forced = conv_backward(cnp, gy, x, w, needs=needs, force=names[0], **kw)[i]
+        direct = conv_backward(cnp, gy, x, w, needs=needs, force=names[1], **kw)[i]
     assert not np.isfinite(direct).all()
     np.testing.assert_array_equal(got, direct)
     np.testing.assert_array_equal(forced, direct)
@@ -162,27 +169,6 @@ def test_chosen_for_the_input_gradient_in_any_layout():
     for fmt, shape in (("BSSC", (4, 14, 14, 64)), ("SSCB", (14, 14, 64, 4))):
         plan = fa.conv_plan(FormattedArray(np.zeros(shape, np.float32), fmt), w, padding=1)
         assert plan.input_grad.chosen == "numba.winograd_input_grad", (fmt, str(plan))
-
-
-@pytest.mark.parametrize("where,bad", [("gy", np.inf), ("gy", np.nan), ("x", -np.inf),
-                                       ("x", np.nan)])
-def test_weight_gradient_with_non_finite_values_is_the_direct_kernels(where, bad):
-    """±inf or NaN in the cotangent or the input: numba.direct's weight gradient, bit for
-    bit (Winograd's adjoint would mix the infinity into NaN over whole 4×4 tiles)."""
-    x, w, _ = _case(c=8, f=8)
-    kw = _kw()
-    spec = spec_of(cnp, x, w, **kw)
-    gy = np.random.default_rng(5).standard_normal((spec.N, *spec.out, spec.F)).astype(x.dtype)
-    {"gy": gy, "x": x}[where][0, 1, 1, 1] = bad
-    with K.tuning(**ON), np.errstate(invalid="ignore", over="ignore"):
-        got = conv_backward(cnp, gy, x, w, needs=(False, True, False), **kw)[1]
-        forced = conv_backward(cnp, gy, x, w, needs=(False, True, False),
-                               force="numba.winograd_weight_grad", **kw)[1]
-        direct = conv_backward(cnp, gy, x, w, needs=(False, True, False),
-                               force="numba.direct", **kw)[1]
-    assert not np.isfinite(direct).all()
-    np.testing.assert_array_equal(got, direct)
-    np.testing.assert_array_equal(forced, direct)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

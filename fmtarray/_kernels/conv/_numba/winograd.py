@@ -58,6 +58,7 @@ import numpy as np
 from .._numpy._common import all_finite, cl_strides, row_ranges, sum_blocks
 from .._numpy._copies import parallel_copy
 from .._numpy._sums import parallel_sum
+from .._numpy.winograd import why_not_shape
 from .._numpy._runtime import dynamic_blocks, n_workers, parallel, parallel_into, scratch
 from ..thresholds import current
 from . import direct
@@ -82,16 +83,9 @@ def _kernels():
 
 def _why_not(spec):
     t = current()
-    if spec.d != 2 or spec.k != (3, 3):
-        return f"filter {spec.k}: 3×3 over two dims only"
-    if spec.stride != (1, 1):
-        return f"stride {spec.stride}: 1 only"
-    if spec.G != 1:
-        return f"{spec.G} groups: one group only"
-    if not spec.constant_padding:
-        return f"padding {spec.value!r}: constant padding only"
-    if spec.dtype not in ("float32", "float64"):
-        return f"dtype {spec.dtype}: float32 or float64 only"
+    r = why_not_shape(spec)
+    if r is not None:
+        return r
     if spec.C * spec.F < t.numba_winograd_min_cf:
         return (f"{spec.C}×{spec.F} channels × filters < numba_winograd_min_cf "
                 f"({t.numba_winograd_min_cf}): the transforms cost more than they save")

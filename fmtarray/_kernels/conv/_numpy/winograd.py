@@ -64,13 +64,10 @@ __all__ = ["applies_forward", "applies_weight_grad", "applies_input_grad", "acce
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def _why_not(spec, st):
-    """2-D, 3×3, stride 1, one group, constant padding, batch innermost in memory
-    (``st``: channels-last element strides of the data), enough channels, batch and
-    output tiles for the transforms to pay (the filter transform costs as much as
-    ``16·C·F`` values, whatever the batch: the 512-channel 7×7 case of the benchmark,
-    with 16 tiles of a batch of 8, measured faster on the direct path)."""
-    t = current()
+def why_not_shape(spec):
+    """What every Winograd F(2×2, 3×3) entry needs of the convolution (this module's and
+    :mod:`..._numba.winograd`'s): 2-D, 3×3, stride 1, one group, constant padding,
+    float32 or float64."""
     if spec.d != 2 or spec.k != (3, 3):
         return f"filter {spec.k}: 3×3 over two dims only"
     if spec.stride != (1, 1):
@@ -81,6 +78,19 @@ def _why_not(spec, st):
         return f"padding {spec.value!r}: constant padding only"
     if spec.dtype not in ("float32", "float64"):
         return f"dtype {spec.dtype}: float32 or float64 only"
+    return None
+
+
+def _why_not(spec, st):
+    """2-D, 3×3, stride 1, one group, constant padding, batch innermost in memory
+    (``st``: channels-last element strides of the data), enough channels, batch and
+    output tiles for the transforms to pay (the filter transform costs as much as
+    ``16·C·F`` values, whatever the batch: the 512-channel 7×7 case of the benchmark,
+    with 16 tiles of a batch of 8, measured faster on the direct path)."""
+    t = current()
+    r = why_not_shape(spec)
+    if r is not None:
+        return r
     if spec.N < t.winograd_min_n:
         return f"batch of {spec.N} < Tuning.winograd_min_n = {t.winograd_min_n}"
     if st is None or st[0] != 1:
