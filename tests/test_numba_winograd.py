@@ -172,9 +172,12 @@ def test_chosen_for_the_input_gradient_in_any_layout():
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_weight_gradient_has_the_same_bits_for_any_workers(monkeypatch, workers):
+@pytest.mark.parametrize("partials", [1 << 30, 3 * 16 * 6 * 32 * 4])
+def test_weight_gradient_has_the_same_bits_for_any_workers(monkeypatch, workers, partials):
     """The blocks of tiles are fixed by the problem and added in block order: 1, 2 or 3
-    workers give the same bits (a dilation's phases each have their blocks)."""
+    workers give the same bits, with the tiles of a dilation's two phases in blocks of
+    their own or (``ordered_sum_bytes`` for three partial sums) in three blocks that
+    cross from one phase into the other."""
     from fmtarray._kernels.conv._numpy import _runtime
 
     x, w, _ = _case(n=4, hw=(11, 10), c=6, f=20, seed=7)
@@ -185,7 +188,8 @@ def test_weight_gradient_has_the_same_bits_for_any_workers(monkeypatch, workers)
     base = _runtime.workers()
     for n in (1, workers):
         monkeypatch.setattr(_runtime, "workers", lambda n=n: (base[0], n, base[2]))
-        with K.tuning(**ON, serial_macs=0, numba_winograd_run_bytes=16 * 20 * 4 * 5):
+        with K.tuning(**ON, serial_macs=0, numba_winograd_run_bytes=16 * 20 * 4 * 5,
+                      ordered_sum_bytes=partials):
             got.append(conv_backward(cnp, gy, x, w, needs=(False, True, False),
                                      force="numba.winograd_weight_grad", **kw)[1])
     np.testing.assert_array_equal(got[0], got[1])

@@ -238,27 +238,48 @@ class _Tiles:
 
 
 def _du_by_tiles(tiles, spec):
-    """``∂U`` as one sum per fixed block of tiles (per dilation phase), the blocks
-    handed out dynamically and added in block order; each block in runs of tiles
-    (``Tuning.numba_winograd_run_bytes``) transformed in the cache."""
+    """``∂U`` as one sum per block of tiles, the blocks handed out dynamically and added
+    in block order; each block in runs of tiles (``Tuning.numba_winograd_run_bytes``)
+    transformed in the cache."""
     simd, _ = _kernels()
     C, fp, dtype = tiles.C, tiles.fp, tiles.dtype
-    nvec = fp // (simd.VECTOR_BYTES // np.dtype(dtype).itemsize)
-    run_len = max(1, current().numba_winograd_run_bytes // (16 * max(C, fp) *
-                                                            np.dtype(dtype).itemsize))
-    blocks = [(k, b0, b1) for k, ph in enumerate(tiles.phases)
-              for b0, b1 in sum_blocks(spec.N * ph[4] * ph[5], spec)]
+    isz = np.dtype(dtype).itemsize
+    nvec = fp // (simd.VECTOR_BYTES // isz)
+    run_len = max(1, current().numba_winograd_run_bytes // (16 * max(C, fp) * isz))
 
     def run(_w, item, acc):
-        k, b0, b1 = item
-        for t0 in range(b0, b1, run_len):
-            t1 = min(t0 + run_len, b1)
-            v = np.empty((16, t1 - t0, C), dtype)
-            m = np.empty((t1 - t0, 16, fp), dtype)
-            tiles.transform(k, t0, t1, v, m, t0)
-            tiles.products(v, m, t1 - t0, acc, 0, nvec)
+        for k, b0, b1 in item:
+            for t0 in range(b0, b1, run_len):
+                t1 = min(t0 + run_len, b1)
+                v = np.empty((16, t1 - t0, C), dtype)
+                m = np.empty((t1 - t0, 16, fp), dtype)
+                tiles.transform(k, t0, t1, v, m, t0)
+                tiles.products(v, m, t1 - t0, acc, 0, nvec)
 
-    return parallel_sum(run, blocks, (16, C, fp), dtype)
+    return parallel_sum(run, _tile_blocks(tiles, spec, 16 * C * fp * isz), (16, C, fp),
+                        dtype)
+
+
+def _tile_blocks(tiles, spec, size):
+    """The blocks of :func:`_du_by_tiles`: the tiles of every dilation phase in one
+    sequence cut into :func:`.._numpy._common.sum_blocks`' number of ranges, at most as
+    many as keep their partial sums (``size`` bytes each) within
+    ``Tuning.ordered_sum_bytes`` (so that :func:`.._numpy._sums.parallel_sum` adds them in
+    block order: the same bits whatever the number of threads), each a tuple of
+    ``(phase, first tile, end)`` pieces."""
+    counts = [tiles.geo.N * ph[4] * ph[5] for ph in tiles.phases]
+    total = sum(counts)
+    nb = max(1, min(len(sum_blocks(total, spec)), current().ordered_sum_bytes // size))
+    blocks = []
+    for b0, b1 in row_ranges(total, nb):
+        pieces, start = [], 0
+        for k, n in enumerate(counts):
+            lo, hi = max(b0, start), min(b1, start + n)
+            if lo < hi:
+                pieces.append((k, lo - start, hi - start))
+            start += n
+        blocks.append(tuple(pieces))
+    return blocks
 
 
 def _winograd(x, wc, bias, spec, dtype, flip):
