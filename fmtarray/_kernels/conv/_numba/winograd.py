@@ -105,8 +105,8 @@ def applies(spec, layout):
 
 def applies_input_grad(spec, layout):
     """The input gradient's: the forward of the cotangent with the filters turned by
-    180° and transposed, its rows and columns read from ``p - 2`` for a padding ``p``
-    before (any padding: outside the cotangent, zeros)."""
+    180° and transposed, padded by ``2·dl - p`` for a padding ``p`` before (any padding
+    and layout: outside the cotangent, zeros; the cotangent copied channels-last)."""
     return _why_not(spec)
 
 
@@ -141,15 +141,12 @@ def forward(x, w, bias, spec, dtype):
 
 
 def input_grad(gy, x, w, spec, needs, dtype):
-    """``(gx, None)``: the forward of the cotangent (copied channels-last C-contiguous
-    unless it is) with the weights transposed ``(3, 3, F, C)`` (one parallel blocked copy) and turned by
-    180° (in the filter transform), padded by ``2·dl - p`` with zeros (a negative padding:
-    rows and columns the windows skip); where the result
-    holds a non-finite value, numba.direct_input_grad's (:data:`EXACT_INPUT_GRAD`)."""
-    g = gy
-    if g.dtype != dtype or not g.flags.c_contiguous:
-        g = np.empty(gy.shape, dtype)
-        parallel_copy(g, gy)
+    """``(gx, None)``: the forward of the cotangent (:func:`_channels_last`) with the
+    weights transposed ``(3, 3, F, C)`` (one parallel blocked copy) and turned by 180° (in
+    the filter transform), padded by ``2·dl - p`` with zeros (a negative padding: rows
+    and columns the windows skip); where the result holds a non-finite value,
+    numba.direct_input_grad's (:data:`EXACT_INPUT_GRAD`)."""
+    g = _channels_last(gy, dtype)
     taps = np.stack(np.unravel_index(np.arange(9), (3, 3)), axis=1)
     wt = direct._transposed(np.asarray(w, dtype=dtype), taps, spec).reshape(3, 3, spec.F,
                                                                             spec.C)
@@ -163,6 +160,16 @@ def input_grad(gy, x, w, spec, needs, dtype):
 
 #: ``[numba.direct_input_grad's backward]``, set where that entry is registered
 EXACT_INPUT_GRAD: list = []
+
+
+def _channels_last(gy, dtype):
+    """The cotangent ``(N, *out, F)`` C-contiguous in ``dtype``: ``gy`` itself when it is,
+    else a parallel copy."""
+    if gy.dtype == dtype and gy.flags.c_contiguous:
+        return gy
+    g = np.empty(gy.shape, dtype)
+    parallel_copy(g, gy)
+    return g
 
 
 def applies_weight_grad(spec, layout):
@@ -187,10 +194,7 @@ def weight_grad(gy, x, w, spec, needs, dtype):
     threads), then ``gw = Gᵀ ∂U G``; where that holds a non-finite value,
     numba.direct's."""
     simd, wk = _kernels()
-    g = gy
-    if g.dtype != dtype or not g.flags.c_contiguous:
-        g = np.empty(gy.shape, dtype)
-        parallel_copy(g, gy)
+    g = _channels_last(gy, dtype)
     x = np.ascontiguousarray(x, dtype=dtype)  # (in place: applies and accepts ask it)
     N, C, F = spec.N, spec.C, spec.F
     isz = np.dtype(dtype).itemsize
