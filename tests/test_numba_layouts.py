@@ -252,8 +252,8 @@ def test_input_grad_weights_transposed_by_the_compiled_copy(groups, cg, fg):
     ("numba.direct", "forward_positions", 1, False),
     ("numba.direct", "forward_positions", 1, True),
     ("numba.depthwise", "channelwise_positions", 16, True),
-    ("numba.direct", "weight_grad_positions", 1, False),
-    ("numba.direct", "weight_grad_positions", 1, True),
+    ("numba.direct", "_wgrad_pieces.weight_grad", 1, False),
+    ("numba.direct", "_wgrad_pieces.weight_grad", 1, True),
     ("numba.depthwise", "channelwise_weight_grad_positions", 16, False),
     ("numba.depthwise", "channelwise_weight_grad_positions", 16, True),
 ])
@@ -266,14 +266,16 @@ def test_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, group
 
     from conv_reference import ref_conv
     from fmtarray._kernels.conv import tuning
-    from fmtarray._kernels.conv._numba import _simd
+    from fmtarray._kernels.conv._numba import _simd, _wgrad_pieces
     from fmtarray._kernels.conv._numpy import _runtime as rt
     from kernel_calls import conv_backward, conv_forward
     from test_numpy_algos import ref_conv_vjp
 
     if rt.workers()[1] < 2:
         pytest.skip("needs more than one worker")
-    real = getattr(_simd, kernel)
+    module = _wgrad_pieces if kernel.startswith("_wgrad_pieces.") else _simd
+    kernel = kernel.rpartition(".")[2]
+    real = getattr(module, kernel)
     main = threading.get_ident()
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
     stuck = []
@@ -289,7 +291,7 @@ def test_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, group
         started.wait(5)
         real(*a)
 
-    monkeypatch.setattr(_simd, kernel, held)
+    monkeypatch.setattr(module, kernel, held)
     rng = np.random.default_rng(3)
     c = 16
     x = rng.standard_normal((4, 11, 9, c)).astype(np.float32)
@@ -299,7 +301,7 @@ def test_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, group
     kw = dict(stride=(1, 1), dilation=(1, 1), pad_before=(1, 1), pad_after=(1, 1),
               pad_value=0.0)
     args = ((1, 1), (1, 1), (1, 1), (1, 1), 0.0)
-    wgrad = kernel.endswith("weight_grad_positions")
+    wgrad = kernel.endswith(("weight_grad_positions", "weight_grad"))
     gy = rng.standard_normal((4, 11, 9, w.shape[3] * groups)).astype(np.float32)
     t0 = time.perf_counter()
     try:

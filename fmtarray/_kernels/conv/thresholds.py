@@ -84,6 +84,11 @@ class Tuning:
     #: with ``U`` formed once: the bytes of ``V`` per item (a run of tiles taken through
     #: all three steps in the cache)
     numba_winograd_run_bytes: int = 2**20
+    #: weight gradients of one filter vector: window values in the lanes
+    #: (:mod:`._numba._wgrad_pieces`) where a window run fills at least this share of the
+    #: vectors it is cut into (a value above 1: never; measured float32, against the
+    #: other tile: runs of 48 or 160 values 1.06-1.21×, of 24 (0.75) 0.91-1.02×)
+    numba_wgrad_pieces_min_fill: float = 0.8
     #: numba.direct on data not stored channels innermost (e.g. canonical, copied
     #: channels-last): the most channels × filters per group, and for the input gradient
     #: the fewest channels per group (measured float32 2026-12-06: 16→16, 16→32, 48→48

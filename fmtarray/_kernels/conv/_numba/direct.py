@@ -408,6 +408,9 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
     bits whatever the number of threads, and however the small groups are bundled into
     items)."""
     k = _k()
+    from ._wgrad_pieces import weight_grad as wg
+
+    fill = current().numba_wgrad_pieces_min_fill
     nv_max = k.NV_MAX
     lanes, narrow = _width(dtype, spec.Fg)
     Fp = gp.shape[-1]
@@ -424,15 +427,15 @@ def _weight_grad_sum(xf, groups, gp, spec, dtype):
 
         def by_filters(_w, v):
             for (pos, gq, offs, R), a in zip(groups, starts):
-                k.weight_grad_positions(xf, pos, gq, offs, R, gf, flat[a:], Fp, narrow, per,
-                                        0, len(pos), v, min(v + step, nvec))
+                wg(xf, pos, gq, offs, R, gf, flat[a:], Fp, narrow, per, 0, len(pos), v,
+                   min(v + step, nvec), fill)
 
         parallel(by_filters, range(0, nvec, step), dynamic=True)
         return [flat[a:a + n].reshape(sh) for a, n, sh in zip(starts, sizes, shapes)]
 
     def run(i, q0, q1, a):
         pos, gq, offs, R = groups[i]
-        k.weight_grad_positions(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec)
+        wg(xf, pos, gq, offs, R, gf, a, Fp, narrow, per, q0, q1, 0, nvec, fill)
 
     blocks = sum_blocks(len(groups[0][0]), spec)
     nb = len(blocks)

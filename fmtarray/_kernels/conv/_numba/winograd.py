@@ -233,12 +233,13 @@ class _Tiles:
 
     def products(self, v, m, n, acc, va, vb):
         """``acc += Σ`` over the first ``n`` tiles of ``v`` and ``m``."""
-        simd, _ = _kernels()
+        from ._wgrad_pieces import weight_grad
+
         offs = (np.arange(16, dtype=np.int64) * (v.shape[1] * self.C)).reshape(16, 1)
-        simd.weight_grad_positions(v.reshape(-1), np.arange(n, dtype=np.int64) * self.C,
-                                   np.arange(n, dtype=np.int64) * (16 * self.fp), offs,
-                                   self.C, m.reshape(-1), acc.reshape(-1), self.fp, 0,
-                                   WGRAD_TILE_POSITIONS, 0, n, va, vb)
+        weight_grad(v.reshape(-1), np.arange(n, dtype=np.int64) * self.C,
+                    np.arange(n, dtype=np.int64) * (16 * self.fp), offs, self.C, m.reshape(-1),
+                    acc.reshape(-1), self.fp, 0, WGRAD_TILE_POSITIONS, 0, n, va, vb,
+                    current().numba_wgrad_pieces_min_fill)
 
 
 def _du_by_tiles(tiles, spec):
