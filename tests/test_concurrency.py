@@ -51,6 +51,7 @@ CASES = {
     "numba.winograd_weight_grad": ("cl", 3, (7, 6), 5, 70, 1, (3, 3),
                                    dict(pad_before=1, dilation=(2, 1)),
                                    dict(numba_winograd_min_cf=0,
+                                        numba_winograd_wgrad_min_cf=0,
                                         numba_winograd_run_bytes=3 * 16 * 80 * 4)),
     # transformed filters formed once, runs of 3 tiles
     "numba.winograd_input_grad": ("bi", 3, (7, 6), 5, 70, 1, (3, 3), dict(pad_before=1),

@@ -69,8 +69,9 @@ DOMAINS = {
     "numba.winograd_weight_grad": (("weight_grad",), config(
         d=2, k=[(3, 3)], stride=1, dil=(1, 1, 2, 3), G=1, Cg=(1, 2, 5, 17, 40),
         Fg=(1, 3, 16, 17, 70), pads=(0, 1, 2, 3), values=(0.0, -1.5), layouts="cl",
-        tunings=({"numba_winograd_min_cf": 0},
-                 {"numba_winograd_min_cf": 0, "numba_winograd_run_bytes": 3000}))),
+        tunings=({"numba_winograd_min_cf": 0, "numba_winograd_wgrad_min_cf": 0},
+                 {"numba_winograd_min_cf": 0, "numba_winograd_wgrad_min_cf": 0,
+                  "numba_winograd_run_bytes": 3000}))),
     "numba.direct_input_grad": (("input_grad",), config(
         d=(1, 2, 2, 3), G=(1, 1, 2, 3), Cg=(1, 2, 3, 5, 8, 9), Fg=(1, 2, 3, 4, 5, 7),
         N=(1, 2, 3), stride=(1, 2, 3), dil=(1, 2, 3), layouts=("cl", "cl", "bi", "li", "cf"),
@@ -320,6 +321,37 @@ def test_dense_and_grouped_select_the_compiled_kernel():
         assert "direct_input_grad_min_positions (325)" in str(plan)
     with K.tuning(direct_max_cf=63, direct_input_grad_min_positions=4 * 9 * 9):
         assert _plan("BSSC", x, w, padding=1) == direct
+
+
+@needs_numba
+def test_big_weight_gradients_go_to_blas():
+    """One group's weights of ``direct_wgrad_max_bytes`` and more: numba.direct serves
+    the forward but not the weight gradient (numpy.gemm_wide's GEMM, same values to
+    rounding); forcing it names the threshold; a grouped one stays compiled."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 5, 40)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 40, 24)).astype(np.float32)  # 34560 bytes
+    kw = dict(padding=1, stride=2)
+    with K.tuning(direct_wgrad_max_bytes=34560, wide_weight_bytes=34560):
+        plan = fa.conv_plan(FormattedArray(x, "BSSC"), w, **kw)
+        assert plan.chosen()["forward"] == "numba.direct"
+        assert plan.chosen()["weight_grad"] == "numpy.gemm_wide"
+        assert "direct_wgrad_max_bytes (34560)" in str(plan)
+        gy = rng.standard_normal((2, 3, 3, 24)).astype(np.float32)
+        kk = dict(stride=2, pad_before=1, pad_after=1)
+        got = conv_backward(cnp, gy, x, w[..., None], needs=(False, True), **kk)[1]
+        with pytest.raises(ValueError, match="direct_wgrad_max_bytes"):
+            conv_backward(cnp, gy, x, w[..., None], needs=(False, True), force="numba.direct",
+                          **kk)
+        wg = w.reshape(3, 3, 20, 24, 2)[:, :, :, :12]  # two groups: the compiled kernel
+        assert _plan("BSSC", x, wg, **kw)["weight_grad"] == "numba.direct"
+    with K.tuning(direct_wgrad_max_bytes=34561):
+        assert _plan("BSSC", x, w, **kw)["weight_grad"] == "numba.direct"
+        forced = conv_backward(cnp, gy, x, w[..., None], needs=(False, True),
+                               force="numba.direct", **kk)[1]
+    ref = ref_conv_vjp(x, w[..., None], gy, (2, 2), (1, 1), (1, 1), (1, 1), 0.0)[1]
+    for gw in (got, forced):
+        assert np.abs(gw - ref).max() <= 1e-5 * (np.abs(ref).max() + 1)
 
 
 def test_fmtarray_numba_0_turns_the_compiled_kernels_off(monkeypatch):

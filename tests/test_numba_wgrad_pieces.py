@@ -136,7 +136,7 @@ def test_winograd_weight_gradient_of_one_filter_vector():
     gy = np.random.default_rng(1).standard_normal((2, 9, 10, 16)).astype(np.float32)
     out = []
     for t in (PIECES, OTHER):
-        with K.tuning(numba_winograd_min_cf=0, **t):
+        with K.tuning(numba_winograd_min_cf=0, numba_winograd_wgrad_min_cf=0, **t):
             out.append(conv_backward(cnp, gy, x, w, needs=(False, True),
                                      force="numba.winograd_weight_grad", **kw)[1])
     ref = _ref_weight_grad(x, w, gy, 1, 1)

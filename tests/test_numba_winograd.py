@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("FMTARRAY_NUMBA") == "0"
                                 or _numba.unavailable() is not None,
                                 reason="numba unavailable or FMTARRAY_NUMBA=0")
 
-ON = {"numba_winograd_min_cf": 0}
+ON = {"numba_winograd_min_cf": 0, "numba_winograd_wgrad_min_cf": 0}
 
 
 def _case(n=2, hw=(7, 6), c=5, f=70, dtype=np.float32, seed=0):
@@ -169,6 +169,22 @@ def test_chosen_for_the_input_gradient_in_any_layout():
     for fmt, shape in (("BSSC", (4, 14, 14, 64)), ("SSCB", (14, 14, 64, 4))):
         plan = fa.conv_plan(FormattedArray(np.zeros(shape, np.float32), fmt), w, padding=1)
         assert plan.input_grad.chosen == "numba.winograd_input_grad", (fmt, str(plan))
+
+
+def test_weight_gradient_chosen_from_its_own_channel_count():
+    """The weight gradient goes to Winograd from ``numba_winograd_wgrad_min_cf`` channels ×
+    filters (96 → 96), to numba.direct below (64 → 64, whose forward is Winograd's), and
+    the threshold is a tuning."""
+    plans = {c: fa.conv_plan(FormattedArray(np.zeros((4, 14, 14, c), np.float32), "BSSC"),
+                             np.zeros((3, 3, c, c), np.float32), padding=1) for c in (64, 96)}
+    assert plans[96].weight_grad.chosen == "numba.winograd_weight_grad"
+    assert plans[64].forward.chosen == "numba.winograd"
+    assert plans[64].weight_grad.chosen == "numba.direct"
+    assert "numba_winograd_wgrad_min_cf" in str(plans[64])
+    with K.tuning(numba_winograd_wgrad_min_cf=64 * 64):
+        plan = fa.conv_plan(FormattedArray(np.zeros((4, 14, 14, 64), np.float32), "BSSC"),
+                            np.zeros((3, 3, 64, 64), np.float32), padding=1)
+    assert plan.weight_grad.chosen == "numba.winograd_weight_grad"
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

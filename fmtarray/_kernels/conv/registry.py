@@ -67,6 +67,9 @@ class Algo:
     #: order the entry reads; when the two gradients' entries name the same function,
     #: :func:`backward` calls it once and hands its result to both (one copy, not two)
     cotangent: Callable | None = None
+    #: ``op_applies(op, spec, layout) -> None or why not``: a further condition on some
+    #: of the ops (an entry whose forward and weight gradient part at different sizes)
+    op_applies: Callable | None = None
 
     def __repr__(self):
         return f"Algo({self.name!r}, {'/'.join(self.ops)})"
@@ -175,6 +178,8 @@ def _why_not(a: Algo, op, spec, layout, library, arrays):
     if a.library not in (library, "portable"):
         return f"runs on {a.library} arrays, these are {library}"
     reason = a.applies(spec, layout)
+    if reason is None and a.op_applies is not None:
+        reason = a.op_applies(op, spec, layout)
     if reason is None and a.accepts is not None and arrays is not None:
         reason = a.accepts(spec, layout, *arrays)
     return reason

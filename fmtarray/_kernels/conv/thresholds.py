@@ -79,6 +79,11 @@ class Tuning:
     #: ``U`` (16 · C · F values) of at most this many bytes are formed once per call
     #: (more: each item forms its block's, never the whole ``U``)
     numba_winograd_min_cf: int = 2304
+    #: numba.winograd_weight_grad: the fewest channels × filters (measured 2026-12-07
+    #: on an AMD EPYC, AVX-512, 2 vCPUs, against numba.direct in the same process:
+    #: 64→64 b32 56×56 0.86×, dilated 64→64 0.74×, 96→96 1.28×, 64→128 1.30×, 128→128
+    #: 1.52×, 256→256 1.32×; on the Intel VM of the sessions before, 64→64 1.2×)
+    numba_winograd_wgrad_min_cf: int = 8192
     numba_winograd_max_v_bytes: int = 8 * 2**20
     numba_winograd_u_bytes: int = 4 * 2**20
     #: with ``U`` formed once: the bytes of ``V`` per item (a run of tiles taken through
@@ -118,6 +123,11 @@ class Tuning:
     #: workers by filter blocks (else by positions, per-block partial gradients added in
     #: order; 512→512 3×3: 34 → 12 ms)
     direct_wgrad_split_bytes: int = 2**20
+    #: numba.direct's weight gradient of one group: weights of fewer bytes (more: BLAS's
+    #: GEMM, numpy.gemm_wide, measured 2026-12-07 on an AMD EPYC, AVX-512, 2 vCPUs, 1.12-1.34×
+    #: faster: 512→512 3×3 b8 and b32 7×7, float32 and float64, 256→512 and 256→256 3×3
+    #: stride 2, 256→256 b64 14×14)
+    direct_wgrad_max_bytes: int = 2 * 2**20
     #: numba.direct's forward and weight gradient read a zero-padded channels-last input
     #: in place, with no padded copy, when it has at least this many times the weights'
     #: bytes (the border groups gather their rows of the weights, about 5× them for 3×3;

@@ -84,12 +84,13 @@ def _when_compiled(applies):
 
 
 def _entry(name, ops, applies, domain, *, forward=None, backward=None, accepts=None,
-           cotangent=None):
+           cotangent=None, op_applies=None):
     register(Algo(f"numba.{name}", "numpy", ops,
                   _no_input_dilation(_when_compiled(applies)),
                   forward=None if forward is None else _forward(forward, False),
                   backward=None if backward is None else _backward(backward, False),
-                  accepts=accepts, domain=domain, cotangent=cotangent), front=True)
+                  accepts=accepts, domain=domain, cotangent=cotangent,
+                  op_applies=op_applies), front=True)
 
 
 _entry("depthwise", ALL, depthwise.applies,
@@ -118,8 +119,8 @@ _entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
        backward=winograd.input_grad, accepts=data_dtypes_match,
        cotangent=direct.shared_cotangent)
 _entry("winograd_weight_grad", ("weight_grad",), winograd.applies_weight_grad,
-       "numba.winograd's domain with transformed filters of at most "
-       "numba_winograd_u_bytes: Winograd's adjoint, the transformed input tiles against "
+       "numba.winograd's domain from numba_winograd_wgrad_min_cf channels × filters, "
+       "with transformed filters of at most numba_winograd_u_bytes: Winograd's adjoint, the transformed input tiles against "
        "the transformed cotangent on the weight-gradient SIMD tiles, fixed blocks of tiles "
        "added in block order; a non-finite result is formed again by numba.direct",
        backward=winograd.weight_grad, accepts=data_dtypes_match,
@@ -132,9 +133,10 @@ _entry("direct", ("forward", "weight_grad"), direct.applies,
        "gradient a channels-last cotangent direct_input_grad_in_place_ratio times "
        "them), or (copied channels-last) "
        "C·F ≤ direct_copy_max_cf; where numpy.winograd applies only up to C·F = "
-       "direct_max_cf",
+       "direct_max_cf; the weight gradient of one group for weights under "
+       "direct_wgrad_max_bytes (more: numpy.gemm_wide's BLAS GEMM)",
        forward=direct.forward, backward=direct.weight_grad, accepts=data_dtypes_match,
-       cotangent=direct.shared_cotangent)
+       cotangent=direct.shared_cotangent, op_applies=direct.applies_op)
 _DIRECT_INPUT_GRAD = _exact_near_non_finite_weights(direct.input_grad, input_grad_col2im)
 winograd.EXACT_INPUT_GRAD.append(_DIRECT_INPUT_GRAD)
 _entry("direct_input_grad", ("input_grad",), direct.applies_input_grad,

@@ -54,7 +54,7 @@ from .plans import (border_gpos, border_plan, border_rows, bundles, forward_plan
                     group_items, input_grad_border_plan, input_grad_border_rows,
                     input_grad_plans, span_plan)
 
-__all__ = ["applies", "applies_input_grad", "forward", "input_grad", "weight_grad"]
+__all__ = ["applies", "applies_op", "applies_input_grad", "forward", "input_grad", "weight_grad"]
 
 
 _simd = []  # [the module], once a kernel has run (importing it imports Numba)
@@ -84,6 +84,19 @@ def applies(spec, layout):
                     f"direct_copy_max_cf ({t.direct_copy_max_cf}): the BLAS entries read it "
                     "in place faster than a channels-last copy pays")
     return None  # other memory orders (and any cotangent's) are copied channels-last
+
+
+def applies_op(op, spec, layout):
+    """The weight gradient's further condition: one group's weights of fewer than
+    ``Tuning.direct_wgrad_max_bytes`` (more: numpy.gemm_wide's BLAS GEMM is faster)."""
+    if op != "weight_grad" or spec.G > 1:
+        return None
+    wb = spec.K * spec.C * spec.F * np.dtype(spec.dtype).itemsize
+    limit = current().direct_wgrad_max_bytes
+    if wb >= limit:
+        return (f"weights of {wb} bytes >= direct_wgrad_max_bytes ({limit}): BLAS's GEMM "
+                "(numpy.gemm_wide) is faster")
+    return None
 
 
 def applies_input_grad(spec, layout):

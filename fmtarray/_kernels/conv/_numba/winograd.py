@@ -173,13 +173,18 @@ def _channels_last(gy, dtype):
 
 
 def applies_weight_grad(spec, layout):
-    """The weight gradient's: the forward's domain, with the transformed filters' sums
-    ``∂U`` (16 · C · F values) of at most ``Tuning.numba_winograd_u_bytes`` (one per
-    block of tiles, added in block order; 512 → 512, 16 MiB, split by filter vectors
-    instead ran no faster than numba.direct: 10.8 against 11.1 ms)."""
+    """The weight gradient's: the forward's domain from ``Tuning.numba_winograd_wgrad_min_cf``
+    channels × filters, with the transformed filters' sums ``∂U`` (16 · C · F values) of
+    at most ``Tuning.numba_winograd_u_bytes`` (one per block of tiles, added in block
+    order; 512 → 512, 16 MiB, split by filter vectors instead ran no faster than
+    numba.direct: 10.8 against 11.1 ms)."""
     r = applies(spec, layout)
     if r is not None:
         return r
+    t = current()
+    if spec.C * spec.F < t.numba_winograd_wgrad_min_cf:
+        return (f"{spec.C}×{spec.F} channels × filters < numba_winograd_wgrad_min_cf "
+                f"({t.numba_winograd_wgrad_min_cf}): numba.direct's weight gradient is as fast")
     u = 16 * spec.C * spec.F * np.dtype(spec.dtype).itemsize
     if u > current().numba_winograd_u_bytes:
         return (f"transformed filters of {u} bytes > numba_winograd_u_bytes "
