@@ -261,7 +261,7 @@ def _du_by_tiles(tiles, spec):
         for k, b0, b1 in item:
             for t0 in range(b0, b1, run_len):
                 t1 = min(t0 + run_len, b1)
-                v = np.empty((16, t1 - t0, C), dtype)
+                v = np.empty((16, _rows(t1 - t0, C, dtype), C), dtype)
                 m = np.empty((t1 - t0, 16, fp), dtype)
                 tiles.transform(k, t0, t1, v, m, t0)
                 tiles.products(v, m, t1 - t0, acc, 0, nvec)
@@ -324,6 +324,14 @@ def _winograd(x, wc, bias, spec, dtype, flip):
     return y
 
 
+def _rows(n, C, dtype):
+    """Rows of a transformed input ``V`` ``(16, rows, C)`` for ``n`` tiles: one more when
+    its 16 planes would lie a multiple of 4 KiB apart (a tile's 16 values of a channel,
+    written or read together, would then fall in one set of the L1 cache: 256 → 256
+    input transform 2.0 → 3.9 ms)."""
+    return n + 1 if n * C * np.dtype(dtype).itemsize % 4096 == 0 else n
+
+
 def _phases(spec):
     """``(p, q, hp, wp, th, tw)`` of each dilation phase with outputs: rows ≡ p and
     columns ≡ q, ``hp × wp`` of them in ``th × tw`` tiles per sample."""
@@ -362,9 +370,9 @@ def _fused(x, pad, us, b, y, spec, dtype, fblocks, widths):
         k, t0, t1 = item
         p, q, hp, wp, th, tw = phases[k]
         n = t1 - t0
-        v = np.empty((16, n, C), dtype)
+        v = np.empty((16, _rows(n, C, dtype), C), dtype)
         wk.input_tiles(x, pad, v, p - spec.pb[0], q - spec.pb[1], dr, dc, th, tw, t0, t1, t0)
-        offs = (np.arange(16, dtype=np.int64) * (n * C)).reshape(16, 1)
+        offs = (np.arange(16, dtype=np.int64) * (v.shape[1] * C)).reshape(16, 1)
         pos = np.arange(n, dtype=np.int64) * C
         sink = np.empty(widths[0], dtype)
         for i, (f0, f1) in enumerate(fblocks):
@@ -396,9 +404,9 @@ def _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q):
     r0, c0 = p - spec.pb[0], q - spec.pb[1]
     # the tiles in chunks whose V stays under numba_winograd_max_v_bytes
     chunk = max(1, min(T, t.numba_winograd_max_v_bytes // (16 * C * isz)))
-    v = scratch("winograd V", (16, chunk, C), dtype)
+    v = scratch("winograd V", (16, _rows(chunk, C, dtype), C), dtype)
     vf = v.reshape(-1)
-    offs = (np.arange(16, dtype=np.int64) * (chunk * C)).reshape(16, 1)
+    offs = (np.arange(16, dtype=np.int64) * (v.shape[1] * C)).reshape(16, 1)
     zero = np.zeros(16 * widths[0], dtype)
     nb = dynamic_blocks()
     for s0 in range(0, T, chunk):
