@@ -27,9 +27,10 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._ir import at, mask, masked
-from ._simd import VECTOR_BYTES, _data, _i, _I32, _Vec
+from ._simd import VECTOR_BYTES, _data, _i, _I32, _Vec, forward_positions
 
-__all__ = ["input_tiles", "filter_block", "output_block", "cotangent_tiles", "filter_grad"]
+__all__ = ["input_tiles", "filter_block", "output_block", "fused_item", "cotangent_tiles",
+           "filter_grad"]
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 _u = np.uint64
@@ -217,6 +218,33 @@ def output_block(mf, y, bias, sink, p, q, dr, dc, hp, wp, th, tw, t0, t1, f0, nf
             out01[o01 + f] = b + (p1 - p2 - p3)
             out10[o10 + f] = b + (q0 + q1 + q2)
             out11[o11 + f] = b + (q1 - q2 - q3)
+
+
+@njit(**_JIT)
+def fused_item(x, pad, v, m, uall, uoff, blk, zero, bias, y, sink, a):
+    """The tiles ``t0 .. t1-1`` of one dilation phase through all three steps (``a = (r0,
+    c0, dr, dc, th, tw, p, q, hp, wp, t0, t1, wblock)``: :func:`input_tiles`' and
+    :func:`output_block`'s arguments, and the products' weight block): their
+    transformed input into ``v`` ``(16, ≥ t1 - t0, C)``, then per filter block ``i``
+    (``blk[i] = (f0, nf, width)``, its transformed filters ``(16, C, width)`` at
+    ``uall[uoff[i]:]``) the 16 products into ``m`` (``(t1 - t0) · 16 · nf`` values and a
+    vector) by :func:`._simd.forward_positions` and the outputs into ``y`` ``(N, Ho, Wo,
+    F)``. One compiled call per item (the Python between the kernels cost about 25 µs
+    an item)."""
+    r0, c0, dr, dc, th, tw, p, q, hp, wp, t0, t1, wblock = a
+    C = x.shape[3]
+    n = t1 - t0
+    input_tiles(x, pad, v, r0, c0, dr, dc, th, tw, t0, t1, t0)
+    lanes = VECTOR_BYTES // x.itemsize
+    offs = (np.arange(16) * (v.shape[1] * C)).reshape(16, 1)
+    pos = np.arange(n) * C
+    vf = v.reshape(-1)
+    for i in range(blk.shape[0]):
+        f0, nf, fp = blk[i, 0], blk[i, 1], blk[i, 2]
+        mpos = np.arange(n) * (16 * nf)
+        forward_positions(vf, pos, mpos, offs, C, uall[uoff[i]:uoff[i + 1]], zero, fp, m, nf,
+                          0, wblock, 0, n, 0, fp // lanes, (0, 1, 0, C))
+        output_block(m, y, bias, sink, p, q, dr, dc, hp, wp, th, tw, t0, t1, f0, nf)
 
 
 @njit(**_JIT)

@@ -366,24 +366,23 @@ def _fused(x, pad, us, b, y, spec, dtype, fblocks, widths):
     items = [(k, t0, min(t0 + run_len, N * ph[4] * ph[5])) for k, ph in enumerate(phases)
              for t0 in range(0, N * ph[4] * ph[5], run_len)]
 
+    # every filter block's transformed filters in one array (the compiled item reads
+    # block i at uall[uoff[i]:]), the blocks' first filters, counts and padded widths
+    uall = np.concatenate([u.reshape(-1) for u in us])
+    blk = np.array([(f0, f1 - f0, wd) for (f0, f1), wd in zip(fblocks, widths)], np.int64)
+    uoff = np.concatenate([[0], np.cumsum([u.size for u in us])]).astype(np.int64)
+    nf_max = max(f1 - f0 for f0, f1 in fblocks)
+    wblock = t.direct_weight_block_bytes
+
     def run(_w, item, yf):
         k, t0, t1 = item
         p, q, hp, wp, th, tw = phases[k]
         n = t1 - t0
         v = np.empty((16, _rows(n, C, dtype), C), dtype)
-        wk.input_tiles(x, pad, v, p - spec.pb[0], q - spec.pb[1], dr, dc, th, tw, t0, t1, t0)
-        offs = (np.arange(16, dtype=np.int64) * (v.shape[1] * C)).reshape(16, 1)
-        pos = np.arange(n, dtype=np.int64) * C
-        sink = np.empty(widths[0], dtype)
-        for i, (f0, f1) in enumerate(fblocks):
-            nf, fp = f1 - f0, widths[i]
-            m = np.empty(n * 16 * nf + lanes, dtype)
-            mpos = np.arange(n, dtype=np.int64) * (16 * nf)
-            simd.forward_positions(v.reshape(-1), pos, mpos, offs, C, us[i].reshape(-1), zero,
-                                   fp, m, nf, 0, t.direct_weight_block_bytes, 0, n, 0,
-                                   fp // lanes, (0, 1, 0, C))
-            wk.output_block(m, yf.reshape(N, Ho, Wo, F), b, sink, p, q, dr, dc, hp, wp, th,
-                            tw, t0, t1, f0, nf)
+        m = np.empty(n * 16 * nf_max + lanes, dtype)
+        wk.fused_item(x, pad, v, m, uall, uoff, blk, zero, b, yf.reshape(N, Ho, Wo, F),
+                      np.empty(widths[0], dtype), (p - spec.pb[0], q - spec.pb[1], dr, dc,
+                                                   th, tw, p, q, hp, wp, t0, t1, wblock))
 
     return parallel_into(run, items, y)
 
