@@ -32,6 +32,10 @@ from __future__ import annotations
 
 import numba as nb
 
+from ._cache import install
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
+
 __all__ = ["copy", "transpose_taps", "MIN_BATCH"]
 
 #: the fewest values in the source's innermost dim the compiled copy takes: with fewer

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import numba as nb
 
+from ._cache import install
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
+
 _JIT = dict(nogil=True, cache=True, fastmath=False, boundscheck=False, error_model="numpy")
 
 

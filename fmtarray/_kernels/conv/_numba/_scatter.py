@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import numba as nb
 
+from ._cache import install
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
+
 __all__ = ["add_rows"]
 
 

@@ -55,6 +55,10 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ._cache import install
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
+
 __all__ = ["VECTOR_BYTES", "BLOCK", "WGRAD_BLOCK", "NARROW", "forward_tile", "wgrad_tile",
            "channelwise_wgrad_tile", "forward_positions", "weight_grad_positions",
            "channelwise_positions", "channelwise_weight_grad_positions",

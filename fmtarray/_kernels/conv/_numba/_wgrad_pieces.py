@@ -31,8 +31,11 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ._cache import install
 from ._ir import at as _at, mask as _mask, masked as _masked, no_unroll as _no_unroll
 from ._simd import _REGISTERS, VECTOR_BYTES, _clamped, _data, _i, _I32, _Vec, weight_grad_positions
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
 
 __all__ = ["PIECES", "KP", "NF", "pieces_fill", "weight_grad", "weight_grad_pieces"]
 

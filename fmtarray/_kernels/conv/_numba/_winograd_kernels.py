@@ -26,8 +26,11 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from ._cache import install
 from ._ir import at, mask, masked
 from ._simd import VECTOR_BYTES, _data, _i, _I32, _Vec, forward_positions
+
+install()  # the cached kernels' stamps: every file of this package (see ._cache)
 
 __all__ = ["input_tiles", "filter_block", "output_block", "fused_item", "cotangent_tiles",
            "filter_grad"]
