@@ -311,13 +311,16 @@ def _winograd(x, wc, bias, spec, dtype, flip):
     # every block's transformed filters at once when they are small, else per item
     us = None
     if 16 * C * F * isz <= t.numba_winograd_u_bytes:
-        us = [np.empty((16, C, m), dtype) for m in widths]
+        # one array, block i at uoff[i] (the compiled items read it so)
+        uoff = np.concatenate([[0], np.cumsum([16 * C * m for m in widths])]).astype(np.int64)
+        uall = np.empty(int(uoff[-1]), dtype)
+        us = [uall[a:e].reshape(16, C, m) for a, e, m in zip(uoff[:-1], uoff[1:], widths)]
         parallel(lambda _w, i: wk.filter_block(wc, us[i], *fblocks[i], flip),
                  range(len(fblocks)), dynamic=True)
     y = np.empty((N, Ho, Wo, F), dtype)
     dr, dc = spec.dilation
     if us is not None:
-        return _fused(x, pad, us, b, y, spec, dtype, fblocks, widths)
+        return _fused(x, pad, uall, uoff, b, y, spec, dtype, fblocks, widths)
     for p in range(min(dr, Ho)):  # the dilation phases: rows ≡ p, columns ≡ q
         for q in range(min(dc, Wo)):
             y = _phase(x, pad, us, wc, b, y, spec, dtype, flip, fblocks, widths, p, q)
@@ -345,8 +348,9 @@ def _phases(spec):
     return out
 
 
-def _fused(x, pad, us, b, y, spec, dtype, fblocks, widths):
-    """With the transformed filters formed already: one parallel phase (for every
+def _fused(x, pad, uall, uoff, b, y, spec, dtype, fblocks, widths):
+    """With the transformed filters formed already (``uall``, filter block ``i`` at
+    ``uoff[i]``): one parallel phase (for every
     dilation phase at once) whose items each take a run of tiles through the input
     transform, the products of every filter block and the output transform, its ``V``
     and ``M`` in the cache (never the whole ``V`` in memory: for 64 → 64 channels it is
@@ -366,11 +370,8 @@ def _fused(x, pad, us, b, y, spec, dtype, fblocks, widths):
     items = [(k, t0, min(t0 + run_len, N * ph[4] * ph[5])) for k, ph in enumerate(phases)
              for t0 in range(0, N * ph[4] * ph[5], run_len)]
 
-    # every filter block's transformed filters in one array (the compiled item reads
-    # block i at uall[uoff[i]:]), the blocks' first filters, counts and padded widths
-    uall = np.concatenate([u.reshape(-1) for u in us])
+    # the blocks' first filters, counts and padded widths
     blk = np.array([(f0, f1 - f0, wd) for (f0, f1), wd in zip(fblocks, widths)], np.int64)
-    uoff = np.concatenate([[0], np.cumsum([u.size for u in us])]).astype(np.int64)
     nf_max = max(f1 - f0 for f0, f1 in fblocks)
     wblock = t.direct_weight_block_bytes
 
