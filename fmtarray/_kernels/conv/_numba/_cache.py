@@ -4,9 +4,10 @@ Numba keys a cached function (``cache=True``) on the contents of the one file th
 defines it. The kernels here call compiled functions and use IR helpers of other files
 of the package (``_wgrad_pieces`` and ``_winograd_kernels`` call ``_simd``'s drivers;
 their intrinsics are built by ``_simd``'s and ``_ir``'s helpers): with Numba's own stamp,
-an edit there would leave their cached machine code stale. :func:`install` puts two
-cache locators ahead of Numba's (the user's ``NUMBA_CACHE_DIR`` and the in-tree
-``__pycache__``, as Numba's own) that take the functions defined in this package only and
+an edit there would leave their cached machine code stale. :func:`install` puts three
+cache locators ahead of Numba's (the user's ``NUMBA_CACHE_DIR``, the in-tree
+``__pycache__`` and, for a read-only install, the user-wide cache directory, as Numba's
+own) that take the functions defined in this package only and
 stamp them with the hash of all its ``.py`` files: an edit to any of them compiles the
 kernels again. Functions of other packages keep Numba's locators.
 """
@@ -54,7 +55,7 @@ def install():
     from numba.core import caching
 
     bases = [getattr(caching, n, None) for n in ("UserProvidedCacheLocator",
-                                                  "InTreeCacheLocator")]
+                                                  "InTreeCacheLocator", "UserWideCacheLocator")]
     impl = getattr(caching, "CacheImpl", getattr(caching, "_CacheImpl", None))
     if impl is None or None in bases or not hasattr(caching, "_hash_source_file"):
         return
