@@ -120,9 +120,10 @@ _entry("winograd_input_grad", ("input_grad",), winograd.applies_input_grad,
        cotangent=direct.shared_cotangent)
 _entry("winograd_weight_grad", ("weight_grad",), winograd.applies_weight_grad,
        "numba.winograd's domain from numba_winograd_wgrad_min_cf channels × filters, "
-       "with transformed filters of at most numba_winograd_u_bytes: Winograd's adjoint, the transformed input tiles against "
-       "the transformed cotangent on the weight-gradient SIMD tiles, fixed blocks of tiles "
-       "added in block order; a non-finite result is formed again by numba.direct",
+       "with transformed filters of at most numba_winograd_u_bytes: Winograd's adjoint, "
+       "the transformed input tiles against the transformed cotangent on the "
+       "weight-gradient SIMD tiles, fixed blocks of tiles added in block order; a "
+       "non-finite result is formed again by numba.direct",
        backward=winograd.weight_grad, accepts=data_dtypes_match,
        cotangent=direct.shared_cotangent)
 _entry("direct", ("forward", "weight_grad"), direct.applies,

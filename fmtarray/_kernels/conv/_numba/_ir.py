@@ -23,7 +23,8 @@ def mask(v, n):
 
 def masked(v, store):
     """LLVM's masked load (``store`` false) or store of ``v``'s vectors."""
-    name = f"llvm.masked.{'store' if store else 'load'}.v{v.lanes}{'f32' if v.align == 4 else 'f64'}.p0"
+    kind = "store" if store else "load"
+    name = f"llvm.masked.{kind}.v{v.lanes}{'f32' if v.align == 4 else 'f64'}.p0"
     mty = ir.VectorType(ir.IntType(1), v.lanes)
     pty = v.vty.as_pointer()
     fty = (ir.FunctionType(ir.VoidType(), [v.vty, pty, _I32, mty]) if store else
@@ -43,4 +44,5 @@ def no_unroll(builder, block):
 
 
 def at(v, base, idx):
+    """A pointer to the vector of ``v``'s type at ``base[idx]``."""
     return v.b.bitcast(v.b.gep(base, [idx]), v.vty.as_pointer())

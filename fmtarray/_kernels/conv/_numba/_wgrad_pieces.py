@@ -17,8 +17,8 @@ are added into the gradient at its end. Each sum is the same chain as the other 
 so from a zero gradient the bits are the same.
 
 Only on hosts with 32 vector registers (AVX-512: ``KP · NF`` sums, ``KP`` window
-vectors and the ``NF`` broadcasts in registers); elsewhere :data:`PIECES` is false and the other
-tile serves.
+vectors and the ``NF`` broadcasts in registers); elsewhere :data:`PIECES` is false and
+the other tile serves.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from numba.extending import intrinsic
 
 from ._cache import install
 from ._ir import at as _at, mask as _mask, masked as _masked, no_unroll as _no_unroll
-from ._simd import _REGISTERS, VECTOR_BYTES, _clamped, _data, _i, _I32, _Vec, weight_grad_positions
+from ._simd import (_REGISTERS, VECTOR_BYTES, _clamped, _data, _i, _I32, _Vec,
+                    weight_grad_positions)
 
 install()  # the cached kernels' stamps: every file of this package (see ._cache)
 
