@@ -39,9 +39,10 @@ unit: $(STAMP)
 	$(PY) -m pytest
 
 # the convolution tests again with the compiled (Numba) kernels off: the BLAS/NumPy
-# entries must serve every case on their own
+# entries must serve every case on their own; and on our own thread pool only (no
+# libgomp team), as where libgomp cannot be loaded
 unit-no-numba: $(STAMP)
-	FMTARRAY_NUMBA=0 $(PY) -m pytest tests/test_conv.py tests/test_conv_layouts.py tests/test_numpy_algos.py tests/test_numba.py tests/test_numba_layouts.py tests/test_pool_kernels.py
+	FMTARRAY_NUMBA=0 FMTARRAY_POOL=python $(PY) -m pytest tests/test_conv.py tests/test_conv_layouts.py tests/test_numpy_algos.py tests/test_numba.py tests/test_numba_layouts.py tests/test_pool_kernels.py
 
 test: lint docs unit unit-no-numba
 

@@ -127,6 +127,26 @@ def _parallel_even_when_small():
 
 
 @pytest.fixture
+def python_pool(monkeypatch):
+    """The NumPy conv's own thread pool for every parallel phase (``FMTARRAY_POOL=python``),
+    not libgomp's team: for tests of that pool's scheduling."""
+    from fmtarray._kernels.conv._numpy import _omp
+
+    monkeypatch.setattr(_omp, "_lib", [None])
+
+
+@pytest.fixture
+def openmp_team(monkeypatch):
+    """Every parallel phase of the NumPy conv on libgomp's team, awake or not (skipped
+    where libgomp cannot be loaded or ``FMTARRAY_POOL=python``)."""
+    from fmtarray._kernels.conv._numpy import _omp
+
+    if _omp.team() is None:
+        pytest.skip("no libgomp team here (not Linux, no libgomp, or FMTARRAY_POOL=python)")
+    monkeypatch.setattr(_omp, "awake", lambda n: True)
+
+
+@pytest.fixture
 def numpy_entries(monkeypatch):
     """The BLAS/NumPy convolution entries only (``FMTARRAY_NUMBA=0``), for tests of a
     NumPy path whose domain the compiled ``numba.*`` entries also cover."""

@@ -257,6 +257,7 @@ def test_input_grad_weights_transposed_by_the_compiled_copy(groups, cg, fg):
     ("numba.depthwise", "channelwise_weight_grad_positions", 16, False),
     ("numba.depthwise", "channelwise_weight_grad_positions", 16, True),
 ])
+@pytest.mark.usefixtures("python_pool")
 def test_item_of_a_stuck_pool_thread_is_redone(monkeypatch, entry, kernel, groups, in_place):
     """A pool thread stopped in the middle of a forward or weight-gradient item (another
     thread holding its CPU) does not hold up the call: the caller redoes the item into a

@@ -413,9 +413,11 @@ def test_selected_entry_through_the_op(monkeypatch):
         fa.conv(x, w, padding=1, algorithm="numpy.winograd")
 
 
-def test_tuning_reaches_the_workers():
-    """The pool runs each task in a copy of the caller's context: ``tuning()`` settings
+@pytest.mark.parametrize("pool", ["python_pool", "openmp_team"])
+def test_tuning_reaches_the_workers(request, pool):
+    """Either pool runs each task in a copy of the caller's context: ``tuning()`` settings
     are seen by every worker thread, and nothing is left behind after the block."""
+    request.getfixturevalue(pool)
     seen = {}
     main, pool_ran = threading.get_ident(), threading.Event()
 

@@ -96,6 +96,7 @@ def test_blas_is_held_at_one_thread_on_any_thread():
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.usefixtures("python_pool")
 def test_parallel_does_not_wait_for_a_worker_that_has_not_started(dynamic):
     """A pool thread that has not picked up its share (its core busy elsewhere) is not
     waited for: the calling thread runs that share under the worker's own number."""
@@ -128,6 +129,7 @@ def test_parallel_does_not_wait_for_a_worker_that_has_not_started(dynamic):
         caller.join()
 
 
+@pytest.mark.usefixtures("python_pool")
 def test_parallel_waits_for_started_workers_and_raises_their_error():
     """A worker's exception reaches the caller, after every started task has ended."""
     from fmtarray._kernels.conv._numpy import _runtime as rt
@@ -176,6 +178,7 @@ def _stuck_phase(rt, n_items, on_worker):
     return out, stuck, release, lambda: rt.parallel_into(fill, range(n_items), out)
 
 
+@pytest.mark.usefixtures("python_pool")
 def test_an_item_a_pool_thread_is_stuck_in_is_redone_by_the_caller():
     """parallel_into: the caller runs every other item, waits a little for the stuck
     pool thread, then copies the output, redoes that item into the copy and returns it
@@ -210,6 +213,7 @@ def test_an_item_a_pool_thread_is_stuck_in_is_redone_by_the_caller():
     np.testing.assert_array_equal(out2, 2.0 * np.arange(40))
 
 
+@pytest.mark.usefixtures("python_pool")
 def test_a_big_output_waits_for_its_stuck_thread(monkeypatch):
     """Above BACKUP_MAX_BYTES the output is not copied: the caller waits for the stuck
     pool thread and returns ``out`` itself, every item written once."""
@@ -258,12 +262,14 @@ def _run_phase(rt, n_items=8):
 
 
 @_LINUX_AFFINITY
+@pytest.mark.usefixtures("python_pool")
 def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
     """Before a phase wakes them, the pool's threads may run on the CPUs they started
     with, except the one the caller is on (a halted vCPU is not passed over for the
     caller's); re-applied when the caller is on another CPU; never an empty set."""
     import os
 
+    from fmtarray._kernels.conv._numpy import _omp
     from fmtarray._kernels.conv._numpy import _placement as pl
     from fmtarray._kernels.conv._numpy import _runtime as rt
 
@@ -292,6 +298,7 @@ def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
     finally:
         pl._tids[:] = list(started.items())
         monkeypatch.undo()
+        monkeypatch.setattr(_omp, "_lib", [None])  # the undo dropped python_pool's too
         pl._placed[0] = None
         _run_phase(rt)  # as before the test
     cpu = pl._placed[0][0]
@@ -300,11 +307,13 @@ def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
 
 
 @_LINUX_AFFINITY
+@pytest.mark.usefixtures("python_pool")
 def test_refused_placement_leaves_the_threads_alone(monkeypatch):
     """A system that refuses the affinity call (a sandbox) turns the placement off:
     phases still run, on the pool's threads wherever the scheduler puts them."""
     import os
 
+    from fmtarray._kernels.conv._numpy import _omp
     from fmtarray._kernels.conv._numpy import _placement as pl
     from fmtarray._kernels.conv._numpy import _runtime as rt
 
@@ -326,6 +335,7 @@ def test_refused_placement_leaves_the_threads_alone(monkeypatch):
     _run_phase(rt)  # not tried again
     assert len(calls) == 1
     monkeypatch.undo()  # the real module state back: its placement applies again
+    monkeypatch.setattr(_omp, "_lib", [None])  # the undo dropped python_pool's too
     pl._placed[0] = None
     _run_phase(rt)
     assert pl._placed[0] is not None

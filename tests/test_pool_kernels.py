@@ -140,6 +140,7 @@ def test_other_dtypes_and_mixed_dtypes_keep_the_numpy_formulation():
     assert gx.dtype == np.float64 and gx.sum() == y32.size
 
 
+@pytest.mark.usefixtures("python_pool")
 def test_dask_pooling_blocks_stay_on_their_scheduler_thread(monkeypatch):
     """Each block of a Dask max pooling runs on the scheduler thread that took it (the
     compiled kernels hand nothing to the worker pool), with the NumPy values."""

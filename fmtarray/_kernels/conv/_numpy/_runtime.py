@@ -7,6 +7,8 @@
   GEMM. NumPy and BLAS release the GIL. Every task handed to the pool runs in a copy
   of the caller's :mod:`contextvars` context, so :func:`~fmtarray._kernels.conv.tuning`
   settings reach the worker threads; they wake off the caller's CPU (:mod:`._placement`).
+  Where the process's OpenMP team (libgomp: torch's, numba's) is awake, a phase runs on
+  it instead (:mod:`._omp`), with the same worker numbers and items.
 * **Small problems** (fewer multiply-adds than ``Tuning.serial_macs``) run on the
   calling thread alone (:class:`kernel_call`): waking a pool thread costs more than
   it saves.
@@ -43,7 +45,7 @@ from concurrent.futures import wait as futures_wait
 import numpy as np
 
 from ..thresholds import current
-from . import _heap, _placement
+from . import _heap, _omp, _placement
 from ._common import row_ranges
 
 __all__ = ["workers", "n_workers", "dynamic_blocks", "threads_from_env",
@@ -349,12 +351,14 @@ def _phase(fn, items, dynamic, flat):
     target = [flat]  # where items write: read with each claim, under the lock
     running = {}  # pool worker -> the item it is in the middle of
     spent = [0.0, 0]  # seconds and count of the items run so far
+    stop = [False]  # an error in a worker: the others take no new items
+    team = _omp.team()
     if dynamic:
         nxt = iter(items)
         lock = threading.Lock()
 
         def run(w):
-            while True:
+            while not stop[0]:
                 with lock:
                     it = next(nxt, _END)
                     if it is _END:
@@ -372,7 +376,23 @@ def _phase(fn, items, dynamic, flat):
 
         def run(w):
             for it in items[w::n]:
+                if stop[0]:
+                    return
                 fn(w, it)
+
+    if team is not None and _omp.awake(n):
+        def marked(w):  # a team thread's nested convolution runs on it alone
+            if w == 0:
+                return run(0)
+            was = getattr(_tls, "pool_thread", False)
+            _tls.pool_thread = True
+            try:
+                return run(w)
+            finally:
+                _tls.pool_thread = was
+
+        _omp.run_team(team, marked, n, stop)
+        return flat
 
     _placement.place_workers()
     # each task in its own copy of the caller's context (tuning() settings travel)
@@ -391,7 +411,7 @@ def _phase(fn, items, dynamic, flat):
         if flat is not None:
             left = _redo_stuck(futures, lock, running, spent, target, call)
     except BaseException:
-        failed = True
+        failed = stop[0] = True
         raise
     finally:
         # every started task is waited for (after a failure nothing more starts), but
