@@ -298,7 +298,7 @@ def test_pool_threads_run_off_the_callers_cpu(monkeypatch):
     finally:
         pl._tids[:] = list(started.items())
         monkeypatch.undo()
-        monkeypatch.setattr(_omp, "_lib", [None])  # the undo dropped python_pool's too
+        monkeypatch.setattr(_omp, "_lib", [False])  # the undo dropped python_pool's too
         pl._placed[0] = None
         _run_phase(rt)  # as before the test
     cpu = pl._placed[0][0]
@@ -335,7 +335,7 @@ def test_refused_placement_leaves_the_threads_alone(monkeypatch):
     _run_phase(rt)  # not tried again
     assert len(calls) == 1
     monkeypatch.undo()  # the real module state back: its placement applies again
-    monkeypatch.setattr(_omp, "_lib", [None])  # the undo dropped python_pool's too
+    monkeypatch.setattr(_omp, "_lib", [False])  # the undo dropped python_pool's too
     pl._placed[0] = None
     _run_phase(rt)
     assert pl._placed[0] is not None

@@ -19,6 +19,17 @@ from fmtarray._kernels.conv._numpy import _omp
 from fmtarray._kernels.conv._numpy import _runtime as rt
 
 
+def _needs_libgomp():
+    import ctypes
+
+    if not sys.platform.startswith("linux") or os.environ.get("FMTARRAY_POOL") == "python":
+        pytest.skip("the team is for Linux, and FMTARRAY_POOL=python turns it off")
+    try:
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("no libgomp here")
+
+
 def _two_workers():
     if rt.n_workers() < 2:
         pytest.skip("needs more than one worker")
@@ -134,14 +145,15 @@ def test_same_bits_on_the_team_and_on_our_pool(monkeypatch):
         return [np.asarray(a.data) for a in fa.grad(loss, (0, 1))(x, w)]
 
     team = grads()
-    monkeypatch.setattr(_omp, "_lib", [None])
+    monkeypatch.setattr(_omp, "_lib", [False])
     pool = grads()
     for a, b in zip(team, pool):
         np.testing.assert_array_equal(a, b)
 
 
 _AWAKE_SCRIPT = r"""
-import threading, time
+import ctypes, threading, time
+ctypes.CDLL("libgomp.so.1")  # loaded, as torch would
 from fmtarray._kernels.conv._numpy import _omp
 from fmtarray._kernels.conv._numpy import _runtime as rt
 me = threading.get_native_id()
@@ -166,14 +178,50 @@ def test_awake_reads_the_team_threads_state():
     our own pool, which never waits for a thread that has not started. In a fresh
     process: libgomp spins less while it manages more threads than there are CPUs (the
     teams of other tests' threads)."""
-    if _omp.team() is None:
-        pytest.skip("no libgomp team here")
+    _needs_libgomp()
     if os.environ.get("OMP_WAIT_POLICY", "").lower() == "active":
         pytest.skip("OMP_WAIT_POLICY=active: libgomp's threads never sleep")
     _two_workers()
     env = {k: v for k, v in os.environ.items() if k != "FMTARRAY_NUM_THREADS"}
     env["FMTARRAY_NUM_THREADS"] = "2"
     r = subprocess.run([sys.executable, "-c", _AWAKE_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+_NOLOAD_SCRIPT = r"""
+import ctypes, threading, time
+import numpy as np
+import fmtarray as fa
+from fmtarray._kernels.conv import tuning
+from fmtarray._kernels.conv._numpy import _omp
+from fmtarray._kernels.conv._numpy import _runtime as rt
+
+def gomp_mapped():
+    return any("libgomp" in line for line in open("/proc/self/maps"))
+
+x = fa.FormattedArray(np.ones((32, 32, 16, 8), np.float32), "SSCB")
+w = np.ones((3, 3, 16, 16), np.float32)
+with tuning(serial_macs=0):
+    fa.conv(x, w, padding=1)
+assert not gomp_mapped() and _omp.team() is None  # nothing loaded on our behalf
+ctypes.CDLL("libgomp.so.1")  # now as an `import torch` would
+_omp.RECHECK_S = 0.0
+assert _omp.team() is not None
+seen = set()
+rt.parallel(lambda w, it: (seen.add(threading.get_native_id()), time.sleep(0.002)), range(4))
+assert threading.get_native_id() in seen and set(_omp._team_threads), _omp._team_threads
+print("ok")
+"""
+
+
+def test_libgomp_is_joined_never_loaded():
+    """A process without libgomp keeps our own pool and gets no libgomp from us; once
+    something loads it (torch), the next look-up finds its team and phases run there."""
+    _needs_libgomp()
+    _two_workers()
+    env = dict(os.environ, FMTARRAY_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", _NOLOAD_SCRIPT], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

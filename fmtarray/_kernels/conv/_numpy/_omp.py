@@ -24,11 +24,13 @@ team smaller than asked (``OMP_THREAD_LIMIT``, ``OMP_DYNAMIC``, a region nested 
 another) leaves the missing workers' items to the calling thread, under their own
 worker numbers.
 
-**Where.** ``libgomp.so.1`` by its soname: the one the process has loaded (torch's,
-numba's) if any, else the system's. Not in a forked child (libgomp's threads do not
-survive a fork, and a team used before it can hang after it), not where
-``FMTARRAY_POOL=python``, and not where libgomp cannot be loaded (macOS, Windows, a
-system without GCC's runtime): :mod:`._runtime`'s own thread pool serves there.
+**Where.** The ``libgomp.so.1`` the process has loaded (torch's, numba's ``omp``
+layer's), if any: we never load one ourselves, so a process without torch keeps its
+threads as before, and a later ``import torch`` is not handed a libgomp other than its
+own (while none is loaded, :func:`team` looks again at most once a second). Not in a
+forked child (libgomp's threads do not survive a fork, and a team used before it can
+hang after it), not where ``FMTARRAY_POOL=python``, not off Linux: :mod:`._runtime`'s
+own thread pool serves there, and whenever the team is asleep (:func:`awake`).
 """
 
 from __future__ import annotations
@@ -38,19 +40,25 @@ import ctypes
 import os
 import sys
 import threading
+import time
 
 __all__ = ["team", "run_team", "pool_from_env", "ENV_POOL", "POOLS"]
 
 ENV_POOL = "FMTARRAY_POOL"
 POOLS = ("openmp", "python")
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_lib = []  # [] not looked up yet; [None] unavailable; [(GOMP_parallel, omp_get_thread_num)]
+#: [] not looked up yet; [None] no libgomp loaded when last looked; [False] never here;
+#: [(GOMP_parallel, omp_get_thread_num)]
+_lib = []
+_checked = [0.0]  # time.monotonic() of the last look-up
+RECHECK_S = 1.0
+_RTLD_NOLOAD = getattr(os, "RTLD_NOLOAD", 4)
 _lock = threading.Lock()
 _team_threads: dict = {}  # caller's native thread id -> {worker: (its thread id, stat file)}
 
 
 def _after_fork_in_child():
-    _lib[:] = [None]
+    _lib[:] = [False]
     for known in _team_threads.values():
         for _, fd in known.values():
             os.close(fd)
@@ -62,25 +70,28 @@ if hasattr(os, "register_at_fork"):
 
 
 def pool_from_env(value):
-    """The pool ``FMTARRAY_POOL`` asks for: ``"openmp"`` (the default: libgomp's team
-    where libgomp loads) or ``"python"`` (our own threads)."""
+    """The pool ``FMTARRAY_POOL`` asks for: ``"openmp"`` (the default: the team of the
+    libgomp the process has loaded, if any) or ``"python"`` (our own threads only)."""
     if value is None or not value.strip():
         return "openmp"
     v = value.strip().lower()
     if v not in POOLS:
         raise ValueError(f"{ENV_POOL}={value!r}: expected one of {POOLS} (or leave it unset: "
-                         "'openmp' where GNU libgomp can be loaded, else 'python')")
+                         "'openmp', libgomp's team where the process has loaded libgomp)")
     return v
 
 
 def _load():
+    """The team's entry points, ``None`` while no libgomp is loaded, ``False`` never."""
     if pool_from_env(os.environ.get(ENV_POOL)) != "openmp" or not sys.platform.startswith("linux"):
-        return None
-    try:
-        lib = ctypes.CDLL("libgomp.so.1")
+        return False
+    try:  # only a libgomp the process has loaded already: we never load one ourselves
+        lib = ctypes.CDLL("libgomp.so.1", mode=_RTLD_NOLOAD | os.RTLD_LAZY)
         par, num = lib.GOMP_parallel, lib.omp_get_thread_num
-    except (OSError, AttributeError):
+    except OSError:
         return None
+    except AttributeError:  # not GNU's libgomp after all
+        return False
     par.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     par.restype = None
     num.argtypes, num.restype = [], ctypes.c_int
@@ -89,12 +100,22 @@ def _load():
 
 def team():
     """``(GOMP_parallel, omp_get_thread_num)`` of the process's libgomp, or ``None``
-    where :mod:`._runtime`'s own pool serves (see the module's docstring)."""
-    if not _lib:
-        with _lock:
-            if not _lib:
-                _lib.append(_load())
-    return _lib[0]
+    where :mod:`._runtime`'s own pool serves (see the module's docstring). While no
+    libgomp is loaded it looks again at most every :data:`RECHECK_S` seconds (torch
+    imported later)."""
+    got = _lib[0] if _lib else None
+    if got:
+        return got
+    if got is False:
+        return None
+    now = time.monotonic()
+    if _lib and now - _checked[0] < RECHECK_S:
+        return None
+    with _lock:
+        _checked[0] = now
+        got = _load()
+        _lib[:] = [got]
+    return got or None
 
 
 def awake(n) -> bool:

@@ -7,8 +7,8 @@
   GEMM. NumPy and BLAS release the GIL. Every task handed to the pool runs in a copy
   of the caller's :mod:`contextvars` context, so :func:`~fmtarray._kernels.conv.tuning`
   settings reach the worker threads; they wake off the caller's CPU (:mod:`._placement`).
-  Where the process's OpenMP team (libgomp: torch's, numba's) is awake, a phase runs on
-  it instead (:mod:`._omp`), with the same worker numbers and items.
+  Where the process has loaded libgomp (torch) and its OpenMP team is awake, a phase
+  runs on that team instead (:mod:`._omp`), with the same worker numbers and items.
 * **Small problems** (fewer multiply-adds than ``Tuning.serial_macs``) run on the
   calling thread alone (:class:`kernel_call`): waking a pool thread costs more than
   it saves.
