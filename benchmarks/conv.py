@@ -30,7 +30,8 @@ our-time (> 1: we are faster):
   earlier benchmark's backward figure.
 
 Regimes: default, one call per turn (each call starts right after the other library's,
-whose threads may still spin); ``--steady`` (``--block 5 --gap 30 --warm``: per turn
+whose threads may still spin: torch's OpenMP worker spins for milliseconds after a call,
+and fmtarray's phases run on that same libgomp team while it is awake); ``--steady`` (``--block 5 --gap 30 --warm``: per turn
 30 ms idle, one untimed call, 5 timed calls: each library in its own steady state).
 Every case is measured in ``--rounds`` rounds (default 3) that each go over all the
 cases, its medians taken over the turns of all its rounds: a burst of load from other
