@@ -239,7 +239,11 @@ def test_bad_pool_in_the_environment_names_it(value):
 
 
 _ENV_SCRIPT = r"""
-import threading
+import ctypes, threading
+try:
+    ctypes.CDLL("libgomp.so.1")  # loaded, as torch would: FMTARRAY_POOL=python must still win
+except OSError:
+    pass
 import numpy as np
 import fmtarray as fa
 from fmtarray._kernels.conv import tuning
