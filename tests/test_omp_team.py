@@ -226,6 +226,13 @@ def test_libgomp_is_joined_never_loaded():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_a_team_thread_whose_state_cannot_be_read_leaves_the_phase_to_our_pool(monkeypatch):
+    """Without procfs (a sandbox) the team's state is unknown: phases stay on our pool."""
+    monkeypatch.setattr(_omp, "_team_threads", {threading.get_native_id(): {1: (12345, -1)}})
+    assert not _omp.awake(2)
+    assert _omp.awake(1)  # a team of one has no other thread to wait for
+
+
 @pytest.mark.parametrize("value,pool", [(None, "openmp"), ("", "openmp"), ("python", "python"),
                                         (" OpenMP ", "openmp")])
 def test_pool_from_the_environment(value, pool):

@@ -30,7 +30,8 @@ threads as before, and a later ``import torch`` is not handed a libgomp other th
 own (while none is loaded, :func:`team` looks again at most once a second). Not in a
 forked child (libgomp's threads do not survive a fork, and a team used before it can
 hang after it), not where ``FMTARRAY_POOL=python``, not off Linux: :mod:`._runtime`'s
-own thread pool serves there, and whenever the team is asleep (:func:`awake`).
+own thread pool serves there, whenever the team is asleep (:func:`awake`), and where
+the team threads' state cannot be read (no procfs).
 """
 
 from __future__ import annotations
@@ -57,11 +58,16 @@ _lock = threading.Lock()
 _team_threads: dict = {}  # caller's native thread id -> {worker: (its thread id, stat file)}
 
 
+def _close(fd):
+    if fd >= 0:
+        os.close(fd)
+
+
 def _after_fork_in_child():
     _lib[:] = [False]
     for known in _team_threads.values():
         for _, fd in known.values():
-            os.close(fd)
+            _close(fd)
     _team_threads.clear()
 
 
@@ -131,11 +137,13 @@ def awake(n) -> bool:
         got = known.get(w)
         if got is None:
             continue
+        if got[1] < 0:  # its state cannot be read (no procfs): our pool, as before
+            return False
         try:
             s = os.pread(got[1], 256, 0)
         except OSError:  # the thread has ended
             if known.pop(w, None) is not None:
-                os.close(got[1])
+                _close(got[1])
             continue
         if s[s.rindex(b")") + 2:s.rindex(b")") + 3] != b"R":
             return False
@@ -154,15 +162,15 @@ def _register(caller, w):
             for c in [c for c in list(_team_threads)
                       if not os.path.exists(f"/proc/self/task/{c}")]:
                 for _, fd in _team_threads.pop(c, {}).values():
-                    os.close(fd)
+                    _close(fd)
         known = _team_threads.setdefault(caller, {})
         old = known.pop(w, None)
         if old is not None:
-            os.close(old[1])
+            _close(old[1])
         try:
             known[w] = (tid, os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY))
-        except OSError:  # no procfs: its state stays unknown
-            pass
+        except OSError:  # no procfs: its state stays unknown, and the team unused
+            known[w] = (tid, -1)
 
 
 def run_team(lib, run, n, stop):
