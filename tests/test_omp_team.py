@@ -79,6 +79,22 @@ def test_team_error_stops_the_others_and_is_raised_after_all_returned():
     assert len(finished) == n_done  # nothing still running after the raise
 
 
+@pytest.mark.usefixtures("openmp_team")
+def test_a_failing_watch_of_a_team_thread_drops_no_item(monkeypatch):
+    """The team threads' bookkeeping (:func:`_omp._register`) failing leaves every item
+    run, each once."""
+    _two_workers()
+
+    def broken(caller, w):
+        raise OSError("no more file descriptors")
+
+    monkeypatch.setattr(_omp, "_register", broken)
+    seen = []
+    rt.parallel(lambda w, it: (time.sleep(0.002), seen.append((w, it))), range(12))
+    assert sorted(it for _, it in seen) == list(range(12))
+    assert {w for w, _ in seen} == set(range(rt.n_workers()))
+
+
 def test_a_smaller_team_leaves_the_missing_workers_to_the_caller():
     """A team of one thread (a thread limit, a nested region): worker 1's items run on
     the caller, under worker number 1 (the same per-worker sums)."""

@@ -9,8 +9,8 @@ the cores with that spinning worker: three runnable threads on two vCPUs. Measur
 libgomp's team, its training step 19.2 against 15.1 ms, dilated 64→64 step 16.7 against
 13.5. On one runtime one team serves both libraries: the worker still spinning after
 torch's call takes our items at once, and after our call it serves torch's next. The
-same holds for anything else in the process on libgomp (numba's ``omp`` threading
-layer, scikit-learn, ...): nothing is oversubscribed.
+same holds for anything else in the process on that libgomp (numba's ``omp`` threading
+layer).
 
 **How.** ``GOMP_parallel(fn, data, n, 0)``, the entry GCC emits for ``#pragma omp
 parallel`` (stable since GCC 4.9), runs ``fn`` on a team of ``n`` threads, the calling
@@ -36,6 +36,7 @@ the team threads' state cannot be read (no procfs).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import os
@@ -152,7 +153,7 @@ def awake(n) -> bool:
 
 def _register(caller, w):
     """Watch the calling thread's state (:func:`awake`) as worker ``w`` of ``caller``'s
-    team. Never raises: the worker's items run whatever happens here."""
+    team."""
     tid = threading.get_native_id()
     got = _team_threads.get(caller, {}).get(w)
     if got is not None and got[0] == tid:
@@ -198,7 +199,8 @@ def run_team(lib, run, n, stop):
         if 0 <= w < n:
             ran[w] = True
             if w:
-                _register(caller, w)
+                with contextlib.suppress(Exception):  # bookkeeping: the items run regardless
+                    _register(caller, w)
             worker(w)
 
     callback = _CALLBACK(body)  # referenced until the call returns
